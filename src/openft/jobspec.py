@@ -1,0 +1,132 @@
+"""The contract between the job worker and the training process.
+
+The worker writes a `TrainJobSpec` as `job.json` in the job's folder and runs `openft train job.json`;
+a person can run the very same command by hand. The trainer reports progress as one JSON object
+per line on its standard output (`ProgressMessage` kinds below) and ends with an exit code from
+`ExitCode`. Nothing else passes between the two processes, so this module is the whole interface:
+it imports neither torch nor the database.
+
+Layout the trainer writes under `output_dir` (all of it through temp + fsync + rename):
+
+    checkpoints/step_000012/          one committed checkpoint (the name's number is the optimizer step)
+        adapter/ or model/            servable weights (PEFT adapter folder, or a full HF model folder)
+        state/                        optimizer, scheduler, RNG states, data position, thread count
+        meta.json                     step, epoch, metrics, hashes of every file (written last)
+    model/                            the final weights (same shape as a checkpoint's adapter/ or model/)
+    metrics.jsonl                     one line per optimizer step (rewritten on resume: each step once)
+    results.csv                       the result file, written when training completes
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEC_VERSION = 1
+
+
+class ExitCode(enum.IntEnum):
+    """How `openft train` ends; the worker maps these to job statuses."""
+
+    COMPLETED = 0  # every planned step ran and the final model and results.csv exist
+    FAILED = 1  # a `failed` progress message says why (bad data, bad model, out of memory, ...)
+    USAGE = 2  # the job file could not be read
+    STOPPED = 3  # asked to stop (SIGUSR1/SIGTERM/SIGINT): a checkpoint was committed, resume continues
+
+
+class BaseModelSpec(BaseModel):
+    """Where the base weights come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The name users gave in `model` (folder name, built-in name or hub id).")
+    source: Literal["local", "builtin", "hub", "finetune"]
+    path: str | None = Field(default=None, description="HF folder for `local`; the fine-tuned weights for `finetune`.")
+    hub_id: str | None = None
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ResolvedHyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class TrainJobSpec(BaseModel):
+    """Everything one training run needs; `job.json` holds exactly this."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec_version: int = SPEC_VERSION
+    job_id: str
+    base_model: BaseModelSpec
+    cache_dir: str = Field(description="Where built-in models are converted once and reused.")
+    training_file: str = Field(description="Path of the chat JSONL (a private copy the job owns).")
+    validation_file: str | None = None
+    output_dir: str
+    method: Literal["supervised"] = "supervised"
+    hyperparameters: ResolvedHyperparameters
+    seed: int
+    lora: LoraSpec | None = Field(default_factory=LoraSpec, description="None means full fine-tuning.")
+    base_learning_rate: float = Field(description="Learning rate = base_learning_rate × multiplier.")
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    max_seq_len: int | None = Field(default=None, description="None: the model's context, capped at 2048.")
+    micro_batch_size: int = Field(default=8, ge=1, description="Examples per forward pass; batches accumulate.")
+    num_threads: int | None = Field(default=None, description="torch threads; a resume uses the checkpoint's.")
+    keep_checkpoints: int = 3
+    metrics_every: int = Field(default=1, ge=1, description="Emit a metrics message every N steps.")
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainJobSpec:
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+# Progress messages (trainer → worker), one JSON object per stdout line --------------------------
+
+ProgressType = Literal[
+    "started", "log", "metrics", "checkpoint", "checkpoint_removed", "stopped", "completed", "failed"
+]
+"""
+- started:   {total_steps, start_step, n_examples, trainable_params, num_threads, resumed_from: path|null}
+- log:       {level: info|warn|error, message}                       → a job event
+- metrics:   {step, total_steps, epoch, train_loss, train_mean_token_accuracy, learning_rate,
+              trained_tokens (cumulative), step_seconds; at epoch ends with a validation file also
+              full_valid_loss, full_valid_mean_token_accuracy}
+- checkpoint:{step, epoch, path, kind: epoch|pause, metrics: {step, train_loss, ...}}
+- checkpoint_removed: {step, path}                                   (pruned; keep the newest N)
+- stopped:   {step, checkpoint: path|null}                           then exit STOPPED
+- completed: {step, total_steps, trained_tokens, model_path, results_path} then exit COMPLETED
+- failed:    {code, message, param|null}                             then exit FAILED
+"""
+
+
+def progress_line(kind: ProgressType, /, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def parse_progress_line(line: str) -> dict[str, Any] | None:
+    """The message on a stdout line, or None for anything that is not one (stray library output)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and isinstance(message.get("type"), str) else None

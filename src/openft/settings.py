@@ -1,0 +1,77 @@
+"""One settings object for the server, the worker and the CLI.
+
+Every field can be set by an `OPENFT_*` environment variable (e.g. `OPENFT_DATA_DIR`) or by the
+matching `openft serve` flag; flags win over the environment. Paths are resolved to absolute paths
+so that subprocesses started from another working directory see the same folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./openft-data"), description="Database, files, jobs and caches.")
+    models_dir: Path | None = Field(
+        default=None, description="Folder whose sub-folders holding a Hugging Face causal LM are base models."
+    )
+    api_key: str | None = Field(default=None, description="The key clients must send; generated when unset.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in the data dir when unset.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    org_name: str = Field(default="openft", description="Organization name used in fine-tuned model names.")
+    max_upload_bytes: int = Field(default=512 * MiB, ge=1, description="Largest accepted upload (bytes).")
+    run_worker: bool = Field(default=True, description="Run the job worker inside the server process.")
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="A job's claim expires this long after the last heartbeat."
+    )
+    max_jobs: int = Field(default=1, ge=1, description="Training processes one worker runs at once.")
+    train_threads: int | None = Field(default=None, ge=1, description="torch threads per training process.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
+    cancel_grace_seconds: float = Field(default=3.0, ge=0, description="Wait after SIGTERM before SIGKILL on cancel.")
+
+    @field_validator("data_dir", "models_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        """Accept the `postgres://` and `postgresql://` spellings and use the psycopg 3 driver."""
+        if value is None:
+            return None
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'openft.db'}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Converted base models (e.g. the built-in SmolLM2 from GGUF) live here."""
+        return self.data_dir / "cache"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "api_key"
