@@ -1,0 +1,1 @@
+"""Job lifecycle: the state machine, the worker loop and the runner of training subprocesses."""
