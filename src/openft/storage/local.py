@@ -1,0 +1,153 @@
+"""Blob store on the local filesystem: blobs at `root/<key>`, uncommitted writes in `root/.tmp/`.
+
+Temp files live under the root (same filesystem) so that committing is a single atomic `os.replace`.
+Committed blobs are never modified in place: replacing a key renames a new file over it, so the old
+inode (and any hard link to it) keeps its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from openft.fsutil import atomic_open, fsync_dir, temp_sibling
+from openft.storage.base import BlobTooLarge, StoredBlob, validate_key
+
+STALE_TEMP_SECONDS = 3600
+"""Temp files untouched for this long were left by a crashed process (live writers touch theirs)."""
+
+_COPY_CHUNK = 1 << 20
+
+
+class LocalBlobWriter:
+    """Streams bytes into a temp file, hashing as it goes, until `commit` or `abort`."""
+
+    def __init__(self, root: Path, tmp_dir: Path, max_bytes: int | None):
+        fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+        self._root = root
+        self._tmp = Path(name)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._max_bytes = max_bytes
+        self._sha256 = hashlib.sha256()
+        self._committed = False
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise ValueError("blob writer is already committed or aborted")
+        if self._max_bytes is not None and self.size + len(data) > self._max_bytes:
+            raise BlobTooLarge(self._max_bytes)
+        self._file.write(data)
+        self._sha256.update(data)
+        self.size += len(data)
+
+    def commit(self, key: str) -> StoredBlob:
+        final = self._root / validate_key(key)
+        if self._file is None:
+            raise ValueError("blob writer is already committed or aborted")
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.replace(self._tmp, final)
+            fsync_dir(self._root)
+        except BaseException:
+            self.abort()
+            raise
+        self._committed = True
+        return StoredBlob(key=key, size=self.size, sha256=self._sha256.hexdigest())
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self._committed:
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.abort()
+
+
+class LocalBlobStore:
+    """A `BlobStore` rooted at a folder, shared safely by the server and worker processes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._tmp_dir = root / ".tmp"
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete temp files a crashed writer left behind; recent ones may belong to a live process."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for entry in self._tmp_dir.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            except FileNotFoundError:
+                continue  # another process cleaned it up or committed it meanwhile
+
+    def writer(self, max_bytes: int | None = None) -> LocalBlobWriter:
+        return LocalBlobWriter(self.root, self._tmp_dir, max_bytes)
+
+    def put_file(self, key: str, source: Path) -> StoredBlob:
+        validate_key(key)
+        with self.writer() as writer, open(source, "rb") as handle:
+            while chunk := handle.read(_COPY_CHUNK):
+                writer.write(chunk)
+            return writer.commit(key)
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        # Opened now, not on first iteration: a missing blob raises FileNotFoundError before a response
+        # starts streaming, and a blob deleted mid-download still streams to the end (POSIX semantics).
+        handle = open(self.local_path(key), "rb")  # noqa: SIM115 (closed by the generator)
+        return _read_chunks(handle, chunk_size)
+
+    def size(self, key: str) -> int:
+        return self.local_path(key).stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self.local_path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def snapshot_to(self, key: str, dest: Path) -> None:
+        """Hard-link (or else copy) the blob to `dest`; treat `dest` as read-only, as it may share the inode."""
+        source = self.local_path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(dest)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another filesystem, one without hard links, or a missing blob (raises again below)
+            with open(source, "rb") as src, atomic_open(dest) as out:
+                shutil.copyfileobj(src, out, _COPY_CHUNK)
+            return
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(dest.parent)
+
+
+def _read_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
