@@ -1,0 +1,248 @@
+"""Checkpoints: everything a resumed run needs to continue bit for bit, in a folder you can inspect.
+
+    checkpoints/step_000012/
+        adapter/ or model/      servable weights (PEFT adapter folder, or a full HF model folder)
+        state/progress.json     step, epoch, position in the epoch, trained tokens, thread count, fingerprint
+        state/trainer_state.pt  optimizer and LR-scheduler state, RNG states (python, numpy, torch CPU/CUDA)
+        meta.json               step, epoch, kind, metrics, sha256 of every other file (written last)
+
+A checkpoint is assembled in a hidden temp folder and renamed into place (`fsutil.commit_dir`), so a
+`step_*` folder is either complete or absent; the hashes in meta.json also catch later damage (a disk
+error, a hand edit). Exact resume needs *all* of the state above: dropping the optimizer moments, the
+scheduler, any RNG state or changing the thread count each changes the weights (offline-models.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from openft.fsutil import commit_dir, remove_tree, temp_sibling
+from openft.jobspec import TrainJobSpec
+
+CHECKPOINTS_DIR = "checkpoints"
+META_FILE = "meta.json"
+STATE_DIR = "state"
+PROGRESS_FILE = "progress.json"
+TRAINER_STATE_FILE = "trainer_state.pt"
+WEIGHT_DIRS = ("adapter", "model")
+_NAME = re.compile(r"^step_(\d{6,})$")
+
+CheckpointKind = Literal["epoch", "pause"]
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands after `step` optimizer steps (always at a step boundary)."""
+
+    step: int
+    epoch: int
+    """0-based epoch the next step belongs to."""
+    position: int
+    """Batches of that epoch already trained."""
+    trained_tokens: int
+    num_threads: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+    @property
+    def weights_dir(self) -> Path:
+        for name in WEIGHT_DIRS:
+            if (self.path / name).is_dir():
+                return self.path / name
+        raise FileNotFoundError(f"{self.path} has neither adapter/ nor model/")
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / META_FILE).read_text(encoding="utf-8"))
+
+
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return output_dir / CHECKPOINTS_DIR / f"step_{step:06d}"
+
+
+def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """Committed checkpoint folders, oldest first (verified or not: see `verify`)."""
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = _NAME.match(entry.name)
+        if match and entry.is_dir():
+            found.append(Checkpoint(int(match.group(1)), entry))
+    return sorted(found, key=lambda c: c.step)
+
+
+def remove_stale_temps(output_dir: Path) -> None:
+    """Delete temp folders left by a process killed while writing a checkpoint (never visible as one)."""
+    root = output_dir / CHECKPOINTS_DIR
+    if root.is_dir():
+        for entry in root.glob(".tmp-*"):
+            remove_tree(entry)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and p != root
+    }
+
+
+def verify(checkpoint: Checkpoint) -> str | None:
+    """Why the checkpoint cannot be trusted, or None when meta.json is there and every hash matches."""
+    try:
+        meta = checkpoint.meta()
+    except (OSError, ValueError) as exc:
+        return f"meta.json is missing or unreadable ({exc.__class__.__name__})"
+    files = meta.get("files")
+    if meta.get("step") != checkpoint.step or not isinstance(files, dict):
+        return "meta.json does not describe this checkpoint"
+    required = {f"{STATE_DIR}/{PROGRESS_FILE}", f"{STATE_DIR}/{TRAINER_STATE_FILE}"}
+    if not required <= set(files) or not any(name.split("/")[0] in WEIGHT_DIRS for name in files):
+        return "meta.json lists no weights or no training state"
+    for name, expected in files.items():
+        path = checkpoint.path / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != expected:
+            return f"{name} does not match its hash"
+    return None
+
+
+# RNG state ------------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random generator training draws from. Plain types only, so `torch.load(weights_only=True)` works."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Writing and reading ----------------------------------------------------------------------------
+
+
+def write_checkpoint(
+    output_dir: Path,
+    *,
+    progress: TrainingProgress,
+    epoch: int,
+    kind: CheckpointKind,
+    metrics: dict[str, Any],
+    trainer_state: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    weights_dir: Literal["adapter", "model"],
+) -> Checkpoint:
+    """Assemble the checkpoint in a temp folder, hash it, then commit it as `step_{N:06d}`.
+
+    `epoch` is the 1-based epoch of the last step trained (what users see); `progress.epoch` is the
+    0-based epoch the next step belongs to (what resume needs).
+    """
+    final = checkpoint_path(output_dir, progress.step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    try:
+        tmp.mkdir()
+        save_weights(tmp / weights_dir)
+        (tmp / STATE_DIR).mkdir()
+        (tmp / STATE_DIR / PROGRESS_FILE).write_text(json.dumps(asdict(progress), indent=2), encoding="utf-8")
+        torch.save(trainer_state, tmp / STATE_DIR / TRAINER_STATE_FILE)
+        meta = {
+            "step": progress.step,
+            "epoch": epoch,
+            "kind": kind,
+            "metrics": metrics,
+            "files": _hash_tree(tmp),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        commit_dir(tmp, final)  # fsyncs every file, then renames: visible only when complete
+    except BaseException:
+        remove_tree(tmp)
+        raise
+    return Checkpoint(progress.step, final)
+
+
+def read_state(checkpoint: Checkpoint) -> tuple[TrainingProgress, dict[str, Any]]:
+    """The progress record and the optimizer/scheduler/RNG state of a verified checkpoint."""
+    state_dir = checkpoint.path / STATE_DIR
+    progress = TrainingProgress(**json.loads((state_dir / PROGRESS_FILE).read_text(encoding="utf-8")))
+    trainer_state = torch.load(state_dir / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+    return progress, trainer_state
+
+
+def prune(output_dir: Path, keep: int) -> list[Checkpoint]:
+    """Delete all but the newest `keep` (at least 1) checkpoints; return the removed ones."""
+    checkpoints = list_checkpoints(output_dir)
+    doomed = checkpoints[: max(0, len(checkpoints) - max(1, keep))]
+    for checkpoint in doomed:
+        remove_tree(checkpoint.path)
+    return doomed
+
+
+# What a checkpoint must agree with ---------------------------------------------------------------
+
+_FINGERPRINT_FIELDS = (
+    "base_model",
+    "method",
+    "hyperparameters",
+    "seed",
+    "lora",
+    "base_learning_rate",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "max_seq_len",
+    "micro_batch_size",
+)
+"""Spec fields that change what training computes. Paths, thread count, checkpoint and metrics
+settings are left out: changing them does not change the result (threads are pinned by the checkpoint)."""
+
+
+def fingerprint(spec: TrainJobSpec) -> str:
+    """sha256 of the data file(s) and the training-relevant spec fields: a resume refuses other data."""
+    digest = hashlib.sha256()
+    for path in (spec.training_file, spec.validation_file):
+        digest.update(b"\x00file\x00")
+        if path is not None:
+            digest.update(sha256_file(Path(path)).encode())
+    fields = spec.model_dump(mode="json", include=set(_FINGERPRINT_FIELDS))
+    fields["base_model"].pop("path", None)  # the same model may live at another path after a move
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    return digest.hexdigest()

@@ -1,0 +1,175 @@
+"""Chat examples → token ids + a mask of the tokens the loss is computed on, and batches of them.
+
+Masking rule: the model learns only what trainable assistant messages (weight 1) say. The tokens of
+assistant message k are those that `apply_chat_template(messages[:k+1])` adds after
+`apply_chat_template(messages[:k], add_generation_prompt=True)`: the reply itself plus the template's
+end-of-turn token, so the model also learns to stop. Everything else (system, user, tool results,
+weight-0 replies, the template's role headers) is context only.
+
+The prefix property ("rendering more messages only appends tokens") holds for ordinary chat templates
+but not for every one (some rewrite earlier turns, and BPE can merge across a boundary), so the code
+checks it token by token and falls back to the longest common prefix instead of trusting it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from openft.datasets.chat import ChatExample, DataFormatError, Problem
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    line: int
+    """1-based line of the JSONL file, for messages that name examples."""
+    input_ids: list[int]
+    target_mask: list[bool]
+    """True where the token is a training target (predicted from the tokens before it)."""
+
+    @property
+    def n_targets(self) -> int:
+        return sum(self.target_mask[1:])  # the first token has nothing before it to be predicted from
+
+
+@dataclass
+class PreparedData:
+    examples: list[TokenizedExample] = field(default_factory=list)
+    truncated_lines: list[int] = field(default_factory=list)
+    skipped_lines: list[int] = field(default_factory=list)
+    """Examples left with no trainable token (after truncation); they are not trained on."""
+
+
+def template_renders_tool_calls(tokenizer: Any) -> bool:
+    """Does the chat template print `tool_calls` itself? (SmolLM2's, like many, only prints `content`.)"""
+    return "tool_calls" in str(tokenizer.chat_template or "")
+
+
+def _arguments(raw: Any) -> Any:
+    """OpenAI sends arguments as a JSON string; templates that print tool calls expect an object."""
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return raw
+        return parsed if isinstance(parsed, dict) else raw
+    return raw
+
+
+def template_messages(messages: Sequence[dict[str, Any]], *, native_tool_calls: bool) -> list[dict[str, Any]]:
+    """Normalized messages in the shape chat templates expect (no `weight`, content always a string).
+
+    When the template cannot print tool calls, they are appended to the content as one JSON object per
+    line, so the model still sees (and learns to produce) them.
+    """
+    rendered = []
+    for message in messages:
+        out = {k: v for k, v in message.items() if k not in ("weight", "tool_calls")}
+        out["content"] = message.get("content") or ""
+        calls = message.get("tool_calls")
+        if calls:
+            functions = [
+                {"name": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments", ""))}
+                for c in calls
+            ]
+            if native_tool_calls:
+                out["tool_calls"] = [
+                    {**c, "type": "function", "function": f} for c, f in zip(calls, functions, strict=True)
+                ]
+            else:
+                text = "\n".join(json.dumps(f, ensure_ascii=False) for f in functions)
+                out["content"] = f"{out['content']}\n{text}" if out["content"] else text
+        rendered.append(out)
+    return rendered
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def tokenize_example(
+    tokenizer: Any, example: ChatExample, *, max_seq_len: int, native_tool_calls: bool | None = None
+) -> tuple[TokenizedExample, bool]:
+    """The example's ids and target mask, cut to `max_seq_len`; the flag says whether it was cut."""
+    if native_tool_calls is None:
+        native_tool_calls = template_renders_tool_calls(tokenizer)
+    messages = template_messages(example.messages, native_tool_calls=native_tool_calls)
+    trainable = [i for i, m in enumerate(example.messages) if m["role"] == "assistant" and m.get("weight", 1) == 1]
+
+    def ids(upto: int, generation_prompt: bool = False) -> list[int]:
+        if upto == 0 and not generation_prompt:
+            return []
+        try:
+            text = tokenizer.apply_chat_template(
+                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt, tools=example.tools
+            )
+        except Exception as exc:  # jinja2 TemplateError and friends: the template refuses this conversation
+            problem = Problem(example.line, "message_format", f"the model's chat template rejected it: {exc}")
+            raise DataFormatError(problem) from exc
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # Nothing after the last trainable reply is learned from, so the sequence ends there.
+    full = ids(trainable[-1] + 1) if trainable else ids(len(messages))
+    mask = [False] * len(full)
+    for k in trainable:
+        before, through = ids(k, generation_prompt=True), ids(k + 1)
+        start = _common_prefix(before, through)
+        end = _common_prefix(through, full)
+        for position in range(start, end):
+            mask[position] = True
+    truncated = len(full) > max_seq_len
+    return TokenizedExample(example.line, full[:max_seq_len], mask[:max_seq_len]), truncated
+
+
+def prepare(tokenizer: Any, examples: Sequence[ChatExample], *, max_seq_len: int) -> PreparedData:
+    """Tokenize every example; cut the long ones, set aside those with nothing left to learn."""
+    native = template_renders_tool_calls(tokenizer)
+    prepared = PreparedData()
+    for example in examples:
+        tokenized, truncated = tokenize_example(tokenizer, example, max_seq_len=max_seq_len, native_tool_calls=native)
+        if truncated:
+            prepared.truncated_lines.append(example.line)
+        if tokenized.n_targets == 0:
+            prepared.skipped_lines.append(example.line)
+        else:
+            prepared.examples.append(tokenized)
+    return prepared
+
+
+# Order and batches ------------------------------------------------------------------------------
+
+
+def epoch_order(seed: int, epoch: int, n_examples: int) -> list[int]:
+    """Example order of one epoch: a function of (seed, epoch) only, so a resume needs just the step."""
+    # `% 2**64` leaves every non-negative seed as it is and makes a negative one acceptable to SeedSequence.
+    return [int(i) for i in np.random.default_rng([seed % 2**64, epoch]).permutation(n_examples)]
+
+
+def micro_batches(items: Sequence[TokenizedExample], size: int) -> list[Sequence[TokenizedExample]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def collate(items: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (IGNORE_INDEX where not trained)."""
+    width = max(len(item.input_ids) for item in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item.input_ids)
+        ids = torch.tensor(item.input_ids, dtype=torch.long)
+        input_ids[row, :n] = ids
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.where(torch.tensor(item.target_mask), ids, IGNORE_INDEX)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

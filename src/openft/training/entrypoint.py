@@ -1,0 +1,81 @@
+"""`openft train job.json`: run one training job in this process and end with an `ExitCode`.
+
+Whatever happens, the worker gets a last message that says how it ended (`completed`, `stopped` or
+`failed` with a stable code), never a bare traceback: tracebacks go to stderr, for the log.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from openft.jobspec import ExitCode, TrainJobSpec
+from openft.training.progress import Progress
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+MAX_MESSAGE = 2000
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def run(job_file: Path, *, progress: Progress | None = None) -> int:
+    """Train as `job_file` says; `progress` defaults to taking over this process's stdout."""
+    progress = progress or Progress.take_stdout()
+    try:
+        spec = TrainJobSpec.read(job_file)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        message = f"cannot read the job file {job_file}: {exc}"[:MAX_MESSAGE]
+        progress.emit("failed", code="invalid_job_file", message=message, param=None)
+        return ExitCode.USAGE
+
+    # Handlers go in before the slow imports, so an early SIGTERM still ends in an orderly `stopped`.
+    from openft.training.recipe import StopRequest
+
+    stop = StopRequest()
+    previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        from openft.basemodels import BaseModelUnavailable
+        from openft.training.recipe import TrainingFailure, run_recipe
+
+        try:
+            outcome = run_recipe(spec, progress, stop)
+        except TrainingFailure as failure:
+            progress.emit("failed", code=failure.code, message=failure.message[:MAX_MESSAGE], param=failure.param)
+            return ExitCode.FAILED
+        except BaseModelUnavailable as exc:
+            progress.emit("failed", code="model_not_found", message=str(exc)[:MAX_MESSAGE], param="model")
+            return ExitCode.FAILED
+        return ExitCode.STOPPED if outcome == "stopped" else ExitCode.COMPLETED
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        if _is_out_of_memory(exc):
+            message = f"out of memory: {exc}; try a smaller batch_size, micro_batch_size or max_seq_len"
+            progress.emit("failed", code="out_of_memory", message=message[:MAX_MESSAGE], param=None)
+        else:
+            message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
+            progress.emit("failed", code="training_error", message=message, param=None)
+        return ExitCode.FAILED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":  # `python -m openft.training.entrypoint job.json`, same as `openft train job.json`
+    if len(sys.argv) != 2:
+        print("usage: python -m openft.training.entrypoint JOB_JSON", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
+    sys.exit(run(Path(sys.argv[1])))

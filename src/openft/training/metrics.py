@@ -1,0 +1,88 @@
+"""metrics.jsonl (one line per optimizer step) and results.csv (the job's result file).
+
+Each step must appear exactly once, even when a run is killed after step 17 but resumes from the
+checkpoint of step 12: on resume the file is rewritten (atomically) with the steps up to the
+checkpoint only, and steps 13.. are trained and appended again. Lines are flushed as they are
+written and fsynced before every checkpoint commit, so a checkpoint's steps are always on disk.
+Floats are written with Python's shortest round-trip repr, so values read back are bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from openft.fsutil import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.csv"
+RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a metrics file (a torn last line from a kill is ignored), by step."""
+    if not path.is_file():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.setdefault(row["step"], row)
+    return [rows[step] for step in sorted(rows)]
+
+
+class MetricsLog:
+    """Appends one JSON line per step to output_dir/metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle: Any = None
+
+    def restart_after(self, step: int) -> None:
+        """Keep only steps ≤ `step` (0: none), then append from there."""
+        self.close()
+        kept = [row for row in read_metrics(self.path) if row["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(row) + "\n")
+        self._handle.flush()
+
+    def sync(self) -> None:
+        """Make every line written so far durable (before a checkpoint that counts on them)."""
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def write_results_csv(metrics_path: Path, results_path: Path) -> None:
+    """The OpenAI-style result file: one row per step, empty cells where a value was not computed."""
+    lines = [",".join(RESULT_COLUMNS)]
+    for row in read_metrics(metrics_path):
+        lines.append(",".join(_cell(row.get(column)) for column in RESULT_COLUMNS))
+    atomic_write_text(results_path, "\n".join(lines) + "\n")

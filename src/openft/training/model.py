@@ -1,0 +1,163 @@
+"""Load the base model and tokenizer, attach LoRA (or train every weight), and save servable weights.
+
+Weights stay in fp32: on CPU that is what makes a resumed run bit-identical to a straight one, and the
+small models this serves train fine in it. A LoRA run saves a PEFT adapter folder (what
+`PeftModel.from_pretrained` loads); a full fine-tune saves a whole HF model folder. Both carry the
+tokenizer, so the chat template used in training travels with the weights to inference.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openft.basemodels import BaseModelUnavailable, materialize_spec
+from openft.jobspec import LoraSpec, TrainJobSpec
+
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""ChatML, for base models that ship no chat template (it is saved with the weights, so inference agrees)."""
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    is_lora: bool
+    base_path: Path
+    context_length: int | None
+    notes: list[str]
+    """Things worth a `log` message (fallback template, pad token, ignored LoRA settings)."""
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _is_adapter_folder(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def resolve_base(spec: TrainJobSpec) -> tuple[Path, Path | None]:
+    """(base model folder, adapter folder to continue from or None).
+
+    Continuing from a fine-tuned LoRA model (`source: finetune` pointing at an adapter) loads the base
+    the adapter was trained on, named in its adapter_config.json.
+    """
+    path = materialize_spec(spec.base_model, Path(spec.cache_dir))
+    if not _is_adapter_folder(path):
+        return path, None
+    config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    base = Path(str(config.get("base_model_name_or_path") or ""))
+    if not base.is_dir():
+        raise BaseModelUnavailable(f"the base model of the fine-tuned model {spec.base_model.name!r} is missing")
+    return base, path
+
+
+def load_tokenizer(path: Path) -> tuple[Any, list[str]]:
+    from transformers import AutoTokenizer
+
+    notes = []
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        notes.append("the tokenizer has no padding token; using its end-of-sequence token")
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        notes.append("the base model has no chat template; using ChatML")
+    return tokenizer, notes
+
+
+def _lora_config(lora: LoraSpec) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> LoadedModel:
+    """The model to train, on the training device, in train mode.
+
+    `resume_weights` is a checkpoint's adapter/ or model/ folder: the model is built exactly as at the
+    start (same code path, so parameters come in the same order for the optimizer state) and the
+    checkpoint's weights are loaded into it. Call after seeding: LoRA's initialisation draws random numbers.
+    """
+    from transformers import AutoModelForCausalLM
+
+    base_path, adapter = resolve_base(spec)
+    tokenizer, notes = load_tokenizer(resume_weights if resume_weights and spec.lora is None else base_path)
+    # Full fine-tuning resumes from the checkpoint's own model folder; LoRA always starts from the base.
+    weights_path = resume_weights if resume_weights is not None and spec.lora is None else base_path
+    model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=torch.float32)
+    context_length = getattr(model.config, "max_position_embeddings", None)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    if spec.lora is not None:
+        from peft import PeftModel, get_peft_model
+
+        if adapter is not None:  # keep training the fine-tuned adapter; its own r/alpha/targets apply
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+            notes.append("continuing the fine-tuned adapter; its own LoRA settings apply")
+        else:
+            with warnings.catch_warnings():  # peft asks a deprecated transformers property; not ours to fix
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, _lora_config(spec.lora))
+        if resume_weights is not None:
+            load_adapter_weights(model, resume_weights)
+    elif adapter is not None and resume_weights is None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        notes.append("merged the fine-tuned adapter into the base for full fine-tuning")
+    if spec.lora is None:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+
+    model.to(pick_device())
+    model.train()
+    return LoadedModel(model, tokenizer, spec.lora is not None, base_path, context_length, notes)
+
+
+def load_adapter_weights(model: Any, folder: Path) -> None:
+    """Put a saved adapter's tensors into a freshly built PEFT model; every LoRA tensor must be there."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"the checkpoint's adapter does not fit the model (missing {missing[:3]}, "
+            f"unexpected {list(result.unexpected_keys)[:3]})"
+        )
+
+
+def save_weights(loaded: LoadedModel, dest: Path) -> None:
+    """Servable weights into `dest`: a PEFT adapter folder (LoRA) or a full HF model folder, + tokenizer."""
+    loaded.model.save_pretrained(dest)
+    loaded.tokenizer.save_pretrained(dest)

