@@ -1,0 +1,52 @@
+"""Chat messages → prompt token ids, with the model's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+from transformers import PreTrainedTokenizerBase
+
+from openft.errors import InvalidRequest
+
+
+def render_prompt(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """Render `messages` (and `tools`, for templates that describe them) ending with the assistant's turn.
+
+    The template already writes any BOS or special tokens, so the text is encoded without adding more.
+    Template errors (e.g. "roles must alternate") are the client's to fix, hence InvalidRequest.
+    """
+    if tokenizer.chat_template is None:
+        raise InvalidRequest("This model has no chat template, so it cannot answer chat messages.", param="model")
+    try:
+        text = tokenizer.apply_chat_template(
+            [_with_text_content(message) for message in messages],
+            tools=tools,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    except jinja2.TemplateError as exc:
+        raise InvalidRequest(f"The messages do not fit this model's chat template: {exc}", param="messages") from exc
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _with_text_content(message: dict[str, Any]) -> dict[str, Any]:
+    """Flatten OpenAI content parts to the plain string chat templates expect.
+
+    Text parts are joined with newlines (as vLLM does); other parts (images, audio) are refused, since
+    the models served here are text-only.
+    """
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return message
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InvalidRequest(f"Only text content parts are supported, got {kind!r}.", param="messages")
+            texts.append(part["text"])
+        return {**message, "content": "\n".join(texts)}
+    raise InvalidRequest("Message content must be a string or a list of content parts.", param="messages")

@@ -1,0 +1,45 @@
+"""Next-token choice: greedy, or temperature + nucleus (top-p) sampling from a private RNG."""
+
+from __future__ import annotations
+
+import torch
+
+
+class TokenSampler:
+    """Picks one token per row of a `(batch, vocab)` logits tensor.
+
+    Sampling draws from this sampler's own `torch.Generator`, never the global RNG: a seeded request is
+    reproducible even while other requests sample concurrently, and it does not shift their draws.
+    """
+
+    def __init__(self, *, temperature: float, top_p: float, seed: int | None):
+        self._temperature = temperature
+        self._top_p = top_p
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()  # fresh entropy from the OS
+        else:
+            self._generator.manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return the chosen token ids, shape `(batch,)`."""
+        if self._temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self._temperature
+        if self._top_p < 1:
+            logits = top_p_filter(logits, self._top_p)
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask (to -inf) every token outside the smallest set whose probability mass reaches `top_p`.
+
+    A token is kept when the mass of the more likely tokens before it is still below `top_p`, so the
+    most likely token always survives.
+    """
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
