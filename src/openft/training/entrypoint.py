@@ -6,6 +6,7 @@ Whatever happens, the worker gets a last message that says how it ended (`comple
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -47,6 +48,8 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
 
     stop = StopRequest()
     previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    # The worker holds stop signals back until it has heard from us: until now SIGUSR1 would have killed us.
+    progress.emit("log", level="info", message=f"Training process {os.getpid()} started.")
     try:
         from openft.basemodels import BaseModelUnavailable
         from openft.training.recipe import TrainingFailure, run_recipe

@@ -1,0 +1,1 @@
+"""HTTP layer: the FastAPI app factory, one router per resource, dependencies and the error table."""

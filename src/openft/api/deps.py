@@ -1,0 +1,101 @@
+"""Request dependencies: the URL dialect, the caller's identity and the services.
+
+Three URL families reach one set of handlers (api-spec.md §1.1): `/v1/...` (OpenAI),
+`/openai/v1/...` (Azure v1; `api-version` optional, `v1` or `preview`) and `/openai/...` (Azure
+dated; `api-version=YYYY-MM-DD[-preview]` required). The dialect only changes details the Azure
+dated API defines differently (201 + Location on create); the statuses and objects are the same.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from openft.errors import InvalidRequest, Unauthorized
+from openft.services.auth import Principal
+
+
+class Dialect(enum.StrEnum):
+    OPENAI = "openai"  # /v1
+    AZURE_V1 = "azure-v1"  # /openai/v1
+    AZURE_DATED = "azure-dated"  # /openai?api-version=YYYY-MM-DD[-preview]
+
+
+PREFIXES = {Dialect.OPENAI: "/v1", Dialect.AZURE_V1: "/openai/v1", Dialect.AZURE_DATED: "/openai"}
+AZURE_V1_VERSIONS = ("v1", "preview")
+DATED_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+
+
+def _check_azure_v1(request: Request) -> None:
+    version = request.query_params.get("api-version")
+    if version is not None and version not in AZURE_V1_VERSIONS:
+        raise InvalidRequest(
+            f"Unsupported api-version {version!r} for /openai/v1; use 'v1' or 'preview' (or leave it out).",
+            param="api-version",
+            code="unsupported_api_version",
+        )
+    request.state.dialect = Dialect.AZURE_V1
+
+
+def _check_azure_dated(request: Request) -> None:
+    version = request.query_params.get("api-version")
+    if version is None:
+        raise InvalidRequest(
+            "Missing required query parameter 'api-version' (for example 2025-04-01-preview).",
+            param="api-version",
+            code="missing_api_version",
+        )
+    if not DATED_VERSION.match(version):
+        raise InvalidRequest(
+            f"Malformed api-version {version!r}; expected YYYY-MM-DD or YYYY-MM-DD-preview.",
+            param="api-version",
+            code="unsupported_api_version",
+        )
+    request.state.dialect = Dialect.AZURE_DATED
+
+
+def _set_openai(request: Request) -> None:
+    request.state.dialect = Dialect.OPENAI
+
+
+DIALECT_CHECKS = {
+    Dialect.OPENAI: _set_openai,
+    Dialect.AZURE_V1: _check_azure_v1,
+    Dialect.AZURE_DATED: _check_azure_dated,
+}
+
+
+def get_dialect(request: Request) -> Dialect:
+    return getattr(request.state, "dialect", Dialect.OPENAI)
+
+
+DialectDep = Annotated[Dialect, Depends(get_dialect)]
+
+
+def presented_key(request: Request) -> str | None:
+    """`Authorization: Bearer KEY` (OpenAI, Azure v1) or `api-key: KEY` (Azure)."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = request.headers.get("api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
+
+
+def get_principal(request: Request) -> Principal:
+    key = presented_key(request)
+    if key is None:
+        raise Unauthorized(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or in an 'api-key' header."
+        )
+    principal = request.app.state.container.authenticator.authenticate(key)
+    if principal is None:
+        raise Unauthorized("Incorrect API key provided.")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

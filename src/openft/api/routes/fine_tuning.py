@@ -1,0 +1,92 @@
+"""`/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from openft.api.deps import Dialect, DialectDep, PrincipalDep
+from openft.api.routes.common import container, created_status, location
+from openft.errors import InvalidRequest
+from openft.protocol.common import IdListPage, ListPage
+from openft.protocol.fine_tuning import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+)
+
+router = APIRouter(tags=["fine-tuning"])
+MAX_PAGE = 100
+"""Largest `limit` for jobs, events and checkpoints (documented in README)."""
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+After = Annotated[str | None, Query(max_length=64)]
+
+
+@router.post("/fine_tuning/jobs")
+def create_job(
+    request: Request, body: FineTuningJobCreate, principal: PrincipalDep, dialect: DialectDep, response: Response
+) -> FineTuningJob:
+    job = container(request).fine_tuning.create(principal.org_id, body)
+    response.status_code = created_status(dialect)
+    if dialect is Dialect.AZURE_DATED:
+        response.headers["Location"] = location(request, f"/fine_tuning/jobs/{job.id}")
+    return job
+
+
+def metadata_filter(request: Request) -> dict[str, str] | None:
+    """`metadata[key]=value` query pairs, as the SDK serializes a metadata dict."""
+    pairs = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("metadata[") and key.endswith("]"):
+            name = key[len("metadata[") : -1]
+            if not name or len(name) > 64:
+                raise InvalidRequest("metadata filter keys must have 1 to 64 characters.", param="metadata")
+            pairs[name] = value
+    return pairs or None
+
+
+@router.get("/fine_tuning/jobs")
+def list_jobs(
+    request: Request, principal: PrincipalDep, after: After = None, limit: Limit = 20
+) -> ListPage[FineTuningJob]:
+    return container(request).fine_tuning.list(
+        principal.org_id, after=after, limit=limit, metadata=metadata_filter(request)
+    )
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}")
+def retrieve_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
+    return container(request).fine_tuning.get(principal.org_id, fine_tuning_job_id)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
+def cancel_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
+    return container(request).fine_tuning.cancel(principal.org_id, fine_tuning_job_id)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause")
+def pause_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
+    return container(request).fine_tuning.pause(principal.org_id, fine_tuning_job_id)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume")
+def resume_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
+    return container(request).fine_tuning.resume(principal.org_id, fine_tuning_job_id)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")
+def list_events(
+    request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 20
+) -> ListPage[FineTuningJobEvent]:
+    return container(request).fine_tuning.list_events(principal.org_id, fine_tuning_job_id, after=after, limit=limit)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")
+def list_checkpoints(
+    request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 10
+) -> IdListPage[FineTuningJobCheckpoint]:
+    return container(request).fine_tuning.list_checkpoints(
+        principal.org_id, fine_tuning_job_id, after=after, limit=limit
+    )

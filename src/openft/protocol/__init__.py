@@ -1,0 +1,1 @@
+"""Wire objects with OpenAI's names and shapes (pydantic only; no logic, no database)."""

@@ -1,0 +1,145 @@
+"""Fine-tuning wire objects: the create request, the job, its events and checkpoints.
+
+Requests are strict (`extra="forbid"`): a misspelled hyperparameter is a 400 naming it. Field
+limits follow OpenAI's published schema (api-spec.md §3); the suffix is narrowed to
+`[A-Za-z0-9._-]` because it becomes part of a model name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, field_validator
+
+from openft.protocol.common import StrictModel
+
+Auto = Literal["auto"]
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+MAX_SEED = 2_147_483_647
+
+
+def _azure_auto(value: Any) -> Any:
+    """Azure's dated API examples send -1 to mean "auto"; accept it as such."""
+    return "auto" if value == -1 and not isinstance(value, bool) else value
+
+
+class Hyperparameters(StrictModel):
+    batch_size: Auto | Annotated[StrictInt, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[StrictFloat | StrictInt, Field(gt=0, le=100)] = "auto"
+    n_epochs: Auto | Annotated[StrictInt, Field(ge=1, le=50)] = "auto"
+
+    _azure = field_validator("batch_size", "learning_rate_multiplier", "n_epochs", mode="before")(_azure_auto)
+
+
+class SupervisedMethod(StrictModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(StrictModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class WandbIntegration(StrictModel):
+    project: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(max_length=128)] | None = None
+    entity: Annotated[str, Field(max_length=128)] | None = None
+    tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] | None = None
+
+
+class Integration(StrictModel):
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
+class FineTuningJobCreate(StrictModel):
+    """`POST /fine_tuning/jobs` body (OpenAI `CreateFineTuningJobRequest`)."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: Annotated[str, Field(pattern=SUFFIX_PATTERN)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
+    metadata: dict[str, str] | None = None
+    integrations: Annotated[list[Integration], Field(max_length=5)] | None = None
+    trainingType: str | None = Field(
+        default=None, description="Azure dated API scheduling hint; accepted and ignored (one local tier)."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_METADATA_PAIRS:
+            raise ValueError(f"metadata can have at most {MAX_METADATA_PAIRS} key-value pairs")
+        for key, item in value.items():
+            if len(key) > MAX_METADATA_KEY:
+                raise ValueError(f"metadata keys can be at most {MAX_METADATA_KEY} characters ({key[:20]!r}…)")
+            if len(item) > MAX_METADATA_VALUE:
+                raise ValueError(f"metadata values can be at most {MAX_METADATA_VALUE} characters (key {key!r})")
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobHyperparameters(BaseModel):
+    batch_size: Auto | int | None = "auto"
+    learning_rate_multiplier: Auto | float | None = "auto"
+    n_epochs: Auto | int | None = "auto"
+
+
+class FineTuningJob(BaseModel):
+    """The `fine_tuning.job` object. `status` adds `pausing` and `paused` to OpenAI's list (api-spec §10)."""
+
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    id: str
+    created_at: int
+    error: JobError | None = Field(description="Why the job failed; null unless it failed.")
+    fine_tuned_model: str | None = Field(description="The model's name; null until the job succeeded.")
+    finished_at: int | None = Field(description="When the job ended (succeeded, failed, cancelled); else null.")
+    hyperparameters: JobHyperparameters = Field(description="Numbers once resolved from the data; `auto` before.")
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: str
+    trained_tokens: int | None = Field(description="Tokens processed by training; null while it runs.")
+    training_file: str
+    validation_file: str | None
+    integrations: list[dict[str, Any]] | None = None
+    estimated_finish: int | None = Field(default=None, description="Unix seconds; null when the job is not running.")
+    method: dict[str, Any]
+    metadata: dict[str, str] | None = None
+    user_provided_suffix: str | None = None
+
+
+class FineTuningJobEvent(BaseModel):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] = Field(default_factory=dict, description="Metrics for `metrics` events; else empty.")
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, float] = Field(description="Only the metrics computed at this step.")

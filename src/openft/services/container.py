@@ -1,0 +1,123 @@
+"""Builds everything one openft process needs from `Settings`: database, storage, catalog, services,
+worker. The API's lifespan and the CLI both use it, so they are wired the same way."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft import ids
+from openft.basemodels import ModelCatalog
+from openft.db import repositories as repo
+from openft.db.engine import make_engine, make_session_factory
+from openft.db.migrate import upgrade
+from openft.db.tables import OrganizationRow
+from openft.fsutil import atomic_write_text
+from openft.inference import InferenceEngine
+from openft.jobs.worker import Worker
+from openft.services.auth import Authenticator, StaticKeyAuthenticator
+from openft.services.files import FileService
+from openft.services.fine_tuning import FineTuningService
+from openft.services.inference import InferenceService
+from openft.settings import Settings
+from openft.storage import LocalBlobStore
+
+log = logging.getLogger(__name__)
+KEY_PREFIX = "sk-openft-"
+
+
+def load_or_create_api_key(settings: Settings) -> tuple[str, bool]:
+    """The key from settings, else the one kept in the data dir, else a new one written there (0600).
+
+    Returns the key and whether it was generated now (so the caller can print it once).
+    """
+    if settings.api_key:
+        return settings.api_key, False
+    path = settings.key_file
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip(), False
+    key = KEY_PREFIX + ids.random_token(40)
+    atomic_write_text(path, key + "\n")
+    os.chmod(path, 0o600)
+    return key, True
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: LocalBlobStore
+    catalog: ModelCatalog
+    files: FileService
+    fine_tuning: FineTuningService
+    inference: InferenceService
+    default_org_id: str
+    api_key: str
+    api_key_generated: bool
+    authenticator: Authenticator
+    worker: Worker | None = None
+    _org_names: dict[str, str] = field(default_factory=dict)
+
+    def org_name(self, org_id: str) -> str:
+        if org_id not in self._org_names:
+            with self.sessions.begin() as session:
+                row = repo.get_organization(session, org_id)
+                self._org_names[org_id] = row.name if row else org_id
+        return self._org_names[org_id]
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.engine.dispose()
+
+
+def ensure_default_org(sessions: sessionmaker[Session], name: str) -> str:
+    with sessions.begin() as session:
+        row = session.scalar(select(OrganizationRow).where(OrganizationRow.name == name))
+        if row is None:
+            row = repo.ensure_organization(session, "org-" + secrets.token_hex(12), name)
+        return row.id
+
+
+def build_container(settings: Settings, *, with_worker: bool | None = None) -> Container:
+    """Create folders, migrate the database, and wire the services (and the worker, if asked)."""
+    for folder in (settings.data_dir, settings.files_dir, settings.jobs_dir, settings.cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    store = LocalBlobStore(settings.files_dir)
+    catalog = ModelCatalog(settings.models_dir, settings.cache_dir)
+    org_id = ensure_default_org(sessions, settings.org_name)
+    key, generated = load_or_create_api_key(settings)
+    worker = None
+    if settings.run_worker if with_worker is None else with_worker:
+        worker = Worker(settings, sessions, store, catalog)
+    container = Container(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        store=store,
+        catalog=catalog,
+        files=FileService(sessions, store),
+        fine_tuning=None,  # type: ignore[arg-type] — set below (needs the container's org lookup)
+        inference=InferenceService(sessions, catalog, InferenceEngine()),
+        default_org_id=org_id,
+        api_key=key,
+        api_key_generated=generated,
+        authenticator=StaticKeyAuthenticator(key, org_id),
+        worker=worker,
+    )
+    container.fine_tuning = FineTuningService(
+        sessions,
+        catalog,
+        org_names=container.org_name,
+        notify_worker=worker.notify if worker is not None else (lambda: None),
+    )
+    return container

@@ -1,0 +1,177 @@
+"""Files: store uploads durably, list, read and delete them, per organization."""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft import ids
+from openft.db import repositories as repo
+from openft.db.tables import FileRow
+from openft.errors import InvalidRequest, NotFound
+from openft.protocol.common import DeletedObject, IdListPage
+from openft.protocol.files import (
+    EXPIRES_MAX_SECONDS,
+    EXPIRES_MIN_SECONDS,
+    UPLOAD_PURPOSES,
+    FileObject,
+)
+from openft.storage import BlobStore, BlobWriter
+
+MAX_FILENAME_CHARS = 255
+MAX_LIST_LIMIT = 10_000
+
+
+def file_to_wire(row: FileRow) -> FileObject:
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        filename=row.filename,
+        purpose=row.purpose,
+        status="processed",
+    )
+
+
+def clean_filename(name: str | None) -> str:
+    """A display name only (never a path): last path component, no control characters, bounded."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if name in ("", ".", ".."):
+        name = "upload.jsonl"
+    return name[:MAX_FILENAME_CHARS]
+
+
+@dataclass
+class FileContent:
+    filename: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+class FileService:
+    def __init__(self, sessions: sessionmaker[Session], store: BlobStore):
+        self._sessions = sessions
+        self._store = store
+
+    def create(
+        self,
+        org_id: str,
+        *,
+        purpose: str | None,
+        filename: str | None,
+        writer: BlobWriter | None,
+        expires_after_anchor: str | None = None,
+        expires_after_seconds: str | None = None,
+    ) -> FileObject:
+        """Commit an uploaded blob and record it; the row is written only after the bytes are durable."""
+        try:
+            if writer is None:
+                raise InvalidRequest("The request has no 'file' part.", param="file")
+            if not purpose:
+                raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose")
+            if purpose not in UPLOAD_PURPOSES:
+                raise InvalidRequest(
+                    f"Invalid purpose {purpose!r}; expected one of {', '.join(UPLOAD_PURPOSES)}.", param="purpose"
+                )
+            expires_at = self._expiry(expires_after_anchor, expires_after_seconds)
+            if writer.size == 0:
+                raise InvalidRequest("The uploaded file is empty.", param="file")
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        file_id = ids.file_id()
+        blob = writer.commit(file_id)
+        row = FileRow(
+            id=file_id,
+            organization_id=org_id,
+            filename=clean_filename(filename),
+            purpose=purpose,
+            bytes=blob.size,
+            sha256=blob.sha256,
+            created_at=int(time.time()),
+            expires_at=expires_at,
+            status="processed",
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+        except BaseException:
+            self._store.delete(file_id)
+            raise
+        return file_to_wire(row)
+
+    @staticmethod
+    def _expiry(anchor: str | None, seconds: str | None) -> int | None:
+        if anchor is None and seconds is None:
+            return None
+        if anchor != "created_at":
+            raise InvalidRequest("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor")
+        try:
+            value = int(seconds or "")
+        except ValueError:
+            raise InvalidRequest("expires_after[seconds] must be an integer.", param="expires_after.seconds") from None
+        if not EXPIRES_MIN_SECONDS <= value <= EXPIRES_MAX_SECONDS:
+            raise InvalidRequest(
+                f"expires_after[seconds] must be between {EXPIRES_MIN_SECONDS} and {EXPIRES_MAX_SECONDS}.",
+                param="expires_after.seconds",
+            )
+        return int(time.time()) + value
+
+    def get(self, org_id: str, file_id: str) -> FileObject:
+        with self._sessions.begin() as session:
+            return file_to_wire(self._row(session, org_id, file_id))
+
+    @staticmethod
+    def _row(session: Session, org_id: str, file_id: str) -> FileRow:
+        row = repo.get_file(session, org_id, file_id)
+        if row is None:
+            raise NotFound(f"No such File object: {file_id}", param="file_id")
+        return row
+
+    def list(
+        self, org_id: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> IdListPage[FileObject]:
+        with self._sessions.begin() as session:
+            page = repo.list_files(
+                session, org_id, purpose=purpose, after=after, limit=limit, newest_first=order == "desc"
+            )
+            data = [file_to_wire(row) for row in page.data]
+        return IdListPage[FileObject](
+            data=data,
+            has_more=page.has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
+    def content(self, org_id: str, file_id: str) -> FileContent:
+        with self._sessions.begin() as session:
+            row = self._row(session, org_id, file_id)
+        return FileContent(filename=row.filename, size=row.bytes, chunks=self._store.iter_chunks(row.id))
+
+    def delete(self, org_id: str, file_id: str) -> DeletedObject:
+        """Remove the row first (the file disappears for everyone at once), then the bytes.
+
+        Jobs keep their own copy of their training data, so deleting a file a job used is allowed
+        (as on Azure) and does not break that job's resume.
+        """
+        with self._sessions.begin() as session:
+            self._row(session, org_id, file_id)
+            repo.delete_file(session, file_id)
+        self._store.delete(file_id)
+        return DeletedObject(id=file_id, object="file")
+
+    def purge_expired(self) -> int:
+        with self._sessions.begin() as session:
+            expired = [row.id for row in repo.expired_files(session, int(time.time()))]
+            for file_id in expired:
+                repo.delete_file(session, file_id)
+        for file_id in expired:
+            self._store.delete(file_id)
+        return len(expired)

@@ -1,0 +1,288 @@
+"""Fine-tuning jobs: create, read, list, and the user actions pause / resume / cancel.
+
+The service only records decisions in the database; the worker (jobs/worker.py) notices them and
+acts on the training process. Every status change is a compare-and-set through the one transition
+table in `jobs/states.py`, so a request racing the worker can never produce an illegal status.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft import ids
+from openft.basemodels import ModelCatalog
+from openft.db import repositories as repo
+from openft.db.tables import CheckpointRow, JobEventRow, JobRow
+from openft.errors import InvalidJobState, InvalidRequest, NotFound
+from openft.jobs.events import new_event
+from openft.jobs.states import JobStatus, UserAction, action_sources
+from openft.protocol.common import IdListPage, ListPage
+from openft.protocol.fine_tuning import (
+    MAX_SEED,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+    Hyperparameters,
+    JobError,
+    JobHyperparameters,
+)
+
+HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
+NOT_RUNNING_TRAINED_TOKENS = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING}
+
+
+def model_name_for(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
+    """`ft:{base}:{org}:{suffix}:{id8}` (api-spec.md §10 decision 7); a hub id's `/` becomes `--`."""
+    return f"ft:{base.replace('/', '--')}:{org_name}:{suffix or ''}:{ids.short_job_id(job_id)}"
+
+
+def checkpoint_model_name(model_name: str, step: int) -> str:
+    return f"{model_name}:ckpt-step-{step}"
+
+
+# Wire conversion ------------------------------------------------------------------------------
+
+
+def job_hyperparameters(row: JobRow) -> dict[str, Any]:
+    """Resolved numbers once the worker has seen the data; the request (with "auto") before."""
+    if row.resolved_hyperparameters:
+        return dict(row.resolved_hyperparameters)
+    requested = (row.method.get(row.method["type"]) or {}).get("hyperparameters") or {}
+    return {name: requested.get(name, "auto") for name in HYPERPARAMETER_NAMES}
+
+
+def job_to_wire(row: JobRow) -> FineTuningJob:
+    status = JobStatus(row.status)
+    hyperparameters = job_hyperparameters(row)
+    method = {"type": row.method["type"], row.method["type"]: {"hyperparameters": hyperparameters}}
+    return FineTuningJob(
+        id=row.id,
+        created_at=row.created_at,
+        error=JobError(**row.error) if row.error else None,
+        fine_tuned_model=row.fine_tuned_model,
+        finished_at=row.finished_at,
+        hyperparameters=JobHyperparameters(**hyperparameters),
+        model=row.model,
+        organization_id=row.organization_id,
+        result_files=list(row.result_files or []),
+        seed=row.seed,
+        status=status.value,
+        trained_tokens=None if status in NOT_RUNNING_TRAINED_TOKENS else (row.trained_tokens or 0),
+        training_file=row.training_file,
+        validation_file=row.validation_file,
+        integrations=row.integrations,
+        estimated_finish=row.estimated_finish if status in (JobStatus.RUNNING, JobStatus.PAUSING) else None,
+        method=method,
+        metadata=row.metadata_,
+        user_provided_suffix=row.suffix,
+    )
+
+
+def event_to_wire(row: JobEventRow) -> FineTuningJobEvent:
+    return FineTuningJobEvent(
+        id=row.id,
+        created_at=row.created_at,
+        level=row.level,  # type: ignore[arg-type]
+        message=row.message,
+        type=row.type,  # type: ignore[arg-type]
+        data=row.data or {},
+    )
+
+
+def checkpoint_to_wire(row: CheckpointRow) -> FineTuningJobCheckpoint:
+    return FineTuningJobCheckpoint(
+        id=row.id,
+        created_at=row.created_at,
+        fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=row.job_id,
+        step_number=row.step_number,
+        metrics={k: v for k, v in (row.metrics or {}).items() if v is not None},
+    )
+
+
+# Request → job ------------------------------------------------------------------------------
+
+
+def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
+    """One `method` object with every hyperparameter spelled out ("auto" where not given).
+
+    The deprecated top-level `hyperparameters` and `method.supervised.hyperparameters` mean the
+    same thing; giving both with different values is ambiguous and refused.
+    """
+    method = params.method
+    if method is not None and method.type != "supervised":
+        raise InvalidRequest(
+            f"Fine-tuning method {method.type!r} is not supported yet; use 'supervised'.", param="method.type"
+        )
+    nested = method.supervised.hyperparameters if method is not None and method.supervised else None
+    top = params.hyperparameters
+    if top is not None and nested is not None and top != nested:
+        raise InvalidRequest(
+            "Give hyperparameters either in method.supervised.hyperparameters or in the deprecated top-level "
+            "hyperparameters, not both.",
+            param="hyperparameters",
+        )
+    chosen = nested or top or Hyperparameters()
+    return {"type": "supervised", "supervised": {"hyperparameters": chosen.model_dump()}}
+
+
+class FineTuningService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        catalog: ModelCatalog,
+        *,
+        org_names: Callable[[str], str],
+        notify_worker: Callable[[], None] = lambda: None,
+    ):
+        self._sessions = sessions
+        self._catalog = catalog
+        self._org_names = org_names
+        self._notify = notify_worker
+
+    # create -----------------------------------------------------------------------------------
+    def create(self, org_id: str, params: FineTuningJobCreate) -> FineTuningJob:
+        if self._catalog.get(params.model) is None:
+            raise InvalidRequest(
+                f"Model {params.model!r} is not available for fine-tuning. Base models are the sub-folders of the "
+                "models directory holding a Hugging Face causal LM, the built-in SmolLM2-135M-Instruct, and hub ids "
+                "when the hub is reachable.",
+                param="model",
+                code="model_not_found",
+            )
+        method = _requested_method(params)
+        job_id = ids.job_id()
+        now = int(time.time())
+        org_name = self._org_names(org_id)  # before the transaction: never nest sessions (SQLite write lock)
+        with self._sessions.begin() as session:
+            for param, file_id in (
+                ("training_file", params.training_file),
+                ("validation_file", params.validation_file),
+            ):
+                if file_id is None:
+                    continue
+                file_row = repo.get_file(session, org_id, file_id)
+                if file_row is None:
+                    raise InvalidRequest(f"Invalid file id {file_id!r}: no such file.", param=param)
+                if file_row.purpose != "fine-tune":
+                    raise InvalidRequest(
+                        f"File {file_id} has purpose {file_row.purpose!r}; fine-tuning needs purpose 'fine-tune'.",
+                        param=param,
+                    )
+            row = JobRow(
+                id=job_id,
+                organization_id=org_id,
+                model=params.model,
+                training_file=params.training_file,
+                validation_file=params.validation_file,
+                status=JobStatus.VALIDATING_FILES.value,
+                created_at=now,
+                updated_at=time.time(),
+                model_name=model_name_for(params.model, org_name, params.suffix, job_id),
+                method=method,
+                seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
+                suffix=params.suffix,
+                metadata_=params.metadata,
+                integrations=[i.model_dump() for i in params.integrations] if params.integrations else None,
+                result_files=[],
+            )
+            session.add(row)
+            session.flush()
+            session.add(new_event(job_id, f"Created fine-tuning job: {job_id}"))
+            session.add(new_event(job_id, f"Validating training file: {params.training_file}"))
+        self._notify()
+        return job_to_wire(row)
+
+    # read -------------------------------------------------------------------------------------
+    def _job(self, session: Session, org_id: str, job_id: str) -> JobRow:
+        row = repo.get_job(session, org_id, job_id)
+        if row is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        return row
+
+    def get(self, org_id: str, job_id: str) -> FineTuningJob:
+        with self._sessions.begin() as session:
+            return job_to_wire(self._job(session, org_id, job_id))
+
+    def list(
+        self, org_id: str, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    ) -> ListPage[FineTuningJob]:
+        with self._sessions.begin() as session:
+            page = repo.list_jobs(session, org_id, after=after, limit=limit, metadata=metadata)
+            return ListPage[FineTuningJob](data=[job_to_wire(r) for r in page.data], has_more=page.has_more)
+
+    def list_events(self, org_id: str, job_id: str, *, after: str | None, limit: int) -> ListPage[FineTuningJobEvent]:
+        with self._sessions.begin() as session:
+            self._job(session, org_id, job_id)
+            page = repo.list_events(session, job_id, after=after, limit=limit)
+            return ListPage[FineTuningJobEvent](data=[event_to_wire(r) for r in page.data], has_more=page.has_more)
+
+    def list_checkpoints(
+        self, org_id: str, job_id: str, *, after: str | None, limit: int
+    ) -> IdListPage[FineTuningJobCheckpoint]:
+        with self._sessions.begin() as session:
+            self._job(session, org_id, job_id)
+            page = repo.list_checkpoints(session, job_id, after=after, limit=limit)
+            data = [checkpoint_to_wire(r) for r in page.data]
+        return IdListPage[FineTuningJobCheckpoint](
+            data=data,
+            has_more=page.has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
+    # user actions -----------------------------------------------------------------------------
+    def pause(self, org_id: str, job_id: str) -> FineTuningJob:
+        return self._act(org_id, job_id, UserAction.PAUSE)
+
+    def resume(self, org_id: str, job_id: str) -> FineTuningJob:
+        return self._act(org_id, job_id, UserAction.RESUME)
+
+    def cancel(self, org_id: str, job_id: str) -> FineTuningJob:
+        return self._act(org_id, job_id, UserAction.CANCEL)
+
+    def _act(self, org_id: str, job_id: str, action: UserAction) -> FineTuningJob:
+        with self._sessions.begin() as session:
+            row = self._job(session, org_id, job_id)
+            status = JobStatus(row.status)
+            if status not in action_sources(action):
+                raise InvalidJobState(_refusal(action, status))
+            if action is UserAction.PAUSE and row.completed_steps < 1:
+                raise InvalidJobState(
+                    "The job cannot be paused before it has completed its first training step; try again shortly."
+                )
+            fields: dict[str, Any] = {}
+            if action is UserAction.CANCEL:
+                fields = {"finished_at": int(time.time()), "estimated_finish": None}
+            if action is UserAction.RESUME:
+                fields = {"worker_id": None, "lease_expires_at": None}
+            target = {UserAction.PAUSE: JobStatus.PAUSING, UserAction.RESUME: JobStatus.QUEUED}.get(
+                action, JobStatus.CANCELLED
+            )
+            if not repo.transition_job(session, job_id, target, sources=[status], **fields):
+                raise InvalidJobState(f"The job's status changed while the {action.value} was being applied; retry.")
+            session.add(new_event(job_id, _action_message(action, row)))
+            session.flush()
+            session.refresh(row)  # the UPDATE above bypassed the ORM object
+            wire = job_to_wire(row)
+        self._notify()
+        return wire
+
+
+def _refusal(action: UserAction, status: JobStatus) -> str:
+    allowed = ", ".join(sorted(s.value for s in action_sources(action)))
+    return f"Cannot {action.value} a job whose status is '{status.value}' (allowed from: {allowed})."
+
+
+def _action_message(action: UserAction, row: JobRow) -> str:
+    if action is UserAction.PAUSE:
+        return f"Pause requested at step {row.completed_steps}; the job pauses after its checkpoint is written."
+    if action is UserAction.RESUME:
+        return "Job resumed; queued to continue from its last checkpoint."
+    return "Job cancelled."

@@ -1,0 +1,65 @@
+"""Validate responses against OpenAI's published OpenAPI schemas (../shared/reference/openapi).
+
+The document is loaded once; `validate(instance, "FineTuningJob")` checks an object against
+`#/components/schemas/FineTuningJob` with every `$ref` resolved. The document's OpenAPI-3.0-style boolean
+exclusive bounds are converted to 2020-12 numbers. Our documented extension statuses
+(`pausing`, `paused`; api-spec.md §10) are added to the job status enum, nothing else is relaxed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openapi" / "openai-openapi.yaml"
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    _fix_boolean_exclusive_bounds(document)
+    status = document["components"]["schemas"]["FineTuningJob"]["properties"]["status"]
+    status["enum"] = [*status["enum"], "pausing", "paused"]
+    return document
+
+
+def _fix_boolean_exclusive_bounds(node: Any) -> None:
+    """The document mixes OpenAPI 3.0's `exclusiveMinimum: true` into 3.1 schemas; in JSON Schema 2020-12
+    the bound is a number, and Python's `True == 1` would silently turn it into "greater than 1"."""
+    if isinstance(node, dict):
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if node.get(exclusive) is True and bound in node:
+                node[exclusive] = node.pop(bound)
+            elif node.get(exclusive) is False:
+                node.pop(exclusive)
+        for value in node.values():
+            _fix_boolean_exclusive_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fix_boolean_exclusive_bounds(value)
+
+
+@functools.cache
+def _registry() -> Registry:
+    return Registry().with_resource("urn:openai", Resource.from_contents(_document(), default_specification=_spec()))
+
+
+def _spec() -> Any:
+    from referencing.jsonschema import DRAFT202012
+
+    return DRAFT202012
+
+
+def available() -> bool:
+    return SPEC_PATH.exists()
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Raise jsonschema.ValidationError when `instance` does not match OpenAI's schema."""
+    schema = {"$ref": f"urn:openai#/components/schemas/{schema_name}"}
+    Draft202012Validator(schema, registry=_registry()).validate(instance)
