@@ -25,8 +25,8 @@ demo: setup
 	$(PY) examples/demo/demo.py
 
 lint: setup
-	$(PY) -m ruff check src tests examples
-	$(PY) -m ruff format --check src tests examples
+	$(PY) -m ruff check src tests examples scripts
+	$(PY) -m ruff format --check src tests examples scripts
 	$(VENV)/bin/lint-imports
 
 test: setup lint

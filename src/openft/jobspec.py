@@ -27,6 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SPEC_VERSION = 1
+PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
+"""Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
 
 
 class ExitCode(enum.IntEnum):

@@ -1,7 +1,9 @@
-"""Validate responses against OpenAI's published OpenAPI schemas (../shared/reference/openapi).
+"""Validate responses against OpenAI's published OpenAPI schemas.
 
-The document is loaded once; `validate(instance, "FineTuningJob")` checks an object against
-`#/components/schemas/FineTuningJob` with every `$ref` resolved. The document's OpenAPI-3.0-style boolean
+The schemas come from tests/fixtures/openai-schemas.json, extracted from OpenAI's document by
+scripts/extract_openai_schemas.py (tests/test_openapi_fixture.py guards against drift). They are loaded
+once; `validate(instance, "FineTuningJob")` checks an object against `#/components/schemas/FineTuningJob`
+with every `$ref` resolved. The document's OpenAPI-3.0-style boolean
 exclusive bounds are converted to 2020-12 numbers. Our documented extension statuses
 (`pausing`, `paused`; api-spec.md §10) are added to the job status enum, nothing else is relaxed.
 """
@@ -9,19 +11,19 @@ exclusive bounds are converted to 2020-12 numbers. Our documented extension stat
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openapi" / "openai-openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "openai-schemas.json"
 
 
 @functools.cache
 def _document() -> dict[str, Any]:
-    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    document = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
     _fix_boolean_exclusive_bounds(document)
     status = document["components"]["schemas"]["FineTuningJob"]["properties"]["status"]
     status["enum"] = [*status["enum"], "pausing", "paused"]
@@ -53,10 +55,6 @@ def _spec() -> Any:
     from referencing.jsonschema import DRAFT202012
 
     return DRAFT202012
-
-
-def available() -> bool:
-    return SPEC_PATH.exists()
 
 
 def validate(instance: Any, schema_name: str) -> None:

@@ -29,7 +29,7 @@ from openft.db import repositories as repo
 from openft.db.tables import CheckpointRow, FileRow
 from openft.jobs.events import new_event
 from openft.jobs.states import JobStatus
-from openft.jobspec import ExitCode, parse_progress_line
+from openft.jobspec import PARENT_PID_ENV, ExitCode, parse_progress_line
 from openft.protocol.files import RESULT_PURPOSE
 from openft.storage import BlobStore
 
@@ -98,7 +98,12 @@ class TrainingRun:
                 text=True,
                 bufsize=1,
                 start_new_session=True,  # Ctrl-C on the server must not hit the trainer directly
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "TOKENIZERS_PARALLELISM": "false",
+                    PARENT_PID_ENV: str(os.getpid()),
+                },
             )
         finally:
             log_file.close()

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from openft.jobspec import ExitCode, TrainJobSpec
+from openft.jobspec import PARENT_PID_ENV, ExitCode, TrainJobSpec
 from openft.training.progress import Progress
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -46,7 +46,8 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
     # Handlers go in before the slow imports, so an early SIGTERM still ends in an orderly `stopped`.
     from openft.training.recipe import StopRequest
 
-    stop = StopRequest()
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    stop = StopRequest(parent_pid=int(parent) if parent.isdigit() else None)
     previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     # The worker holds stop signals back until it has heard from us: until now SIGUSR1 would have killed us.
     progress.emit("log", level="info", message=f"Training process {os.getpid()} started.")

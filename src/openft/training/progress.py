@@ -36,8 +36,8 @@ class Progress:
             self._stream.write(progress_line(kind, **fields))
             self._stream.flush()
         except (BrokenPipeError, ValueError, OSError) as exc:
-            # The reader is gone (worker died). Keep training so the next checkpoint still lands;
-            # a new worker resumes from it.
+            # The reader is gone (worker died). Keep going to the next step boundary, where the
+            # parent watch (StopRequest) stops with a checkpoint that a new worker resumes from.
             self._stream = None
             print(f"progress channel closed ({exc}); continuing without messages", file=sys.stderr)
 

@@ -60,14 +60,23 @@ class TrainingFailure(Exception):
 
 
 class StopRequest:
-    """Set from a signal handler; the loop looks at it between optimizer steps only."""
+    """Set from a signal handler, or when the worker that started us is gone; looked at between optimizer
+    steps only. An orphaned trainer must not keep writing checkpoints that a new worker will also write, so
+    it stops at the next step boundary (with a checkpoint) when its parent process changes."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, parent_pid: int | None = None) -> None:
+        self._requested = False
         self.signal_name: str | None = None
+        self.parent_pid = parent_pid
+
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self._requested, self.signal_name = True, "the exit of the worker that started it"
+        return self._requested
 
     def __call__(self, signum: int, _frame: Any) -> None:
-        self.requested = True
+        self._requested = True
         self.signal_name = signal.Signals(signum).name
 
 
