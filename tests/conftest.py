@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from openft.services.container import Container, build_container
+from openft.settings import Settings
 from tests.support.databases import postgres_available, postgres_schema_url, sqlite_url
 from tests.support.tiny_model import build_tiny_model
 
@@ -34,3 +36,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.skip("PostgreSQL is not reachable at OPENFT_TEST_POSTGRES_URL")
     with postgres_schema_url() as url:
         yield url
+
+
+@pytest.fixture
+def container(tmp_path: Path, models_dir: Path) -> Iterator[Container]:
+    """A wired container on a temporary data folder (SQLite); its worker is built but not started."""
+    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_key="k", lease_seconds=0.2)
+    built = build_container(settings, with_worker=True)
+    yield built
+    built.engine.dispose()

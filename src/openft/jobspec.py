@@ -27,6 +27,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SPEC_VERSION = 1
+RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+"""The result file's columns (api-spec.md §6); also the metric names of metrics and checkpoint messages."""
 PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
 """Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
 

@@ -28,8 +28,9 @@ from openft import ids
 from openft.db import repositories as repo
 from openft.db.tables import CheckpointRow, FileRow
 from openft.jobs.events import new_event
+from openft.jobs.outcomes import record_failure
 from openft.jobs.states import JobStatus
-from openft.jobspec import PARENT_PID_ENV, ExitCode, parse_progress_line
+from openft.jobspec import PARENT_PID_ENV, RESULT_COLUMNS, ExitCode, parse_progress_line
 from openft.protocol.files import RESULT_PURPOSE
 from openft.storage import BlobStore
 
@@ -223,14 +224,7 @@ class TrainingRun:
             mean = sum(outcome.step_seconds) / len(outcome.step_seconds)
             eta = int(time.time() + (total - step) * mean) + 1
         data = {"step": step, "total_steps": total}
-        for name in (
-            "train_loss",
-            "train_mean_token_accuracy",
-            "valid_loss",
-            "valid_mean_token_accuracy",
-            "full_valid_loss",
-            "full_valid_mean_token_accuracy",
-        ):
+        for name in RESULT_COLUMNS[1:]:
             if message.get(name) is not None:
                 data[name] = message[name]
         text = f"Step {step}/{total}: training loss={float(message['train_loss']):.4f}"
@@ -353,20 +347,15 @@ class TrainingRun:
 
     def _fail(self, code: str, message: str, param: str | None) -> None:
         with self._sessions.begin() as session:
-            ok = repo.transition_job(
+            record_failure(
                 session,
                 self.job_id,
-                JobStatus.FAILED,
                 attempt=self.attempt,
-                error={"code": code, "message": message, "param": param},
-                finished_at=int(time.time()),
-                estimated_finish=None,
+                code=code,
+                message=message,
+                param=param,
                 trained_tokens=self.outcome.trained_tokens,
-                worker_id=None,
-                lease_expires_at=None,
             )
-            if ok:
-                session.add(new_event(self.job_id, f"Fine-tuning failed: {message}", level="error"))
 
 
 class _FencedWrite(contextlib.AbstractContextManager[Session]):

@@ -24,6 +24,7 @@ from openft.db import repositories as repo
 from openft.db.tables import JobRow
 from openft.fsutil import atomic_write_text
 from openft.jobs.events import new_event
+from openft.jobs.outcomes import record_failure
 from openft.jobs.runner import TrainingRun
 from openft.jobs.states import JobStatus
 from openft.jobspec import BaseModelSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec
@@ -275,18 +276,7 @@ class Worker:
 
     def _fail(self, job: JobRow, code: str, message: str, param: str | None) -> None:
         with self._sessions.begin() as session:
-            ok = repo.transition_job(
-                session,
-                job.id,
-                JobStatus.FAILED,
-                attempt=job.attempt,
-                error={"code": code, "message": message, "param": param},
-                finished_at=int(time.time()),
-                worker_id=None,
-                lease_expires_at=None,
-            )
-            if ok:
-                session.add(new_event(job.id, message, level="error"))
+            record_failure(session, job.id, attempt=job.attempt, code=code, message=message, param=param)
 
     # training ---------------------------------------------------------------------------------
     def _claim_training(self) -> bool:

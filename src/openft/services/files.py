@@ -166,12 +166,3 @@ class FileService:
             repo.delete_file(session, file_id)
         self._store.delete(file_id)
         return DeletedObject(id=file_id, object="file")
-
-    def purge_expired(self) -> int:
-        with self._sessions.begin() as session:
-            expired = [row.id for row in repo.expired_files(session, int(time.time()))]
-            for file_id in expired:
-                repo.delete_file(session, file_id)
-        for file_id in expired:
-            self._store.delete(file_id)
-        return len(expired)

@@ -15,18 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from openft.fsutil import atomic_write_text
+from openft.jobspec import RESULT_COLUMNS
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.csv"
-RESULT_COLUMNS = (
-    "step",
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 
 from openft.datasets.chat import CODE_FORMAT, DataFormatError, read_examples
 from openft.fsutil import commit_dir, remove_tree, temp_sibling
-from openft.jobspec import TrainJobSpec
+from openft.jobspec import RESULT_COLUMNS, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.data import IGNORE_INDEX, PreparedData, TokenizedExample, collate, epoch_order, micro_batches
 from openft.training.data import prepare as prepare_data
-from openft.training.metrics import METRICS_FILE, RESULT_COLUMNS, RESULTS_FILE, MetricsLog, write_results_csv
+from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
 from openft.training.model import load_model, pick_device, save_weights
 from openft.training.progress import Progress
 
