@@ -1,15 +1,21 @@
-"""Tiny models for the inference tests: a base, two LoRA adapters on it, and a merged full fine-tune."""
+"""Tiny models for the inference tests: a base, two LoRA adapters on it, a merged full fine-tune, and
+wrappers that make a model write a given text (or write slowly)."""
 
 from __future__ import annotations
 
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openft.inference import ModelTarget
+from openft.inference import InferenceEngine, ModelTarget
+from openft.inference import registry as registry_module
 from tests.support.tiny_model import build_tiny_model
 
 
@@ -83,3 +89,71 @@ def lora_b(base_dir: Path, adapter_b: Path) -> ModelTarget:
 @pytest.fixture(scope="package")
 def full_a(base_dir: Path, merged_a: Path) -> ModelTarget:
     return ModelTarget(base_path=base_dir, full_model_path=merged_a)
+
+
+# Models that write a given text, and slow models ----------------------------------------------------
+
+
+class ScriptedLM(torch.nn.Module):
+    """Wraps a real model (so its KV cache fills normally) but makes it write `script`, then stop.
+
+    The logits are the real ones plus a large bonus on the script's next token, so a constraint that
+    refuses a scripted token falls back on the real model's preferences. Steps are counted per cache,
+    i.e. per request.
+    """
+
+    def __init__(self, real: torch.nn.Module, script: list[int], eos_id: int, delay: float = 0.0):
+        super().__init__()
+        self.real = real
+        self.config = real.config
+        self.generation_config = real.generation_config
+        self.script = [*script, eos_id]
+        self.delay = delay
+
+    def forward(self, input_ids: torch.Tensor, cache: Any = None, **kwargs: Any) -> Any:
+        step = getattr(cache, "_scripted_step", -1) + 1
+        cache._scripted_step = step
+        if self.delay:
+            time.sleep(self.delay)
+        out = self.real(input_ids=input_ids, cache=cache, **kwargs)
+        if step < len(self.script):
+            out.logits[:, -1, self.script[step]] += 50.0
+        return out
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch, base_dir: Path) -> Callable[..., InferenceEngine]:
+    """`scripted(text, delay=0, engine=None)`: an engine whose base model (any folder) writes `text`."""
+    original = registry_module.AutoModelForCausalLM.from_pretrained
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    state: dict[str, Any] = {}
+
+    def from_pretrained(path: Any, **kwargs: Any) -> Any:
+        script = tokenizer(state["text"], add_special_tokens=False)["input_ids"]
+        return ScriptedLM(original(path, **kwargs), script, tokenizer.eos_token_id, state["delay"])
+
+    monkeypatch.setattr(registry_module.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+
+    def make(text: str, delay: float = 0.0) -> InferenceEngine:
+        state.update(text=text, delay=delay)
+        return InferenceEngine()
+
+    return make
+
+
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | map(attribute='function.name') | join(', ') }}. "
+    "Call them as <tool_call>{json}</tool_call>.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="package")
+def hermes_dir(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base model with a chat template that lists tools and asks for `<tool_call>` blocks."""
+    folder = Path(shutil.copytree(base_dir, tmp_path_factory.mktemp("hermes") / "model"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = HERMES_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder

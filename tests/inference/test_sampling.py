@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from openft.inference.sampling import TokenSampler, top_p_filter
+from openft.inference.sampling import TokenSampler, apply_penalties, top_p_filter
 
 PROBS = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
 LOGITS = PROBS.log()
@@ -55,3 +55,28 @@ def test_unseeded_samplers_differ() -> None:
     a = TokenSampler(temperature=1.0, top_p=1.0, seed=None)(logits)
     b = TokenSampler(temperature=1.0, top_p=1.0, seed=None)(logits)
     assert not torch.equal(a, b)
+
+
+def test_penalties_subtract_presence_once_and_frequency_per_count() -> None:
+    logits = torch.zeros((2, 4))
+    counts = torch.tensor([[0.0, 1.0, 3.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    penalized = apply_penalties(logits, counts, presence=0.5, frequency=0.25)
+    assert penalized.tolist() == [[0.0, -0.75, -1.25, 0.0], [-1.0, 0.0, 0.0, 0.0]]
+    assert apply_penalties(logits, counts, presence=-1.0, frequency=0.0)[0].tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_ranked_is_argsort_when_greedy_and_a_sample_order_otherwise() -> None:
+    row = LOGITS[0]
+    assert TokenSampler(temperature=0, top_p=1.0, seed=None).ranked(row).tolist() == [0, 1, 2]
+    sampler = TokenSampler(temperature=1.0, top_p=1.0, seed=3)
+    firsts = torch.tensor([int(sampler.ranked(row)[0]) for _ in range(3000)])
+    assert torch.allclose(torch.bincount(firsts, minlength=3).float() / 3000, PROBS[0], atol=0.03)
+    # Gumbel-max: the first of a subset in this order is a sample from the distribution restricted to it.
+    seconds = torch.tensor([next(t for t in sampler.ranked(row).tolist() if t != 0) for _ in range(3000)])
+    assert torch.allclose(torch.bincount(seconds, minlength=3).float()[1:] / 3000, torch.tensor([0.6, 0.4]), atol=0.03)
+
+
+def test_ranked_puts_tokens_outside_the_nucleus_last_in_logit_order() -> None:
+    row = torch.tensor([0.1, 0.2, 0.05, 0.3, 0.35]).log()
+    order = TokenSampler(temperature=1.0, top_p=0.5, seed=1).ranked(row).tolist()
+    assert sorted(order[:2]) == [3, 4] and order[2:] == [1, 0, 2]

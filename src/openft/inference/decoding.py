@@ -1,82 +1,336 @@
-"""The token-by-token generation loop over `n` copies of one prompt.
+"""The token-by-token generation loop over `n` copies of one prompt, as a stream of deltas.
 
-A plain loop rather than `model.generate`: it samples with a private RNG (see `TokenSampler`), ends
-each choice on its own stop strings, and is the natural place to yield tokens for streaming later.
-The `n` rows share one prompt, so they need no padding and one forward pass serves them all.
+A plain loop rather than `model.generate`: it samples with a private RNG (see `TokenSampler`), applies
+OpenAI's penalties, constrains tokens for json_object, ends each choice on its own stop strings, and
+yields text as soon as it is certain. A non-streamed reply is the concatenation of the same deltas,
+so streamed and non-streamed replies are equal by construction, not by two implementations agreeing.
+
+The `n` rows share one prompt: it is run once, and its KV cache copied to the `n` rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from openft.inference.sampling import TokenSampler
-from openft.inference.types import GenerationChoice
+from openft.datasets.toolcalls import JsonObjectPrefix, ToolCallParser
+from openft.inference.sampling import TokenSampler, apply_penalties
+from openft.inference.tokens import IncrementalDecoder, TokenVocabulary
+from openft.inference.types import (
+    FinishReason,
+    GenerationChoice,
+    GenerationParams,
+    StreamDelta,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+)
+
+JSON_MAX_WHITESPACE = 32
+"""json_object: longest run of whitespace allowed between JSON tokens (stops endless blank lines)."""
+JSON_CANDIDATES = 64
+"""json_object: most likely tokens tried before falling back to single-character tokens."""
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Everything about one request's generation that is settled before its first token."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    max_new_tokens: int
+    """Per choice, counting `forced_ids`."""
+    stop_token_ids: frozenset[int]
+    forced_ids: list[int] = field(default_factory=list)
+    """Tokens every choice starts with (a forced tool call's opening); run with the prompt, not sampled."""
+    json_from: int | None = None
+    """Where in the choice's text a JSON object must start (json_object or a forced tool call); None: free."""
+    tool_names: frozenset[str] | None = None
+    """Functions whose calls are parsed out of the text; None: tool calls are not parsed."""
+    echo: str = ""
+    """Text put before each choice's reply (legacy completions' `echo`)."""
+
+
+@dataclass
+class _Token:
+    start: int
+    """Offset of the token's text in the choice's text; its logprob is reported if its text is kept."""
+    end: int
+    logprob: TokenLogprob
 
 
 class _Choice:
-    """One row of the batch: its tokens so far, and why it ended (None while still going)."""
+    """One row of the batch: its text so far, what has been sent of it, and why it ended."""
 
-    def __init__(self, stop_strings: Sequence[str], decode: Callable[[list[int]], str]):
-        self._stop_strings = stop_strings
-        self._decode = decode
-        self.token_ids: list[int] = []
-        self.generated = 0  # includes the end-of-sequence token, which is not part of the text
-        self.stopped_text: str | None = None
-        self.finish_reason: str | None = None
+    def __init__(self, index: int, plan: DecodePlan, tokenizer: PreTrainedTokenizerBase, vocab: TokenVocabulary):
+        self.index = index
+        self._plan = plan
+        self._vocab = vocab
+        self.decoder = IncrementalDecoder(tokenizer)
+        for token_id in plan.forced_ids:
+            self.decoder.add(token_id)
+        self.generated = len(plan.forced_ids)
+        self.finish_reason: FinishReason | None = None
+        self._final_text: str | None = None
+        self._stops = [s for s in plan.params.stop or [] if s]
+        self._stops_from = len(self.decoder.text)  # the forced opening is not searched for stop strings
+        self._sent = 0  # chars of the reply (text, or content with tools) already sent
+        self._tokens: list[_Token] = []
+        self._tokens_sent = 0
+        self._tools = ToolCallParser(plan.tool_names) if plan.tool_names is not None else None
+        self.json: JsonObjectPrefix | None = None
+        if plan.json_from is not None:
+            self.json = JsonObjectPrefix(JSON_MAX_WHITESPACE)
+            ok, _ = self.json.feed(self.decoder.text[plan.json_from :])
+            if not ok:  # a tokenizer that does not decode the forced opening back as it was: go unconstrained
+                self.json = None
 
-    def add(self, token_id: int, stop_token_ids: Collection[int]) -> None:
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def opening(self) -> StreamDelta | None:
+        return StreamDelta(self.index, text=self._plan.echo) if self._plan.echo else None
+
+    def acceptable(self, token_id: int) -> bool:
+        """Under the JSON constraint: does `token_id` keep the text a prefix of one JSON object?"""
+        assert self.json is not None
+        if token_id in self._plan.stop_token_ids:
+            return False  # the object is not complete yet (a complete one ends the choice by itself)
+        text, pending = self.decoder.peek(token_id)
+        if not text and not pending:
+            return False  # adds nothing (a special token): no progress towards the object
+        state = self.json.copy()
+        ok, closed_at = state.feed(text)
+        return ok and (closed_at is not None or not pending or state.in_string)
+
+    def add(self, token_id: int, logprob: TokenLogprob | None) -> None:
         self.generated += 1
-        if token_id in stop_token_ids:
-            self.finish_reason = "stop"
+        if token_id in self._plan.stop_token_ids:
+            self.finish("stop")
             return
-        self.token_ids.append(token_id)
-        if self._stop_strings:
-            # The whole text is searched again (not just the tail) because decoding a new token can
-            # complete a multi-byte character and so change text that was already decoded.
-            text = self._decode(self.token_ids)
-            cuts = [i for i in (text.find(s) for s in self._stop_strings) if i >= 0]
-            if cuts:
-                self.stopped_text = text[: min(cuts)]
-                self.finish_reason = "stop"
+        start = len(self.decoder.text)
+        self.decoder.add(token_id)
+        text = self.decoder.text
+        if logprob is not None:
+            self._tokens.append(_Token(start, len(text), logprob))
+        cuts = []
+        if self.json is not None and len(text) > start:
+            _, closed_at = self.json.feed(text[start:])  # valid: `acceptable` checked it
+            if closed_at is not None:
+                cuts.append(start + closed_at)
+        if self._stops:
+            search_from = max(self._stops_from, start - max(map(len, self._stops)) + 1)
+            cuts += [i for i in (text.find(s, search_from) for s in self._stops) if i >= 0]
+        if cuts:
+            self.finish("stop", text[: min(cuts)])
 
-    def result(self) -> GenerationChoice:
-        if self.finish_reason is None:
-            return GenerationChoice(text=self._decode(self.token_ids), finish_reason="length")
-        text = self.stopped_text if self.stopped_text is not None else self._decode(self.token_ids)
-        return GenerationChoice(text=text, finish_reason="stop")
+    def finish(self, reason: FinishReason, text: str | None = None) -> None:
+        """End the choice; `text` cuts it (stop string, closed JSON object), else all decoded text counts."""
+        self.finish_reason = reason
+        self._final_text = text if text is not None else self.decoder.flush()
+
+    def delta(self) -> StreamDelta | None:
+        """What became certain since the last delta; the last one carries the finish reason."""
+        if self._final_text is not None:
+            return self._last_delta(self._final_text)
+        text = self.decoder.text
+        settled = len(text) - _stop_prefix_length(text, self._stops, self._stops_from)
+        content = text[:settled] if self._tools is None else self._tools.settled_content(text[:settled])
+        new_text, self._sent = content[self._sent :], len(content)
+        tokens = self._take_tokens(lambda token: token.end <= settled)
+        if not new_text and not tokens:
+            return None
+        return StreamDelta(self.index, text=new_text, logprobs=tokens)
+
+    def _last_delta(self, text: str) -> StreamDelta:
+        assert self.finish_reason is not None
+        calls = None
+        reason = self.finish_reason
+        if self._tools is not None:
+            content, parsed = self._tools.finish(text)
+            if parsed:
+                calls = [ToolCall(f"call_{uuid.uuid4().hex[:24]}", call.name, call.arguments) for call in parsed]
+                reason = "tool_calls"
+        else:
+            content = text
+        new_text = content[self._sent :]
+        self._sent = len(content)
+        tokens = self._take_tokens(lambda token: token.start < len(text))
+        return StreamDelta(self.index, text=new_text, logprobs=tokens, tool_calls=calls, finish_reason=reason)
+
+    def _take_tokens(self, keep: Callable[[_Token], bool]) -> list[TokenLogprob] | None:
+        if not self._plan.params.logprobs:
+            return None
+        taken = []
+        while self._tokens_sent < len(self._tokens) and keep(self._tokens[self._tokens_sent]):
+            taken.append(self._tokens[self._tokens_sent].logprob)
+            self._tokens_sent += 1
+        if self._final_text is not None:
+            self._tokens_sent = len(self._tokens)  # the rest fell after a stop string
+        return taken
 
 
-@torch.inference_mode()
-def generate_choices(
-    model: torch.nn.Module,
-    prompt_ids: list[int],
-    *,
-    n: int,
-    max_new_tokens: int,
-    sampler: TokenSampler,
-    stop_token_ids: Collection[int],
-    stop_strings: Sequence[str],
-    decode: Callable[[list[int]], str],
-) -> tuple[list[GenerationChoice], int]:
-    """Generate `n` choices of at most `max_new_tokens` tokens; returns them and the tokens generated.
+def _stop_prefix_length(text: str, stops: list[str], start: int) -> int:
+    """Length of the longest end of `text` (after `start`) that a stop string begins with: it may yet
+    become a stop string, so it is held back."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text) - start), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
 
-    Rows that finished early keep riding along in the batch (their new tokens are ignored) until every
-    row is done, which keeps the KV cache a plain rectangle.
-    """
-    choices = [_Choice(stop_strings, decode) for _ in range(n)]
-    cache = DynamicCache(config=model.config)
-    input_ids = torch.tensor([prompt_ids] * n, dtype=torch.long)
-    for _ in range(max_new_tokens):
-        # logits_to_keep=1: only the last position's logits are needed (the prompt's would be n×len×vocab).
-        logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        next_ids = sampler(logits)
-        for choice, token_id in zip(choices, next_ids.tolist(), strict=True):
-            if choice.finish_reason is None:
-                choice.add(token_id, stop_token_ids)
-        if all(choice.finish_reason is not None for choice in choices):
-            break
-        input_ids = next_ids[:, None]
-    return [choice.result() for choice in choices], sum(choice.generated for choice in choices)
+
+class Generation:
+    """One request's generation on a model that the caller holds (see `ModelRegistry.acquire`)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        vocab: TokenVocabulary,
+        plan: DecodePlan,
+    ):
+        self._model = model
+        self._vocab = vocab
+        self._plan = plan
+        self._params = self.params = plan.params
+        self._sampler = TokenSampler(
+            temperature=self._params.temperature, top_p=self._params.top_p, seed=self._params.seed
+        )
+        self._choices = [_Choice(i, plan, tokenizer, vocab) for i in range(self._params.n)]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._plan.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far over all choices (forced ones and end-of-sequence tokens included)."""
+        return sum(choice.generated for choice in self._choices)
+
+    @torch.inference_mode()
+    def run(self, cancel: threading.Event | None = None) -> Iterator[StreamDelta]:
+        """Generate, yielding each choice's deltas as they become certain; stops early once `cancel` is set.
+
+        Rows that finished early keep riding along in the batch (their new tokens are ignored) until every
+        row is done, which keeps the KV cache a plain rectangle.
+        """
+        plan, params, choices = self._plan, self._params, self._choices
+        for choice in choices:
+            if (opening := choice.opening()) is not None:
+                yield opening
+        cache = DynamicCache(config=self._model.config)
+        input_ids = torch.tensor([plan.prompt_ids + plan.forced_ids], dtype=torch.long)
+        counts: torch.Tensor | None = None  # per row and token: times generated (for the penalties)
+        for step in range(plan.max_new_tokens - len(plan.forced_ids)):
+            if cancel is not None and cancel.is_set():
+                return
+            # logits_to_keep=1: only the last position's logits are needed (the prompt's would be len×vocab).
+            logits = self._model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            if step == 0:  # the prompt ran once; every choice continues from its cache
+                if params.n > 1:
+                    cache.batch_repeat_interleave(params.n)
+                logits = logits.expand(params.n, -1)
+                if params.penalized:
+                    counts = torch.zeros((params.n, logits.shape[-1]))
+            logits = logits.float()
+            if counts is not None:
+                logits = apply_penalties(
+                    logits, counts, presence=params.presence_penalty, frequency=params.frequency_penalty
+                )
+            next_ids = self._sampler(logits).tolist()
+            for row, choice in enumerate(choices):
+                if choice.done:
+                    continue
+                if choice.json is not None and not choice.acceptable(next_ids[row]):
+                    constrained = self._constrained(choice, logits[row])
+                    if constrained is None:
+                        choice.finish("length")  # nothing keeps the JSON valid: end with what is there
+                        yield choice.delta()  # type: ignore[misc]
+                        continue
+                    next_ids[row] = constrained
+            logprobs = self._logprobs(logits, next_ids, choices) if params.logprobs else [None] * params.n
+            for row, choice in enumerate(choices):
+                if choice.done:
+                    continue
+                choice.add(next_ids[row], logprobs[row])
+                if counts is not None:
+                    counts[row, next_ids[row]] += 1
+                if (delta := choice.delta()) is not None:
+                    yield delta
+            if all(choice.done for choice in choices):
+                return
+            input_ids = torch.tensor(next_ids, dtype=torch.long)[:, None]
+        for choice in choices:
+            if not choice.done:
+                choice.finish("length")
+                yield choice.delta()  # type: ignore[misc]
+
+    def _constrained(self, choice: _Choice, logits: torch.Tensor) -> int | None:
+        """The sampler's pick among tokens that keep the JSON valid: its most likely candidates first, then
+        every single-character token (some of them always continues a JSON prefix)."""
+        order = self._sampler.ranked(logits)
+        for token_id in order[:JSON_CANDIDATES].tolist():
+            if choice.acceptable(token_id):
+                return token_id
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))
+        fallback = sorted(self._vocab.single_character_ids, key=lambda token_id: int(rank[token_id]))
+        return next((token_id for token_id in fallback if choice.acceptable(token_id)), None)
+
+    def _logprobs(self, logits: torch.Tensor, next_ids: list[int], choices: list[_Choice]) -> list[TokenLogprob | None]:
+        """Log-softmax of the (penalized) logits before temperature and top_p, as OpenAI reports them."""
+        logprobs = torch.log_softmax(logits, dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(next_ids)[:, None])[:, 0].tolist()
+        top_values, top_ids = logprobs.topk(self._params.top_logprobs, dim=-1)
+        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        vocab = self._vocab
+        entries: list[TokenLogprob | None] = []
+        for row, choice in enumerate(choices):
+            if choice.done:
+                entries.append(None)
+                continue
+            token_id = next_ids[row]
+            top = [
+                TopLogprob(vocab.token_text(t), v, list(vocab.token_bytes(t)))
+                for t, v in zip(top_ids[row], top_values[row], strict=True)
+            ]
+            entries.append(
+                TokenLogprob(vocab.token_text(token_id), chosen[row], list(vocab.token_bytes(token_id)), top)
+            )
+        return entries
+
+
+def collect(deltas: Iterator[StreamDelta], n: int, logprobs: bool) -> list[GenerationChoice]:
+    """Put a generation's deltas together into its `n` choices: exactly what a stream would have sent."""
+    texts: list[list[str]] = [[] for _ in range(n)]
+    tokens: list[list[TokenLogprob]] = [[] for _ in range(n)]
+    calls: list[list[ToolCall]] = [[] for _ in range(n)]
+    reasons: list[FinishReason | None] = [None] * n
+    for delta in deltas:
+        texts[delta.index].append(delta.text)
+        tokens[delta.index] += delta.logprobs or []
+        calls[delta.index] += delta.tool_calls or []
+        reasons[delta.index] = delta.finish_reason or reasons[delta.index]
+    choices = []
+    for i in range(n):
+        text = "".join(texts[i])
+        reason = reasons[i]
+        assert reason is not None, "every choice ends with a finish reason"
+        choices.append(
+            GenerationChoice(
+                text=None if calls[i] and not text else text,
+                finish_reason=reason,
+                logprobs=tokens[i] if logprobs else None,
+                tool_calls=calls[i] or None,
+            )
+        )
+    return choices

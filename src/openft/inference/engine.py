@@ -1,14 +1,19 @@
-"""`InferenceEngine`: chat completions from a base model, a LoRA adapter on it, or a full fine-tune."""
+"""`InferenceEngine`: chat and legacy completions from a base model, a LoRA adapter on it, or a full fine-tune."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from openft.errors import ContextLengthExceeded
-from openft.inference.decoding import generate_choices
+from openft.datasets.toolcalls import HERMES_OPEN
+from openft.errors import ContextLengthExceeded, InvalidRequest
+from openft.inference.decoding import DecodePlan, Generation, collect
 from openft.inference.prompt import render_prompt
-from openft.inference.registry import ModelRegistry, read_context_length
-from openft.inference.sampling import TokenSampler
+from openft.inference.registry import ActiveModel, Lease, ModelRegistry, read_context_length
+from openft.inference.stream import GenerationStream
 from openft.inference.types import GenerationParams, GenerationResult, ModelTarget
 
 DEFAULT_MAX_TOKENS = 512
@@ -16,15 +21,37 @@ DEFAULT_MAX_TOKENS = 512
 
 
 class InferenceEngine:
-    """Answers chat requests on the CPU with Hugging Face models, loading them on first use.
+    """Answers chat and completion requests on the CPU with Hugging Face models, loading them on first use.
 
-    Thread-safe: call `chat` from several threads. Requests on the same base run one at a time (they
-    share its weights and its active adapter); requests on different bases run in parallel.
+    Thread-safe: call it from several threads. Requests on the same base run one at a time (they share
+    its weights and its active adapter); requests on different bases run in parallel.
+
+    Everything a request can get wrong (bad tools or tool_choice, a template that rejects the messages,
+    a prompt that fills the context, a folder without a model) raises from the call itself, before a
+    stream is returned, so the API can still answer with a plain 4xx.
+
+    `params.json_object` (response_format json_object) constrains decoding: every token must keep the
+    text a prefix of one JSON object (RFC 8259; the first character is `{`; no more than 32 whitespace
+    characters in a row between tokens), and the reply ends, finish_reason "stop", as soon as that
+    object is closed. Guaranteed: with finish_reason "stop" the text is exactly one complete JSON object
+    (`json.loads` gives a dict) unless a stop string cut it first; with "length" it is a valid but
+    unfinished prefix. It is best effort in that the model, not a grammar, picks what goes inside.
+
+    Tools: `tool_choice` "none" hides the tools from the template and parses no calls; "auto" (the
+    default with tools) passes them to the chat template and parses calls out of the reply (see
+    `openft.datasets.toolcalls`); a reply with calls ends with finish_reason "tool_calls". "required" and
+    a named function are best effort: the reply is forced to open a call in the format the model knows
+    (`<tool_call>\\n` when its template mentions it, else the trainer's JSON line), with the function name
+    when it is named (or the only tool) and `"arguments": {`, then decoded under the JSON constraint and
+    ended when the call's object closes. So a named function gives finish_reason "tool_calls" with exactly
+    one call to it and valid JSON arguments, unless max_tokens cuts it first ("length", partial text, no
+    call); "required" with several tools gives a call only if the model writes one of their names.
     """
 
-    def __init__(self, max_adapters: int = 8):
-        """`max_adapters`: LoRA adapters kept loaded per base model; the least recently used is unloaded."""
-        self._registry = ModelRegistry(max_adapters)
+    def __init__(self, max_adapters: int = 8, max_adapter_bytes: int | None = None):
+        """`max_adapters`, `max_adapter_bytes`: LoRA adapters (and bytes of their weights) kept loaded over
+        all bases; the least recently used are unloaded beyond either. None: no byte limit."""
+        self._registry = ModelRegistry(max_adapters, max_adapter_bytes)
 
     def chat(
         self,
@@ -40,36 +67,181 @@ class InferenceEngine:
         that cap ends with finish_reason "length". Raises ContextLengthExceeded (param "messages") when the
         prompt leaves no room at all, and InvalidRequest for content the template or model cannot take.
         """
-        sampler = TokenSampler(temperature=params.temperature, top_p=params.top_p, seed=params.seed)
-        with self._registry.use(target) as active:
-            prompt_ids = render_prompt(active.tokenizer, messages, tools)
-            max_new_tokens = _max_new_tokens(len(prompt_ids), active.context_length, params.max_tokens)
-            choices, completion_tokens = generate_choices(
-                active.model,
-                prompt_ids,
-                n=params.n,
-                max_new_tokens=max_new_tokens,
-                sampler=sampler,
-                stop_token_ids=active.stop_token_ids,
-                stop_strings=[s for s in params.stop or [] if s],
-                decode=lambda ids: active.tokenizer.decode(ids, skip_special_tokens=True),
-            )
-        return GenerationResult(choices=choices, prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens)
+        return self._run(*self._start(target, params, _chat_plan(messages, params, tools)))
+
+    def stream_chat(
+        self,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        params: GenerationParams,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> GenerationStream:
+        """`chat`, streamed: its deltas concatenate to exactly what `chat` returns for the same seed."""
+        return GenerationStream(*self._start(target, params, _chat_plan(messages, params, tools)))
+
+    def complete(
+        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False
+    ) -> GenerationResult:
+        """Legacy completions: continue `prompt` as it is (no chat template); `echo` puts it before each reply.
+
+        The prompt is tokenized with the tokenizer's own special tokens (e.g. a BOS). Tools and tool_choice
+        do not apply. ContextLengthExceeded names param "prompt".
+        """
+        return self._run(*self._start(target, params, _completion_plan(prompt, params, echo)))
+
+    def stream_complete(
+        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False
+    ) -> GenerationStream:
+        """`complete`, streamed; with `echo` the first delta of each choice is the prompt."""
+        return GenerationStream(*self._start(target, params, _completion_plan(prompt, params, echo)))
 
     def context_length(self, target: ModelTarget) -> int | None:
         """The target's context window in tokens, read from its config; None when the config has none."""
         return read_context_length(target)
 
+    def unload(self, path: Path) -> bool:
+        """Drop the adapter, full model or base at `path` from memory (e.g. its model was deleted).
 
-def _max_new_tokens(prompt_tokens: int, context_length: int | None, requested: int | None) -> int:
+        Waits for a request using it to finish; returns False when it was not loaded.
+        """
+        return self._registry.unload(path)
+
+    def stats(self) -> dict[str, int]:
+        """`bases_loaded`, `full_models_loaded`, `adapters_loaded`, `adapter_bytes` (weights of loaded adapters)."""
+        return self._registry.stats()
+
+    def _start(
+        self, target: ModelTarget, params: GenerationParams, plan_for: Callable[[ActiveModel], DecodePlan]
+    ) -> tuple[Lease, Generation]:
+        """Hold the base and settle the whole request; on any error the base is released and it raises."""
+        lease = self._registry.acquire(target)
+        try:
+            active = lease.active
+            return lease, Generation(active.model, active.tokenizer, active.vocab, plan_for(active))
+        except BaseException:
+            lease.release()
+            raise
+
+    @staticmethod
+    def _run(lease: Lease, generation: Generation) -> GenerationResult:
+        params = generation.params
+        try:
+            choices = lease.run(lambda: collect(generation.run(), params.n, params.logprobs))
+        finally:
+            lease.release()
+        return GenerationResult(
+            choices=choices, prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
+        )
+
+
+@dataclass(frozen=True)
+class _Tools:
+    """What the tools and tool_choice of a chat request mean for rendering and decoding."""
+
+    for_template: list[dict[str, Any]] | None
+    names: frozenset[str] | None
+    """Parse calls to these out of the reply; None: do not parse."""
+    forced: bool = False
+    forced_name: str | None = None
+
+
+def _tools(params: GenerationParams, tools: list[dict[str, Any]] | None) -> _Tools:
+    choice = params.tool_choice
+    if not tools:
+        if choice not in (None, "none"):
+            raise InvalidRequest("tool_choice is only allowed when tools are specified.", param="tool_choice")
+        return _Tools(None, None)
+    names = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not (
+            isinstance(function, dict) and tool.get("type") == "function" and isinstance(function.get("name"), str)
+        ):
+            raise InvalidRequest('Each tool must be {"type": "function", "function": {"name": …}}.', param="tools")
+        names.append(function["name"])
+    if choice == "none":
+        return _Tools(None, None)
+    if choice in (None, "auto"):
+        return _Tools(tools, frozenset(names))
+    if choice == "required":
+        return _Tools(tools, frozenset(names), forced=True, forced_name=names[0] if len(set(names)) == 1 else None)
+    assert isinstance(choice, dict)
+    name = choice["function"]["name"]
+    if name not in names:
+        raise InvalidRequest(f"tool_choice names the function {name!r}, which is not in tools.", param="tool_choice")
+    return _Tools(tools, frozenset(names), forced=True, forced_name=name)
+
+
+def _forced_call_opening(chat_template: str, name: str | None) -> tuple[str, int]:
+    """The text a forced tool call starts with, and where its JSON object starts in it."""
+    tag = f"{HERMES_OPEN}\n" if HERMES_OPEN in chat_template else ""
+    if name is None:
+        return tag + '{"name": "', len(tag)
+    return tag + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": {', len(tag)
+
+
+def _chat_plan(
+    messages: list[dict[str, Any]], params: GenerationParams, tools: list[dict[str, Any]] | None
+) -> Callable[[ActiveModel], DecodePlan]:
+    settings = _tools(params, tools)  # checked before the base is even waited for
+
+    def plan(active: ActiveModel) -> DecodePlan:
+        tokenizer = active.tokenizer
+        prompt_ids = render_prompt(tokenizer, messages, settings.for_template)
+        max_new_tokens = _max_new_tokens(len(prompt_ids), active.context_length, params.max_tokens, "messages")
+        forced_ids: list[int] = []
+        json_from = 0 if params.json_object else None
+        if settings.forced:
+            opening, json_from = _forced_call_opening(str(tokenizer.chat_template or ""), settings.forced_name)
+            forced_ids = tokenizer(opening, add_special_tokens=False)["input_ids"]
+        return DecodePlan(
+            prompt_ids=prompt_ids,
+            params=params,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=active.stop_token_ids,
+            forced_ids=forced_ids,
+            json_from=json_from,
+            tool_names=settings.names,
+        )
+
+    return plan
+
+
+def _completion_plan(prompt: str, params: GenerationParams, echo: bool) -> Callable[[ActiveModel], DecodePlan]:
+    if not isinstance(prompt, str):
+        raise InvalidRequest("prompt must be a string.", param="prompt")
+
+    def plan(active: ActiveModel) -> DecodePlan:
+        tokenizer = active.tokenizer
+        prompt_ids = list(tokenizer(prompt)["input_ids"])
+        if not prompt_ids:
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            if start is None:
+                raise InvalidRequest("The prompt is empty.", param="prompt")
+            prompt_ids = [start]  # what an empty prompt means to a causal LM: the start of a document
+        max_new_tokens = _max_new_tokens(len(prompt_ids), active.context_length, params.max_tokens, "prompt")
+        return DecodePlan(
+            prompt_ids=prompt_ids,
+            params=params,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=active.stop_token_ids,
+            json_from=0 if params.json_object else None,
+            echo=prompt if echo else "",
+        )
+
+    return plan
+
+
+def _max_new_tokens(prompt_tokens: int, context_length: int | None, requested: int | None, param: str) -> int:
     wanted = requested if requested is not None else DEFAULT_MAX_TOKENS
     if context_length is None:
         return wanted
     room = context_length - prompt_tokens
     if room <= 0:
+        what = "messages take" if param == "messages" else "prompt takes"
         raise ContextLengthExceeded(
-            f"This model's maximum context length is {context_length} tokens, but the messages take "
-            f"{prompt_tokens} tokens, which leaves no room for a reply. Shorten the messages.",
-            param="messages",
+            f"This model's maximum context length is {context_length} tokens, but the {what} "
+            f"{prompt_tokens} tokens, which leaves no room for a reply. Shorten the {param}.",
+            param=param,
         )
     return min(wanted, room)

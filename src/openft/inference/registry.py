@@ -1,24 +1,42 @@
 """Loaded models: one copy of each base in memory, with LoRA adapters swapped in and out on top of it.
 
-Each base (or full fine-tuned model) is a slot with its own lock. A request holds that lock from
-choosing its adapter until its last token, so no request ever runs with another request's adapter
-active; requests on different bases run in parallel. Loading happens lazily, under the slot's lock,
-so a base is loaded once even when its first requests arrive together.
+Each base (or full fine-tuned model) is a slot with its own lock. A request holds that lock (a
+`Lease`) from choosing its adapter until its last token, so no request ever runs with another
+request's adapter active; requests on different bases run in parallel. Loading happens lazily, under
+the slot's lock, so a base is loaded once even when its first requests arrive together.
+
+All of a base's torch work (loading, adapter switches, every generation, streamed or not) runs on that
+base's own thread (`Lease.run`/`Lease.submit`). With libgomp, each thread that runs torch ops gets its
+own OpenMP team, and once the process has more team threads than cores every parallel op pays for it:
+measured on SmolLM2-135M (2 cores), a forward pass got ~15% slower for good as soon as a second thread
+had run one. The HTTP layer calls from many pool threads, so without this every request could add a
+team. Requests on one base are serialized by its lock anyway, so one thread per base costs nothing.
+
+Adapters are kept in one least-recently-used order across all bases, bounded by count and by the
+bytes of their weights. Evicting an adapter needs its base's lock; when another request holds it, the
+adapter is only marked, and deleted when that request releases the base (or the next one takes it).
+So a base's lock is never awaited while another is held, and the bounds can be exceeded only by
+adapters whose base is busy at that moment.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from openft.errors import ModelNotFound
+from openft.inference.tokens import TokenVocabulary
 from openft.inference.types import ModelTarget
 
 _LOAD_LOCK = threading.Lock()
@@ -27,42 +45,228 @@ patches process-wide state (`PreTrainedModel.tie_weights`, the default dtype, `t
 restores it afterwards; two loads at once can restore each other's patch and leave tied weights on the
 meta device ("Cannot copy out of meta tensor"). Always taken after a slot's lock, never before."""
 
+T = TypeVar("T")
+
 _CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """A model ready to run with the request's adapter active; valid only inside `ModelRegistry.use`."""
+    """A model ready to run with the request's adapter active; valid only while its lease is held."""
 
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     context_length: int | None
     stop_token_ids: frozenset[int]
+    vocab: TokenVocabulary
+
+
+class Lease:
+    """Exclusive use of one base with the request's adapter active, until `release()`.
+
+    May be released from another thread than the one that acquired it (a stream's generation thread
+    does), which is why the slot lock is a plain `threading.Lock`, not an RLock.
+    """
+
+    def __init__(self, active: ActiveModel, on_release: ExitStack, worker: ThreadPoolExecutor):
+        self.active = active
+        self._on_release = on_release
+        self._worker = worker
+        self._released = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run `fn(*args)` on the base's own thread (see the module docstring)."""
+        return self._worker.submit(fn, *args)
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`submit` and wait for the result (or the exception)."""
+        return self.submit(fn, *args).result()
+
+    def release(self) -> None:
+        """Give the base back (idempotent)."""
+        if not self._released:
+            self._released = True
+            self._on_release.close()
 
 
 class ModelRegistry:
-    """Owns every loaded model; keeps at most `max_adapters` adapters per base (least recently used go)."""
+    """Owns every loaded model and adapter (see the module docstring for the eviction rules)."""
 
-    def __init__(self, max_adapters: int):
+    def __init__(self, max_adapters: int, max_adapter_bytes: int | None = None):
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
+        if max_adapter_bytes is not None and max_adapter_bytes < 0:
+            raise ValueError("max_adapter_bytes must not be negative")
         self._max_adapters = max_adapters
+        self._max_adapter_bytes = max_adapter_bytes
+        self._lock = threading.Lock()  # guards the dicts below and every slot's `doomed`; held only briefly
         self._slots: dict[Path, _Slot] = {}
-        self._slots_lock = threading.Lock()
+        self._lru: OrderedDict[tuple[Path, Path], int] = OrderedDict()  # (slot, adapter) → bytes, oldest first
+        self._lru_bytes = 0
 
     @contextmanager
     def use(self, target: ModelTarget) -> Iterator[ActiveModel]:
         """Hold the target's base exclusively, with the target's adapter (or none) active."""
-        slot = self._slot(target)
-        with slot.lock, slot.activate(target.adapter_path) as active:
-            yield active
+        lease = self.acquire(target)
+        try:
+            yield lease.active
+        finally:
+            lease.release()
 
-    def _slot(self, target: ModelTarget) -> _Slot:
+    def acquire(self, target: ModelTarget) -> Lease:
+        """Wait for the target's base, load what is missing, and activate the target's adapter.
+
+        Raises ModelNotFound when a folder holds no model or adapter (the base is released then).
+        """
+        if not (target.weights_path / "config.json").is_file():
+            raise ModelNotFound("The model's weights are missing on this server.", param="model")
+        if target.adapter_path is not None and not (target.adapter_path / "adapter_config.json").is_file():
+            raise ModelNotFound("The model's adapter is missing on this server.", param="model")
+        slot = self._locked_slot(target)
+        release = ExitStack()
+        release.callback(slot.lock.release)
+        release.callback(self._delete_doomed, slot)  # adapters evicted while this request ran
+        try:
+            active = slot.worker.submit(self._activate, slot, target).result()
+        except BaseException:
+            release.close()
+            raise
+        return Lease(active, release, slot.worker)
+
+    def _activate(self, slot: _Slot, target: ModelTarget) -> ActiveModel:
+        """On the slot's thread, with its lock held: load what is missing, activate the target's adapter."""
+        self._delete_doomed(slot)
+        active = slot.load()
+        if target.adapter_path is not None:
+            return self._activate_adapter(slot, active, target.adapter_path.resolve())
+        if isinstance(active.model, PeftModel) and slot.lora_enabled:
+            # The LoRA layers live inside the base's modules; disabling them gives back the exact base. They
+            # stay disabled until an adapter request: toggling per request (PEFT's `disable_adapter()`)
+            # walks every module twice, ~15 ms a request on SmolLM2-135M.
+            active.model.base_model.disable_adapter_layers()
+            slot.lora_enabled = False
+        return active
+
+    def unload(self, path: Path) -> bool:
+        """Drop a base or full model (with its adapters), or an adapter, from memory; False if not loaded.
+
+        Waits for the request using it to finish. A later request for it loads it again.
+        """
+        key = path.resolve()
+        with self._lock:
+            slot = self._slots.pop(key, None)
+            if slot is not None:
+                slot.detached = True  # its adapters are no longer counted, nor can new ones be
+                for entry in [e for e in self._lru if e[0] == key]:
+                    self._forget(*entry)
+            holders = []
+            for slot_key, adapter_key in [e for e in self._lru if e[1] == key]:
+                self._forget(slot_key, adapter_key)
+                holders.append(self._slots[slot_key])
+                self._slots[slot_key].doomed.add(key)
+        for holder in holders:
+            with holder.lock:
+                self._delete_doomed(holder)
+        found = bool(holders)
+        if slot is not None:
+            with slot.lock:
+                found = found or slot.loaded is not None
+                slot.close()
+            gc.collect()  # PEFT wrappers hold reference cycles; free the weights now, not at some later GC
+        return found
+
+    def stats(self) -> dict[str, int]:
+        """What is in memory: loaded bases and full models, adapters and the bytes of their weights."""
+        with self._lock:
+            loaded = [slot for slot in self._slots.values() if slot.loaded is not None]
+            return {
+                "bases_loaded": sum(not slot.full_model for slot in loaded),
+                "full_models_loaded": sum(slot.full_model for slot in loaded),
+                "adapters_loaded": len(self._lru),
+                "adapter_bytes": self._lru_bytes,
+            }
+
+    # Internals ---------------------------------------------------------------------------------------
+
+    def _locked_slot(self, target: ModelTarget) -> _Slot:
+        """The target's slot, with its lock held (retrying if it was unloaded while we waited)."""
         key = target.weights_path.resolve()
-        with self._slots_lock:
-            if key not in self._slots:
-                self._slots[key] = _Slot(target, self._max_adapters)
-            return self._slots[key]
+        while True:
+            with self._lock:
+                slot = self._slots.get(key)
+                if slot is None:
+                    slot = self._slots[key] = _Slot(key, target)
+            slot.lock.acquire()
+            if not slot.detached:
+                return slot
+            slot.lock.release()
+
+    def _activate_adapter(self, slot: _Slot, active: ActiveModel, key: Path) -> ActiveModel:
+        """Make the adapter at `key` the active one, loading it (and evicting old ones) if needed."""
+        entry = (slot.key, key)
+        if key not in slot.adapters:
+            active = slot.load_adapter(key)
+            with self._lock:
+                self._remember(slot, key)
+        else:
+            with self._lock:
+                if key in slot.doomed:  # marked for eviction, but used again before it went
+                    slot.doomed.discard(key)
+                    self._remember(slot, key)
+                elif entry in self._lru:
+                    self._lru.move_to_end(entry)
+        model, name = active.model, slot.adapters[key][0]
+        assert isinstance(model, PeftModel)
+        if not slot.lora_enabled:
+            model.base_model.enable_adapter_layers()
+            slot.lora_enabled = True
+        if model.active_adapters != [name]:  # set_adapter walks every module: skip it when nothing changes
+            model.set_adapter(name, inference_mode=True)
+        self._evict(keep=entry, current=slot)
+        return active
+
+    def _evict(self, *, keep: tuple[Path, Path], current: _Slot) -> None:
+        """Mark least recently used adapters (never `keep`) until the bounds hold, and delete those whose
+        base is free now; the others go when their base is released."""
+        affected: dict[Path, _Slot] = {}
+        with self._lock:
+            for entry in list(self._lru):
+                if not self._over_bounds():
+                    break
+                if entry == keep:
+                    continue
+                self._forget(*entry)
+                affected[entry[0]] = self._slots[entry[0]]
+                affected[entry[0]].doomed.add(entry[1])
+        for slot in affected.values():
+            if slot is current:
+                self._delete_doomed(slot)
+            elif slot.lock.acquire(blocking=False):
+                try:
+                    self._delete_doomed(slot)
+                finally:
+                    slot.lock.release()
+
+    def _over_bounds(self) -> bool:
+        too_big = self._max_adapter_bytes is not None and self._lru_bytes > self._max_adapter_bytes
+        return len(self._lru) > self._max_adapters or too_big
+
+    def _remember(self, slot: _Slot, adapter_key: Path) -> None:
+        if slot.detached:
+            return  # the base was unloaded meanwhile: its adapters go with it
+        entry, size = (slot.key, adapter_key), slot.adapters[adapter_key][1]
+        self._lru[entry] = size
+        self._lru_bytes += size
+
+    def _forget(self, slot_key: Path, adapter_key: Path) -> None:
+        self._lru_bytes -= self._lru.pop((slot_key, adapter_key))
+
+    def _delete_doomed(self, slot: _Slot) -> None:
+        """Delete the slot's adapters marked for eviction; the caller holds the slot's lock."""
+        with self._lock:
+            doomed, slot.doomed = slot.doomed, set()
+        for key in doomed:
+            slot.delete_adapter(key)
 
 
 def context_length_of(config: PretrainedConfig) -> int | None:
@@ -82,66 +286,74 @@ def read_context_length(target: ModelTarget) -> int | None:
 class _Slot:
     """One set of base weights in memory (fp32, CPU, eval mode) and the adapters loaded onto it.
 
-    Every method expects the caller to hold `lock`.
+    Every method expects the caller to hold `lock`; `doomed` is guarded by the registry's lock.
     """
 
-    def __init__(self, target: ModelTarget, max_adapters: int):
+    def __init__(self, key: Path, target: ModelTarget):
+        self.key = key
         self.lock = threading.Lock()
+        self.full_model = target.full_model_path is not None
+        self.detached = False  # unloaded: no longer in the registry (set under the registry's lock)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"openft-{key.name}")
+        self.loaded: ActiveModel | None = None  # its model becomes a PeftModel once an adapter is loaded
+        self.adapters: dict[Path, tuple[str, int]] = {}  # folder → (peft adapter name, bytes of its weights)
+        self.doomed: set[Path] = set()
+        self.lora_enabled = True  # PEFT's LoRA layers on; off while serving the plain base (see `_activate`)
         self._weights_path = target.weights_path
         self._tokenizer_path = _tokenizer_folder(target)
-        self._max_adapters = max_adapters
-        self._loaded: ActiveModel | None = None  # its model becomes a PeftModel once an adapter is loaded
-        self._adapters: OrderedDict[Path, str] = OrderedDict()  # folder → peft adapter name, oldest first
         self._adapters_loaded = 0
 
-    @contextmanager
-    def activate(self, adapter_path: Path | None) -> Iterator[ActiveModel]:
-        loaded = self._load()
-        if adapter_path is not None:
-            yield self._with_adapter(loaded, adapter_path)
-        elif isinstance(loaded.model, PeftModel):
-            # The LoRA layers live inside the base's modules; disabling them gives back the exact base.
-            with loaded.model.disable_adapter():
-                yield loaded
-        else:
-            yield loaded
-
-    def _load(self) -> ActiveModel:
-        if self._loaded is None:
+    def load(self) -> ActiveModel:
+        if self.loaded is None:
             with _LOAD_LOCK:
                 model = AutoModelForCausalLM.from_pretrained(self._weights_path, dtype=torch.float32)
                 tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
             model.eval().requires_grad_(False)
-            self._loaded = ActiveModel(
+            self.loaded = ActiveModel(
                 model=model,
                 tokenizer=tokenizer,
                 context_length=context_length_of(model.config),
                 stop_token_ids=_stop_token_ids(model, tokenizer),
+                vocab=TokenVocabulary(tokenizer),
             )
-        return self._loaded
+        return self.loaded
 
-    def _with_adapter(self, loaded: ActiveModel, path: Path) -> ActiveModel:
-        """Make the adapter at `path` the active one, loading it (and evicting the oldest) if needed."""
-        key = path.resolve()
+    def load_adapter(self, key: Path) -> ActiveModel:
+        loaded = self.load()
         model = loaded.model
-        if key in self._adapters:
-            self._adapters.move_to_end(key)
-        else:
-            name = f"adapter{self._adapters_loaded}"  # peft names must not contain dots, so not the path
-            self._adapters_loaded += 1
-            with _LOAD_LOCK:
-                if isinstance(model, PeftModel):
-                    model.load_adapter(key, adapter_name=name)
-                else:
-                    model = PeftModel.from_pretrained(model, key, adapter_name=name)
-                    self._loaded = loaded = replace(loaded, model=model)
-            self._adapters[key] = name
-        assert isinstance(model, PeftModel)
-        model.set_adapter(self._adapters[key], inference_mode=True)
-        while len(self._adapters) > self._max_adapters:  # after set_adapter: the active one is never evicted
-            _, evicted = self._adapters.popitem(last=False)
-            model.delete_adapter(evicted)
+        name = f"adapter{self._adapters_loaded}"  # peft names must not contain dots, so not the path
+        self._adapters_loaded += 1
+        with _LOAD_LOCK:
+            if isinstance(model, PeftModel):
+                model.load_adapter(key, adapter_name=name)
+            else:
+                model = PeftModel.from_pretrained(model, key, adapter_name=name)
+                self.loaded = loaded = replace(loaded, model=model)
+        model.requires_grad_(False)
+        size = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n)
+        self.adapters[key] = (name, size)
         return loaded
+
+    def delete_adapter(self, key: Path) -> None:
+        entry = self.adapters.pop(key, None)
+        if entry is None or self.loaded is None:
+            return
+        model = self.loaded.model
+        assert isinstance(model, PeftModel)
+        if not self.adapters:
+            # PEFT cannot run with no adapter at all; taking the LoRA layers out gives back the plain base.
+            self.loaded = replace(self.loaded, model=model.unload())
+            self.lora_enabled = True  # as a new PeftModel starts
+            return
+        if entry[0] in model.active_adapters:
+            model.set_adapter(next(iter(self.adapters.values()))[0])
+        model.delete_adapter(entry[0])
+
+    def close(self) -> None:
+        """Forget the model: its memory goes once no request holds it any more."""
+        self.loaded = None
+        self.adapters.clear()
+        self.worker.shutdown(wait=False)
 
 
 def _tokenizer_folder(target: ModelTarget) -> Path:

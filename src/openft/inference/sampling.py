@@ -1,4 +1,4 @@
-"""Next-token choice: greedy, or temperature + nucleus (top-p) sampling from a private RNG."""
+"""Next-token choice: penalties, then greedy or temperature + nucleus (top-p) sampling from a private RNG."""
 
 from __future__ import annotations
 
@@ -25,11 +25,29 @@ class TokenSampler:
         """Return the chosen token ids, shape `(batch,)`."""
         if self._temperature == 0:
             return logits.argmax(dim=-1)
-        logits = logits.float() / self._temperature
-        if self._top_p < 1:
-            logits = top_p_filter(logits, self._top_p)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(self._filtered(logits), dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+
+    def ranked(self, logits: torch.Tensor) -> torch.Tensor:
+        """Every token id of one `(vocab,)` row, in the order this sampler would pick them without replacement.
+
+        For constrained decoding: the first acceptable id in this order is a greedy pick (temperature 0)
+        or an exact sample from the distribution restricted to acceptable tokens (Gumbel-max: adding
+        Gumbel noise to the logits and sorting draws without replacement). Tokens outside the nucleus
+        come after all those inside it, in logit order, so a constraint can still fall back on them.
+        """
+        if self._temperature == 0:
+            return logits.argsort(descending=True)
+        filtered = self._filtered(logits[None])[0]
+        uniform = torch.rand(filtered.shape, generator=self._generator).clamp_(min=1e-20)
+        keys = filtered - torch.log(-torch.log(uniform))
+        inside = keys.argsort(descending=True)[: int(torch.isfinite(filtered).sum())]
+        outside = torch.isinf(filtered).nonzero().squeeze(-1)
+        return torch.cat([inside, outside[logits[outside].argsort(descending=True)]])
+
+    def _filtered(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / self._temperature
+        return top_p_filter(logits, self._top_p) if self._top_p < 1 else logits
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -43,3 +61,12 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, *, presence: float, frequency: float) -> torch.Tensor:
+    """OpenAI's penalties: `logit[t] -= presence · [count_t > 0] + frequency · count_t`.
+
+    `counts` is `(batch, vocab)`: how often each row has generated each token so far (the prompt does
+    not count, as in OpenAI's formula).
+    """
+    return logits - (presence * (counts > 0).to(logits.dtype) + frequency * counts)

@@ -13,7 +13,6 @@ checks it token by token and falls back to the longest common prefix instead of 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from openft.datasets.chat import ChatExample, DataFormatError, Problem
+from openft.datasets.toolcalls import template_renders_tool_calls, with_tool_calls_for_template
 
 IGNORE_INDEX = -100
 
@@ -47,46 +47,18 @@ class PreparedData:
     """Examples left with no trainable token (after truncation); they are not trained on."""
 
 
-def template_renders_tool_calls(tokenizer: Any) -> bool:
-    """Does the chat template print `tool_calls` itself? (SmolLM2's, like many, only prints `content`.)"""
-    return "tool_calls" in str(tokenizer.chat_template or "")
-
-
-def _arguments(raw: Any) -> Any:
-    """OpenAI sends arguments as a JSON string; templates that print tool calls expect an object."""
-    if isinstance(raw, str):
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            return raw
-        return parsed if isinstance(parsed, dict) else raw
-    return raw
-
-
 def template_messages(messages: Sequence[dict[str, Any]], *, native_tool_calls: bool) -> list[dict[str, Any]]:
     """Normalized messages in the shape chat templates expect (no `weight`, content always a string).
 
     When the template cannot print tool calls, they are appended to the content as one JSON object per
-    line, so the model still sees (and learns to produce) them.
+    line (`openft.datasets.toolcalls`, which inference uses to read them back), so the model still sees
+    (and learns to produce) them.
     """
     rendered = []
     for message in messages:
-        out = {k: v for k, v in message.items() if k not in ("weight", "tool_calls")}
+        out = {k: v for k, v in message.items() if k != "weight"}
         out["content"] = message.get("content") or ""
-        calls = message.get("tool_calls")
-        if calls:
-            functions = [
-                {"name": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments", ""))}
-                for c in calls
-            ]
-            if native_tool_calls:
-                out["tool_calls"] = [
-                    {**c, "type": "function", "function": f} for c, f in zip(calls, functions, strict=True)
-                ]
-            else:
-                text = "\n".join(json.dumps(f, ensure_ascii=False) for f in functions)
-                out["content"] = f"{out['content']}\n{text}" if out["content"] else text
-        rendered.append(out)
+        rendered.append(with_tool_calls_for_template(out, native_tool_calls=native_tool_calls))
     return rendered
 
 
