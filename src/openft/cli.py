@@ -81,6 +81,36 @@ def train(
     raise typer.Exit(run(job_file))
 
 
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="A base model, a fine_tuned_model or a …:ckpt-step-N name.")],
+    out: Annotated[Path, typer.Option("--out", help="New folder to write the Hugging Face model to.")],
+    merged: Annotated[bool, typer.Option("--merged", help="Merge the LoRA adapter into the base weights.")] = False,
+    data_dir: DataDir = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Write a model as a Hugging Face folder (the adapter, or merged into the base) that transformers loads."""
+    from openft.errors import OpenFTError
+    from openft.inference.export import export_weights
+    from openft.services.container import build_container
+
+    container = build_container(_settings(data_dir=data_dir, models_dir=models_dir), with_worker=False)
+    try:
+        target = container.models.target(container.default_org_id, model)
+        export_weights(target, out, merged=merged)
+    except (OpenFTError, FileExistsError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        container.close()
+    kind = (
+        "base model"
+        if target.adapter_path is None and target.full_model_path is None
+        else ("merged model" if merged or target.adapter_path is None else "LoRA adapter")
+    )
+    typer.echo(f"exported {model} ({kind}) to {out}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Apply the schema migrations to the database (serve does this on start)."""

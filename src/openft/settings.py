@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     max_jobs: int = Field(default=1, ge=1, description="Training processes one worker runs at once.")
     train_threads: int | None = Field(default=None, ge=1, description="torch threads per training process.")
     keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
-    cancel_grace_seconds: float = Field(default=3.0, ge=0, description="Wait after SIGTERM before SIGKILL on cancel.")
+    max_adapters: int = Field(default=32, ge=1, description="LoRA adapters kept in memory (least recently used go).")
+    max_adapter_mb: int | None = Field(default=2048, ge=1, description="Memory bound of loaded adapters (MiB).")
 
     @field_validator("data_dir", "models_dir", mode="after")
     @classmethod

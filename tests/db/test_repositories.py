@@ -195,3 +195,16 @@ def test_checkpoints_by_step_and_model_name(sessions: sessionmaker[Session]) -> 
         found = repo.find_checkpoint_by_model_name(session, f"{job.model_name}:ckpt-step-6")
         assert found is not None and found.path == "/x/6"
         assert repo.checkpoint_for_step(session, job.id, 3) is None
+
+
+def test_migrations_match_the_table_definitions(database_url: str, sessions: sessionmaker[Session]) -> None:
+    """A column added to tables.py without a migration (or the reverse) fails here, on both backends."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from openft.db.tables import Base
+
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    engine.dispose()

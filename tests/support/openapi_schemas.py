@@ -3,9 +3,9 @@
 The schemas come from tests/fixtures/openai-schemas.json, extracted from OpenAI's document by
 scripts/extract_openai_schemas.py (tests/test_openapi_fixture.py guards against drift). They are loaded
 once; `validate(instance, "FineTuningJob")` checks an object against `#/components/schemas/FineTuningJob`
-with every `$ref` resolved. The document's OpenAPI-3.0-style boolean
-exclusive bounds are converted to 2020-12 numbers. Our documented extension statuses
-(`pausing`, `paused`; api-spec.md §10) are added to the job status enum, nothing else is relaxed.
+with every `$ref` resolved. The document's OpenAPI-3.0 leftovers are translated to JSON Schema 2020-12
+(boolean exclusive bounds become numbers, `nullable: true` a null alternative). Our documented extension
+statuses (`pausing`, `paused`; api-spec.md §10) are added to the job status enum; nothing else is relaxed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "openai-schemas.j
 def _document() -> dict[str, Any]:
     document = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
     _fix_boolean_exclusive_bounds(document)
+    document = _fix_nullable(document)
     status = document["components"]["schemas"]["FineTuningJob"]["properties"]["status"]
     status["enum"] = [*status["enum"], "pausing", "paused"]
     return document
@@ -44,6 +45,23 @@ def _fix_boolean_exclusive_bounds(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _fix_boolean_exclusive_bounds(value)
+
+
+def _fix_nullable(node: Any) -> Any:
+    """OpenAPI 3.0's `nullable: true` means "or null"; JSON Schema 2020-12 ignores the keyword."""
+    if isinstance(node, list):
+        return [_fix_nullable(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _fix_nullable(value) for key, value in node.items()}
+    if node.pop("nullable", False) is True:
+        if isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+            if "enum" in node:
+                node["enum"] = [*node["enum"], None]
+        else:
+            return {"anyOf": [node, {"type": "null"}]}
+    return node
 
 
 @functools.cache

@@ -14,12 +14,12 @@ from fastapi.routing import APIRoute
 from openft import __version__
 from openft.api.deps import DIALECT_CHECKS, PREFIXES
 from openft.api.errors import install_error_handlers
-from openft.api.routes import chat, files, fine_tuning, health
+from openft.api.routes import chat, completions, files, fine_tuning, health, models
 from openft.services.container import Container, build_container
 from openft.settings import Settings
 
 log = logging.getLogger(__name__)
-RESOURCE_ROUTERS = (files.router, fine_tuning.router, chat.router)
+RESOURCE_ROUTERS = (files.router, fine_tuning.router, chat.router, completions.router, models.router)
 
 
 def _unique_id(prefix: str) -> Callable[[APIRoute], str]:

@@ -62,6 +62,8 @@ class JobRow(Base):
     model_name: Mapped[str] = mapped_column(String(512), unique=True)
     """The `ft:…` name the model gets; fixed at creation so checkpoints can be named while running."""
     model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When `DELETE /models/{fine_tuned_model}` removed the model; the job keeps its record."""
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     method: Mapped[dict[str, Any]] = mapped_column(JSON)
     """The requested `method` object with every hyperparameter present (`"auto"` until resolved)."""

@@ -1,19 +1,30 @@
-"""Chat completions wire objects (OpenAI `CreateChatCompletionRequest` / `CreateChatCompletionResponse`).
+"""Chat completions wire objects (OpenAI `CreateChatCompletionRequest`, `CreateChatCompletionResponse`,
+`CreateChatCompletionStreamResponse`).
 
-Requests are lenient (`extra="allow"`): the SDKs send new fields over time, and an unknown field
-must not break a call. Known fields are still checked, and a bad value is a 400 naming it.
+Requests are lenient (`extra="allow"`): the SDKs send new fields over time, and an unknown field must not
+break a call. Known fields are still checked, and a bad value is a 400 naming it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_serializer,
+)
 
 from openft.protocol.common import LenientModel
 
 MAX_N = 8
 MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 class ChatMessageIn(LenientModel):
@@ -24,31 +35,115 @@ class ChatMessageIn(LenientModel):
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(LenientModel):
+class FunctionDefinition(LenientModel):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDefinition(LenientModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoice(LenientModel):
+    type: Literal["function"]
+    function: dict[str, str]
+
+    @field_validator("function")
+    @classmethod
+    def _has_name(cls, value: dict[str, str]) -> dict[str, str]:
+        if not isinstance(value.get("name"), str) or not value["name"]:
+            raise ValueError("tool_choice.function.name is required")
+        return value
+
+
+class ResponseFormat(LenientModel):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+class StreamOptions(LenientModel):
+    include_usage: StrictBool | None = None
+
+
+class SamplingRequest(LenientModel):
+    """The fields chat and legacy completions share (OpenAI names, ranges and defaults)."""
+
     model: Annotated[str, Field(min_length=1, max_length=600)]
-    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] | None = None
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     seed: StrictInt | None = None
-    stream: bool | None = False
-    tools: list[dict[str, Any]] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormat | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """OpenAI's schema types `tool_calls` as an array when present; a reply without calls omits it."""
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
-    logprobs: dict[str, Any] | None = None
+    finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
 
 
 class CompletionUsage(BaseModel):
@@ -65,3 +160,33 @@ class ChatCompletion(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: CompletionUsage
     system_fingerprint: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall | None = None
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    system_fingerprint: str | None = None
+    usage: CompletionUsage | None = None

@@ -24,6 +24,7 @@ from openft.services.auth import Authenticator, StaticKeyAuthenticator
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
+from openft.services.models import ModelService
 from openft.settings import Settings
 from openft.storage import LocalBlobStore
 
@@ -57,6 +58,7 @@ class Container:
     files: FileService
     fine_tuning: FineTuningService
     inference: InferenceService
+    models: ModelService
     default_org_id: str
     api_key: str
     api_key_generated: bool
@@ -96,6 +98,11 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     catalog = ModelCatalog(settings.models_dir, settings.cache_dir)
     org_id = ensure_default_org(sessions, settings.org_name)
     key, generated = load_or_create_api_key(settings)
+    generator = InferenceEngine(
+        max_adapters=settings.max_adapters,
+        max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
+    )
+    model_service = ModelService(sessions, catalog, generator)
     worker = None
     if settings.run_worker if with_worker is None else with_worker:
         worker = Worker(settings, sessions, store, catalog)
@@ -107,7 +114,8 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         catalog=catalog,
         files=FileService(sessions, store),
         fine_tuning=None,  # type: ignore[arg-type] — set below (needs the container's org lookup)
-        inference=InferenceService(sessions, catalog, InferenceEngine()),
+        inference=InferenceService(model_service, generator),
+        models=model_service,
         default_org_id=org_id,
         api_key=key,
         api_key_generated=generated,

@@ -1,0 +1,174 @@
+"""Models: every name a caller may use — base models, their organization's fine-tunes and checkpoints.
+
+Name resolution lives here, once, for the models API and for inference: a model of another
+organization, a deleted or unfinished fine-tune and a name nobody made are all the same 404
+`model_not_found`, so the API never reveals what other tenants have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft.basemodels import ModelCatalog
+from openft.db import repositories as repo
+from openft.db.tables import CheckpointRow, JobRow
+from openft.errors import InvalidRequest, ModelNotFound, PermissionDenied
+from openft.fsutil import remove_tree
+from openft.inference import InferenceEngine, ModelTarget
+from openft.jobs.events import new_event
+from openft.jobs.states import JobStatus
+from openft.protocol.common import DeletedObject
+from openft.protocol.models import Model, ModelList, azure_fields
+
+BASE_OWNER = "system"
+"""`owned_by` of base models (OpenAI uses "system" / "openai"); fine-tunes are owned by their organization."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    base_name: str
+    job_id: str | None  # None for a base model
+    weights: Path | None  # adapter or full-model folder; None for a base model
+    created: int
+    owner: str
+
+
+def weights_target(base_path: Path, weights: Path) -> ModelTarget:
+    """A PEFT adapter folder rides on the base; a full model folder replaces it."""
+    if (weights / "adapter_config.json").exists():
+        return ModelTarget(base_path=base_path, adapter_path=weights)
+    return ModelTarget(base_path=base_path, full_model_path=weights)
+
+
+def _checkpoint_weights(row: CheckpointRow) -> Path | None:
+    folder = Path(row.path)
+    return next((folder / sub for sub in ("adapter", "model") if (folder / sub).is_dir()), None)
+
+
+class ModelService:
+    def __init__(self, sessions: sessionmaker[Session], catalog: ModelCatalog, engine: InferenceEngine):
+        self._sessions = sessions
+        self._catalog = catalog
+        self._engine = engine
+
+    # resolution -------------------------------------------------------------------------------
+    def resolve(self, org_id: str, name: str) -> ResolvedModel:
+        info = self._catalog.get(name)
+        if info is not None:
+            return ResolvedModel(name, name, None, None, info.created, BASE_OWNER)
+        with self._sessions.begin() as session:
+            job = repo.find_job_by_model_name(session, name)
+            if job is not None and _servable(job, org_id) and job.model_path:
+                return ResolvedModel(
+                    name, job.model, job.id, Path(job.model_path), job.finished_at or job.created_at, org_id
+                )
+            checkpoint = repo.find_checkpoint_by_model_name(session, name)
+            owner = repo.get_job(session, org_id, checkpoint.job_id) if checkpoint is not None else None
+            if checkpoint is not None and owner is not None and owner.model_deleted_at is None:
+                weights = _checkpoint_weights(checkpoint)
+                if weights is not None:
+                    return ResolvedModel(name, owner.model, owner.id, weights, checkpoint.created_at, org_id)
+        raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+
+    def target(self, org_id: str, name: str) -> ModelTarget:
+        """The folders that answer for `name` (the base is materialized on first use, e.g. SmolLM2's GGUF)."""
+        resolved = self.resolve(org_id, name)
+        info = self._catalog.get(resolved.base_name)
+        if info is None:
+            raise ModelNotFound(
+                f"The model '{name}' needs the base model '{resolved.base_name}', which is no longer available.",
+                param="model",
+            )
+        base_path = self._catalog.materialize(info)
+        return (
+            ModelTarget(base_path=base_path)
+            if resolved.weights is None
+            else weights_target(base_path, resolved.weights)
+        )
+
+    # models API -------------------------------------------------------------------------------
+    def list(self, org_id: str, *, azure: bool = False) -> ModelList:
+        models = [
+            self._wire(ResolvedModel(i.name, i.name, None, None, i.created, BASE_OWNER), azure)
+            for i in self._catalog.list()
+        ]
+        with self._sessions.begin() as session:
+            jobs = session.scalars(
+                select(JobRow)
+                .where(
+                    JobRow.organization_id == org_id,
+                    JobRow.status == JobStatus.SUCCEEDED.value,
+                    JobRow.model_deleted_at.is_(None),
+                )
+                .order_by(JobRow.seq)
+            ).all()
+            for job in jobs:
+                assert job.fine_tuned_model is not None
+                created = job.finished_at or job.created_at
+                models.append(
+                    self._wire(ResolvedModel(job.fine_tuned_model, job.model, job.id, None, created, org_id), azure)
+                )
+                for checkpoint in repo.list_checkpoints(session, job.id, after=None, limit=1000).data:
+                    models.append(
+                        self._wire(
+                            ResolvedModel(
+                                checkpoint.fine_tuned_model_checkpoint,
+                                job.model,
+                                job.id,
+                                None,
+                                checkpoint.created_at,
+                                org_id,
+                            ),
+                            azure,
+                        )
+                    )
+        return ModelList(data=models)
+
+    def get(self, org_id: str, name: str, *, azure: bool = False) -> Model:
+        return self._wire(self.resolve(org_id, name), azure)
+
+    @staticmethod
+    def _wire(model: ResolvedModel, azure: bool) -> Model:
+        wire = Model(id=model.name, created=model.created, owned_by=model.owner)
+        if azure:
+            base = None if model.job_id is None else model.base_name
+            wire = Model(**wire.model_dump(), **azure_fields(wire, base=base, job_id=model.job_id))
+        return wire
+
+    def delete(self, org_id: str, name: str) -> DeletedObject:
+        """Delete a fine-tuned model: gone from listings and inference, its weights and checkpoints removed
+        from disk; the job keeps its record (status, metrics, result file)."""
+        resolved = self.resolve(org_id, name)
+        if resolved.job_id is None:
+            raise PermissionDenied(f"'{name}' is a base model; only fine-tuned models can be deleted.", param="model")
+        with self._sessions.begin() as session:
+            job = repo.get_job(session, org_id, resolved.job_id)
+            assert job is not None
+            if job.fine_tuned_model != name:
+                raise InvalidRequest(
+                    f"'{name}' is a checkpoint; checkpoints are deleted with their fine-tuned model "
+                    f"'{job.fine_tuned_model}'.",
+                    param="model",
+                )
+            checkpoints = repo.list_checkpoints(session, job.id, after=None, limit=1000).data
+            # (weights folder the engine may have loaded, folder to remove from disk)
+            doomed = [(Path(job.model_path), Path(job.model_path))] if job.model_path else []
+            doomed += [(_checkpoint_weights(c) or Path(c.path), Path(c.path)) for c in checkpoints]
+            for checkpoint in checkpoints:
+                repo.delete_checkpoint_for_step(session, job.id, checkpoint.step_number)
+            repo.update_job_fenced(session, job.id, job.attempt, model_deleted_at=int(time.time()))
+            session.add(new_event(job.id, f"Fine-tuned model deleted: {name}"))
+        for weights, folder in doomed:
+            self._engine.unload(weights)
+            remove_tree(folder)
+        return DeletedObject(id=name, object="model")
+
+
+def _servable(job: JobRow, org_id: str) -> bool:
+    return job.organization_id == org_id and job.status == JobStatus.SUCCEEDED and job.model_deleted_at is None

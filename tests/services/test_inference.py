@@ -1,0 +1,93 @@
+"""The SSE payload sequence, including a failure after streaming began, with a fake engine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openft.errors import ModelNotFound
+from openft.inference import ModelTarget
+from openft.protocol.chat import ChatCompletionRequest
+from openft.services.inference import InferenceService
+
+
+@dataclass
+class Delta:
+    index: int
+    text: str = ""
+    logprobs: Any = None
+    tool_calls: Any = None
+    finish_reason: str | None = None
+
+
+class FakeStream:
+    prompt_tokens = 7
+    completion_tokens = 2
+
+    def __init__(self, deltas: list[Delta], fail_after: int | None):
+        self._deltas, self._fail_after, self.closed = deltas, fail_after, False
+
+    def __iter__(self) -> Iterator[Delta]:
+        for i, delta in enumerate(self._deltas):
+            if self._fail_after is not None and i == self._fail_after:
+                raise RuntimeError("the model fell over")
+            yield delta
+
+    def __enter__(self) -> FakeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+
+class FakeEngine:
+    def __init__(self, fail_after: int | None = None):
+        self.stream = FakeStream([Delta(0, "Hel"), Delta(0, "lo"), Delta(0, finish_reason="stop")], fail_after)
+
+    def stream_chat(self, *_args: Any, **_kwargs: Any) -> FakeStream:
+        return self.stream
+
+
+class FakeModels:
+    def target(self, _org: str, name: str) -> ModelTarget:
+        if name != "m":
+            raise ModelNotFound(param="model")
+        return ModelTarget(base_path=Path("/nowhere"))
+
+
+def _payloads(service: InferenceService, **body: Any) -> list[Any]:
+    request = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    )
+    return [p if p == "[DONE]" else json.loads(p) for p in service.chat_stream("org", request)]
+
+
+def test_stream_sequence_with_usage() -> None:
+    engine = FakeEngine()
+    payloads = _payloads(InferenceService(FakeModels(), engine), stream=True, stream_options={"include_usage": True})  # type: ignore[arg-type]
+    assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [p["choices"][0]["delta"].get("content") for p in payloads[1:3]] == ["Hel", "lo"]
+    assert payloads[3]["choices"][0]["finish_reason"] == "stop"
+    assert payloads[4]["choices"] == [] and payloads[4]["usage"]["total_tokens"] == 9
+    assert all(p["usage"] is None for p in payloads[:4])
+    assert payloads[-1] == "[DONE]" and engine.stream.closed
+
+
+def test_failure_mid_stream_is_an_error_chunk_then_done() -> None:
+    engine = FakeEngine(fail_after=1)
+    payloads = _payloads(InferenceService(FakeModels(), engine), stream=True)  # type: ignore[arg-type]
+    assert payloads[1]["choices"][0]["delta"]["content"] == "Hel"
+    assert payloads[2]["error"]["type"] == "server_error" and "fell over" not in json.dumps(payloads[2])
+    assert payloads[3] == "[DONE]" and len(payloads) == 4 and engine.stream.closed
+
+
+def test_request_errors_raise_before_the_stream_exists() -> None:
+    service = InferenceService(FakeModels(), FakeEngine())  # type: ignore[arg-type]
+    request = ChatCompletionRequest.model_validate({"model": "other", "messages": [{"role": "user", "content": "x"}]})
+    with pytest.raises(ModelNotFound):
+        service.chat_stream("org", request)
