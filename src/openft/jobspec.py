@@ -37,6 +37,21 @@ RESULT_COLUMNS = (
     "full_valid_mean_token_accuracy",
 )
 """The result file's columns (api-spec.md §6); also the metric names of metrics and checkpoint messages."""
+DPO_RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_reward_margin",
+    "train_preference_accuracy",
+    "train_chosen_reward",
+    "train_rejected_reward",
+    "valid_loss",
+    "valid_reward_margin",
+    "valid_preference_accuracy",
+    "full_valid_loss",
+    "full_valid_reward_margin",
+    "full_valid_preference_accuracy",
+)
+"""The result file's columns of a DPO job (rewards are β·(log π − log π_ref) of the preferred/rejected answer)."""
 PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
 """Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
 
@@ -70,6 +85,25 @@ class LoraSpec(BaseModel):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class DpoSpec(BaseModel):
+    """Direct preference optimization settings (method `dpo`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(default=0.1, gt=0, le=2, description="Strength of the pull towards the reference model.")
+
+
+class WandbSpec(BaseModel):
+    """`integrations: [{type: wandb, wandb: {...}}]` of the job; the run id lives in the output folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str
+    name: str | None = None
+    entity: str | None = None
+    tags: list[str] | None = None
+
+
 class ResolvedHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,7 +124,8 @@ class TrainJobSpec(BaseModel):
     training_file: str = Field(description="Path of the chat JSONL (a private copy the job owns).")
     validation_file: str | None = None
     output_dir: str
-    method: Literal["supervised"] = "supervised"
+    method: Literal["supervised", "dpo"] = "supervised"
+    dpo: DpoSpec | None = Field(default=None, description="Required when method is dpo.")
     hyperparameters: ResolvedHyperparameters
     seed: int
     lora: LoraSpec | None = Field(default_factory=LoraSpec, description="None means full fine-tuning.")
@@ -103,6 +138,11 @@ class TrainJobSpec(BaseModel):
     num_threads: int | None = Field(default=None, description="torch threads; a resume uses the checkpoint's.")
     keep_checkpoints: int = 3
     metrics_every: int = Field(default=1, ge=1, description="Emit a metrics message every N steps.")
+    packing: bool = Field(default=True, description="Pack short examples of a micro-batch into shared rows.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: decided per device.")
+    eval_every: int | None = Field(default=None, ge=1, description="Sampled valid_loss every N steps; None: auto.")
+    eval_samples: int = Field(default=64, ge=1, description="Validation examples in the sampled valid_loss.")
+    wandb: WandbSpec | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> TrainJobSpec:
