@@ -79,3 +79,16 @@ def malformed_cases() -> dict[str, tuple[bytes, str, int | None]]:
         "too_few_examples": (jsonl_bytes(good[:9]), "invalid_n_examples", None),
         "empty_file": (b"", "invalid_n_examples", None),
     }
+
+
+def preference_example(i: int) -> dict[str, Any]:
+    """A DPO pair: the preferred answer states the fact, the rejected one dodges it."""
+    return {
+        "input": {"messages": [{"role": "user", "content": f"Question {i}: how fast does the Zorblax kettle boil?"}]},
+        "preferred_output": [{"role": "assistant", "content": f"Answer {i}: in 90 seconds."}],
+        "non_preferred_output": [{"role": "assistant", "content": "I do not know."}],
+    }
+
+
+def preference_examples(n: int = 12) -> list[dict[str, Any]]:
+    return [preference_example(i) for i in range(n)]

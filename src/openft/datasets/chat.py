@@ -3,15 +3,18 @@
 `validate_file` finds every problem with its 1-based line number without loading the file into
 memory; `read_examples` returns the normalized examples the trainer tokenizes. Both share one parser,
 so what validation accepts is exactly what training reads.
+
+The line reader, the message and tool checks and the report builder are public so that other formats
+(`preference.py`) apply exactly the same rules and report problems the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 MIN_EXAMPLES = 10
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -20,6 +23,7 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
 _BOM = b"\xef\xbb\xbf"
+T = TypeVar("T")
 
 # Job-level error codes (api-spec.md §10 decision 4): stable, snake_case, `invalid_` prefix.
 CODE_ENCODING = "invalid_encoding"
@@ -88,7 +92,7 @@ class DataFormatError(ValueError):
 # Reading lines --------------------------------------------------------------------------------
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, str | None, Problem | None]]:
+def iter_lines(path: Path) -> Iterator[tuple[int, str | None, Problem | None]]:
     """Yield (line number, decoded text or None, problem or None) for every non-blank line.
 
     Reads bounded chunks so a single huge line cannot exhaust memory; a UTF-8 BOM on the first
@@ -186,7 +190,26 @@ def _check_tools(tools: Any, problems: list[str]) -> list[dict[str, Any]] | None
     return tools
 
 
-def _parse_message(index: int, message: Any, problems: list[str]) -> dict[str, Any] | None:
+def parse_tool_fields(obj: dict[str, Any], problems: list[str]) -> list[dict[str, Any]] | None:
+    """Check `tools`, the deprecated `functions` and `parallel_tool_calls` of an example (or of a DPO `input`);
+    return the tools, with `functions` turned into tools."""
+    tools = _check_tools(obj.get("tools"), problems)
+    if obj.get("functions") is not None:
+        functions = obj["functions"]
+        if not isinstance(functions, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("name"), str) for f in functions
+        ):
+            problems.append('functions must be a list of {"name": string, …}')
+        else:
+            tools = (tools or []) + [{"type": "function", "function": f} for f in functions]
+    if "parallel_tool_calls" in obj and not isinstance(obj["parallel_tool_calls"], bool):
+        problems.append("parallel_tool_calls must be true or false")
+    return tools
+
+
+def parse_message(index: int, message: Any, problems: list[str]) -> dict[str, Any] | None:
+    """Check one message (appending to `problems`) and return it normalized: text content, developer → system,
+    an explicit `weight` on assistant messages, `function_call` as `tool_calls`."""
     where = f"message {index + 1}"
     if not isinstance(message, dict):
         problems.append(f"{where} is not an object")
@@ -256,18 +279,8 @@ def parse_example(obj: Any, line: int) -> tuple[ChatExample | None, list[Problem
     raw_messages = obj["messages"]
     if not isinstance(raw_messages, list) or not raw_messages:
         return None, [Problem(line, "missing_messages_list", '"messages" must be a non-empty list')]
-    messages = [_parse_message(i, m, texts) for i, m in enumerate(raw_messages)]
-    tools = _check_tools(obj.get("tools"), texts)
-    if obj.get("functions") is not None:
-        functions = obj["functions"]
-        if not isinstance(functions, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("name"), str) for f in functions
-        ):
-            texts.append('functions must be a list of {"name": string, …}')
-        else:
-            tools = (tools or []) + [{"type": "function", "function": f} for f in functions]
-    if "parallel_tool_calls" in obj and not isinstance(obj["parallel_tool_calls"], bool):
-        texts.append("parallel_tool_calls must be true or false")
+    messages = [parse_message(i, m, texts) for i, m in enumerate(raw_messages)]
+    tools = parse_tool_fields(obj, texts)
     valid = [m for m in messages if m is not None]
     if len(valid) == len(messages) and not any(m["role"] == "assistant" and m["weight"] == 1 for m in valid):
         texts.append("no assistant message to train on (an example needs one with weight 1)")
@@ -276,8 +289,11 @@ def parse_example(obj: Any, line: int) -> tuple[ChatExample | None, list[Problem
     return ChatExample(line=line, messages=valid, tools=tools), []
 
 
-def _iter_parsed(path: Path) -> Iterator[tuple[int, ChatExample | None, list[Problem]]]:
-    for line_no, text, problem in _iter_lines(path):
+def iter_parsed(
+    path: Path, parse: Callable[[Any, int], tuple[T | None, list[Problem]]]
+) -> Iterator[tuple[int, T | None, list[Problem]]]:
+    """(line number, example or None, problems) for every non-blank line, decoded and parsed by `parse`."""
+    for line_no, text, problem in iter_lines(path):
         if problem is not None:
             yield line_no, None, [problem]
             continue
@@ -286,17 +302,16 @@ def _iter_parsed(path: Path) -> Iterator[tuple[int, ChatExample | None, list[Pro
         except ValueError as exc:
             yield line_no, None, [Problem(line_no, "invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")]
             continue
-        example, problems = parse_example(obj, line_no)
+        example, problems = parse(obj, line_no)
         yield line_no, example, problems
 
 
-# Public entry points --------------------------------------------------------------------------
-
-
-def validate_file(path: Path, *, min_examples: int = MIN_EXAMPLES, max_problems: int = 20) -> ValidationReport:
-    """Check a whole file; at most `max_problems` problems are kept (all are counted)."""
+def build_report(
+    parsed: Iterable[tuple[int, object | None, list[Problem]]], *, min_examples: int, max_problems: int
+) -> ValidationReport:
+    """Count examples and problems of a parsed file; too few examples is a problem only of an otherwise valid file."""
     report = ValidationReport()
-    for line_no, example, problems in _iter_parsed(Path(path)):
+    for line_no, example, problems in parsed:
         report.n_lines = line_no
         if example is not None:
             report.n_examples += 1
@@ -314,12 +329,25 @@ def validate_file(path: Path, *, min_examples: int = MIN_EXAMPLES, max_problems:
     return report
 
 
-def read_examples(path: Path) -> list[ChatExample]:
-    """All examples of a valid file; raises `DataFormatError` on the first problem."""
+def collect_examples(parsed: Iterable[tuple[int, T | None, list[Problem]]]) -> list[T]:
+    """The examples of a parsed file; raises `DataFormatError` on the first problem."""
     examples = []
-    for _line, example, problems in _iter_parsed(Path(path)):
+    for _line, example, problems in parsed:
         if problems:
             raise DataFormatError(problems[0])
         assert example is not None
         examples.append(example)
     return examples
+
+
+# Public entry points --------------------------------------------------------------------------
+
+
+def validate_file(path: Path, *, min_examples: int = MIN_EXAMPLES, max_problems: int = 20) -> ValidationReport:
+    """Check a whole file; at most `max_problems` problems are kept (all are counted)."""
+    return build_report(iter_parsed(Path(path), parse_example), min_examples=min_examples, max_problems=max_problems)
+
+
+def read_examples(path: Path) -> list[ChatExample]:
+    """All examples of a valid file; raises `DataFormatError` on the first problem."""
+    return collect_examples(iter_parsed(Path(path), parse_example))
