@@ -76,6 +76,28 @@ def chat_lines(n: int, *, offset: int = 0) -> list[dict[str, Any]]:
     return lines
 
 
+def preference_lines(n: int, *, offset: int = 0) -> list[dict[str, Any]]:
+    """`n` DPO pairs: the right answer preferred over another question's; some with a system prompt or
+    an earlier assistant turn in the prompt (context, never trained on)."""
+    lines = []
+    for i in range(offset, offset + n):
+        question, answer = _QA[i % len(_QA)]
+        wrong = _QA[(i + 1) % len(_QA)][1]
+        prompt: list[dict[str, Any]] = [{"role": "user", "content": question}]
+        if i % 3 == 1:
+            prompt.insert(0, {"role": "system", "content": "Answer in one short sentence."})
+        if i % 3 == 2:
+            prompt = [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi."}, *prompt]
+        lines.append(
+            {
+                "input": {"messages": prompt},
+                "preferred_output": [{"role": "assistant", "content": answer}],
+                "non_preferred_output": [{"role": "assistant", "content": wrong}],
+            }
+        )
+    return lines
+
+
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return path
@@ -100,10 +122,24 @@ def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def dpo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """12 training pairs and 4 validation pairs."""
+    root = tmp_path_factory.mktemp("dpo-data")
+    return {
+        "train": write_jsonl(root / "train.jsonl", preference_lines(12)),
+        "valid": write_jsonl(root / "valid.jsonl", preference_lines(4, offset=3)),
+    }
+
+
 def job_spec(
     tmp: Path, model_dir: Path, data: dict[str, Path], *, name: str = "out", **overrides: Any
 ) -> dict[str, Any]:
-    """A job.json body: 12 examples, batch 4 (3 steps/epoch), micro-batches of 2, 2 epochs, LoRA with dropout."""
+    """A job.json body: 12 examples, batch 4 (3 steps/epoch), micro-batches of 2, 2 epochs, LoRA with dropout.
+
+    fp32, so that tests can compare losses of differently computed runs closely; packing is on (the default);
+    a sampled validation of 3 of the 4 validation examples every 2 steps (steps 2, 4, 6).
+    """
     spec: dict[str, Any] = {
         "job_id": "ftjob-test",
         "base_model": {"name": "tiny", "source": "local", "path": str(model_dir)},
@@ -121,6 +157,9 @@ def job_spec(
         "micro_batch_size": 2,
         "num_threads": 1,
         "keep_checkpoints": 3,
+        "precision": "fp32",
+        "eval_every": 2,
+        "eval_samples": 3,
     }
     spec.update(overrides)
     return spec

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from openft.datasets.chat import ChatExample, DataFormatError, parse_example
 from openft.training.data import (
@@ -15,11 +16,13 @@ from openft.training.data import (
     epoch_order,
     micro_batches,
     prepare,
+    prepare_pairs,
     template_messages,
     tokenize_example,
+    validation_sample,
 )
 from openft.training.recipe import linear_schedule
-from tests.training.conftest import chat_lines
+from tests.training.conftest import chat_lines, preference_lines
 
 END = "<|im_end|>\n"
 
@@ -198,3 +201,31 @@ def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
     assert [f(s) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
     assert f(10) == 0.0
     assert linear_schedule(0, 4)(0) == 1.0
+
+
+def test_validation_sample_is_fixed_by_the_seed_alone() -> None:
+    first = validation_sample(7, 100, 10)
+    np.random.seed(123)  # the global generators must not matter
+    torch.manual_seed(5)
+    assert validation_sample(7, 100, 10) == first
+    assert first == sorted(set(first)) and len(first) == 10 and all(0 <= i < 100 for i in first)
+    assert validation_sample(8, 100, 10) != first
+    assert validation_sample(7, 4, 64) == [0, 1, 2, 3]  # a small file: all of it
+    # Its own stream: not the first rows of an epoch order under the same seed.
+    assert first != sorted(epoch_order(7, 0, 100)[:10])
+
+
+def test_preference_pairs_train_on_the_answers_only(tokenizer: Any) -> None:
+    from openft.datasets.preference import parse_preference_example
+
+    (line,) = preference_lines(1, offset=2)  # a prompt with an earlier assistant turn
+    pair, problems = parse_preference_example(line, 5)
+    assert pair is not None, problems
+    prepared = prepare_pairs(tokenizer, [pair], max_seq_len=512)
+    (tokenized,) = prepared.examples
+    assert tokenized.line == 5
+    assert targets_text(tokenizer, tokenized.chosen) == line["preferred_output"][0]["content"] + END
+    assert targets_text(tokenizer, tokenized.rejected) == line["non_preferred_output"][0]["content"] + END
+    assert "Hi." in tokenizer.decode(tokenized.chosen.input_ids)  # the earlier turn is context, not a target
+    short = prepare_pairs(tokenizer, [pair], max_seq_len=8)
+    assert short.examples == [] and short.skipped_lines == [5] and short.truncated_lines == [5]

@@ -4,12 +4,16 @@ Each scenario is a chain of real trainer processes (`python -m openft.training.e
 worker runs them. Stops and kills land at chosen steps through OPENFT_TRAIN_DEBUG_SIGNALS, which sends
 the process a real signal at that step, so the signal handlers and the stop path are the real ones;
 `test_external_signal_stops_with_a_checkpoint` also signals from outside at an arbitrary moment.
-The chains run two at a time (one torch thread each) to keep the module near half a minute.
+The chains run two at a time (one torch thread each) to keep the module near 40 seconds.
+
+Covered: LoRA SFT with packing and a validation file (sampled every 2 steps, full at epoch ends) in the
+precision `auto` picks on this machine; full fine-tuning in fp32; DPO with LoRA in bf16 autocast.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -22,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from openft.jobspec import ExitCode, parse_progress_line
+from openft.jobspec import DPO_RESULT_COLUMNS, ExitCode, parse_progress_line
 from openft.training import checkpoint as ckpt
 from tests.training.conftest import (
     TrainerRun,
@@ -36,6 +40,8 @@ from tests.training.conftest import (
 
 STEPS_PER_EPOCH = 3  # 12 examples, batch 4
 TOTAL_STEPS = 6  # 2 epochs
+RESUME_JOB = {"precision": "auto"}
+"""What every chain adds to `job_spec` (which validates 3 of 4 examples every 2 steps): production's precision."""
 
 
 def _corrupt_newest_checkpoint_junk(output_dir: Path) -> None:
@@ -50,13 +56,13 @@ def _corrupt_newest_checkpoint_junk(output_dir: Path) -> None:
 class Scenarios:
     """Runs every chain once per module; the tests below check what the chains produced."""
 
-    def __init__(self, tmp: Path, model_dir: Path, data: dict[str, Path]):
-        self.tmp, self.model_dir, self.data = tmp, model_dir, data
+    def __init__(self, tmp: Path, model_dir: Path, data: dict[str, Path], dpo_data: dict[str, Path]):
+        self.tmp, self.model_dir, self.data, self.dpo_data = tmp, model_dir, data, dpo_data
         self.runs: dict[str, list[TrainerRun]] = {}
         self.outputs: dict[str, Path] = {}
 
     def job(self, name: str, **overrides: Any) -> Path:
-        spec = job_spec(self.tmp, self.model_dir, self.data, name=name, **overrides)
+        spec = job_spec(self.tmp, self.model_dir, self.data, name=name, **{**RESUME_JOB, **overrides})
         self.outputs[name] = Path(spec["output_dir"])
         return write_job(self.tmp / f"{name}-{len(self.runs.get(name, []))}.json", spec)
 
@@ -69,7 +75,14 @@ class Scenarios:
             self.runs[name].append(run_subprocess(job, debug_signals=debug_signals))
 
     def run_all(self) -> None:
-        full = {"lora": None, "base_learning_rate": 1e-3}
+        full = {"lora": None, "base_learning_rate": 1e-3, "precision": "fp32"}
+        dpo = {
+            "method": "dpo",
+            "dpo": {"beta": 0.2},
+            "training_file": str(self.dpo_data["train"]),
+            "validation_file": str(self.dpo_data["valid"]),
+            "precision": "bf16",
+        }
         chains: dict[str, list[tuple[str, dict[str, Any], Callable[[Path], None] | None]]] = {
             "straight": [("", {}, None)],
             # Stopped once, exactly at an epoch end (the epoch checkpoint serves; no second one);
@@ -86,6 +99,8 @@ class Scenarios:
             ],
             "full_straight": [("", full, None)],
             "full_resumed": [("2:SIGUSR1", full, None), ("", full, None)],
+            "dpo_straight": [("", dpo, None)],
+            "dpo_resumed": [("2:SIGUSR1", dpo, None), (f"{STEPS_PER_EPOCH + 1}:SIGKILL", dpo, None), ("", dpo, None)],
         }
         with ThreadPoolExecutor(max_workers=2) as pool:
             for future in [pool.submit(self.chain, name, legs) for name, legs in chains.items()]:
@@ -93,8 +108,13 @@ class Scenarios:
 
 
 @pytest.fixture(scope="module")
-def scenarios(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, data_files: dict[str, Path]) -> Scenarios:
-    found = Scenarios(tmp_path_factory.mktemp("resume"), tiny_model_dir, data_files)
+def scenarios(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+    data_files: dict[str, Path],
+    dpo_files: dict[str, Path],
+) -> Scenarios:
+    found = Scenarios(tmp_path_factory.mktemp("resume"), tiny_model_dir, data_files, dpo_files)
     found.run_all()
     return found
 
@@ -102,11 +122,22 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, da
 def _assert_identical_to_straight(scenarios: Scenarios, name: str, straight: str = "straight") -> None:
     reference, resumed = scenarios.outputs[straight], scenarios.outputs[name]
     assert scenarios.runs[name][-1].rc == ExitCode.COMPLETED, scenarios.runs[name][-1].stderr[-3000:]
-    expected = train_losses(reference)
-    assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
-    assert train_losses(resumed) == expected  # float ==: bit for bit
+    expected = metric_rows(reference)
+    assert [row["step"] for row in expected] == list(range(1, TOTAL_STEPS + 1))
+    assert metric_rows(resumed) == expected  # every metric, float ==: bit for bit
     assert results_rows(resumed) == results_rows(reference)
     assert_same_tensors(reference / "model", resumed / "model")
+
+
+def column(output_dir: Path, name: str) -> dict[int, Any]:
+    return {row["step"]: row[name] for row in metric_rows(output_dir)}
+
+
+def metric_rows(output_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without the wall-clock field (each step once: `train_losses` checks)."""
+    train_losses(output_dir)
+    lines = (output_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "step_seconds"} for line in lines]
 
 
 # The straight run: messages, files, layout -------------------------------------------------------
@@ -138,6 +169,10 @@ def test_straight_run_messages_and_files(scenarios: Scenarios) -> None:
     lrs = [m["learning_rate"] for m in metrics]
     assert lrs[0] < lrs[1] == lrs[2] > lrs[3] > lrs[4] > lrs[5]
     assert "full_valid_loss" in metrics[2] and "full_valid_loss" in metrics[5] and "full_valid_loss" not in metrics[0]
+    # The sampled validation every eval_every=2 steps: 3 of the 4 examples, so not the full file's value.
+    assert [m["step"] for m in metrics if "valid_loss" in m] == [2, 4, 6]
+    assert all(0 <= m["valid_mean_token_accuracy"] <= 1 for m in metrics if "valid_loss" in m)
+    assert metrics[5]["valid_loss"] != metrics[5]["full_valid_loss"]
 
     checkpoints = run.of("checkpoint")
     assert [(c["step"], c["epoch"], c["kind"]) for c in checkpoints] == [(3, 1, "epoch"), (6, 2, "epoch")]
@@ -163,6 +198,7 @@ def test_straight_run_writes_the_documented_layout(scenarios: Scenarios) -> None
     losses = train_losses(out)
     assert [float(r[1]) for r in rows] == [losses[s] for s in range(1, TOTAL_STEPS + 1)]  # repr round-trips
     assert rows[0][3:] == ["", "", "", ""] and rows[2][5] != "" and rows[2][3] == ""
+    assert rows[1][3] != "" and rows[1][5] == "" and rows[5][3] != "" and rows[5][5] != ""
 
     for step in (3, 6):
         folder = ckpt.checkpoint_path(out, step)
@@ -172,6 +208,7 @@ def test_straight_run_writes_the_documented_layout(scenarios: Scenarios) -> None
         assert (folder / "state" / "trainer_state.pt").is_file()
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["kind"] == "epoch" and meta["step"] == step
+        assert meta["metrics"]["valid_loss"] == (None if step == 3 else column(out, "valid_loss")[step])
         assert set(meta["metrics"]) == {
             "step",
             "train_loss",
@@ -182,7 +219,8 @@ def test_straight_run_writes_the_documented_layout(scenarios: Scenarios) -> None
             "full_valid_mean_token_accuracy",
         }
         progress = json.loads((folder / "state" / "progress.json").read_text())
-        assert progress["num_threads"] == 1 and progress["step"] == step
+        assert progress["num_threads"] == 1 and progress["step"] == step and progress["packing"] is True
+        assert progress["precision"] in ("fp32", "bf16")  # what `auto` picked on this machine
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
@@ -265,6 +303,32 @@ def test_full_fine_tuning_resumes_exactly(scenarios: Scenarios) -> None:
     assert (scenarios.outputs["full_straight"] / "model" / "config.json").is_file()
 
 
+def test_dpo_with_lora_resumes_exactly(scenarios: Scenarios) -> None:
+    straight = scenarios.runs["dpo_straight"][0]
+    assert straight.rc == ExitCode.COMPLETED, straight.stderr[-3000:]
+    stopped, killed, _ = scenarios.runs["dpo_resumed"]
+    assert stopped.rc == ExitCode.STOPPED and stopped.last["step"] == 2
+    assert killed.rc == -signal.SIGKILL and killed.of("started")[0]["start_step"] == 2
+    _assert_identical_to_straight(scenarios, "dpo_resumed", straight="dpo_straight")
+
+
+def test_dpo_run_reports_preference_metrics(scenarios: Scenarios) -> None:
+    run, out = scenarios.runs["dpo_straight"][0], scenarios.outputs["dpo_straight"]
+    assert any("bf16" in m["message"] for m in run.of("log") if m["message"].startswith("Forward pass"))
+    metrics = run.of("metrics")
+    # Step 1 starts from the reference itself (LoRA's B is zero): every reward 0, the loss log 2.
+    first = metrics[0]
+    assert math.isclose(first["train_loss"], math.log(2), rel_tol=1e-6)
+    assert first["train_chosen_reward"] == first["train_rejected_reward"] == first["train_reward_margin"] == 0
+    assert metrics[-1]["train_reward_margin"] > 0 and metrics[-1]["train_loss"] < math.log(2)  # it learns
+    assert [m["step"] for m in metrics if "valid_reward_margin" in m] == [2, 4, 6]
+    assert "full_valid_preference_accuracy" in metrics[2] and "train_mean_token_accuracy" not in metrics[0]
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header) == DPO_RESULT_COLUMNS
+    meta = ckpt.Checkpoint(6, ckpt.checkpoint_path(out, 6)).meta()
+    assert tuple(meta["metrics"]) == DPO_RESULT_COLUMNS
+
+
 def _resume_copy_of_straight(scenarios: Scenarios, tmp: Path) -> Path:
     """The straight run's output as it stood at its first epoch checkpoint, under a new job file."""
     out = tmp / "copy"
@@ -272,7 +336,7 @@ def _resume_copy_of_straight(scenarios: Scenarios, tmp: Path) -> Path:
     for path in (out / "model", ckpt.checkpoint_path(out, TOTAL_STEPS)):
         shutil.rmtree(path)
     (out / "results.csv").unlink()
-    spec = job_spec(tmp, scenarios.model_dir, scenarios.data, name="copy")
+    spec = job_spec(tmp, scenarios.model_dir, scenarios.data, name="copy", **RESUME_JOB)
     return write_job(tmp / "job.json", spec)
 
 

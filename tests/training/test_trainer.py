@@ -12,9 +12,11 @@ import torch
 
 from openft.jobspec import ExitCode
 from openft.training import checkpoint as ckpt
-from openft.training.recipe import SupervisedRecipe
+from openft.training.packing import build_rows
+from openft.training.recipe import TrainingRecipe
 from tests.training.conftest import (
     TrainerRun,
+    assert_same_tensors,
     job_spec,
     load_tensors,
     run_in_process,
@@ -116,10 +118,10 @@ def test_missing_base_model(make_job: Any, tmp_path: Path) -> None:
 def test_unexpected_errors_become_failed_messages(
     make_job: Any, monkeypatch: pytest.MonkeyPatch, error: Exception, code: str
 ) -> None:
-    def explode(self: SupervisedRecipe, batch: Any) -> Any:
+    def explode(self: TrainingRecipe, batch: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(SupervisedRecipe, "_train_step", explode)
+    monkeypatch.setattr(TrainingRecipe, "_train_step", explode)
     message = failed(run_in_process(make_job()))
     assert message["code"] == code
     assert str(error) in message["message"]
@@ -152,3 +154,161 @@ def test_continuing_from_a_fine_tuned_adapter(make_job: Any, tmp_path: Path, tin
     assert full.rc == ExitCode.COMPLETED, full.last
     assert any("merged the fine-tuned adapter" in m["message"] for m in full.of("log"))
     assert (tmp_path / "full" / "model" / "config.json").is_file()
+
+
+# Packing, validation, timing ---------------------------------------------------------------------
+
+NO_DROPOUT = {"r": 4, "alpha": 8, "dropout": 0.0}
+
+
+def test_packed_run_matches_unpacked_run(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same data order, steps and loss definition: only the rows differ, so the losses agree to rounding.
+
+    Without LoRA dropout: with it, packed rows draw their dropout masks in another layout.
+    """
+    from openft.training import forward
+
+    layouts: list[tuple[int, int]] = []  # (rows, sequences) of every forward pass
+
+    def spy(sequences: Any, pad_id: int, *, packed: bool) -> Any:
+        rows = build_rows(sequences, pad_id, packed=packed)
+        layouts.append((rows.input_ids.shape[0], rows.n_sequences))
+        return rows
+
+    monkeypatch.setattr(forward, "build_rows", spy)
+    packed = run_in_process(make_job("packed", lora=NO_DROPOUT, packing=True, micro_batch_size=4))
+    assert any(n_rows < n_sequences for n_rows, n_sequences in layouts)  # some rows did hold several examples
+    unpacked = run_in_process(make_job("unpacked", lora=NO_DROPOUT, packing=False, micro_batch_size=4))
+    assert packed.rc == unpacked.rc == ExitCode.COMPLETED
+    assert any("packing on" in m["message"] for m in packed.of("log"))
+    assert any("packing off" in m["message"] for m in unpacked.of("log"))
+    for name in ("train_loss", "train_mean_token_accuracy", "valid_loss", "full_valid_loss"):
+        a = [m.get(name) for m in packed.of("metrics")]
+        b = [m.get(name) for m in unpacked.of("metrics")]
+        assert [x is None for x in a] == [x is None for x in b]
+        for x, y in zip(a, b, strict=True):
+            assert x is None or math.isclose(x, y, rel_tol=1e-5), (name, a, b)
+    assert packed.last["trained_tokens"] == unpacked.last["trained_tokens"]  # padding is not counted
+
+
+def test_sampled_validation_cadence(make_job: Any) -> None:
+    hyper = {"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 1.0}  # 15 steps
+    auto = run_in_process(make_job("auto", hyperparameters=hyper, eval_every=None, eval_samples=2))
+    assert [m["step"] for m in auto.of("metrics") if "valid_loss" in m] == [2, 4, 6, 8, 10, 12, 14, 15]
+    every5 = run_in_process(make_job("every5", hyperparameters=hyper, eval_every=5, eval_samples=2))
+    sampled = [m for m in every5.of("metrics") if "valid_loss" in m]
+    assert [m["step"] for m in sampled] == [5, 10, 15]
+    by_step = {m["step"]: m["valid_loss"] for m in auto.of("metrics") if "valid_loss" in m}
+    assert [m["valid_loss"] for m in sampled] != [by_step[10], by_step[10], by_step[15]]  # it moves with training
+    assert all("valid_loss" not in m for m in run_in_process(make_job("none", validation_file=None)).of("metrics"))
+
+
+def test_sampled_validation_changes_no_training_result(make_job: Any, tmp_path: Path) -> None:
+    with_valid = run_in_process(make_job("with", eval_every=1, eval_samples=2))
+    without = run_in_process(make_job("without", validation_file=None))
+    assert with_valid.rc == without.rc == ExitCode.COMPLETED
+    assert train_losses(tmp_path / "with") == train_losses(tmp_path / "without")  # bit for bit: no RNG drawn
+    assert_same_tensors(tmp_path / "with" / "model", tmp_path / "without" / "model")
+
+
+def test_step_seconds_include_evaluation_and_checkpoint_time(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's ETA is step_seconds × steps left, so step_seconds must carry the time spent between steps."""
+    from openft.training import recipe
+
+    clock = {"now": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            clock["now"] += 1.0  # every look at the clock costs a second
+            return clock["now"]
+
+    write = ckpt.write_checkpoint
+
+    def slow_checkpoint(*args: Any, **kwargs: Any) -> Any:
+        clock["now"] += 100.0
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "time", FakeTime)
+    monkeypatch.setattr(ckpt, "write_checkpoint", slow_checkpoint)
+    run = run_in_process(make_job(validation_file=None, metrics_every=2))
+    assert run.rc == ExitCode.COMPLETED
+    seconds = {m["step"]: m["step_seconds"] for m in run.of("metrics")}
+    assert seconds == {2: 1.0, 3: 1.0, 4: 101.0, 6: 1.0}  # the epoch-end checkpoint after step 3 lands on step 4
+
+
+# DPO ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_dpo_job(make_job: Any, dpo_files: dict[str, Path]) -> Any:
+    def make(name: str = "dpo", **overrides: Any) -> Path:
+        dpo = {
+            "method": "dpo",
+            "dpo": {"beta": 0.5},
+            "training_file": str(dpo_files["train"]),
+            "validation_file": str(dpo_files["valid"]),
+        }
+        return make_job(name, **{**dpo, **overrides})
+
+    return make
+
+
+def test_dpo_gradient_accumulation_matches_one_big_batch(make_dpo_job: Any, tmp_path: Path) -> None:
+    one = run_in_process(make_dpo_job("micro1", micro_batch_size=1, lora=NO_DROPOUT))
+    four = run_in_process(make_dpo_job("micro4", micro_batch_size=4, lora=NO_DROPOUT, packing=False))
+    assert one.rc == four.rc == ExitCode.COMPLETED, (one.last, four.last)
+    for a, b in zip(one.of("metrics"), four.of("metrics"), strict=True):
+        for name in ("train_loss", "train_reward_margin", "train_chosen_reward", "train_preference_accuracy"):
+            # Rewards are differences of fp32 log-prob sums (tens): rounding of ~1e-6 is all that may differ.
+            assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=1e-5), (name, a, b)
+    assert one.of("started")[0]["n_examples"] == 12  # pairs
+    first = one.of("metrics")[0]
+    assert math.isclose(first["train_loss"], math.log(2), rel_tol=1e-6)  # the policy starts as the reference
+    assert one.of("metrics")[-1]["train_loss"] < math.log(2)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_dpo_continuing_a_fine_tuned_adapter_measures_against_it(
+    make_job: Any, make_dpo_job: Any, tmp_path: Path
+) -> None:
+    """SFT, then DPO from it: the reference is the fine-tuned model the DPO job starts from, not the base."""
+    one_epoch = {"hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1}}
+    # No LoRA dropout (the continued adapter keeps its settings): the policy's first pass then equals the reference's.
+    assert run_in_process(make_job("sft", lora=NO_DROPOUT, **one_epoch)).rc == ExitCode.COMPLETED
+    adapter = tmp_path / "sft" / "model"
+    finetuned = {"name": "ft:tiny:org::sft", "source": "finetune", "path": str(adapter)}
+
+    run = run_in_process(make_dpo_job("dpo", base_model=finetuned, **one_epoch))
+    assert run.rc == ExitCode.COMPLETED, run.last
+    first = run.of("metrics")[0]
+    assert math.isclose(first["train_loss"], math.log(2), rel_tol=1e-6) and first["train_reward_margin"] == 0
+    saved = tmp_path / "dpo" / "model"
+    assert [p.name for p in saved.iterdir() if p.is_dir()] == []  # the trained adapter only, not the reference copy
+    before, after = load_tensors(adapter), load_tensors(saved)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+    full = run_in_process(make_dpo_job("dpo-full", base_model=finetuned, lora=None, **one_epoch))
+    assert full.rc == ExitCode.COMPLETED, full.last
+    assert math.isclose(full.of("metrics")[0]["train_loss"], math.log(2), rel_tol=1e-6)  # a frozen copy as reference
+
+
+def test_dpo_needs_preference_data(make_dpo_job: Any, data_files: dict[str, Path]) -> None:
+    message = failed(run_in_process(make_dpo_job(training_file=str(data_files["train"]))))
+    assert message["code"] == "invalid_file_format" and message["param"] == "training_file"
+    assert "line 1" in message["message"]
+
+
+def test_a_resume_keeps_the_checkpoints_precision_and_packing(
+    make_job: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Precision and packing change float sums: a resume uses the checkpoint's, whatever the job now says."""
+    straight = run_in_process(make_job("straight", precision="fp32", packing=False))
+    monkeypatch.setenv("OPENFT_TRAIN_DEBUG_SIGNALS", "2:SIGUSR1")
+    assert run_in_process(make_job("resumed", precision="fp32", packing=False)).rc == ExitCode.STOPPED
+    monkeypatch.delenv("OPENFT_TRAIN_DEBUG_SIGNALS")
+    resumed = run_in_process(make_job("resumed", precision="bf16", packing=True))
+    assert straight.rc == resumed.rc == ExitCode.COMPLETED
+    warnings = [m["message"] for m in resumed.of("log") if m["level"] == "warn"]
+    assert any("checkpoint's precision (fp32) and packing (off)" in w for w in warnings), warnings
+    assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")

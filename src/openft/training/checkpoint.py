@@ -2,7 +2,8 @@
 
     checkpoints/step_000012/
         adapter/ or model/      servable weights (PEFT adapter folder, or a full HF model folder)
-        state/progress.json     step, epoch, position in the epoch, trained tokens, thread count, fingerprint
+        state/progress.json     step, epoch, position in the epoch, trained tokens, fingerprint, and the
+                                numerics a resume keeps: thread count, precision, packing
         state/trainer_state.pt  optimizer and LR-scheduler state, RNG states (python, numpy, torch CPU/CUDA)
         meta.json               step, epoch, kind, metrics, sha256 of every other file (written last)
 
@@ -52,6 +53,10 @@ class TrainingProgress:
     trained_tokens: int
     num_threads: int
     fingerprint: str
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """The forward's precision; the default is what checkpoints written before this field trained with."""
+    packing: bool = False
+    """Whether micro-batches were packed (see `packing`); likewise defaults to what older checkpoints did."""
 
 
 @dataclass(frozen=True)
@@ -231,8 +236,9 @@ _FINGERPRINT_FIELDS = (
     "max_seq_len",
     "micro_batch_size",
 )
-"""Spec fields that change what training computes. Paths, thread count, checkpoint and metrics
-settings are left out: changing them does not change the result (threads are pinned by the checkpoint)."""
+"""Spec fields that change what training computes (and `dpo`, when set). Paths, thread count, precision,
+packing, checkpoint, metrics and validation settings are left out: changing them does not change the
+weights (threads, precision and packing are pinned by the checkpoint; validation draws no random numbers)."""
 
 
 def fingerprint(spec: TrainJobSpec) -> str:
@@ -244,5 +250,7 @@ def fingerprint(spec: TrainJobSpec) -> str:
             digest.update(sha256_file(Path(path)).encode())
     fields = spec.model_dump(mode="json", include=set(_FINGERPRINT_FIELDS))
     fields["base_model"].pop("path", None)  # the same model may live at another path after a move
+    if spec.dpo is not None:  # only then: checkpoints of jobs without it keep their fingerprint
+        fields["dpo"] = spec.dpo.model_dump(mode="json")
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Chat examples → token ids + a mask of the tokens the loss is computed on, and batches of them.
+"""Chat examples (and preference pairs) → token ids + a mask of the tokens the loss is computed on.
 
 Masking rule: the model learns only what trainable assistant messages (weight 1) say. The tokens of
 assistant message k are those that `apply_chat_template(messages[:k+1])` adds after
@@ -9,21 +9,28 @@ weight-0 replies, the template's role headers) is context only.
 The prefix property ("rendering more messages only appends tokens") holds for ordinary chat templates
 but not for every one (some rewrite earlier turns, and BPE can merge across a boundary), so the code
 checks it token by token and falls back to the longest common prefix instead of trusting it.
+
+A preference pair (DPO) is two such examples, prompt + preferred answer and prompt + rejected answer,
+with only the answer trainable: the masking rule is the same, so SFT and DPO learn from the same tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
 from openft.datasets.chat import ChatExample, DataFormatError, Problem
+from openft.datasets.preference import PreferenceExample
 from openft.datasets.toolcalls import template_renders_tool_calls, with_tool_calls_for_template
+from openft.training.packing import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+VALIDATION_SAMPLE_STREAM = 2**63
+"""The second seed word of the validation sample's generator; epoch orders use the epoch there (always smaller)."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,18 @@ class TokenizedExample:
         return sum(self.target_mask[1:])  # the first token has nothing before it to be predicted from
 
 
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A preference pair: prompt + preferred answer and prompt + rejected answer, each trained on the answer only."""
+
+    line: int
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+
 @dataclass
-class PreparedData:
-    examples: list[TokenizedExample] = field(default_factory=list)
+class PreparedData(Generic[T]):
+    examples: list[T] = field(default_factory=list)
     truncated_lines: list[int] = field(default_factory=list)
     skipped_lines: list[int] = field(default_factory=list)
     """Examples left with no trainable token (after truncation); they are not trained on."""
@@ -104,10 +120,10 @@ def tokenize_example(
     return TokenizedExample(example.line, full[:max_seq_len], mask[:max_seq_len]), truncated
 
 
-def prepare(tokenizer: Any, examples: Sequence[ChatExample], *, max_seq_len: int) -> PreparedData:
+def prepare(tokenizer: Any, examples: Sequence[ChatExample], *, max_seq_len: int) -> PreparedData[TokenizedExample]:
     """Tokenize every example; cut the long ones, set aside those with nothing left to learn."""
     native = template_renders_tool_calls(tokenizer)
-    prepared = PreparedData()
+    prepared: PreparedData[TokenizedExample] = PreparedData()
     for example in examples:
         tokenized, truncated = tokenize_example(tokenizer, example, max_seq_len=max_seq_len, native_tool_calls=native)
         if truncated:
@@ -116,6 +132,34 @@ def prepare(tokenizer: Any, examples: Sequence[ChatExample], *, max_seq_len: int
             prepared.skipped_lines.append(example.line)
         else:
             prepared.examples.append(tokenized)
+    return prepared
+
+
+def _answered(example: PreferenceExample, answer: dict[str, Any]) -> ChatExample:
+    """The prompt followed by `answer`, with the answer the only trainable message."""
+    prompt = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in example.prompt_messages]
+    return ChatExample(example.line, [*prompt, {**answer, "weight": 1}], example.tools)
+
+
+def prepare_pairs(
+    tokenizer: Any, examples: Sequence[PreferenceExample], *, max_seq_len: int
+) -> PreparedData[TokenizedPair]:
+    """Tokenize both sides of every pair; a pair is skipped when either answer has no token left to learn."""
+    native = template_renders_tool_calls(tokenizer)
+    prepared: PreparedData[TokenizedPair] = PreparedData()
+    for example in examples:
+        chosen, cut_chosen = tokenize_example(
+            tokenizer, _answered(example, example.chosen), max_seq_len=max_seq_len, native_tool_calls=native
+        )
+        rejected, cut_rejected = tokenize_example(
+            tokenizer, _answered(example, example.rejected), max_seq_len=max_seq_len, native_tool_calls=native
+        )
+        if cut_chosen or cut_rejected:
+            prepared.truncated_lines.append(example.line)
+        if chosen.n_targets == 0 or rejected.n_targets == 0:
+            prepared.skipped_lines.append(example.line)
+        else:
+            prepared.examples.append(TokenizedPair(example.line, chosen, rejected))
     return prepared
 
 
@@ -128,7 +172,19 @@ def epoch_order(seed: int, epoch: int, n_examples: int) -> list[int]:
     return [int(i) for i in np.random.default_rng([seed % 2**64, epoch]).permutation(n_examples)]
 
 
-def micro_batches(items: Sequence[TokenizedExample], size: int) -> list[Sequence[TokenizedExample]]:
+def validation_sample(seed: int, n_examples: int, size: int) -> list[int]:
+    """The validation examples of the sampled `valid_loss`: chosen once from the seed, in file order.
+
+    Drawn from a generator of its own, never from the ones training draws from, so sampling changes no
+    training result, and the same job always evaluates the same examples (also after a resume).
+    """
+    if size >= n_examples:
+        return list(range(n_examples))
+    rng = np.random.default_rng([seed % 2**64, VALIDATION_SAMPLE_STREAM])
+    return sorted(int(i) for i in rng.choice(n_examples, size=size, replace=False))
+
+
+def micro_batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,12 @@ def _cell(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def write_results_csv(metrics_path: Path, results_path: Path) -> None:
-    """The OpenAI-style result file: one row per step, empty cells where a value was not computed."""
-    lines = [",".join(RESULT_COLUMNS)]
+def write_results_csv(metrics_path: Path, results_path: Path, columns: Sequence[str] = RESULT_COLUMNS) -> None:
+    """The OpenAI-style result file: one row per step, empty cells where a value was not computed.
+
+    `columns`: `jobspec.RESULT_COLUMNS` (supervised) or `jobspec.DPO_RESULT_COLUMNS`.
+    """
+    lines = [",".join(columns)]
     for row in read_metrics(metrics_path):
-        lines.append(",".join(_cell(row.get(column)) for column in RESULT_COLUMNS))
+        lines.append(",".join(_cell(row.get(column)) for column in columns))
     atomic_write_text(results_path, "\n".join(lines) + "\n")

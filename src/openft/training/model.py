@@ -1,15 +1,25 @@
 """Load the base model and tokenizer, attach LoRA (or train every weight), and save servable weights.
 
-Weights stay in fp32: on CPU that is what makes a resumed run bit-identical to a straight one, and the
-small models this serves train fine in it. A LoRA run saves a PEFT adapter folder (what
+Weights stay in fp32 (bf16 autocast, where `precision.py` picks it, changes only the arithmetic of the
+forward): with fp32 weights, gradients and optimizer state a resumed run on a CPU is bit-identical to a
+straight one. A LoRA run saves a PEFT adapter folder (what
 `PeftModel.from_pretrained` loads); a full fine-tune saves a whole HF model folder. Both carry the
 tokenizer, so the chat template used in training travels with the weights to inference.
+
+DPO also needs the *reference* policy, the model as it was before this job trained it (`Reference`):
+- LoRA from a base model: the same model with its adapter switched off (`disable_adapter`), no copy.
+- LoRA continuing a fine-tuned adapter: a frozen second copy of that adapter (a few MB), switched in
+  for the reference pass, so the reference is the fine-tuned model the job started from, not the base.
+- Full fine-tuning: a frozen copy of the whole starting model. It costs one more set of fp32 weights
+  (4 bytes per parameter, about a quarter more than training's weights + gradients + AdamW state).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,9 @@ FALLBACK_CHAT_TEMPLATE = (
 """ChatML, for base models that ship no chat template (it is saved with the weights, so inference agrees)."""
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAINED_ADAPTER = "default"
+REFERENCE_ADAPTER = "reference"
+"""The frozen copy of a continued adapter that DPO measures against (never saved)."""
 
 
 @dataclass
@@ -36,6 +49,8 @@ class LoadedModel:
     tokenizer: Any
     is_lora: bool
     base_path: Path
+    continued_adapter: Path | None
+    """The fine-tuned adapter this job continues (LoRA), or None."""
     context_length: int | None
     notes: list[str]
     """Things worth a `log` message (fallback template, pad token, ignored LoRA settings)."""
@@ -123,6 +138,8 @@ def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> Loa
         if adapter is not None:  # keep training the fine-tuned adapter; its own r/alpha/targets apply
             model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
             notes.append("continuing the fine-tuned adapter; its own LoRA settings apply")
+            if spec.method == "dpo":  # the policy DPO measures against: the adapter as it starts
+                model.load_adapter(adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         else:
             with warnings.catch_warnings():  # peft asks a deprecated transformers property; not ours to fix
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -140,7 +157,8 @@ def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> Loa
 
     model.to(pick_device())
     model.train()
-    return LoadedModel(model, tokenizer, spec.lora is not None, base_path, context_length, notes)
+    continued = adapter if spec.lora is not None else None
+    return LoadedModel(model, tokenizer, spec.lora is not None, base_path, continued, context_length, notes)
 
 
 def load_adapter_weights(model: Any, folder: Path) -> None:
@@ -159,5 +177,52 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
 
 def save_weights(loaded: LoadedModel, dest: Path) -> None:
     """Servable weights into `dest`: a PEFT adapter folder (LoRA) or a full HF model folder, + tokenizer."""
-    loaded.model.save_pretrained(dest)
+    if loaded.is_lora:
+        loaded.model.save_pretrained(dest, selected_adapters=[TRAINED_ADAPTER])  # not DPO's reference copy
+    else:
+        loaded.model.save_pretrained(dest)
     loaded.tokenizer.save_pretrained(dest)
+
+
+# The DPO reference --------------------------------------------------------------------------------
+
+
+class Reference:
+    """The frozen starting policy: `with reference.model() as m:` gives a module to run it (eval mode).
+
+    Callers run it under no_grad. Eval mode means no dropout, so the reference draws no random numbers.
+    """
+
+    def __init__(self, model: Any, *, frozen_copy: Any = None, adapter: str | None = None):
+        self._model, self._copy, self._adapter = model, frozen_copy, adapter
+
+    @contextmanager
+    def model(self) -> Iterator[Any]:
+        if self._copy is not None:
+            yield self._copy
+            return
+        was_training = self._model.training
+        self._model.eval()
+        try:
+            if self._adapter is None:
+                with self._model.disable_adapter():
+                    yield self._model
+            else:
+                self._model.set_adapter(self._adapter)
+                try:
+                    yield self._model
+                finally:  # also makes the trained adapter the trainable one again (requires_grad)
+                    self._model.set_adapter(TRAINED_ADAPTER)
+        finally:
+            self._model.train(was_training)
+
+
+def build_reference(loaded: LoadedModel, spec: TrainJobSpec) -> Reference:
+    """The reference for this job (see the module docstring). Draws from no random generator it leaves changed."""
+    if loaded.is_lora:
+        return Reference(loaded.model, adapter=REFERENCE_ADAPTER if loaded.continued_adapter else None)
+    with torch.random.fork_rng(devices=[]):  # loading must not move the training RNG (exact resume)
+        frozen = load_model(spec).model
+    frozen.eval()
+    frozen.requires_grad_(False)
+    return Reference(loaded.model, frozen_copy=frozen)

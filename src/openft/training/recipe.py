@@ -1,17 +1,23 @@
-"""Supervised fine-tuning (LoRA or full) of a causal LM on chat data: the recipe, read top to bottom.
+"""Fine-tuning (supervised or DPO; LoRA or full) of a causal LM on chat data: the recipe, read top to bottom.
 
-    setup()   find a checkpoint to resume from, pin threads and seeds, load data and model, build the
-              optimizer and LR schedule, restore the checkpoint's state, say `started`
-    train()   the loop: one optimizer step per batch, metrics every step, a checkpoint at each epoch end,
-              and a stop request honoured between steps (checkpoint, `stopped`)
+    setup()   find a checkpoint to resume from, pin threads, precision and packing, seed, load data and
+              model, build the optimizer and LR schedule, restore the checkpoint's state, say `started`
+    train()   the loop: one optimizer step per batch, metrics every step, a sampled validation every
+              `eval_every` steps, a full one and a checkpoint at each epoch end, and a stop request
+              honoured between steps (checkpoint, `stopped`)
     save()    final weights + results.csv, then `completed`
     cleanup() close files
 
+What is learned is the objective's business (`objectives`: SFT or DPO: how data is read and tokenized,
+how a micro-batch's loss and metrics are computed); how the model runs is `forward.ForwardPass`'s
+(packing, LM head at target positions only, bf16 autocast). Everything else is shared and lives here.
+
 Exact resume is the design constraint throughout. The data order of epoch e comes from
 `default_rng([seed, e])`, so the step number alone says where in the data training is; every random
-generator's state, the optimizer and the scheduler are checkpointed; the thread count is pinned to the
-checkpoint's (CPU float sums depend on it); validation runs in eval mode under no_grad, so it draws no
-random numbers. On CPU a run stopped and resumed any number of times ends bit-identical to a straight one.
+generator's state, the optimizer and the scheduler are checkpointed; the thread count, the precision and
+packing are pinned to the checkpoint's (CPU float sums depend on them); validation runs in eval mode under
+no_grad, so it draws no random numbers. On CPU a run stopped and resumed any number of times ends
+bit-identical to a straight one.
 """
 
 from __future__ import annotations
@@ -28,22 +34,23 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from openft.datasets.chat import CODE_FORMAT, DataFormatError, read_examples
+from openft.datasets.chat import CODE_FORMAT, DataFormatError
 from openft.fsutil import commit_dir, remove_tree, temp_sibling
-from openft.jobspec import RESULT_COLUMNS, TrainJobSpec
+from openft.jobspec import TrainJobSpec
 from openft.training import checkpoint as ckpt
-from openft.training.data import IGNORE_INDEX, PreparedData, TokenizedExample, collate, epoch_order, micro_batches
-from openft.training.data import prepare as prepare_data
+from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
+from openft.training.forward import ForwardPass, check_model
 from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
 from openft.training.model import load_model, pick_device, save_weights
+from openft.training.objectives import Objective, objective_for
+from openft.training.precision import resolve_precision
 from openft.training.progress import Progress
 
 DEFAULT_MAX_SEQ_LEN = 2048
 LINES_SHOWN = 20
-CHECKPOINT_METRICS = RESULT_COLUMNS[1:]
-"""A checkpoint's metrics: the result-file columns (null where not computed)."""
+EVALUATIONS_PER_RUN = 10
+"""Sampled validations in a run when the job does not say how often (`eval_every: null`)."""
 DEBUG_SIGNALS_ENV = "OPENFT_TRAIN_DEBUG_SIGNALS"
 """Fault injection for tests: "3:SIGUSR1,5:SIGKILL" makes the process signal itself when it stands at step 3
 (after that step, its metrics and any checkpoint; or on starting there) and at step 5. 0 = before any step."""
@@ -82,11 +89,10 @@ class StopRequest:
 
 @dataclass
 class StepResult:
-    loss: float
-    accuracy: float
+    metrics: dict[str, float]
+    """The objective's `train_*` columns."""
     n_tokens: int
     """Non-padding input tokens processed."""
-    seconds: float
 
 
 def _lines(lines: Sequence[int]) -> str:
@@ -111,26 +117,19 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Any:
     return multiplier
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of cross-entropies, number of correct argmax predictions) over the target tokens.
-
-    Position i predicts token i+1, so logits and labels are shifted against each other.
-    """
-    logits, labels = logits[:, :-1, :], labels[:, 1:]
-    targets = labels != IGNORE_INDEX
-    picked, wanted = logits[targets].float(), labels[targets]
-    loss_sum = F.cross_entropy(picked, wanted, reduction="sum")
-    correct = (picked.argmax(dim=-1) == wanted).sum()
-    return loss_sum, correct
+def eval_interval(total_steps: int, eval_every: int | None) -> int:
+    """Steps between sampled validations: the job's choice, or about EVALUATIONS_PER_RUN per run (never 0)."""
+    return eval_every or max(1, math.ceil(total_steps / EVALUATIONS_PER_RUN))
 
 
-class SupervisedRecipe:
+class TrainingRecipe:
     def __init__(self, spec: TrainJobSpec, progress: Progress, stop: StopRequest):
         self.spec = spec
         self.progress = progress
         self.stop = stop
         self.output_dir = Path(spec.output_dir)
         self.device = pick_device()
+        self.objective: Objective = objective_for(spec)
         self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
         self.debug_signals = _parse_debug_signals(os.environ.get(DEBUG_SIGNALS_ENV, ""))
 
@@ -143,25 +142,16 @@ class SupervisedRecipe:
         self.fingerprint = ckpt.fingerprint(spec)
 
         # 1. Resume point: the newest checkpoint that verifies (a damaged one is reported and removed).
+        #    Threads, precision and packing are then pinned: the checkpoint's win over the job's.
         self.resumed_from = self._find_resume_checkpoint()
         resume = ckpt.read_state(self.resumed_from) if self.resumed_from is not None else None
-        if resume is not None:
-            saved = resume[0]
-            if saved.fingerprint != self.fingerprint:
-                raise TrainingFailure(
-                    "checkpoint_mismatch",
-                    f"the checkpoint at step {saved.step} was made with other data or settings; "
-                    "it cannot be resumed with this job",
-                )
-            self.num_threads = saved.num_threads
-            if spec.num_threads is not None and spec.num_threads != saved.num_threads:
-                self.progress.log(
-                    "warn",
-                    f"using {saved.num_threads} threads as the checkpoint did (the job asks for "
-                    f"{spec.num_threads}): another thread count would change the results",
-                )
-        else:
-            self.num_threads = spec.num_threads or torch.get_num_threads()
+        if resume is not None and resume[0].fingerprint != self.fingerprint:
+            raise TrainingFailure(
+                "checkpoint_mismatch",
+                f"the checkpoint at step {resume[0].step} was made with other data or settings; "
+                "it cannot be resumed with this job",
+            )
+        self._pin_numerics(resume[0] if resume is not None else None)
         torch.set_num_threads(self.num_threads)
 
         # 2. Data, read before the (slow) model load so a bad file fails fast.
@@ -171,19 +161,37 @@ class SupervisedRecipe:
         # 3. Model. Seeded first: LoRA's initialisation draws from torch's generator.
         seed_everything(spec.seed)
         self.loaded = load_model(spec, resume_weights=self.resumed_from.weights_dir if self.resumed_from else None)
+        self.objective.attach(self.loaded, spec)  # DPO: the reference policy
         for note in self.loaded.notes:
             self.progress.log("info", note)
         self.progress.log(
             "info",
             f"Loaded base model {spec.base_model.name} ({self.loaded.n_params:,} params, "
             f"{self.loaded.n_trainable:,} trainable, {'LoRA' if self.loaded.is_lora else 'full fine-tuning'}, "
-            f"{self.device.type}, {self.num_threads} threads)",
+            f"{spec.method}, {self.device.type}, {self.num_threads} threads)",
         )
         self.max_seq_len = self._max_seq_len()
         self.train_data = self._tokenize(train_examples, "training_file").examples
         self.valid_data = self._tokenize(valid_examples, "validation_file").examples if valid_examples else None
+        self.valid_sample = None
+        if self.valid_data:
+            picked = validation_sample(spec.seed, len(self.valid_data), spec.eval_samples)
+            self.valid_sample = [self.valid_data[i] for i in picked]
 
-        # 4. Plan: steps per epoch (the last batch of an epoch may be smaller) and the LR schedule.
+        # 4. How the model runs: the fast paths this model was checked to support (eval mode, no RNG).
+        pad_id = self.loaded.tokenizer.pad_token_id
+        support = check_model(self.loaded.model, pad_id, self.device)
+        if self.packing and not support.packing:
+            self.packing = False
+            self.progress.log("info", "packing is off: this model does not keep packed examples apart")
+        self.forward = ForwardPass(pad_id, self.packing, support.split_head, self.device, self.precision)
+        self.progress.log(
+            "info",
+            f"Forward pass: {self.precision}, packing {'on' if self.packing else 'off'}, LM head "
+            f"{'at target tokens only' if support.split_head else 'at every token'}",
+        )
+
+        # 5. Plan: steps per epoch (the last batch of an epoch may be smaller), LR schedule, validation cadence.
         self.batch_size = spec.hyperparameters.batch_size
         self.steps_per_epoch = math.ceil(len(self.train_data) / self.batch_size)
         self.total_steps = spec.hyperparameters.n_epochs * self.steps_per_epoch
@@ -192,8 +200,9 @@ class SupervisedRecipe:
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)
         warmup = math.ceil(spec.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
+        self.eval_every = eval_interval(self.total_steps, spec.eval_every)
 
-        # 5. Restore the checkpoint's state, random generators last (everything above may draw from them).
+        # 6. Restore the checkpoint's state, random generators last (everything above may draw from them).
         self.step = 0
         self.trained_tokens = 0
         self.last_checkpoint: ckpt.Checkpoint | None = self.resumed_from
@@ -219,6 +228,32 @@ class SupervisedRecipe:
             resumed_from=str(self.resumed_from.path) if self.resumed_from else None,
         )
 
+    def _pin_numerics(self, saved: ckpt.TrainingProgress | None) -> None:
+        """Thread count, precision and packing: the job's on a fresh start, the checkpoint's on resume.
+
+        Each changes how floats are summed, so a resume that changed one would not continue exactly.
+        """
+        spec = self.spec
+        precision = resolve_precision(spec.precision, self.device)
+        if saved is None:
+            self.num_threads = spec.num_threads or torch.get_num_threads()
+            self.precision, self.packing = precision, spec.packing
+            return
+        self.num_threads, self.precision, self.packing = saved.num_threads, saved.precision, saved.packing
+        if spec.num_threads is not None and spec.num_threads != saved.num_threads:
+            self.progress.log(
+                "warn",
+                f"using {saved.num_threads} threads as the checkpoint did (the job asks for "
+                f"{spec.num_threads}): another thread count would change the results",
+            )
+        # Packing may be off in the checkpoint because the model cannot pack: only a job that turned it off counts.
+        if precision != saved.precision or (saved.packing and not spec.packing):
+            self.progress.log(
+                "warn",
+                f"using the checkpoint's precision ({saved.precision}) and packing "
+                f"({'on' if saved.packing else 'off'}): other settings would change the results",
+            )
+
     def _find_resume_checkpoint(self) -> ckpt.Checkpoint | None:
         for candidate in reversed(ckpt.list_checkpoints(self.output_dir)):
             problem = ckpt.verify(candidate)
@@ -234,7 +269,7 @@ class SupervisedRecipe:
 
     def _read(self, path: str, param: str) -> list[Any]:
         try:
-            return read_examples(Path(path))
+            return self.objective.read(Path(path))
         except DataFormatError as exc:
             raise TrainingFailure(exc.problem.code, f"{param}: {exc.problem}", param) from exc
         except OSError as exc:
@@ -248,9 +283,9 @@ class SupervisedRecipe:
             return context
         return wanted
 
-    def _tokenize(self, examples: list[Any], param: str) -> PreparedData:
+    def _tokenize(self, examples: list[Any], param: str) -> PreparedData[Any]:
         try:
-            prepared = prepare_data(self.loaded.tokenizer, examples, max_seq_len=self.max_seq_len)
+            prepared = self.objective.tokenize(self.loaded.tokenizer, examples, max_seq_len=self.max_seq_len)
         except DataFormatError as exc:
             raise TrainingFailure(exc.problem.code, f"{param}: {exc.problem}", param) from exc
         if prepared.truncated_lines:
@@ -279,6 +314,10 @@ class SupervisedRecipe:
 
     def train(self) -> Literal["completed", "stopped"]:
         spec, order, order_epoch = self.spec, [], -1
+        columns = self.objective.columns
+        # Wall clocks for `step_seconds`: the worker's ETA, so they include evaluation and checkpoint time.
+        self._row_clock = self._message_clock = time.perf_counter()
+        self._message_step = self.step
         while self.step < self.total_steps:
             if self.step in self.debug_signals:  # fault injection (tests): as if signalled right here
                 os.kill(os.getpid(), self.debug_signals.pop(self.step))
@@ -296,54 +335,59 @@ class SupervisedRecipe:
             self.trained_tokens += result.n_tokens
             epoch_end = position == self.steps_per_epoch - 1
 
-            row = {
-                "step": self.step,
-                "epoch": epoch + 1,
-                "train_loss": result.loss,
-                "train_mean_token_accuracy": result.accuracy,
-                "valid_loss": None,
-                "valid_mean_token_accuracy": None,
-                "full_valid_loss": None,
-                "full_valid_mean_token_accuracy": None,
-                "learning_rate": learning_rate,
-                "trained_tokens": self.trained_tokens,
-                "step_seconds": result.seconds,
-            }
-            if epoch_end and self.valid_data:
-                row["full_valid_loss"], row["full_valid_mean_token_accuracy"] = self._evaluate(self.valid_data)
+            row: dict[str, Any] = {"step": self.step, "epoch": epoch + 1, **dict.fromkeys(columns[1:])}
+            row.update(result.metrics)
+            row.update(self._validate(epoch_end))
+            now = time.perf_counter()
+            row.update(learning_rate=learning_rate, trained_tokens=self.trained_tokens)
+            row["step_seconds"] = now - self._row_clock  # this step, its validation, the checkpoint before it
+            self._row_clock = now
             self.metrics_log.append(row)
             self.last_row = row
             if self.step % spec.metrics_every == 0 or self.step == self.total_steps or epoch_end:
-                fields = {k: v for k, v in row.items() if v is not None or not k.endswith(("loss", "accuracy"))}
-                self.progress.emit("metrics", total_steps=self.total_steps, **fields)
+                self._emit_metrics(row, now)
             if epoch_end:
                 self._checkpoint("epoch")
         return "completed"  # a stop asked for during the last step: finishing costs less than pausing
 
-    def _train_step(self, batch: Sequence[TokenizedExample]) -> StepResult:
+    def _validate(self, epoch_end: bool) -> dict[str, float]:
+        """The sampled validation every eval_every steps (and at the last), the whole file at epoch ends."""
+        metrics: dict[str, float] = {}
+        if self.valid_sample and (self.step % self.eval_every == 0 or self.step == self.total_steps):
+            metrics.update(self._evaluate(self.valid_sample, "valid_"))
+        if epoch_end and self.valid_data:
+            metrics.update(self._evaluate(self.valid_data, "full_valid_"))
+        broken = [name for name, value in metrics.items() if not math.isfinite(value)]
+        if broken:  # the training loss was still finite, but this step's weights are not usable
+            raise TrainingFailure(
+                "training_diverged",
+                f"{broken[0]} became {metrics[broken[0]]} at step {self.step}; try a lower learning_rate_multiplier",
+            )
+        return metrics
+
+    def _emit_metrics(self, row: dict[str, Any], now: float) -> None:
+        """A metrics message; its step_seconds is the wall time per step since the previous message."""
+        fields = {k: v for k, v in row.items() if v is not None or k not in self.objective.columns}
+        fields["step_seconds"] = (now - self._message_clock) / (self.step - self._message_step)
+        self._message_clock, self._message_step = now, self.step
+        self.progress.emit("metrics", total_steps=self.total_steps, **fields)
+
+    def _train_step(self, batch: Sequence[Any]) -> StepResult:
         """One optimizer step over `batch`, in micro-batches whose gradients add up to the whole batch's.
 
-        Each micro-batch's summed token loss is divided by the target tokens of the *whole* batch, so
-        the accumulated gradient equals that of one big batch, however the batch is split.
+        Each micro-batch's loss *sum* is divided by the units (target tokens, or pairs) of the whole
+        batch, so the accumulated gradient equals that of one big batch, however the batch is split.
         """
-        started = time.perf_counter()
-        model, pad_id = self.loaded.model, self.loaded.tokenizer.pad_token_id
-        n_targets = sum(item.n_targets for item in batch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        n_tokens = 0
+        objective, model = self.objective, self.loaded.model
+        units = sum(objective.units(item) for item in batch)
+        totals: dict[str, torch.Tensor] = {}
         for micro in micro_batches(batch, self.spec.micro_batch_size):
-            tensors = {k: v.to(self.device) for k, v in collate(micro, pad_id).items()}
-            # use_cache=False: the KV cache only costs memory in training.
-            logits = model(
-                input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], use_cache=False
-            ).logits
-            micro_loss, micro_correct = token_losses(logits, tensors["labels"])
-            (micro_loss / n_targets).backward()
-            loss_sum += micro_loss.detach()
-            correct += micro_correct
-            n_tokens += sum(len(item.input_ids) for item in micro)
-        loss = loss_sum.item() / n_targets  # host-device sync point
+            sums = objective.sums(model, micro, self.forward)
+            (sums["loss"] / units).backward()
+            for name, value in sums.items():
+                totals[name] = totals[name] + value.detach() if name in totals else value.detach()
+        values = {name: value.item() for name, value in totals.items()}  # host-device sync point
+        loss = values["loss"] / units
         if not math.isfinite(loss):
             raise TrainingFailure(
                 "training_diverged",
@@ -354,34 +398,37 @@ class SupervisedRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss, correct.item() / n_targets, n_tokens, time.perf_counter() - started)
+        return StepResult(objective.metrics(values, units, "train_"), sum(objective.n_tokens(i) for i in batch))
 
     @torch.no_grad()
-    def _evaluate(self, items: Sequence[TokenizedExample]) -> tuple[float, float]:
-        """Loss and token accuracy over `items` in eval mode: no dropout, so no random numbers drawn."""
-        model, pad_id = self.loaded.model, self.loaded.tokenizer.pad_token_id
+    def _evaluate(self, items: Sequence[Any], prefix: str) -> dict[str, float]:
+        """The objective's metrics over `items` in eval mode: no dropout, so no random numbers drawn."""
+        model = self.loaded.model
         model.eval()
-        loss_sum, correct, n_targets = 0.0, 0, 0
-        for micro in micro_batches(items, self.spec.micro_batch_size):
-            tensors = {k: v.to(self.device) for k, v in collate(micro, pad_id).items()}
-            logits = model(
-                input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], use_cache=False
-            ).logits
-            micro_loss, micro_correct = token_losses(logits, tensors["labels"])
-            loss_sum += micro_loss.item()
-            correct += int(micro_correct.item())
-            n_targets += sum(item.n_targets for item in micro)
-        model.train()
-        return loss_sum / n_targets, correct / n_targets
+        totals: dict[str, float] = {}
+        try:
+            for micro in micro_batches(items, self.spec.micro_batch_size):
+                for name, value in self.objective.sums(model, micro, self.forward).items():
+                    totals[name] = totals.get(name, 0.0) + value.item()
+        finally:
+            model.train()
+        return self.objective.metrics(totals, sum(self.objective.units(item) for item in items), prefix)
 
     def _checkpoint(self, kind: ckpt.CheckpointKind) -> ckpt.Checkpoint:
         """Commit a checkpoint of the current step, say so, and prune the oldest beyond keep_checkpoints."""
         self.metrics_log.sync()  # the checkpoint's steps must be on disk before it is
         epoch, position = divmod(self.step, self.steps_per_epoch)
         state = ckpt.TrainingProgress(
-            self.step, epoch, position, self.trained_tokens, self.num_threads, self.fingerprint
+            self.step,
+            epoch,
+            position,
+            self.trained_tokens,
+            self.num_threads,
+            self.fingerprint,
+            precision=self.precision,
+            packing=self.packing,
         )
-        metrics = {"step": self.step, **{k: (self.last_row or {}).get(k) for k in CHECKPOINT_METRICS}}
+        metrics = {"step": self.step, **{k: (self.last_row or {}).get(k) for k in self.objective.columns[1:]}}
         saved = ckpt.write_checkpoint(
             self.output_dir,
             progress=state,
@@ -433,7 +480,7 @@ class SupervisedRecipe:
             raise
         self.metrics_log.sync()
         results = self.output_dir / RESULTS_FILE
-        write_results_csv(self.output_dir / METRICS_FILE, results)
+        write_results_csv(self.output_dir / METRICS_FILE, results, self.objective.columns)
         self.progress.emit(
             "completed",
             step=self.step,
@@ -456,8 +503,8 @@ def _parse_debug_signals(text: str) -> dict[int, int]:
 
 
 def run_recipe(spec: TrainJobSpec, progress: Progress, stop: StopRequest) -> Literal["completed", "stopped"]:
-    """setup → train → save → cleanup."""
-    recipe = SupervisedRecipe(spec, progress, stop)
+    """setup → train → save → cleanup, for every method (the objective is chosen from `spec.method`)."""
+    recipe = TrainingRecipe(spec, progress, stop)
     try:
         if stop.requested:  # asked to stop before anything was loaded: nothing to save
             newest = next(
@@ -474,4 +521,4 @@ def run_recipe(spec: TrainJobSpec, progress: Progress, stop: StopRequest) -> Lit
         recipe.cleanup()
 
 
-__all__ = ["StopRequest", "SupervisedRecipe", "TrainingFailure", "run_recipe"]
+__all__ = ["StopRequest", "TrainingFailure", "TrainingRecipe", "run_recipe"]

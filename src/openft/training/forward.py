@@ -1,0 +1,134 @@
+"""One forward pass over `packing.Rows`: the log-probability of every target token, and nothing more.
+
+A causal LM's head turns each position's hidden state into a score for every vocabulary entry (49,152
+for SmolLM2, 151,936 for Qwen2.5), and the usual `model(...).logits` does that at *every* position, in
+a [rows, width, vocab] tensor that is then upcast to fp32 for the loss. Only target positions (the
+assistant's reply, often a third of the tokens or less) enter the loss, so this module runs the
+model's body (`get_decoder()`), picks the hidden states of the target positions, and applies the head
+(`get_output_embeddings()`) to those alone: the same numbers for the positions that count, without the
+head's matrix products, the fp32 logits and their backward for the others.
+
+Not every model is a plain "body, then a linear head" (some scale or soft-cap their logits after the
+head, some ignore position ids when given no attention mask), so `check_model` compares the fast paths
+against the model's own forward on a small input before training, and the recipe uses only what agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from openft.training.packing import IGNORE_INDEX, Rows, Tokens, TokenSequence, build_rows
+from openft.training.precision import Precision, autocast
+
+CHECK_TOLERANCE = 1e-4
+"""Largest log-probability difference (fp32) for a fast path to count as equal to the model's own forward."""
+
+
+@dataclass
+class TargetScores:
+    """Per target token (flattened over rows, in row-major order)."""
+
+    logprobs: torch.Tensor
+    """log p(target token | the tokens before it), fp32; carries the autograd graph in training."""
+    correct: torch.Tensor
+    """Whether the target token is also the most likely one (bool)."""
+    sequence_index: torch.Tensor
+    """The input sequence each target token belongs to."""
+    n_sequences: int
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum `values` (one per target token) per input sequence: [n_sequences]."""
+        out = torch.zeros(self.n_sequences, dtype=values.dtype, device=values.device)
+        return out.index_add(0, self.sequence_index, values)
+
+
+@dataclass(frozen=True)
+class ModelSupport:
+    """Which fast paths `check_model` found to give the model's own results."""
+
+    split_head: bool
+    """Apply the LM head at target positions only."""
+    packing: bool
+    """Several sequences per row, kept apart by position ids."""
+
+
+@dataclass(frozen=True)
+class ForwardPass:
+    """How the recipe runs the model on a micro-batch's sequences: layout, fast paths, device, precision."""
+
+    pad_id: int
+    packed: bool
+    split_head: bool
+    device: torch.device
+    precision: Precision
+
+    def __call__(self, model: Any, sequences: Sequence[TokenSequence]) -> TargetScores:
+        rows = build_rows(sequences, self.pad_id, packed=self.packed).to(self.device)
+        with autocast(self.device, self.precision):
+            return score_targets(model, rows, split_head=self.split_head)
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (LoRA layers are injected in place, so they stay in use)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def score_targets(model: Any, rows: Rows, *, split_head: bool) -> TargetScores:
+    """Log-probabilities and argmax hits of the target tokens of `rows` (already on the model's device)."""
+    is_target = rows.targets != IGNORE_INDEX
+    wanted = rows.targets[is_target]
+    inputs = {"input_ids": rows.input_ids, "attention_mask": rows.attention_mask, "use_cache": False}
+    if rows.position_ids is not None:
+        inputs["position_ids"] = rows.position_ids
+    if split_head:
+        lm = causal_lm(model)
+        hidden = lm.get_decoder()(**inputs).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[is_target])
+    else:
+        logits = model(**inputs).logits[is_target]
+    logits = logits.float()  # the softmax in fp32, also under bf16 autocast
+    logprobs = -F.cross_entropy(logits, wanted, reduction="none")
+    correct = logits.detach().argmax(dim=-1) == wanted
+    return TargetScores(logprobs, correct, rows.sequence_index[is_target], rows.n_sequences)
+
+
+def _in_sequence_order(scores: TargetScores) -> torch.Tensor:
+    """The log-probabilities sequence by sequence (a packed layout may put the sequences in another order)."""
+    return scores.logprobs[torch.argsort(scores.sequence_index, stable=True)]
+
+
+@torch.no_grad()
+def check_model(model: Any, pad_id: int, device: torch.device) -> ModelSupport:
+    """Try the fast paths on three short sequences and keep those that match `model(...)` (fp32, eval mode).
+
+    Eval mode and no_grad: nothing is drawn from any random generator, so exact resume is unaffected.
+    """
+    vocab = causal_lm(model).config.vocab_size
+    sequences = [
+        Tokens([(7 * i + 3) % vocab for i in range(7)], [True] * 7),
+        Tokens([(5 * i + 11) % vocab for i in range(4)], [True] * 4),
+        Tokens([(3 * i + 5) % vocab for i in range(3)], [True] * 3),
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        unpacked = build_rows(sequences, pad_id, packed=False).to(device)
+        expected = _in_sequence_order(score_targets(model, unpacked, split_head=False))
+
+        def agrees(rows: Rows, split_head: bool) -> bool:
+            try:
+                got = _in_sequence_order(score_targets(model, rows.to(device), split_head=split_head))
+            except Exception:  # a model without get_decoder/get_output_embeddings, or one that rejects the input
+                return False
+            return got.shape == expected.shape and bool((got - expected).abs().max() <= CHECK_TOLERANCE)
+
+        split_head = agrees(unpacked, split_head=True)
+        packed = build_rows(sequences, pad_id, packed=True)  # rows [7], [4, 3]
+        return ModelSupport(split_head, agrees(packed, split_head=split_head))
+    finally:
+        model.train(was_training)
