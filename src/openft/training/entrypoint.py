@@ -52,6 +52,10 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
     # The worker holds stop signals back until it has heard from us: until now SIGUSR1 would have killed us.
     progress.emit("log", level="info", message=f"Training process {os.getpid()} started.")
     try:
+        if spec.wandb is not None:  # mirror the messages into a W&B run (never raises; see tracking.py)
+            from openft.training.tracking import TrackedProgress
+
+            progress = TrackedProgress.start(progress, spec)
         from openft.basemodels import BaseModelUnavailable
         from openft.training.recipe import TrainingFailure, run_recipe
 
