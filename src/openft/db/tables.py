@@ -51,6 +51,12 @@ class JobRow(Base):
     id: Mapped[str] = mapped_column(String(64), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
     model: Mapped[str] = mapped_column(String(256))
+    """The `model` the request named: a base model, or a fine-tuned model / checkpoint to continue from."""
+    base_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """The base model underneath (`model` itself for a base); names the fine-tuned model and its base."""
+    parent_weights: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Continued fine-tuning: the adapter or model folder training starts from (copied into the job at
+    validation, so deleting the parent later cannot break a resume)."""
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(32))
@@ -83,6 +89,11 @@ class JobRow(Base):
     worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+
+    @property
+    def base(self) -> str:
+        """The base model under this job's weights (jobs from before migration 0003 record none: `model`)."""
+        return self.base_model or self.model
 
 
 class JobEventRow(Base):

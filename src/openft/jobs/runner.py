@@ -30,13 +30,17 @@ from openft.db.tables import CheckpointRow, FileRow
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure
 from openft.jobs.states import JobStatus
-from openft.jobspec import PARENT_PID_ENV, RESULT_COLUMNS, ExitCode, parse_progress_line
+from openft.jobspec import DPO_RESULT_COLUMNS, PARENT_PID_ENV, RESULT_COLUMNS, ExitCode, parse_progress_line
 from openft.protocol.files import RESULT_PURPOSE
 from openft.storage import BlobStore
 
 log = logging.getLogger(__name__)
 ETA_WINDOW = 20
 """Steps averaged for `estimated_finish` (recent steps reflect the current speed)."""
+
+
+METRIC_NAMES = tuple(dict.fromkeys(RESULT_COLUMNS[1:] + DPO_RESULT_COLUMNS[1:]))
+"""Metrics copied from the trainer's messages into `metrics` events (supervised and DPO)."""
 
 
 class ClaimLost(Exception):
@@ -224,7 +228,7 @@ class TrainingRun:
             mean = sum(outcome.step_seconds) / len(outcome.step_seconds)
             eta = int(time.time() + (total - step) * mean) + 1
         data = {"step": step, "total_steps": total}
-        for name in RESULT_COLUMNS[1:]:
+        for name in METRIC_NAMES:
             if message.get(name) is not None:
                 data[name] = message[name]
         text = f"Step {step}/{total}: training loss={float(message['train_loss']):.4f}"

@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft.basemodels import ModelCatalog
 from openft.datasets import auto, chat
+from openft.datasets.validate import validate_for_method
 from openft.db import repositories as repo
 from openft.db.tables import JobRow
-from openft.fsutil import atomic_write_text
+from openft.fsutil import atomic_write_text, commit_dir, temp_sibling
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure
 from openft.jobs.runner import TrainingRun
+from openft.jobs.spec import PARENT_DIR, build_spec, resolve_hyperparameters
 from openft.jobs.states import JobStatus
-from openft.jobspec import BaseModelSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec
 from openft.settings import Settings
 from openft.storage import BlobStore
 
@@ -232,7 +233,7 @@ class Worker:
                     )
                     return
                 self._store.snapshot_to(file_id, local)
-            report = chat.validate_file(local, min_examples=minimum)
+            report = validate_for_method(local, job.method["type"], min_examples=minimum)
             if not report.ok:
                 which = param.replace("_", " ")
                 self._fail(
@@ -243,36 +244,45 @@ class Worker:
                 )
                 return
             reports[param] = report
+        if job.parent_weights and not self._snapshot_parent(job, job_dir):
+            return
         n_examples = reports["training_file"].n_examples
-        requested = job.method["supervised"]["hyperparameters"]
-        resolved = auto.resolve(n_examples, **requested)
+        resolved = resolve_hyperparameters(job, n_examples)
+        total_steps = resolved["n_epochs"] * auto.steps_per_epoch(n_examples, resolved["batch_size"])
         with self._sessions.begin() as session:
             ok = repo.transition_job(
                 session,
                 job.id,
                 JobStatus.QUEUED,
                 attempt=job.attempt,
-                resolved_hyperparameters={
-                    "batch_size": resolved.batch_size,
-                    "learning_rate_multiplier": resolved.learning_rate_multiplier,
-                    "n_epochs": resolved.n_epochs,
-                },
+                resolved_hyperparameters=resolved,
                 n_examples=n_examples,
-                total_steps=resolved.steps(n_examples),
+                total_steps=total_steps,
                 worker_id=None,
                 lease_expires_at=None,
             )
             if ok:
-                summary = (
-                    f"Files validated: {n_examples} training examples. Hyperparameters: "
-                    f"n_epochs={resolved.n_epochs}, batch_size={resolved.batch_size}, "
-                    f"learning_rate_multiplier={resolved.learning_rate_multiplier}."
-                )
+                values = ", ".join(f"{name}={value}" for name, value in sorted(resolved.items()))
+                summary = f"Files validated: {n_examples} training examples. Hyperparameters: {values}."
                 session.add(new_event(job.id, summary))
                 position = repo.queue_position(session, job)
                 session.add(
                     new_event(job.id, f"Job queued ({position} job(s) ahead).", data={"queue_position": position})
                 )
+
+    def _snapshot_parent(self, job: JobRow, job_dir: Path) -> bool:
+        """Copy (hard-link) the weights a continued job starts from into the job: its own, for every resume."""
+        target = job_dir / PARENT_DIR
+        if target.exists():
+            return True
+        source = Path(str(job.parent_weights))
+        if not source.is_dir():
+            self._fail(job, "model_not_found", f"The model {job.model!r} to continue from no longer exists.", "model")
+            return False
+        tmp = temp_sibling(target)
+        shutil.copytree(source, tmp, copy_function=_link_or_copy)
+        commit_dir(tmp, target)
+        return True
 
     def _fail(self, job: JobRow, code: str, message: str, param: str | None) -> None:
         with self._sessions.begin() as session:
@@ -315,34 +325,23 @@ class Worker:
         return True
 
     def _write_spec(self, job: JobRow) -> Path:
-        info = self._catalog.get(job.model)
-        if info is None:
-            raise _SpecProblem("model_not_found", f"The base model {job.model!r} is no longer available.", "model")
+        base = None
+        if not job.parent_weights:
+            base = self._catalog.get(job.base)
+            if base is None:
+                raise _SpecProblem("model_not_found", f"The base model {job.base!r} is no longer available.", "model")
         job_dir = self._job_dir(job.id)
-        resolved: dict[str, Any] = dict(job.resolved_hyperparameters or {})
-        spec = TrainJobSpec(
-            job_id=job.id,
-            base_model=BaseModelSpec(
-                name=info.name,
-                source=info.source,
-                path=str(info.path) if info.path is not None else None,
-                hub_id=info.hub_id,
-            ),
-            cache_dir=str(self.settings.cache_dir),
-            training_file=str(job_dir / "training.jsonl"),
-            validation_file=str(job_dir / "validation.jsonl") if job.validation_file else None,
-            output_dir=str(job_dir),
-            hyperparameters=ResolvedHyperparameters(**resolved),
-            seed=job.seed,
-            lora=LoraSpec(),
-            base_learning_rate=auto.BASE_LR_LORA,
-            num_threads=self.settings.train_threads,
-            keep_checkpoints=self.settings.keep_checkpoints,
-            metrics_every=max(1, (job.total_steps or 0) // 2000),
-        )
         spec_path = job_dir / "job.json"
-        atomic_write_text(spec_path, spec.model_dump_json(indent=2))
+        atomic_write_text(spec_path, build_spec(job, base, self.settings, job_dir).model_dump_json(indent=2))
         return spec_path
+
+
+def _link_or_copy(source: str, dest: str) -> None:
+    """Hard links cost no space; weights are never modified in place, so sharing the inode is safe."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
 
 
 class _SpecProblem(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictFloat, StrictInt, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 from openft.protocol.common import StrictModel
 
@@ -34,14 +34,59 @@ class Hyperparameters(StrictModel):
     _azure = field_validator("batch_size", "learning_rate_multiplier", "n_epochs", mode="before")(_azure_auto)
 
 
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,64}$")]
+
+
+class TrainingOptions(StrictModel):
+    """openft's documented extensions of `method.<type>.hyperparameters` (the SDKs pass extra keys through).
+
+    Defaults: LoRA r=16, alpha=32, dropout 0.05 on all linear layers; sequences up to the model's context
+    (capped at 2048 tokens); packing on; precision "auto" (bf16 autocast on CUDA and on CPUs with native bf16,
+    else fp32 — see training/precision.py).
+    """
+
+    fine_tuning_mode: Literal["lora", "full"] | None = None
+    lora_rank: Annotated[StrictInt, Field(ge=1, le=512)] | None = None
+    lora_alpha: Annotated[StrictFloat | StrictInt, Field(gt=0, le=4096)] | None = None
+    lora_dropout: Annotated[StrictFloat | StrictInt, Field(ge=0, lt=1)] | None = None
+    lora_target_modules: (
+        Literal["all-linear"] | Annotated[list[ModuleName], Field(min_length=1, max_length=64)] | None
+    ) = None
+    max_seq_length: Annotated[StrictInt, Field(ge=16, le=32768)] | None = None
+    packing: StrictBool | None = None
+    precision: Literal["auto", "fp32", "bf16"] | None = None
+
+    @model_validator(mode="after")
+    def _lora_options_need_lora(self) -> TrainingOptions:
+        if self.fine_tuning_mode == "full":
+            for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to LoRA; fine_tuning_mode 'full' trains all weights")
+        return self
+
+
+class SupervisedHyperparameters(Hyperparameters, TrainingOptions):
+    pass
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Auto | Annotated[StrictFloat | StrictInt, Field(gt=0, le=2)] = "auto"
+
+    _azure_beta = field_validator("beta", mode="before")(_azure_auto)
+
+
 class SupervisedMethod(StrictModel):
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: SupervisedHyperparameters | None = None
+
+
+class DpoMethod(StrictModel):
+    hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(StrictModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 

@@ -125,6 +125,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     container.fine_tuning = FineTuningService(
         sessions,
         catalog,
+        model_service,
         org_names=container.org_name,
         notify_worker=worker.notify if worker is not None else (lambda: None),
     )

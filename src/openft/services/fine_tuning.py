@@ -18,20 +18,22 @@ from openft import ids
 from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
 from openft.db.tables import CheckpointRow, JobEventRow, JobRow
-from openft.errors import InvalidJobState, InvalidRequest, NotFound
+from openft.errors import InvalidJobState, InvalidRequest, ModelNotFound, NotFound
 from openft.jobs.events import new_event
 from openft.jobs.states import JobStatus, UserAction, action_sources
 from openft.protocol.common import IdListPage, ListPage
 from openft.protocol.fine_tuning import (
     MAX_SEED,
+    DpoHyperparameters,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCreate,
     FineTuningJobEvent,
-    Hyperparameters,
     JobError,
     JobHyperparameters,
+    SupervisedHyperparameters,
 )
+from openft.services.models import ModelService
 
 HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
 NOT_RUNNING_TRAINED_TOKENS = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING}
@@ -49,25 +51,28 @@ def checkpoint_model_name(model_name: str, step: int) -> str:
 # Wire conversion ------------------------------------------------------------------------------
 
 
+def requested_hyperparameters(row: JobRow) -> dict[str, Any]:
+    """What the request asked for under `method.<type>.hyperparameters` ("auto" spelled out, extensions kept)."""
+    return dict((row.method.get(row.method["type"]) or {}).get("hyperparameters") or {})
+
+
 def job_hyperparameters(row: JobRow) -> dict[str, Any]:
-    """Resolved numbers once the worker has seen the data; the request (with "auto") before."""
-    if row.resolved_hyperparameters:
-        return dict(row.resolved_hyperparameters)
-    requested = (row.method.get(row.method["type"]) or {}).get("hyperparameters") or {}
-    return {name: requested.get(name, "auto") for name in HYPERPARAMETER_NAMES}
+    """`method.<type>.hyperparameters`: resolved numbers once the worker has seen the data, "auto" before."""
+    return requested_hyperparameters(row) | dict(row.resolved_hyperparameters or {})
 
 
 def job_to_wire(row: JobRow) -> FineTuningJob:
     status = JobStatus(row.status)
     hyperparameters = job_hyperparameters(row)
     method = {"type": row.method["type"], row.method["type"]: {"hyperparameters": hyperparameters}}
+    standard = {name: hyperparameters.get(name, "auto") for name in HYPERPARAMETER_NAMES}
     return FineTuningJob(
         id=row.id,
         created_at=row.created_at,
         error=JobError(**row.error) if row.error else None,
         fine_tuned_model=row.fine_tuned_model,
         finished_at=row.finished_at,
-        hyperparameters=JobHyperparameters(**hyperparameters),
+        hyperparameters=JobHyperparameters(**standard),
         model=row.model,
         organization_id=row.organization_id,
         result_files=list(row.result_files or []),
@@ -110,26 +115,37 @@ def checkpoint_to_wire(row: CheckpointRow) -> FineTuningJobCheckpoint:
 
 
 def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
-    """One `method` object with every hyperparameter spelled out ("auto" where not given).
+    """One `method` object with every standard hyperparameter spelled out ("auto" where not given).
 
-    The deprecated top-level `hyperparameters` and `method.supervised.hyperparameters` mean the
-    same thing; giving both with different values is ambiguous and refused.
+    The deprecated top-level `hyperparameters` and `method.<type>.hyperparameters` mean the same thing;
+    giving both with different values is ambiguous and refused. openft's extensions (LoRA settings,
+    full fine-tuning, sequence length, packing) are kept only where given.
     """
     method = params.method
-    if method is not None and method.type != "supervised":
+    kind = method.type if method is not None else "supervised"
+    if kind == "reinforcement":
         raise InvalidRequest(
-            f"Fine-tuning method {method.type!r} is not supported yet; use 'supervised'.", param="method.type"
+            "Reinforcement fine-tuning is not supported; use 'supervised' or 'dpo'.", param="method.type"
         )
-    nested = method.supervised.hyperparameters if method is not None and method.supervised else None
+    if method is not None:
+        other = "dpo" if kind == "supervised" else "supervised"
+        if getattr(method, other) is not None:
+            raise InvalidRequest(f"method.{other} does not match method.type {kind!r}.", param=f"method.{other}")
+    section = getattr(method, kind) if method is not None else None
+    nested = section.hyperparameters if section is not None else None
     top = params.hyperparameters
-    if top is not None and nested is not None and top != nested:
-        raise InvalidRequest(
-            "Give hyperparameters either in method.supervised.hyperparameters or in the deprecated top-level "
-            "hyperparameters, not both.",
-            param="hyperparameters",
-        )
-    chosen = nested or top or Hyperparameters()
-    return {"type": "supervised", "supervised": {"hyperparameters": chosen.model_dump()}}
+    if top is not None and nested is not None:
+        given = nested.model_dump(include=set(HYPERPARAMETER_NAMES))
+        if top.model_dump() != given:
+            raise InvalidRequest(
+                f"Give hyperparameters either in method.{kind}.hyperparameters or in the deprecated top-level "
+                "hyperparameters, not both.",
+                param="hyperparameters",
+            )
+    model = DpoHyperparameters if kind == "dpo" else SupervisedHyperparameters
+    chosen = nested or model(**(top.model_dump() if top is not None else {}))
+    values = chosen.model_dump(exclude_none=True)
+    return {"type": kind, kind: {"hyperparameters": values}}
 
 
 class FineTuningService:
@@ -137,25 +153,20 @@ class FineTuningService:
         self,
         sessions: sessionmaker[Session],
         catalog: ModelCatalog,
+        models: ModelService,
         *,
         org_names: Callable[[str], str],
         notify_worker: Callable[[], None] = lambda: None,
     ):
         self._sessions = sessions
         self._catalog = catalog
+        self._models = models
         self._org_names = org_names
         self._notify = notify_worker
 
     # create -----------------------------------------------------------------------------------
     def create(self, org_id: str, params: FineTuningJobCreate) -> FineTuningJob:
-        if self._catalog.get(params.model) is None:
-            raise InvalidRequest(
-                f"Model {params.model!r} is not available for fine-tuning. Base models are the sub-folders of the "
-                "models directory holding a Hugging Face causal LM, the built-in SmolLM2-135M-Instruct, and hub ids "
-                "when the hub is reachable.",
-                param="model",
-                code="model_not_found",
-            )
+        base_model, parent_weights = self._starting_point(org_id, params.model)
         method = _requested_method(params)
         job_id = ids.job_id()
         now = int(time.time())
@@ -179,12 +190,14 @@ class FineTuningService:
                 id=job_id,
                 organization_id=org_id,
                 model=params.model,
+                base_model=base_model,
+                parent_weights=parent_weights,
                 training_file=params.training_file,
                 validation_file=params.validation_file,
                 status=JobStatus.VALIDATING_FILES.value,
                 created_at=now,
                 updated_at=time.time(),
-                model_name=model_name_for(params.model, org_name, params.suffix, job_id),
+                model_name=model_name_for(base_model, org_name, params.suffix, job_id),
                 method=method,
                 seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
                 suffix=params.suffix,
@@ -198,6 +211,23 @@ class FineTuningService:
             session.add(new_event(job_id, f"Validating training file: {params.training_file}"))
         self._notify()
         return job_to_wire(row)
+
+    def _starting_point(self, org_id: str, model: str) -> tuple[str, str | None]:
+        """(base model, weights to continue from): `model` is a base model, or one of the caller's
+        fine-tuned models or checkpoints (continued fine-tuning starts from its weights)."""
+        if self._catalog.get(model) is not None:
+            return model, None
+        try:
+            resolved = self._models.resolve(org_id, model)
+        except ModelNotFound:
+            raise InvalidRequest(
+                f"Model {model!r} is not available for fine-tuning. Use a base model (a sub-folder of the models "
+                "directory holding a Hugging Face causal LM, the built-in SmolLM2-135M-Instruct, or a hub id when "
+                "the hub is reachable), or one of your fine-tuned models or checkpoints.",
+                param="model",
+                code="model_not_found",
+            ) from None
+        return resolved.base_name, str(resolved.weights) if resolved.weights else None
 
     # read -------------------------------------------------------------------------------------
     def _job(self, session: Session, org_id: str, job_id: str) -> JobRow:

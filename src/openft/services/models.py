@@ -7,6 +7,7 @@ organization, a deleted or unfinished fine-tune and a name nobody made are all t
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,16 @@ class ResolvedModel:
 
 
 def weights_target(base_path: Path, weights: Path) -> ModelTarget:
-    """A PEFT adapter folder rides on the base; a full model folder replaces it."""
-    if (weights / "adapter_config.json").exists():
+    """A PEFT adapter folder rides on the base; a full model folder replaces it.
+
+    An adapter trained on top of a fully fine-tuned parent (continued fine-tuning) names that parent's
+    folder in its `adapter_config.json`; it must ride on those weights, not on the original base.
+    """
+    config = weights / "adapter_config.json"
+    if config.exists():
+        trained_on = Path(str(json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""))
+        if trained_on.is_absolute() and (trained_on / "config.json").is_file() and trained_on != base_path:
+            return ModelTarget(base_path=base_path, full_model_path=trained_on, adapter_path=weights)
         return ModelTarget(base_path=base_path, adapter_path=weights)
     return ModelTarget(base_path=base_path, full_model_path=weights)
 
@@ -66,14 +75,14 @@ class ModelService:
             job = repo.find_job_by_model_name(session, name)
             if job is not None and _servable(job, org_id) and job.model_path:
                 return ResolvedModel(
-                    name, job.model, job.id, Path(job.model_path), job.finished_at or job.created_at, org_id
+                    name, job.base, job.id, Path(job.model_path), job.finished_at or job.created_at, org_id
                 )
             checkpoint = repo.find_checkpoint_by_model_name(session, name)
             owner = repo.get_job(session, org_id, checkpoint.job_id) if checkpoint is not None else None
             if checkpoint is not None and owner is not None and owner.model_deleted_at is None:
                 weights = _checkpoint_weights(checkpoint)
                 if weights is not None:
-                    return ResolvedModel(name, owner.model, owner.id, weights, checkpoint.created_at, org_id)
+                    return ResolvedModel(name, owner.base, owner.id, weights, checkpoint.created_at, org_id)
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
 
     def target(self, org_id: str, name: str) -> ModelTarget:
@@ -112,14 +121,14 @@ class ModelService:
                 assert job.fine_tuned_model is not None
                 created = job.finished_at or job.created_at
                 models.append(
-                    self._wire(ResolvedModel(job.fine_tuned_model, job.model, job.id, None, created, org_id), azure)
+                    self._wire(ResolvedModel(job.fine_tuned_model, job.base, job.id, None, created, org_id), azure)
                 )
                 for checkpoint in repo.list_checkpoints(session, job.id, after=None, limit=1000).data:
                     models.append(
                         self._wire(
                             ResolvedModel(
                                 checkpoint.fine_tuned_model_checkpoint,
-                                job.model,
+                                job.base,
                                 job.id,
                                 None,
                                 checkpoint.created_at,

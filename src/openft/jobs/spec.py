@@ -1,0 +1,103 @@
+"""From a job row to the trainer's `job.json`: where every request option ends up.
+
+Kept apart from the worker loop because it is pure translation: the requested `method` (with openft's
+documented extensions), the resolved hyperparameters, the base model (or the weights a continued job
+starts from, copied into the job folder), integrations and the server's settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from openft.basemodels import BaseModelInfo
+from openft.datasets import auto
+from openft.db.tables import JobRow
+from openft.jobspec import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
+from openft.settings import Settings
+
+PARENT_DIR = "parent"
+"""Sub-folder of a continued job holding its own copy of the weights it starts from."""
+DEFAULT_BETA = 0.1
+"""DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
+METRICS_EVENTS_BUDGET = 2000
+"""At most about this many metrics events per job (every step below it; the result file has all steps)."""
+
+
+def requested(job: JobRow) -> dict[str, Any]:
+    return dict(job.method[job.method["type"]]["hyperparameters"])
+
+
+def resolve_hyperparameters(job: JobRow, n_examples: int) -> dict[str, Any]:
+    """Numbers for every "auto" (datasets/auto.py), plus DPO's beta."""
+    options = requested(job)
+    resolved = auto.resolve(
+        n_examples,
+        n_epochs=options.get("n_epochs", "auto"),
+        batch_size=options.get("batch_size", "auto"),
+        learning_rate_multiplier=options.get("learning_rate_multiplier", "auto"),
+    )
+    values: dict[str, Any] = {
+        "batch_size": resolved.batch_size,
+        "learning_rate_multiplier": resolved.learning_rate_multiplier,
+        "n_epochs": resolved.n_epochs,
+    }
+    if job.method["type"] == "dpo":
+        beta = options.get("beta", "auto")
+        values["beta"] = DEFAULT_BETA if beta == "auto" else float(beta)
+    return values
+
+
+def _lora(options: dict[str, Any]) -> LoraSpec | None:
+    if options.get("fine_tuning_mode") == "full":
+        return None
+    defaults = LoraSpec()
+    return LoraSpec(
+        r=options.get("lora_rank", defaults.r),
+        alpha=options.get("lora_alpha", defaults.alpha),
+        dropout=options.get("lora_dropout", defaults.dropout),
+        target_modules=options.get("lora_target_modules", defaults.target_modules),
+    )
+
+
+def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_dir: Path) -> TrainJobSpec:
+    """The job file for `job`; `base` is the catalog entry of its base model (None when continuing)."""
+    options = requested(job)
+    resolved = dict(job.resolved_hyperparameters or {})
+    if job.parent_weights:
+        base_model = BaseModelSpec(name=job.model, source="finetune", path=str(job_dir / PARENT_DIR))
+    else:
+        assert base is not None
+        base_model = BaseModelSpec(
+            name=base.name,
+            source=base.source,
+            path=str(base.path) if base.path is not None else None,
+            hub_id=base.hub_id,
+        )
+    lora = _lora(options)
+    wandb = next((i["wandb"] for i in job.integrations or [] if i.get("type") == "wandb"), None)
+    return TrainJobSpec(
+        job_id=job.id,
+        base_model=base_model,
+        cache_dir=str(settings.cache_dir),
+        training_file=str(job_dir / "training.jsonl"),
+        validation_file=str(job_dir / "validation.jsonl") if job.validation_file else None,
+        output_dir=str(job_dir),
+        method=job.method["type"],
+        dpo=DpoSpec(beta=resolved["beta"]) if job.method["type"] == "dpo" else None,
+        hyperparameters=ResolvedHyperparameters(
+            n_epochs=resolved["n_epochs"],
+            batch_size=resolved["batch_size"],
+            learning_rate_multiplier=resolved["learning_rate_multiplier"],
+        ),
+        seed=job.seed,
+        lora=lora,
+        base_learning_rate=auto.BASE_LR_LORA if lora is not None else auto.BASE_LR_FULL,
+        max_seq_len=options.get("max_seq_length"),
+        packing=options.get("packing", True),
+        precision=options.get("precision") or "auto",
+        num_threads=settings.train_threads,
+        keep_checkpoints=settings.keep_checkpoints,
+        metrics_every=max(1, (job.total_steps or 0) // METRICS_EVENTS_BUDGET),
+        wandb=WandbSpec(**{k: v for k, v in wandb.items() if v is not None}) if wandb else None,
+    )
