@@ -56,6 +56,17 @@ class PermissionDenied(OpenFTError):
     code = "permission_denied"
 
 
+class RateLimited(OpenFTError):
+    """Rate limit reached for requests; retry after the time given in `Retry-After`."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds until the caller's next request would be admitted."""
+
+
 class PayloadTooLarge(OpenFTError):
     """The upload is larger than the server accepts."""
 

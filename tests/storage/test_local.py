@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from openft.storage import BlobStore, BlobTooLarge, LocalBlobStore, StoredBlob
+from openft.storage import BlobStore, BlobTooLarge, LocalBlobStore, StoredBlob, local
 
 
 @pytest.fixture
@@ -215,3 +218,75 @@ def test_init_removes_only_stale_temp_files(tmp_path: Path) -> None:
     LocalBlobStore(root)
     assert not stale.exists()
     assert fresh.exists()
+
+
+_WRITER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from openft.storage import LocalBlobStore
+writer = LocalBlobStore(Path(sys.argv[1])).writer()
+writer.write(b"half of an upload")
+print("writing", flush=True)
+time.sleep(600)
+"""
+
+
+def _start_writer_process(root: Path) -> subprocess.Popen[str]:
+    """Another process (a server or a worker) in the middle of writing a blob."""
+    process = subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    return process
+
+
+def temp_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / ".tmp").iterdir())
+
+
+def test_start_removes_temp_files_of_a_killed_writer_at_once(tmp_path: Path) -> None:
+    """A server killed mid-upload leaves its temp file; the next start removes it, however recent."""
+    root = tmp_path / "blobs"
+    killed = _start_writer_process(root)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(temp_files(root)) == 1
+    LocalBlobStore(root)
+    assert temp_files(root) == []
+
+
+def test_start_keeps_temp_files_of_live_writers(tmp_path: Path) -> None:
+    """Worker processes and other servers share the folder: their uploads in progress are not touched."""
+    root = tmp_path / "blobs"
+    live = _start_writer_process(root)
+    try:
+        theirs = temp_files(root)
+        mine = LocalBlobStore(root).writer()
+        mine.write(b"mine")
+        LocalBlobStore(root)  # a second store in this process, e.g. another container in tests
+        assert temp_files(root) == sorted([*theirs, mine._tmp.name])
+        assert mine.commit("file-mine").size == 4
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_start_removes_files_of_an_earlier_process_with_this_pid(tmp_path: Path) -> None:
+    """In a container the restarted server often has the pid its killed predecessor had."""
+    root = tmp_path / "blobs"
+    LocalBlobStore(root)
+    reused = root / ".tmp" / f"{local._HOST}.{os.getpid()}.abcd1234.part"
+    reused.write_bytes(b"left by the previous pid 1")
+    LocalBlobStore(root)
+    assert not reused.exists()
+
+
+def test_start_judges_other_hosts_temp_files_by_age(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    LocalBlobStore(root)
+    fresh = root / ".tmp" / "other-host.4242.abcd1234.part"
+    old = root / ".tmp" / "other-host.4243.abcd1234.part"
+    fresh.write_bytes(b"x")
+    old.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    LocalBlobStore(root)
+    assert fresh.exists() and not old.exists()

@@ -7,19 +7,38 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
 from openft import __version__
-from openft.api.deps import DIALECT_CHECKS, PREFIXES
+from openft.api.bodies import JsonBodyLimit, reject_lone_surrogates
+from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
 from openft.api.routes import chat, completions, files, fine_tuning, health, models
+from openft.protocol.common import ErrorResponse
 from openft.services.container import Container, build_container
 from openft.settings import Settings
 
 log = logging.getLogger(__name__)
 RESOURCE_ROUTERS = (files.router, fine_tuning.router, chat.router, completions.router, models.router)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key (`invalid_api_key`)"},
+    403: {"model": ErrorResponse, "description": "The key may not do this"},
+    404: {"model": ErrorResponse, "description": "No such object (or another organization's), or no such URL"},
+    429: {"model": ErrorResponse, "description": "Rate limit reached (`Retry-After` says when to retry)"},
+}
+"""What every resource operation may answer besides its own responses; all in the OpenAI error envelope.
+Documented so that clients (and the schema fuzzer in tests/api/fuzz) know every 4xx body's shape."""
+CREATED_ON_AZURE_DATED = ("upload_file", "create_job")
+"""The routes (by function name) that answer 201 + Location on the Azure dated dialect (`created_status`)."""
+
+
+def _id_prefix(dialect: Dialect) -> str:
+    """Operation ids start with the dialect (`openai_`, `azure_v1_`, `azure_dated_`): one doc lists all three."""
+    return dialect.value.replace("-", "_")
 
 
 def _unique_id(prefix: str) -> Callable[[APIRoute], str]:
@@ -57,9 +76,12 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
             app.include_router(
                 router,
                 prefix=prefix,
-                dependencies=[Depends(DIALECT_CHECKS[dialect])],
-                generate_unique_id_function=_unique_id(dialect.value.replace("-", "_")),
+                dependencies=[Depends(DIALECT_CHECKS[dialect]), Depends(reject_lone_surrogates)],
+                generate_unique_id_function=_unique_id(_id_prefix(dialect)),
+                responses=ERROR_RESPONSES,
             )
+    _finish_openapi(app)
+    app.add_middleware(JsonBodyLimit)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -71,3 +93,58 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         return response
 
     return app
+
+
+def _api_version_parameter(dialect: Dialect) -> dict[str, Any] | None:
+    """The `api-version` query parameter the Azure dialects read (checked by `deps.DIALECT_CHECKS`)."""
+    if dialect is Dialect.AZURE_DATED:
+        schema = {"type": "string", "pattern": f"^{DATED_VERSION.pattern}$", "example": "2025-04-01-preview"}
+        return {"name": "api-version", "in": "query", "required": True, "schema": schema}
+    if dialect is Dialect.AZURE_V1:
+        schema = {"type": "string", "enum": list(AZURE_V1_VERSIONS)}
+        return {"name": "api-version", "in": "query", "required": False, "schema": schema}
+    return None
+
+
+def _finish_openapi(app: FastAPI) -> None:
+    """Make `/openapi.json` say what the server does, which FastAPI's generated document does not:
+
+    - validation errors are 400 in the OpenAI envelope (errors.py), never FastAPI's 422, so the 422
+      responses and their `HTTPValidationError` schemas are dropped;
+    - the Azure dialects take `api-version` as a query parameter, checked in a router dependency that
+      FastAPI cannot see, so it is added to each of their operations;
+    - the Azure dated dialect answers creates with 201 (`routes.common.created_status`), not 200;
+    - every resource operation needs the key (`deps.get_principal`), as a bearer token or `api-key` header.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                responses.pop("422", None)
+                operation_id = operation.get("operationId", "")
+                dialect = next((d for d in Dialect if operation_id.startswith(_id_prefix(d) + "_")), None)
+                if dialect is None:
+                    continue  # /health
+                operation["security"] = [{"bearer": []}, {"api-key": []}]
+                parameter = _api_version_parameter(dialect)
+                if parameter is not None:
+                    operation["parameters"] = [*operation.get("parameters", []), parameter]
+                created = {f"{_id_prefix(dialect)}_{name}_post" for name in CREATED_ON_AZURE_DATED}
+                if dialect is Dialect.AZURE_DATED and operation_id in created and "200" in responses:
+                    responses["201"] = responses.pop("200")
+        components = document.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+            "api-key": {"type": "apiKey", "in": "header", "name": "api-key", "description": "Azure's header"},
+        }
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -83,13 +83,20 @@ def _context_length(config: dict[str, Any]) -> int | None:
 
 
 def is_causal_lm_folder(folder: Path) -> bool:
-    """config.json naming a causal-LM architecture, weights, and tokenizer files: loadable as is."""
-    if not folder.is_dir():
+    """config.json naming a causal-LM architecture, weights, and tokenizer files: loadable as is.
+
+    Never raises: the folder name may come from a request (`model`), and a name the filesystem refuses
+    (too long, ENAMETOOLONG) or a folder that cannot be read just means "not a model here".
+    """
+    try:
+        if not folder.is_dir():
+            return False
+        config = _read_config(folder)
+        if config is None or not _is_causal_lm_config(config):
+            return False
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
         return False
-    config = _read_config(folder)
-    if config is None or not _is_causal_lm_config(config):
-        return False
-    names = {p.name for p in folder.iterdir()}
     has_weights = any(n.endswith((".safetensors", ".bin")) for n in names)
     return has_weights and any(n in names for n in TOKENIZER_FILES)
 

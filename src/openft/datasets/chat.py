@@ -127,6 +127,18 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str | None, Problem | None]]:
                 yield line_no, text, None
 
 
+LONE_SURROGATE = "a string escapes a lone UTF-16 surrogate (\\ud800-\\udfff unpaired), which is not valid Unicode"
+
+
+def _valid_unicode(obj: Any) -> bool:
+    """False when a decoded line holds a lone surrogate: valid JSON, but no tokenizer or UTF-8 writer takes it."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # Parsing one example --------------------------------------------------------------------------
 
 
@@ -301,6 +313,9 @@ def iter_parsed(
             obj = json.loads(text or "")
         except ValueError as exc:
             yield line_no, None, [Problem(line_no, "invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")]
+            continue
+        if "\\u" in (text or "") and not _valid_unicode(obj):
+            yield line_no, None, [Problem(line_no, "encoding", LONE_SURROGATE)]
             continue
         example, problems = parse(obj, line_no)
         yield line_no, example, problems

@@ -22,10 +22,12 @@ class LenientModel(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every error the server sends has all four keys (`param` and `code` may be null): the SDKs read them."""
+
     message: str
     type: str
-    param: str | None = None
-    code: str | None = None
+    param: str | None
+    code: str | None
 
 
 class ErrorResponse(BaseModel):

@@ -1,4 +1,8 @@
-"""Files: store uploads durably, list, read and delete them, per organization."""
+"""Files: store uploads durably, list, read and delete them, per organization.
+
+Read methods take `org_id: str | None`: the caller's organization, or None for an admin key, which sees
+every organization's files. Another organization's file is the same 404 as a file nobody uploaded.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +72,7 @@ class FileService:
         writer: BlobWriter | None,
         expires_after_anchor: str | None = None,
         expires_after_seconds: str | None = None,
+        project: str | None = None,
     ) -> FileObject:
         """Commit an uploaded blob and record it; the row is written only after the bytes are durable."""
         try:
@@ -91,6 +96,7 @@ class FileService:
         row = FileRow(
             id=file_id,
             organization_id=org_id,
+            project=project,
             filename=clean_filename(filename),
             purpose=purpose,
             bytes=blob.size,
@@ -124,19 +130,19 @@ class FileService:
             )
         return int(time.time()) + value
 
-    def get(self, org_id: str, file_id: str) -> FileObject:
+    def get(self, org_id: str | None, file_id: str) -> FileObject:
         with self._sessions.begin() as session:
             return file_to_wire(self._row(session, org_id, file_id))
 
     @staticmethod
-    def _row(session: Session, org_id: str, file_id: str) -> FileRow:
+    def _row(session: Session, org_id: str | None, file_id: str) -> FileRow:
         row = repo.get_file(session, org_id, file_id)
         if row is None:
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         return row
 
     def list(
-        self, org_id: str, *, purpose: str | None, after: str | None, limit: int, order: str
+        self, org_id: str | None, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> IdListPage[FileObject]:
         with self._sessions.begin() as session:
             page = repo.list_files(
@@ -150,12 +156,12 @@ class FileService:
             last_id=data[-1].id if data else None,
         )
 
-    def content(self, org_id: str, file_id: str) -> FileContent:
+    def content(self, org_id: str | None, file_id: str) -> FileContent:
         with self._sessions.begin() as session:
             row = self._row(session, org_id, file_id)
         return FileContent(filename=row.filename, size=row.bytes, chunks=self._store.iter_chunks(row.id))
 
-    def delete(self, org_id: str, file_id: str) -> DeletedObject:
+    def delete(self, org_id: str | None, file_id: str) -> DeletedObject:
         """Remove the row first (the file disappears for everyone at once), then the bytes.
 
         Jobs keep their own copy of their training data, so deleting a file a job used is allowed

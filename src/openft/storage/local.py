@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +24,45 @@ from openft.fsutil import atomic_open, fsync_dir, temp_sibling
 from openft.storage.base import BlobTooLarge, StoredBlob, validate_key
 
 STALE_TEMP_SECONDS = 3600
-"""Temp files untouched for this long were left by a crashed process (live writers touch theirs)."""
+"""A temp file whose writer cannot be identified (another host's, on shared storage) is taken as left by a
+crashed process once it is this old."""
 
 _COPY_CHUNK = 1 << 20
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+_OWN_TEMPS: set[str] = set()
+"""File names (random, so unique) of the temp files this process is writing. A file named with this process's
+pid but not in here was left by an earlier process that had the same pid (a restarted container's server is
+often pid 1)."""
+_OWN_TEMPS_LOCK = threading.Lock()
+
+
+def _temp_writer(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that writes the temp file `name` (`HOST.PID.RANDOM.part`), if it says."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[3] == "part" and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 class LocalBlobWriter:
     """Streams bytes into a temp file, hashing as it goes, until `commit` or `abort`."""
 
     def __init__(self, root: Path, tmp_dir: Path, max_bytes: int | None):
-        fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+        with _OWN_TEMPS_LOCK:  # created and registered at once, so a concurrent cleanup never sees it unowned
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{_HOST}.{os.getpid()}.", suffix=".part")
+            _OWN_TEMPS.add(os.path.basename(name))
         self._root = root
         self._tmp = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
@@ -63,6 +95,7 @@ class LocalBlobWriter:
             self.abort()
             raise
         self._committed = True
+        _OWN_TEMPS.discard(self._tmp.name)
         return StoredBlob(key=key, size=self.size, sha256=self._sha256.hexdigest())
 
     def abort(self) -> None:
@@ -71,6 +104,7 @@ class LocalBlobWriter:
             self._file = None
         if not self._committed:
             self._tmp.unlink(missing_ok=True)
+            _OWN_TEMPS.discard(self._tmp.name)
 
     def __enter__(self) -> Self:
         return self
@@ -91,14 +125,30 @@ class LocalBlobStore:
         self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
-        """Delete temp files a crashed writer left behind; recent ones may belong to a live process."""
+        """Delete the temp files of writers that are gone, so a server killed mid-upload leaves nothing behind
+        once it is started again.
+
+        A temp file's name says which process writes it (`HOST.PID.RANDOM.part`). On this host it is stale
+        when that process is dead, or when the pid is this process's own but the file is not one this
+        process opened (pid reuse). Worker processes and other servers sharing the folder keep theirs. A
+        file from another host, or without a writer in its name, is stale only after STALE_TEMP_SECONDS.
+        """
+        entries = list(self._tmp_dir.iterdir())
+        with _OWN_TEMPS_LOCK:
+            own = set(_OWN_TEMPS)
         cutoff = time.time() - STALE_TEMP_SECONDS
-        for entry in self._tmp_dir.iterdir():
+        for entry in entries:
+            writer = _temp_writer(entry.name)
             try:
-                if entry.stat().st_mtime < cutoff:
+                if writer is not None and writer[0] == _HOST:
+                    pid = writer[1]
+                    stale = entry.name not in own if pid == os.getpid() else not _pid_alive(pid)
+                else:
+                    stale = entry.stat().st_mtime < cutoff
+                if stale:
                     entry.unlink()
             except FileNotFoundError:
-                continue  # another process cleaned it up or committed it meanwhile
+                continue  # its writer committed or aborted it meanwhile
 
     def writer(self, max_bytes: int | None = None) -> LocalBlobWriter:
         return LocalBlobWriter(self.root, self._tmp_dir, max_bytes)
