@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +13,12 @@ import typer
 app = typer.Typer(help="openft: self-hosted fine-tuning with the OpenAI / Azure fine-tuning API.", no_args_is_help=True)
 db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(
+    help="API keys of organizations and projects, kept hashed in the database (a running server honours "
+    "new and revoked keys at once).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder [env OPENFT_DATA_DIR, ./openft-data].")]
 ModelsDir = Annotated[Path | None, typer.Option("--models-dir", help="Folder of base models [env OPENFT_MODELS_DIR].")]
@@ -33,7 +41,10 @@ def serve(
     ] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only; run `openft worker`.")] = False,
 ) -> None:
-    """Start the API server and (unless --no-worker) the worker that runs jobs, in one process."""
+    """Start the API server and (unless --no-worker) the worker that runs jobs, in one process.
+
+    With --no-worker the server runs no trainers: `openft worker` processes on the same database and data
+    folder do, finding new work by polling (OPENFT_WORKER_POLL_SECONDS)."""
     import uvicorn
 
     from openft.api.app import create_app
@@ -72,6 +83,49 @@ def serve(
 
 
 @app.command()
+def worker(
+    data_dir: DataDir = None,
+    models_dir: ModelsDir = None,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, help="Training processes run at once [env OPENFT_MAX_JOBS, 1].")
+    ] = None,
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="Name in leases and events [host-pid-random].")
+    ] = None,
+) -> None:
+    """Run jobs from the database (OPENFT_DATABASE_URL) and data folder a `serve --no-worker` server uses.
+
+    Any number of workers may run. SIGTERM or Ctrl-C: every trainer checkpoints and its job goes back to
+    the queue (a second Ctrl-C stops waiting for the checkpoints: the jobs continue from their last one).
+    """
+    import signal
+    import threading
+
+    from openft.services.workers import build_worker_process
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(data_dir=data_dir, models_dir=models_dir, max_jobs=max_jobs)
+    process = build_worker_process(settings, worker_id=worker_id)
+    stop, force = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            typer.echo("second stop signal: no longer waiting for checkpoints", err=True)
+            force.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    typer.echo(f"openft worker {process.worker.worker_id}")
+    typer.echo(f"  data dir:   {settings.data_dir}")
+    typer.echo(f"  database:   {settings.resolved_database_url.split('@')[-1]}")
+    typer.echo(f"  models dir: {settings.models_dir or '(none; built-in models only)'}")
+    typer.echo(f"  max jobs:   {settings.max_jobs}")
+    process.run_until(stop, force)
+    typer.echo("worker stopped")
+
+
+@app.command()
 def train(
     job_file: Annotated[Path, typer.Argument(help="The job.json the worker wrote (see openft.jobspec).")],
 ) -> None:
@@ -96,7 +150,7 @@ def export(
 
     container = build_container(_settings(data_dir=data_dir, models_dir=models_dir), with_worker=False)
     try:
-        target = container.models.target(container.default_org_id, model)
+        target = container.models.target(None, model)  # whoever holds the data folder may export any model
         export_weights(target, out, merged=merged)
     except (OpenFTError, FileExistsError) as exc:
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
@@ -121,6 +175,148 @@ def db_upgrade(data_dir: DataDir = None) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(make_engine(settings.resolved_database_url))
     typer.echo("database is up to date")
+
+
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@contextlib.contextmanager
+def _key_service(data_dir: Path | None) -> Iterator[Any]:
+    """The key service on the database `openft serve` would use (`--data-dir` / `OPENFT_DATABASE_URL`),
+    migrated first; without loading models or the worker, so the command is quick."""
+    from openft.db.engine import make_engine, make_session_factory
+    from openft.db.migrate import upgrade
+    from openft.services.auth import KeyService
+
+    settings = _settings(data_dir=data_dir)
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+        yield KeyService(make_session_factory(engine))
+    finally:
+        engine.dispose()
+
+
+def _fail(exc: Any, as_json: bool) -> typer.Exit:
+    """An error as one line on stderr, and with --json also the OpenAI-style envelope on stdout."""
+    import json
+
+    message = getattr(exc, "message", str(exc))
+    if as_json:
+        typer.echo(json.dumps({"error": {"message": message, "param": exc.param, "code": exc.code}}))
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _when(stamp: int | None) -> str:
+    import datetime
+
+    return "" if stamp is None else datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option("--org", help="Organization name (created on first use).")],
+    project: Annotated[
+        str | None, typer.Option("--project", help="Project name, recorded on what the key creates.")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Sees and manages every organization's objects.")] = False,
+    rate_limit: Annotated[
+        int | None, typer.Option("--rate-limit", help="Requests per minute (per server process); none by default.")
+    ] = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key; the key is printed once (only its SHA-256 is stored)."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    try:
+        with _key_service(data_dir) as service:
+            created = service.create(org, project=project, admin=admin, rate_limit_per_minute=rate_limit)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps(created.to_json()))
+        return
+    info = created.info
+    details = [f"project {info.project}"] if info.project else []
+    details += ["admin"] if info.admin else []
+    details += [f"{info.rate_limit_per_minute} requests/minute"] if info.rate_limit_per_minute else []
+    typer.echo(f"created {info.id} for organization {info.org}" + (f" ({', '.join(details)})" if details else ""))
+    typer.echo(f"  {created.key}")
+    typer.echo("  keep it now: it is not shown again (only its hash is stored)")
+
+
+@keys_app.command("list")
+def keys_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organization's keys.")] = None,
+    active: Annotated[bool, typer.Option("--active", help="Leave out revoked keys.")] = False,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List API keys (never the keys themselves: their first characters as `prefix`)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    with _key_service(data_dir) as service:
+        keys = service.list(org=org, include_revoked=not active)
+    if as_json:
+        typer.echo(json.dumps([key.to_json() for key in keys]))
+        return
+    table = Table(
+        Column("id", no_wrap=True),
+        "org",
+        "project",
+        "admin",
+        Column("rate limit", no_wrap=True),
+        Column("created (UTC)", no_wrap=True),
+        Column("revoked (UTC)", no_wrap=True),
+        Column("prefix", no_wrap=True),
+    )
+    for key in keys:
+        table.add_row(
+            key.id,
+            key.org,
+            key.project or "",
+            "yes" if key.admin else "",
+            f"{key.rate_limit_per_minute}/min" if key.rate_limit_per_minute else "",
+            _when(key.created_at),
+            _when(key.revoked_at),
+            key.prefix + "…",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze ids into 80 columns
+        console = Console(width=200)
+    console.print(table)
+    typer.echo("(the server's own key, from --api-key / OPENFT_API_KEY / DATA_DIR/api_key, is not listed)")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key-…), as `openft keys list` shows it.")],
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke an API key for good: a running server refuses it from its next request."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    try:
+        with _key_service(data_dir) as service:
+            info = service.revoke(key_id)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps(info.to_json()))
+        return
+    typer.echo(f"revoked {info.id} of organization {info.org} at {_when(info.revoked_at)} UTC")
 
 
 def main() -> None:

@@ -172,6 +172,24 @@ def test_job_list_metadata_filter_and_events_newest_first(sessions: sessionmaker
         assert [e.message for e in older.data] == ["event 2", "event 1", "event 0"] and not older.has_more
 
 
+def test_metadata_filter_matches_any_key_exactly(sessions: sessionmaker[Session]) -> None:
+    """Non-ASCII keys (stored escaped in SQLite's JSON text), quotes and path syntax in keys; no normalization."""
+    nfc, nfd = "\u00e9", "e\u0301"
+    odd = {nfc: "nfc", nfd: "nfd", 'a"b': "quote", "$.x[0]": "path", "😀": "caf\u00e9"}
+    a, b = _job(metadata=odd), _job(metadata={"team": "red"})
+    with sessions.begin() as session:
+        session.add_all([a, b])
+    with sessions.begin() as session:
+        for key, value in odd.items():
+            assert [r.id for r in repo.list_jobs(session, ORG, after=None, limit=10, metadata={key: value}).data] == [
+                a.id
+            ], key
+        for key, value in ((nfc, "nfd"), ("😀", "cafe\u0301"), ("a", "quote"), ("team", "blue")):
+            assert repo.list_jobs(session, ORG, after=None, limit=10, metadata={key: value}).data == [], key
+        both = repo.list_jobs(session, ORG, after=None, limit=10, metadata={nfc: "nfc", 'a"b': "quote"})
+        assert [r.id for r in both.data] == [a.id]
+
+
 def test_checkpoints_by_step_and_model_name(sessions: sessionmaker[Session]) -> None:
     job = _job()
     with sessions.begin() as session:

@@ -26,7 +26,9 @@ class Dialect(enum.StrEnum):
 
 PREFIXES = {Dialect.OPENAI: "/v1", Dialect.AZURE_V1: "/openai/v1", Dialect.AZURE_DATED: "/openai"}
 AZURE_V1_VERSIONS = ("v1", "preview")
-DATED_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+DATED_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?")
+"""Matched whole (`fullmatch`): `^…$` let a trailing newline through, and `\\d` any Unicode digit; the version
+is echoed into the `Location` header, where a newline broke the response."""
 
 
 def _check_azure_v1(request: Request) -> None:
@@ -48,7 +50,7 @@ def _check_azure_dated(request: Request) -> None:
             param="api-version",
             code="missing_api_version",
         )
-    if not DATED_VERSION.match(version):
+    if not DATED_VERSION.fullmatch(version):
         raise InvalidRequest(
             f"Malformed api-version {version!r}; expected YYYY-MM-DD or YYYY-MM-DD-preview.",
             param="api-version",
@@ -92,9 +94,11 @@ def get_principal(request: Request) -> Principal:
         raise Unauthorized(
             "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or in an 'api-key' header."
         )
-    principal = request.app.state.container.authenticator.authenticate(key)
+    services = request.app.state.container
+    principal = services.authenticator.authenticate(key)
     if principal is None:
         raise Unauthorized("Incorrect API key provided.")
+    services.rate_limiter.admit(principal)  # 429 rate_limit_exceeded with Retry-After for a key with a limit
     return principal
 
 

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from openft.db.tables import CheckpointRow, FileRow, JobEventRow, JobRow, OrganizationRow
+from openft.db.tables import ApiKeyRow, CheckpointRow, FileRow, JobEventRow, JobRow, OrganizationRow
 from openft.errors import InvalidRequest
-from openft.jobs.states import JobStatus, sources_of
+from openft.jobs.states import JobStatus, is_legal, sources_of
 
 Row = TypeVar("Row", FileRow, JobRow, JobEventRow, CheckpointRow)
 
@@ -28,11 +28,22 @@ class Page(Generic[Row]):
 
 
 def _paginate(
-    session: Session, stmt: Select[tuple[Row]], model: type[Row], *, after: str | None, limit: int, newest_first: bool
+    session: Session,
+    stmt: Select[tuple[Row]],
+    model: type[Row],
+    *,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+    owner: ColumnElement[bool] | None = None,
 ) -> Page[Row]:
-    """Cursor pagination by public id: `after` is the id of the last item the client saw."""
+    """Cursor pagination by public id: `after` is the id of the last item the client saw.
+
+    `owner` limits which ids `after` may name (the caller's organization, the listed job), so a
+    cursor naming another tenant's object is the same 400 as an id nobody made.
+    """
     if after is not None:
-        after_seq = session.scalar(select(model.seq).where(model.id == after))
+        after_seq = session.scalar(select(model.seq).where(model.id == after, owner if owner is not None else true()))
         if after_seq is None:
             raise InvalidRequest(f"No object with id {after!r} to page after.", param="after")
         stmt = stmt.where(model.seq < after_seq if newest_first else model.seq > after_seq)
@@ -57,26 +68,71 @@ def get_organization(session: Session, org_id: str) -> OrganizationRow | None:
     return session.scalar(select(OrganizationRow).where(OrganizationRow.id == org_id))
 
 
+def get_organization_by_name(session: Session, name: str) -> OrganizationRow | None:
+    return session.scalar(select(OrganizationRow).where(OrganizationRow.name == name))
+
+
+def organization_names(session: Session) -> dict[str, str]:
+    """id → name of every organization (few rows: one per team)."""
+    return {row.id: row.name for row in session.execute(select(OrganizationRow.id, OrganizationRow.name))}
+
+
+# API keys -------------------------------------------------------------------------------------
+
+
+def add_api_key(session: Session, row: ApiKeyRow) -> None:
+    session.add(row)
+    session.flush()
+
+
+def find_api_key_by_hash(session: Session, key_hash: str) -> ApiKeyRow | None:
+    """The key with this hash, revoked or not (the unique index on `key_hash` makes this one lookup)."""
+    return session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+
+
+def get_api_key(session: Session, key_id: str) -> ApiKeyRow | None:
+    return session.scalar(select(ApiKeyRow).where(ApiKeyRow.id == key_id))
+
+
+def list_api_keys(session: Session, *, org_id: str | None = None, include_revoked: bool = True) -> Sequence[ApiKeyRow]:
+    """Keys oldest first; `org_id=None` lists every organization's."""
+    stmt = select(ApiKeyRow).order_by(ApiKeyRow.seq)
+    if org_id is not None:
+        stmt = stmt.where(ApiKeyRow.organization_id == org_id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKeyRow.revoked_at.is_(None))
+    return session.scalars(stmt).all()
+
+
+def revoke_api_key(session: Session, key_id: str, now: int) -> bool:
+    """Mark a key revoked; False when it does not exist or was already revoked (the first time is kept)."""
+    result = session.execute(
+        update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None)).values(revoked_at=now)
+    )
+    return result.rowcount == 1
+
+
 # Files ----------------------------------------------------------------------------------------
 
 
-def _live_files(org_id: str, now: int) -> Select[tuple[FileRow]]:
-    return select(FileRow).where(
-        FileRow.organization_id == org_id, (FileRow.expires_at.is_(None)) | (FileRow.expires_at > now)
-    )
+def _live_files(org_id: str | None, now: int) -> Select[tuple[FileRow]]:
+    """Unexpired files of one organization, or of all of them (`org_id=None`: admin keys, the worker)."""
+    stmt = select(FileRow).where((FileRow.expires_at.is_(None)) | (FileRow.expires_at > now))
+    return stmt if org_id is None else stmt.where(FileRow.organization_id == org_id)
 
 
-def get_file(session: Session, org_id: str, file_id: str) -> FileRow | None:
+def get_file(session: Session, org_id: str | None, file_id: str) -> FileRow | None:
     return session.scalar(_live_files(org_id, int(time.time())).where(FileRow.id == file_id))
 
 
 def list_files(
-    session: Session, org_id: str, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
+    session: Session, org_id: str | None, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
 ) -> Page[FileRow]:
     stmt = _live_files(org_id, int(time.time()))
     if purpose is not None:
         stmt = stmt.where(FileRow.purpose == purpose)
-    return _paginate(session, stmt, FileRow, after=after, limit=limit, newest_first=newest_first)
+    owner = FileRow.organization_id == org_id if org_id is not None else None
+    return _paginate(session, stmt, FileRow, after=after, limit=limit, newest_first=newest_first, owner=owner)
 
 
 def delete_file(session: Session, file_id: str) -> None:
@@ -91,20 +147,34 @@ def expired_files(session: Session, now: int) -> Sequence[FileRow]:
 
 
 def get_job(session: Session, org_id: str | None, job_id: str) -> JobRow | None:
-    """A job by id; `org_id=None` is for the worker, which serves every organization."""
+    """A job by id; `org_id=None` is for the worker and admin keys, which see every organization."""
     stmt = select(JobRow).where(JobRow.id == job_id)
     if org_id is not None:
         stmt = stmt.where(JobRow.organization_id == org_id)
     return session.scalar(stmt)
 
 
+def _metadata_equals(session: Session, key: str, value: str) -> ColumnElement[bool]:
+    """`metadata[key] == value`. SQLite matches a JSON path label against the key as stored, escapes and all
+    (`\\u00e9` for é), so a non-ASCII key never matched and a `"` in a key broke the path; its `json_each`
+    yields the decoded keys. Other databases take the key as a bound parameter (`metadata ->> :key`)."""
+    if session.get_bind().dialect.name == "sqlite":
+        pairs = func.json_each(JobRow.metadata_).table_valued("key", "value").alias("metadata_pair")
+        return select(pairs.c.key).where(pairs.c.key == key, pairs.c.value == value).exists()
+    return JobRow.metadata_[key].as_string() == value
+
+
 def list_jobs(
-    session: Session, org_id: str, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    session: Session, org_id: str | None, *, after: str | None, limit: int, metadata: dict[str, str] | None
 ) -> Page[JobRow]:
-    stmt = select(JobRow).where(JobRow.organization_id == org_id)
+    """Jobs newest first, of one organization or (`org_id=None`, admin keys) of all of them."""
+    stmt = select(JobRow)
+    if org_id is not None:
+        stmt = stmt.where(JobRow.organization_id == org_id)
     for key, value in (metadata or {}).items():
-        stmt = stmt.where(JobRow.metadata_[key].as_string() == value)
-    return _paginate(session, stmt, JobRow, after=after, limit=limit, newest_first=True)
+        stmt = stmt.where(_metadata_equals(session, key, value))
+    owner = JobRow.organization_id == org_id if org_id is not None else None
+    return _paginate(session, stmt, JobRow, after=after, limit=limit, newest_first=True, owner=owner)
 
 
 def find_job_by_model_name(session: Session, model_name: str) -> JobRow | None:
@@ -151,10 +221,17 @@ def claim_next_job(
     PostgreSQL: `FOR UPDATE SKIP LOCKED` lets many workers claim concurrently without taking the
     same job. SQLite ignores the clause; there the transaction's write lock (BEGIN IMMEDIATE)
     makes the select-then-update atomic. `attempt` is bumped: it is the fencing token.
+
+    Only a job nobody holds a live lease on can be claimed: validation keeps the job in
+    `validating_files` while a worker checks it, and without this another worker would take it over
+    mid-check (and the first one's result would be refused). A dead validator's job is claimed again
+    once its lease expires.
     """
+    now = time.time()
+    unclaimed = or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now)
     candidate = (
         select(JobRow.id)
-        .where(JobRow.status == source.value)
+        .where(JobRow.status == source.value, unclaimed)
         .order_by(JobRow.seq)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -162,10 +239,9 @@ def claim_next_job(
     job_id = session.scalar(candidate)
     if job_id is None:
         return None
-    now = time.time()
     result = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == source.value)
+        .where(JobRow.id == job_id, JobRow.status == source.value, unclaimed)
         .values(
             status=target.value,
             worker_id=worker_id,
@@ -193,6 +269,58 @@ def renew_leases(session: Session, worker_id: str, claims: dict[str, int], lease
         if result.rowcount != 1:
             lost.add(job_id)
     return lost
+
+
+def has_claimable_job(session: Session, status: JobStatus, now: float) -> bool:
+    """Whether `claim_next_job` from `status` would find a job (a cheap read before taking locks)."""
+    unclaimed = or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now)
+    return session.scalar(select(JobRow.id).where(JobRow.status == status.value, unclaimed).limit(1)) is not None
+
+
+def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, now: float, **fields: Any) -> bool:
+    """Take a job back from a worker whose lease expired (it died or lost the database): move it to
+    `target` and bump `attempt`, so nothing the old worker still tries to write is accepted.
+
+    Conditional on the status, the attempt and the lease being still expired as read: if the worker
+    renewed in the meantime, or another worker recovered the job first, nothing changes (False).
+    """
+    if not is_legal(JobStatus(job.status), target):
+        return False
+    result = session.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job.id,
+            JobRow.status == job.status,
+            JobRow.attempt == job.attempt,
+            or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now),
+        )
+        .values(
+            status=target.value,
+            worker_id=None,
+            lease_expires_at=None,
+            attempt=JobRow.attempt + 1,
+            updated_at=time.time(),
+            **fields,
+        )
+    )
+    return result.rowcount == 1
+
+
+def queue_snapshot(session: Session, *, recent_finished: int = 10) -> tuple[list[JobRow], list[JobRow], list[JobRow]]:
+    """What queue estimates need: running and pausing jobs, queued jobs in claim order (oldest first),
+    and the most recently succeeded jobs (their durations, when no running job shows the speed)."""
+    active = [JobStatus.RUNNING.value, JobStatus.PAUSING.value]
+    running = list(session.scalars(select(JobRow).where(JobRow.status.in_(active)).order_by(JobRow.seq)))
+    queued = list(session.scalars(select(JobRow).where(JobRow.status == JobStatus.QUEUED.value).order_by(JobRow.seq)))
+    finished = list(
+        session.scalars(
+            select(JobRow)
+            .where(JobRow.status == JobStatus.SUCCEEDED.value, JobRow.started_at.is_not(None))
+            .order_by(JobRow.finished_at.desc())
+            .limit(recent_finished)
+        )
+    )
+    return running, queued, finished
 
 
 def jobs_with_expired_lease(session: Session, statuses: Iterable[JobStatus], now: float) -> Sequence[JobRow]:
@@ -228,7 +356,39 @@ def add_event(session: Session, row: JobEventRow) -> None:
 
 def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> Page[JobEventRow]:
     stmt = select(JobEventRow).where(JobEventRow.job_id == job_id)
-    return _paginate(session, stmt, JobEventRow, after=after, limit=limit, newest_first=True)
+    owner = JobEventRow.job_id == job_id
+    return _paginate(session, stmt, JobEventRow, after=after, limit=limit, newest_first=True, owner=owner)
+
+
+def metrics_event_steps(session: Session, job_id: str) -> list[tuple[str, int | None]]:
+    """(event id, step) of every `metrics` event of a job, oldest first."""
+    rows = session.execute(
+        select(JobEventRow.id, JobEventRow.data)
+        .where(JobEventRow.job_id == job_id, JobEventRow.type == "metrics")
+        .order_by(JobEventRow.seq)
+    )
+    steps: list[tuple[str, int | None]] = []
+    for event_id, data in rows:
+        step = (data or {}).get("step")
+        steps.append((event_id, step if isinstance(step, int) else None))
+    return steps
+
+
+def delete_events(session: Session, event_ids: Sequence[str]) -> None:
+    for start in range(0, len(event_ids), 500):
+        session.execute(delete(JobEventRow).where(JobEventRow.id.in_(event_ids[start : start + 500])))
+
+
+def latest_events_starting(session: Session, job_ids: Sequence[str], prefix: str) -> dict[str, JobEventRow]:
+    """The newest event of each job whose message starts with `prefix`."""
+    if not job_ids:
+        return {}
+    rows = session.scalars(
+        select(JobEventRow)
+        .where(JobEventRow.job_id.in_(job_ids), JobEventRow.message.startswith(prefix, autoescape=True))
+        .order_by(JobEventRow.seq)
+    )
+    return {row.job_id: row for row in rows}
 
 
 # Checkpoints ----------------------------------------------------------------------------------
@@ -236,7 +396,13 @@ def list_events(session: Session, job_id: str, *, after: str | None, limit: int)
 
 def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit: int) -> Page[CheckpointRow]:
     stmt = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
-    return _paginate(session, stmt, CheckpointRow, after=after, limit=limit, newest_first=True)
+    owner = CheckpointRow.job_id == job_id
+    return _paginate(session, stmt, CheckpointRow, after=after, limit=limit, newest_first=True, owner=owner)
+
+
+def checkpoints_of(session: Session, job_id: str) -> Sequence[CheckpointRow]:
+    stmt = select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.seq)
+    return session.scalars(stmt).all()
 
 
 def checkpoint_for_step(session: Session, job_id: str, step: int) -> CheckpointRow | None:

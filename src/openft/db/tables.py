@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -27,6 +27,27 @@ class OrganizationRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class ApiKeyRow(Base):
+    """An API key of an organization (and optionally a project). Only the key's SHA-256 is stored: keys
+    are 40 random base62 characters (~238 bits), so a plain hash cannot be brute-forced and can be
+    looked up by equality on every request (a revoked key stops working at once)."""
+
+    __tablename__ = "api_keys"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """Hex SHA-256 of the whole key."""
+    prefix: Mapped[str] = mapped_column(String(32))
+    """The key's first characters, to recognise it in listings (never enough to use it)."""
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class FileRow(Base):
     __tablename__ = "files"
     __table_args__ = (Index("ix_files_org_purpose", "organization_id", "purpose"),)
@@ -34,6 +55,8 @@ class FileRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The project of the key that uploaded it (recorded; access is decided by organization)."""
     filename: Mapped[str] = mapped_column(String(512))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -50,6 +73,8 @@ class JobRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The project of the key that created it (recorded; access is decided by organization)."""
     model: Mapped[str] = mapped_column(String(256))
     """The `model` the request named: a base model, or a fine-tuned model / checkpoint to continue from."""
     base_model: Mapped[str | None] = mapped_column(String(256), nullable=True)

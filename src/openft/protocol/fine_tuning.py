@@ -164,10 +164,20 @@ class FineTuningJob(BaseModel):
     training_file: str
     validation_file: str | None
     integrations: list[dict[str, Any]] | None = None
-    estimated_finish: int | None = Field(default=None, description="Unix seconds; null when the job is not running.")
+    estimated_finish: int | None = Field(
+        default=None,
+        description="Unix seconds. Running: from the recent step times. Queued (openft): after the jobs ahead "
+        "of it, see `estimated_start`. Otherwise null.",
+    )
     method: dict[str, Any]
     metadata: dict[str, str] | None = None
     user_provided_suffix: str | None = None
+    queue_position: int | None = Field(
+        default=None, description="openft extension: 1-based place in the queue (1 starts next); null unless queued."
+    )
+    estimated_start: int | None = Field(
+        default=None, description="openft extension: unix seconds when a queued job should start; else null."
+    )
 
 
 class FineTuningJobEvent(BaseModel):

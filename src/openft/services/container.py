@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
@@ -16,11 +15,18 @@ from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
-from openft.db.tables import OrganizationRow
 from openft.fsutil import atomic_write_text
 from openft.inference import InferenceEngine
 from openft.jobs.worker import Worker
-from openft.services.auth import Authenticator, StaticKeyAuthenticator
+from openft.services.auth import (
+    KEY_PREFIX,
+    Authenticator,
+    KeyAuthenticator,
+    KeyService,
+    RateLimiter,
+    StaticKeyAuthenticator,
+    ensure_organization,
+)
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
@@ -29,7 +35,6 @@ from openft.settings import Settings
 from openft.storage import LocalBlobStore
 
 log = logging.getLogger(__name__)
-KEY_PREFIX = "sk-openft-"
 
 
 def load_or_create_api_key(settings: Settings) -> tuple[str, bool]:
@@ -63,6 +68,8 @@ class Container:
     api_key: str
     api_key_generated: bool
     authenticator: Authenticator
+    keys: KeyService
+    rate_limiter: RateLimiter
     worker: Worker | None = None
     _org_names: dict[str, str] = field(default_factory=dict)
 
@@ -80,11 +87,8 @@ class Container:
 
 
 def ensure_default_org(sessions: sessionmaker[Session], name: str) -> str:
-    with sessions.begin() as session:
-        row = session.scalar(select(OrganizationRow).where(OrganizationRow.name == name))
-        if row is None:
-            row = repo.ensure_organization(session, "org-" + secrets.token_hex(12), name)
-        return row.id
+    """The id of the organization the server's own key belongs to (`OPENFT_ORG_NAME`)."""
+    return ensure_organization(sessions, name).id
 
 
 def build_container(settings: Settings, *, with_worker: bool | None = None) -> Container:
@@ -98,6 +102,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     catalog = ModelCatalog(settings.models_dir, settings.cache_dir)
     org_id = ensure_default_org(sessions, settings.org_name)
     key, generated = load_or_create_api_key(settings)
+    keys = KeyService(sessions)
     generator = InferenceEngine(
         max_adapters=settings.max_adapters,
         max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
@@ -119,7 +124,10 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         default_org_id=org_id,
         api_key=key,
         api_key_generated=generated,
-        authenticator=StaticKeyAuthenticator(key, org_id),
+        # the server's own key is an admin key of the default organization (its holder runs the server)
+        authenticator=KeyAuthenticator(StaticKeyAuthenticator(key, org_id, admin=True), keys),
+        keys=keys,
+        rate_limiter=RateLimiter(),
         worker=worker,
     )
     container.fine_tuning = FineTuningService(

@@ -1,5 +1,8 @@
 """Fine-tuning jobs: create, read, list, and the user actions pause / resume / cancel.
 
+Reads and user actions take `org_id: str | None`: the caller's organization, or None for an admin key
+(every organization's jobs). Another organization's job is the same 404 as an unknown id.
+
 The service only records decisions in the database; the worker (jobs/worker.py) notices them and
 acts on the training process. Every status change is a compare-and-set through the one transition
 table in `jobs/states.py`, so a request racing the worker can never produce an illegal status.
@@ -20,6 +23,7 @@ from openft.db import repositories as repo
 from openft.db.tables import CheckpointRow, JobEventRow, JobRow
 from openft.errors import InvalidJobState, InvalidRequest, ModelNotFound, NotFound
 from openft.jobs.events import new_event
+from openft.jobs.queue import QueueEstimate, estimate_queue
 from openft.jobs.states import JobStatus, UserAction, action_sources
 from openft.protocol.common import IdListPage, ListPage
 from openft.protocol.fine_tuning import (
@@ -61,7 +65,8 @@ def job_hyperparameters(row: JobRow) -> dict[str, Any]:
     return requested_hyperparameters(row) | dict(row.resolved_hyperparameters or {})
 
 
-def job_to_wire(row: JobRow) -> FineTuningJob:
+def job_to_wire(row: JobRow, queued: QueueEstimate | None = None) -> FineTuningJob:
+    """The wire job; `queued` is its place in the queue when it is queued (jobs/queue.py)."""
     status = JobStatus(row.status)
     hyperparameters = job_hyperparameters(row)
     method = {"type": row.method["type"], row.method["type"]: {"hyperparameters": hyperparameters}}
@@ -82,11 +87,24 @@ def job_to_wire(row: JobRow) -> FineTuningJob:
         training_file=row.training_file,
         validation_file=row.validation_file,
         integrations=row.integrations,
-        estimated_finish=row.estimated_finish if status in (JobStatus.RUNNING, JobStatus.PAUSING) else None,
+        estimated_finish=(
+            row.estimated_finish
+            if status in (JobStatus.RUNNING, JobStatus.PAUSING)
+            else (queued.estimated_finish if queued is not None and status is JobStatus.QUEUED else None)
+        ),
         method=method,
         metadata=row.metadata_,
         user_provided_suffix=row.suffix,
+        queue_position=queued.position if queued is not None and status is JobStatus.QUEUED else None,
+        estimated_start=queued.estimated_start if queued is not None and status is JobStatus.QUEUED else None,
     )
+
+
+def _queue_estimates(session: Session, rows: list[JobRow]) -> dict[str, QueueEstimate]:
+    """Queue estimates, computed only when one of `rows` is queued (one query of the active jobs)."""
+    if not any(row.status == JobStatus.QUEUED for row in rows):
+        return {}
+    return estimate_queue(*repo.queue_snapshot(session), time.time())
 
 
 def event_to_wire(row: JobEventRow) -> FineTuningJobEvent:
@@ -165,7 +183,9 @@ class FineTuningService:
         self._notify = notify_worker
 
     # create -----------------------------------------------------------------------------------
-    def create(self, org_id: str, params: FineTuningJobCreate) -> FineTuningJob:
+    def create(self, org_id: str, params: FineTuningJobCreate, *, project: str | None = None) -> FineTuningJob:
+        """A job of the caller's own organization (and project), also for admin keys: its files and any model
+        it continues from must be that organization's."""
         base_model, parent_weights = self._starting_point(org_id, params.model)
         method = _requested_method(params)
         job_id = ids.job_id()
@@ -189,6 +209,7 @@ class FineTuningService:
             row = JobRow(
                 id=job_id,
                 organization_id=org_id,
+                project=project,
                 model=params.model,
                 base_model=base_model,
                 parent_weights=parent_weights,
@@ -230,31 +251,36 @@ class FineTuningService:
         return resolved.base_name, str(resolved.weights) if resolved.weights else None
 
     # read -------------------------------------------------------------------------------------
-    def _job(self, session: Session, org_id: str, job_id: str) -> JobRow:
+    def _job(self, session: Session, org_id: str | None, job_id: str) -> JobRow:
         row = repo.get_job(session, org_id, job_id)
         if row is None:
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         return row
 
-    def get(self, org_id: str, job_id: str) -> FineTuningJob:
+    def get(self, org_id: str | None, job_id: str) -> FineTuningJob:
         with self._sessions.begin() as session:
-            return job_to_wire(self._job(session, org_id, job_id))
+            row = self._job(session, org_id, job_id)
+            return job_to_wire(row, _queue_estimates(session, [row]).get(row.id))
 
     def list(
-        self, org_id: str, *, after: str | None, limit: int, metadata: dict[str, str] | None
+        self, org_id: str | None, *, after: str | None, limit: int, metadata: dict[str, str] | None
     ) -> ListPage[FineTuningJob]:
         with self._sessions.begin() as session:
             page = repo.list_jobs(session, org_id, after=after, limit=limit, metadata=metadata)
-            return ListPage[FineTuningJob](data=[job_to_wire(r) for r in page.data], has_more=page.has_more)
+            queued = _queue_estimates(session, page.data)
+            data = [job_to_wire(r, queued.get(r.id)) for r in page.data]
+            return ListPage[FineTuningJob](data=data, has_more=page.has_more)
 
-    def list_events(self, org_id: str, job_id: str, *, after: str | None, limit: int) -> ListPage[FineTuningJobEvent]:
+    def list_events(
+        self, org_id: str | None, job_id: str, *, after: str | None, limit: int
+    ) -> ListPage[FineTuningJobEvent]:
         with self._sessions.begin() as session:
             self._job(session, org_id, job_id)
             page = repo.list_events(session, job_id, after=after, limit=limit)
             return ListPage[FineTuningJobEvent](data=[event_to_wire(r) for r in page.data], has_more=page.has_more)
 
     def list_checkpoints(
-        self, org_id: str, job_id: str, *, after: str | None, limit: int
+        self, org_id: str | None, job_id: str, *, after: str | None, limit: int
     ) -> IdListPage[FineTuningJobCheckpoint]:
         with self._sessions.begin() as session:
             self._job(session, org_id, job_id)
@@ -268,16 +294,16 @@ class FineTuningService:
         )
 
     # user actions -----------------------------------------------------------------------------
-    def pause(self, org_id: str, job_id: str) -> FineTuningJob:
+    def pause(self, org_id: str | None, job_id: str) -> FineTuningJob:
         return self._act(org_id, job_id, UserAction.PAUSE)
 
-    def resume(self, org_id: str, job_id: str) -> FineTuningJob:
+    def resume(self, org_id: str | None, job_id: str) -> FineTuningJob:
         return self._act(org_id, job_id, UserAction.RESUME)
 
-    def cancel(self, org_id: str, job_id: str) -> FineTuningJob:
+    def cancel(self, org_id: str | None, job_id: str) -> FineTuningJob:
         return self._act(org_id, job_id, UserAction.CANCEL)
 
-    def _act(self, org_id: str, job_id: str, action: UserAction) -> FineTuningJob:
+    def _act(self, org_id: str | None, job_id: str, action: UserAction) -> FineTuningJob:
         with self._sessions.begin() as session:
             row = self._job(session, org_id, job_id)
             status = JobStatus(row.status)
@@ -300,7 +326,7 @@ class FineTuningService:
             session.add(new_event(job_id, _action_message(action, row)))
             session.flush()
             session.refresh(row)  # the UPDATE above bypassed the ORM object
-            wire = job_to_wire(row)
+            wire = job_to_wire(row, _queue_estimates(session, [row]).get(row.id))
         self._notify()
         return wire
 

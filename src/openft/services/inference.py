@@ -133,7 +133,7 @@ class InferenceService:
         keep = {"role", "content", "name", "tool_calls", "tool_call_id"}
         return [m.model_dump(exclude_none=True, include=keep) for m in request.messages]
 
-    def chat(self, org_id: str, request: ChatCompletionRequest) -> ChatCompletion:
+    def chat(self, org_id: str | None, request: ChatCompletionRequest) -> ChatCompletion:
         params, tools = self._chat_params(request)
         target = self._models.target(org_id, request.model)
         result: GenerationResult = self._engine.chat(target, self._messages(request), params, tools=tools)
@@ -158,7 +158,7 @@ class InferenceService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    def chat_stream(self, org_id: str, request: ChatCompletionRequest) -> Iterator[str]:
+    def chat_stream(self, org_id: str | None, request: ChatCompletionRequest) -> Iterator[str]:
         """SSE `data` payloads: role chunks, content deltas, finish chunks, optional usage, `[DONE]`.
 
         The engine accepts (or rejects) the request here, before the first payload is produced.
@@ -250,7 +250,7 @@ class InferenceService:
         )
         return prompts, params
 
-    def complete(self, org_id: str, request: CompletionRequest) -> Completion:
+    def complete(self, org_id: str | None, request: CompletionRequest) -> Completion:
         prompts, params = self._completion_params(request)
         target = self._models.target(org_id, request.model)
         choices, prompt_tokens, completion_tokens = [], 0, 0
@@ -277,7 +277,7 @@ class InferenceService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    def complete_stream(self, org_id: str, request: CompletionRequest) -> Iterator[str]:
+    def complete_stream(self, org_id: str | None, request: CompletionRequest) -> Iterator[str]:
         prompts, params = self._completion_params(request)
         target = self._models.target(org_id, request.model)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)

@@ -2,7 +2,8 @@
 
 Name resolution lives here, once, for the models API and for inference: a model of another
 organization, a deleted or unfinished fine-tune and a name nobody made are all the same 404
-`model_not_found`, so the API never reveals what other tenants have.
+`model_not_found`, so the API never reveals what other tenants have. `org_id=None` (admin keys, the
+`openft export` command) sees every organization's models.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class ModelService:
         self._engine = engine
 
     # resolution -------------------------------------------------------------------------------
-    def resolve(self, org_id: str, name: str) -> ResolvedModel:
+    def resolve(self, org_id: str | None, name: str) -> ResolvedModel:
         info = self._catalog.get(name)
         if info is not None:
             return ResolvedModel(name, name, None, None, info.created, BASE_OWNER)
@@ -75,17 +76,24 @@ class ModelService:
             job = repo.find_job_by_model_name(session, name)
             if job is not None and _servable(job, org_id) and job.model_path:
                 return ResolvedModel(
-                    name, job.base, job.id, Path(job.model_path), job.finished_at or job.created_at, org_id
+                    name,
+                    job.base,
+                    job.id,
+                    Path(job.model_path),
+                    job.finished_at or job.created_at,
+                    job.organization_id,
                 )
             checkpoint = repo.find_checkpoint_by_model_name(session, name)
             owner = repo.get_job(session, org_id, checkpoint.job_id) if checkpoint is not None else None
             if checkpoint is not None and owner is not None and owner.model_deleted_at is None:
                 weights = _checkpoint_weights(checkpoint)
                 if weights is not None:
-                    return ResolvedModel(name, owner.base, owner.id, weights, checkpoint.created_at, org_id)
+                    return ResolvedModel(
+                        name, owner.base, owner.id, weights, checkpoint.created_at, owner.organization_id
+                    )
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
 
-    def target(self, org_id: str, name: str) -> ModelTarget:
+    def target(self, org_id: str | None, name: str) -> ModelTarget:
         """The folders that answer for `name` (the base is materialized on first use, e.g. SmolLM2's GGUF)."""
         resolved = self.resolve(org_id, name)
         info = self._catalog.get(resolved.base_name)
@@ -102,26 +110,22 @@ class ModelService:
         )
 
     # models API -------------------------------------------------------------------------------
-    def list(self, org_id: str, *, azure: bool = False) -> ModelList:
+    def list(self, org_id: str | None, *, azure: bool = False) -> ModelList:
         models = [
             self._wire(ResolvedModel(i.name, i.name, None, None, i.created, BASE_OWNER), azure)
             for i in self._catalog.list()
         ]
         with self._sessions.begin() as session:
-            jobs = session.scalars(
-                select(JobRow)
-                .where(
-                    JobRow.organization_id == org_id,
-                    JobRow.status == JobStatus.SUCCEEDED.value,
-                    JobRow.model_deleted_at.is_(None),
-                )
-                .order_by(JobRow.seq)
-            ).all()
+            stmt = select(JobRow).where(JobRow.status == JobStatus.SUCCEEDED.value, JobRow.model_deleted_at.is_(None))
+            if org_id is not None:
+                stmt = stmt.where(JobRow.organization_id == org_id)
+            jobs = session.scalars(stmt.order_by(JobRow.seq)).all()
             for job in jobs:
                 assert job.fine_tuned_model is not None
                 created = job.finished_at or job.created_at
+                owner = job.organization_id
                 models.append(
-                    self._wire(ResolvedModel(job.fine_tuned_model, job.base, job.id, None, created, org_id), azure)
+                    self._wire(ResolvedModel(job.fine_tuned_model, job.base, job.id, None, created, owner), azure)
                 )
                 for checkpoint in repo.list_checkpoints(session, job.id, after=None, limit=1000).data:
                     models.append(
@@ -132,14 +136,14 @@ class ModelService:
                                 job.id,
                                 None,
                                 checkpoint.created_at,
-                                org_id,
+                                owner,
                             ),
                             azure,
                         )
                     )
         return ModelList(data=models)
 
-    def get(self, org_id: str, name: str, *, azure: bool = False) -> Model:
+    def get(self, org_id: str | None, name: str, *, azure: bool = False) -> Model:
         return self._wire(self.resolve(org_id, name), azure)
 
     @staticmethod
@@ -150,7 +154,7 @@ class ModelService:
             wire = Model(**wire.model_dump(), **azure_fields(wire, base=base, job_id=model.job_id))
         return wire
 
-    def delete(self, org_id: str, name: str) -> DeletedObject:
+    def delete(self, org_id: str | None, name: str) -> DeletedObject:
         """Delete a fine-tuned model: gone from listings and inference, its weights and checkpoints removed
         from disk; the job keeps its record (status, metrics, result file)."""
         resolved = self.resolve(org_id, name)
@@ -179,5 +183,9 @@ class ModelService:
         return DeletedObject(id=name, object="model")
 
 
-def _servable(job: JobRow, org_id: str) -> bool:
-    return job.organization_id == org_id and job.status == JobStatus.SUCCEEDED and job.model_deleted_at is None
+def _servable(job: JobRow, org_id: str | None) -> bool:
+    return (
+        (org_id is None or job.organization_id == org_id)
+        and job.status == JobStatus.SUCCEEDED
+        and job.model_deleted_at is None
+    )

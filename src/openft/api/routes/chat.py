@@ -13,7 +13,7 @@ router = APIRouter(tags=["chat"])
 RESPONSES = {200: {"model": ChatCompletion, "description": "A chat completion, or server-sent chunks when stream=true"}}
 
 
-def answer(request: Request, body: ChatCompletionRequest, org_id: str) -> ChatCompletion | EventSourceResponse:
+def answer(request: Request, body: ChatCompletionRequest, org_id: str | None) -> ChatCompletion | EventSourceResponse:
     inference = container(request).inference
     if body.stream:
         return EventSourceResponse(inference.chat_stream(org_id, body), ping=15)
@@ -24,7 +24,7 @@ def answer(request: Request, body: ChatCompletionRequest, org_id: str) -> ChatCo
 def create_chat_completion(
     request: Request, body: ChatCompletionRequest, principal: PrincipalDep
 ) -> ChatCompletion | EventSourceResponse:
-    return answer(request, body, principal.org_id)
+    return answer(request, body, principal.scope)
 
 
 @router.post("/deployments/{deployment}/chat/completions", response_model=None, responses=RESPONSES)
@@ -33,4 +33,4 @@ def create_deployment_chat_completion(
 ) -> ChatCompletion | EventSourceResponse:
     """Azure routes by deployment; in openft every model is deployed under its own name."""
     body.model = deployment
-    return answer(request, body, principal.org_id)
+    return answer(request, body, principal.scope)

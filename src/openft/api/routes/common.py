@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import Request
 
 from openft.api.deps import Dialect
@@ -18,5 +20,6 @@ def created_status(dialect: Dialect) -> int:
 
 
 def location(request: Request, path: str) -> str:
+    """The created object's URL; the client's `api-version` is percent-encoded, as it ends up in a header."""
     version = request.query_params.get("api-version")
-    return f"/openai{path}" + (f"?api-version={version}" if version else "")
+    return f"/openai{path}" + (f"?api-version={quote(version, safe='')}" if version else "")

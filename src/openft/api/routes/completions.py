@@ -13,7 +13,7 @@ router = APIRouter(tags=["completions"])
 RESPONSES = {200: {"model": Completion, "description": "A completion, or server-sent chunks when stream=true"}}
 
 
-def answer(request: Request, body: CompletionRequest, org_id: str) -> Completion | EventSourceResponse:
+def answer(request: Request, body: CompletionRequest, org_id: str | None) -> Completion | EventSourceResponse:
     inference = container(request).inference
     if body.stream:
         return EventSourceResponse(inference.complete_stream(org_id, body), ping=15)
@@ -24,7 +24,7 @@ def answer(request: Request, body: CompletionRequest, org_id: str) -> Completion
 def create_completion(
     request: Request, body: CompletionRequest, principal: PrincipalDep
 ) -> Completion | EventSourceResponse:
-    return answer(request, body, principal.org_id)
+    return answer(request, body, principal.scope)
 
 
 @router.post("/deployments/{deployment}/completions", response_model=None, responses=RESPONSES)
@@ -32,4 +32,4 @@ def create_deployment_completion(
     request: Request, deployment: str, body: CompletionRequest, principal: PrincipalDep
 ) -> Completion | EventSourceResponse:
     body.model = deployment
-    return answer(request, body, principal.org_id)
+    return answer(request, body, principal.scope)

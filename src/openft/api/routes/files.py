@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from openft.api.deps import Dialect, DialectDep, PrincipalDep
 from openft.api.multipart import read_multipart_upload
 from openft.api.routes.common import container, created_status, location
-from openft.protocol.common import DeletedObject, IdListPage
+from openft.protocol.common import DeletedObject, ErrorResponse, IdListPage
 from openft.protocol.files import UPLOAD_PURPOSES, FileObject
 from openft.services.files import MAX_LIST_LIMIT
 
@@ -36,9 +36,10 @@ _UPLOAD_BODY = {
         },
     }
 }
+_TOO_LARGE = {413: {"model": ErrorResponse, "description": "File too large (`file_too_large`)"}}
 
 
-@router.post("/files", openapi_extra=_UPLOAD_BODY, responses={413: {"description": "File too large"}})
+@router.post("/files", openapi_extra=_UPLOAD_BODY, responses=_TOO_LARGE)
 async def upload_file(request: Request, principal: PrincipalDep, dialect: DialectDep, response: Response) -> FileObject:
     services = container(request)
     upload = await read_multipart_upload(request, services.store, max_bytes=services.settings.max_upload_bytes)
@@ -46,6 +47,7 @@ async def upload_file(request: Request, principal: PrincipalDep, dialect: Dialec
     created = await run_in_threadpool(
         services.files.create,
         principal.org_id,
+        project=principal.project,
         purpose=fields.get("purpose"),
         filename=upload.filename,
         writer=upload.writer,
@@ -67,17 +69,17 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT,
     order: Literal["asc", "desc"] = "desc",
 ) -> IdListPage[FileObject]:
-    return container(request).files.list(principal.org_id, purpose=purpose, after=after, limit=limit, order=order)
+    return container(request).files.list(principal.scope, purpose=purpose, after=after, limit=limit, order=order)
 
 
 @router.get("/files/{file_id}")
 def retrieve_file(request: Request, principal: PrincipalDep, file_id: str) -> FileObject:
-    return container(request).files.get(principal.org_id, file_id)
+    return container(request).files.get(principal.scope, file_id)
 
 
 @router.get("/files/{file_id}/content", response_class=StreamingResponse)
 def file_content(request: Request, principal: PrincipalDep, file_id: str) -> StreamingResponse:
-    content = container(request).files.content(principal.org_id, file_id)
+    content = container(request).files.content(principal.scope, file_id)
     return StreamingResponse(
         content.chunks,
         media_type="application/octet-stream",
@@ -90,7 +92,7 @@ def file_content(request: Request, principal: PrincipalDep, file_id: str) -> Str
 
 @router.delete("/files/{file_id}")
 def delete_file(request: Request, principal: PrincipalDep, file_id: str) -> DeletedObject:
-    return container(request).files.delete(principal.org_id, file_id)
+    return container(request).files.delete(principal.scope, file_id)
 
 
 def _quote(name: str) -> str:

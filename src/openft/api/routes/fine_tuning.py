@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from openft.api.deps import Dialect, DialectDep, PrincipalDep
 from openft.api.routes.common import container, created_status, location
 from openft.errors import InvalidRequest
-from openft.protocol.common import IdListPage, ListPage
+from openft.protocol.common import ErrorResponse, IdListPage, ListPage
 from openft.protocol.fine_tuning import (
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -22,13 +22,14 @@ MAX_PAGE = 100
 """Largest `limit` for jobs, events and checkpoints (documented in README)."""
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 After = Annotated[str | None, Query(max_length=64)]
+STATE_CONFLICT = {409: {"model": ErrorResponse, "description": "Not allowed in the job's status (`invalid_job_state`)"}}
 
 
 @router.post("/fine_tuning/jobs")
 def create_job(
     request: Request, body: FineTuningJobCreate, principal: PrincipalDep, dialect: DialectDep, response: Response
 ) -> FineTuningJob:
-    job = container(request).fine_tuning.create(principal.org_id, body)
+    job = container(request).fine_tuning.create(principal.org_id, body, project=principal.project)
     response.status_code = created_status(dialect)
     if dialect is Dialect.AZURE_DATED:
         response.headers["Location"] = location(request, f"/fine_tuning/jobs/{job.id}")
@@ -52,35 +53,35 @@ def list_jobs(
     request: Request, principal: PrincipalDep, after: After = None, limit: Limit = 20
 ) -> ListPage[FineTuningJob]:
     return container(request).fine_tuning.list(
-        principal.org_id, after=after, limit=limit, metadata=metadata_filter(request)
+        principal.scope, after=after, limit=limit, metadata=metadata_filter(request)
     )
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}")
 def retrieve_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
-    return container(request).fine_tuning.get(principal.org_id, fine_tuning_job_id)
+    return container(request).fine_tuning.get(principal.scope, fine_tuning_job_id)
 
 
-@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", responses=STATE_CONFLICT)
 def cancel_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
-    return container(request).fine_tuning.cancel(principal.org_id, fine_tuning_job_id)
+    return container(request).fine_tuning.cancel(principal.scope, fine_tuning_job_id)
 
 
-@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause")
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause", responses=STATE_CONFLICT)
 def pause_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
-    return container(request).fine_tuning.pause(principal.org_id, fine_tuning_job_id)
+    return container(request).fine_tuning.pause(principal.scope, fine_tuning_job_id)
 
 
-@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume")
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume", responses=STATE_CONFLICT)
 def resume_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
-    return container(request).fine_tuning.resume(principal.org_id, fine_tuning_job_id)
+    return container(request).fine_tuning.resume(principal.scope, fine_tuning_job_id)
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")
 def list_events(
     request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 20
 ) -> ListPage[FineTuningJobEvent]:
-    return container(request).fine_tuning.list_events(principal.org_id, fine_tuning_job_id, after=after, limit=limit)
+    return container(request).fine_tuning.list_events(principal.scope, fine_tuning_job_id, after=after, limit=limit)
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")
@@ -88,5 +89,5 @@ def list_checkpoints(
     request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 10
 ) -> IdListPage[FineTuningJobCheckpoint]:
     return container(request).fine_tuning.list_checkpoints(
-        principal.org_id, fine_tuning_job_id, after=after, limit=limit
+        principal.scope, fine_tuning_job_id, after=after, limit=limit
     )

@@ -14,14 +14,14 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models")
 def list_models(request: Request, principal: PrincipalDep, dialect: DialectDep) -> ModelList:
-    return container(request).models.list(principal.org_id, azure=dialect is Dialect.AZURE_DATED)
+    return container(request).models.list(principal.scope, azure=dialect is Dialect.AZURE_DATED)
 
 
 @router.get("/models/{model:path}")
 def retrieve_model(request: Request, principal: PrincipalDep, dialect: DialectDep, model: str) -> Model:
-    return container(request).models.get(principal.org_id, model, azure=dialect is Dialect.AZURE_DATED)
+    return container(request).models.get(principal.scope, model, azure=dialect is Dialect.AZURE_DATED)
 
 
 @router.delete("/models/{model:path}")
 def delete_model(request: Request, principal: PrincipalDep, model: str) -> DeletedObject:
-    return container(request).models.delete(principal.org_id, model)
+    return container(request).models.delete(principal.scope, model)
