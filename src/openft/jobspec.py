@@ -11,16 +11,22 @@ Layout the trainer writes under `output_dir` (all of it through temp + fsync + r
     checkpoints/step_000012/          one committed checkpoint (the name's number is the optimizer step)
         adapter/ or model/            servable weights (PEFT adapter folder, or a full HF model folder)
         state/                        optimizer, scheduler, RNG states, data position, thread count
-        meta.json                     step, epoch, metrics, hashes of every file (written last)
+        meta.json                     step, epoch, kind, metrics, hashes of every file (written last)
     model/                            the final weights (same shape as a checkpoint's adapter/ or model/)
     metrics.jsonl                     one line per optimizer step (rewritten on resume: each step once)
     results.csv                       the result file, written when training completes
+    train.lock                        held (POSIX lock) by the one trainer working in the folder
+
+The worker reads the folder too, but only through the helpers below (`committed_checkpoint_steps`,
+`read_metrics`): recovery after a crash needs the checkpoints and steps on disk, which may be ahead of
+what the dead worker managed to record in the database.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +60,12 @@ DPO_RESULT_COLUMNS = (
 """The result file's columns of a DPO job (rewards are β·(log π − log π_ref) of the preferred/rejected answer)."""
 PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
 """Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
+CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "train.lock"
+"""A trainer holds an exclusive POSIX lock on this file in its output folder for as long as it runs, so a
+trainer left behind by a dead worker and the one a new worker starts never write the folder together."""
+_CHECKPOINT_NAME = re.compile(r"^step_(\d{6,})$")
 
 
 class ExitCode(enum.IntEnum):
@@ -136,7 +148,13 @@ class TrainJobSpec(BaseModel):
     max_seq_len: int | None = Field(default=None, description="None: the model's context, capped at 2048.")
     micro_batch_size: int = Field(default=8, ge=1, description="Examples per forward pass; batches accumulate.")
     num_threads: int | None = Field(default=None, description="torch threads; a resume uses the checkpoint's.")
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept on disk (newest), every kind.")
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, description="Also checkpoint every N steps (kind `periodic`); None: no step interval."
+    )
+    checkpoint_every_minutes: float | None = Field(
+        default=None, gt=0, description="Also checkpoint when this long has passed since the last checkpoint."
+    )
     metrics_every: int = Field(default=1, ge=1, description="Emit a metrics message every N steps.")
     packing: bool = Field(default=True, description="Pack short examples of a micro-batch into shared rows.")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: decided per device.")
@@ -155,13 +173,16 @@ ProgressType = Literal[
     "started", "log", "metrics", "checkpoint", "checkpoint_removed", "stopped", "completed", "failed"
 ]
 """
-- started:   {total_steps, start_step, n_examples, trainable_params, num_threads, resumed_from: path|null}
+- started:   {total_steps, start_step, steps_per_epoch, n_examples, trainable_params, num_threads,
+              resumed_from: path|null, checkpoints: [{step, epoch, kind, path, metrics}] (every checkpoint
+              on disk, so the worker can make its records match after a crash)}
 - log:       {level: info|warn|error, message}                       → a job event
 - metrics:   {step, total_steps, epoch, train_loss, train_mean_token_accuracy, learning_rate,
               trained_tokens (cumulative), step_seconds; with a validation file also valid_loss,
               valid_mean_token_accuracy every eval_every steps and full_valid_* at epoch ends}
               (DPO: the metric names of DPO_RESULT_COLUMNS instead of the *_mean_token_accuracy ones)
-- checkpoint:{step, epoch, path, kind: epoch|pause, metrics: {step, train_loss, ...}}
+- checkpoint:{step, epoch, path, kind: epoch|pause|periodic, metrics: {step, train_loss, ...}}
+              (periodic: a resume point written every checkpoint_every_steps / _minutes; not listed by the API)
 - checkpoint_removed: {step, path}                                   (pruned; keep the newest N)
 - stopped:   {step, checkpoint: path|null}                           then exit STOPPED
 - completed: {step, total_steps, trained_tokens, model_path, results_path} then exit COMPLETED
@@ -183,3 +204,40 @@ def parse_progress_line(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return message if isinstance(message, dict) and isinstance(message.get("type"), str) else None
+
+
+# The output folder as the worker sees it ------------------------------------------------------------
+
+
+def committed_checkpoint_steps(output_dir: str | Path) -> list[int]:
+    """Steps of the committed checkpoint folders, oldest first (not verified: the trainer does that)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    steps = []
+    for entry in root.iterdir():
+        match = _CHECKPOINT_NAME.match(entry.name)
+        if match and entry.is_dir():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The complete lines of a metrics file (a torn last line from a kill is ignored), by step."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.setdefault(row["step"], row)
+    return [rows[step] for step in sorted(rows)]
+
+
+def emits_metrics(step: int, *, total_steps: int, steps_per_epoch: int, metrics_every: int) -> bool:
+    """Whether the trainer sends a `metrics` message for `step` (and so the job gets a metrics event)."""
+    return step % metrics_every == 0 or step == total_steps or step % steps_per_epoch == 0

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     max_jobs: int = Field(default=1, ge=1, description="Training processes one worker runs at once.")
     train_threads: int | None = Field(default=None, ge=1, description="torch threads per training process.")
     keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=0, description="Also checkpoint every N steps (crash recovery); 0 or unset: off."
+    )
+    checkpoint_every_minutes: float | None = Field(
+        default=10.0, ge=0, description="Also checkpoint after this many minutes without one; 0: off."
+    )
     max_adapters: int = Field(default=32, ge=1, description="LoRA adapters kept in memory (least recently used go).")
     max_adapter_mb: int | None = Field(default=2048, ge=1, description="Memory bound of loaded adapters (MiB).")
 

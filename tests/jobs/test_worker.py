@@ -52,7 +52,17 @@ def test_validation_resolves_auto_and_queues(container: Container) -> None:
         e.message
         for e in container.fine_tuning.list_events(container.default_org_id, job_id, after=None, limit=10).data
     ]
-    assert messages[0] == "Job queued (0 job(s) ahead)."
+    assert messages[0].startswith("Files validated: 40 training examples.")
+    worker = container.worker
+    assert worker is not None
+    worker._report_queue()  # the loop's next turn reports the job's place in the queue
+    worker._report_queue()  # … once: nothing changed since
+    events = container.fine_tuning.list_events(container.default_org_id, job_id, after=None, limit=10).data
+    assert [e.message for e in events[:2]] == [
+        "Queued: position 1 of 1; estimated start now",
+        messages[0],
+    ]
+    assert events[0].data["queue_position"] == 1 and events[0].data["queue_length"] == 1
 
 
 def test_validation_failure_names_line_and_param(container: Container) -> None:
@@ -85,4 +95,5 @@ def test_abandoned_jobs_are_recovered(container: Container) -> None:
     # a pausing job with no checkpoint yet cannot be paused: it goes back to the queue as well
     assert container.fine_tuning.get(container.default_org_id, pausing).status == "queued"
     events = container.fine_tuning.list_events(container.default_org_id, running, after=None, limit=1).data
-    assert events[0].level == "warn" and events[0].message.startswith("Recovered")
+    assert events[0].level == "warn"
+    assert events[0].message == "Recovered after worker dead-worker stopped (at step 0); restarting from step 0."

@@ -44,9 +44,16 @@ class RunningServer:
 
 
 def start_server(
-    data_dir: Path, models_dir: Path, *, extra_env: dict[str, str] | None = None, api_key: str = API_KEY
+    data_dir: Path,
+    models_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    api_key: str = API_KEY,
+    extra_args: list[str] | None = None,
+    port: int | None = None,
 ) -> RunningServer:
-    port = free_port()
+    """`extra_args` go to `openft serve` (e.g. `--no-worker`); `port` restarts a server where it was."""
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
     env = {
@@ -56,7 +63,7 @@ def start_server(
         **(extra_env or {}),
     }
     command = [sys.executable, "-m", "openft", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    command += ["--models-dir", str(models_dir), "--api-key", api_key]
+    command += ["--models-dir", str(models_dir), "--api-key", api_key, *(extra_args or [])]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = RunningServer(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path)

@@ -108,6 +108,19 @@ def test_list_prune_and_stale_temps(tmp_path: Path) -> None:
     assert ckpt.list_checkpoints(tmp_path / "nowhere") == []
 
 
+def test_periodic_checkpoints_count_against_keep_and_go_once_superseded(tmp_path: Path) -> None:
+    for step, kind in ((3, "epoch"), (4, "periodic"), (5, "periodic")):
+        _write(tmp_path, step, kind=kind)
+    assert [c.step for c in ckpt.prune(tmp_path, 3)] == [4]  # superseded by 5: only a resume point
+    assert [(c.step, c.kind()) for c in ckpt.list_checkpoints(tmp_path)] == [(3, "epoch"), (5, "periodic")]
+    for step, kind in ((6, "epoch"), (7, "pause"), (8, "periodic")):
+        _write(tmp_path, step, kind=kind)
+    # 5 is superseded; of 3, 6, 7 and the newest (8) only 3 are kept, the periodic newest among them
+    assert [c.step for c in ckpt.prune(tmp_path, 3)] == [3, 5]
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [6, 7, 8]
+    assert [c.step for c in ckpt.prune(tmp_path, 1)] == [6, 7]  # the resume point stays, whatever its kind
+
+
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
     random.seed(1)
     np.random.seed(2)

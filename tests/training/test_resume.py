@@ -158,6 +158,8 @@ def test_straight_run_messages_and_files(scenarios: Scenarios) -> None:
         "trainable_params": started["trainable_params"],
         "num_threads": 1,
         "resumed_from": None,
+        "steps_per_epoch": STEPS_PER_EPOCH,
+        "checkpoints": [],
     }
     assert started["trainable_params"] > 0
     metrics = run.of("metrics")

@@ -223,6 +223,10 @@ def test_step_seconds_include_evaluation_and_checkpoint_time(make_job: Any, monk
             clock["now"] += 1.0  # every look at the clock costs a second
             return clock["now"]
 
+        @staticmethod
+        def monotonic() -> float:  # the periodic-checkpoint clock (no checkpoint_every_minutes here)
+            return 0.0
+
     write = ckpt.write_checkpoint
 
     def slow_checkpoint(*args: Any, **kwargs: Any) -> Any:

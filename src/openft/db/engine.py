@@ -5,6 +5,11 @@ SQLite runs in WAL mode with a long busy timeout, and every transaction starts w
 "database is locked" when another connection wrote in between (the busy handler is not used for
 lock upgrades), so we take the write lock up front. Transactions here are short, so this costs
 little and makes concurrent API requests, worker threads and separate worker processes safe.
+
+The exception is `read_only_sessions`: the workers' frequent look-arounds ("is there work? did a
+user pause my job?") only read, and taking the single write lock for each of them, several times a
+second per worker, starves the writers that matter. Those start with a plain (deferred) BEGIN, which
+in WAL mode reads a snapshot without blocking or waiting for anyone. They must not write.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "openft_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -38,8 +44,15 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def read_only_sessions(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions on the same database for reads only (see the module docstring); the same on PostgreSQL."""
+    engine: Engine = sessions.kw["bind"]
+    return sessionmaker(bind=engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)

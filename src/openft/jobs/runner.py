@@ -4,6 +4,12 @@ The process is `openft train job.json` (the command a person can run by hand). I
 JSON-lines progress messages (openft.jobspec); its stderr goes to `train.log` in the job folder.
 Every write is fenced by the claim's `attempt`: if another worker took the job over, the write
 is refused, and this run kills its process and stops writing.
+
+After a crash the database and the job folder can disagree: the dead worker recorded metrics events for
+steps after the checkpoint the new run resumes from (they are trained again), and it missed messages
+still in its pipe (a checkpoint committed, the steps just before it). The trainer's `started` message says
+where it resumes and which checkpoints are on disk; `_reconcile` makes the job's rows match, so the
+events have every step exactly once and the checkpoint list is the folder's.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import itertools
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -26,11 +34,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
 from openft.db import repositories as repo
-from openft.db.tables import CheckpointRow, FileRow
+from openft.db.tables import CheckpointRow, FileRow, JobEventRow
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure
 from openft.jobs.states import JobStatus
-from openft.jobspec import DPO_RESULT_COLUMNS, PARENT_PID_ENV, RESULT_COLUMNS, ExitCode, parse_progress_line
+from openft.jobspec import (
+    DPO_RESULT_COLUMNS,
+    METRICS_FILE,
+    PARENT_PID_ENV,
+    RESULT_COLUMNS,
+    ExitCode,
+    TrainJobSpec,
+    committed_checkpoint_steps,
+    emits_metrics,
+    parse_progress_line,
+    read_metrics,
+)
 from openft.protocol.files import RESULT_PURPOSE
 from openft.storage import BlobStore
 
@@ -74,8 +93,12 @@ class TrainingRun:
         spec_path: Path,
         sessions: sessionmaker[Session],
         store: BlobStore,
+        worker_id: str | None = None,
+        project: str | None = None,
     ):
         self.job_id = job_id
+        self.project = project
+        self.worker_id = worker_id
         self.org_id = org_id
         self.attempt = attempt
         self.model_name = model_name
@@ -89,6 +112,7 @@ class TrainingRun:
         self._stop_pending = False
         self._ready = False
         self._claim_lost = False
+        self._requeue_on_exit = False
         self.outcome = RunOutcome()
 
     # process control --------------------------------------------------------------------------
@@ -150,8 +174,15 @@ class TrainingRun:
         self._claim_lost = True
         self.kill()
 
+    def abandon(self) -> None:
+        """Worker shutdown ran out of time: kill the trainer, but queue the job again (it continues from its
+        last checkpoint) instead of failing it: the job did nothing wrong."""
+        self._requeue_on_exit = True
+        self.kill()
+
     # progress ---------------------------------------------------------------------------------
-    def _follow(self) -> None:
+    def _read(self, inbox: queue.SimpleQueue[dict[str, Any] | None]) -> None:
+        """Pass the trainer's messages on as they come (None at the end of its output)."""
         assert self._process is not None and self._process.stdout is not None
         try:
             for line in self._process.stdout:
@@ -163,8 +194,32 @@ class TrainingRun:
                     self._ready = True
                     if self._stop_pending:
                         self.request_stop()
-                if not self._claim_lost:
-                    self._handle(message)
+                inbox.put(message)
+        finally:
+            inbox.put(None)
+
+    def _follow(self) -> None:
+        """Record the trainer's messages in order. Messages that piled up while the last write waited for the
+        database are taken together, and a run of `metrics` among them is written in one transaction: with
+        fast steps (or many jobs on SQLite, one writer at a time) one commit per step would fall behind."""
+        assert self._process is not None
+        inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read, args=(inbox,), name=f"read-{self.job_id}", daemon=True).start()
+        try:
+            ended = False
+            while not ended:
+                pending = [inbox.get()]
+                while not inbox.empty() and pending[-1] is not None:
+                    pending.append(inbox.get())
+                ended = pending[-1] is None
+                messages = [m for m in pending if m is not None]
+                while messages and not self._claim_lost:
+                    metrics = list(itertools.takewhile(lambda m: m["type"] == "metrics", messages))
+                    if metrics:
+                        self._on_metrics(metrics)
+                        messages = messages[len(metrics) :]
+                    else:
+                        self._handle(messages.pop(0))
         except ClaimLost:
             self.claim_lost()
         except Exception:
@@ -196,13 +251,15 @@ class TrainingRun:
                 else f"Fine-tuning resumed from the checkpoint at step {start} of {outcome.total_steps}."
             )
             with self._write(total_steps=outcome.total_steps, completed_steps=start) as session:
-                session.add(new_event(self.job_id, text, data={"start_step": start, **_pick(message, "num_threads")}))
+                self._reconcile(session, message)
+                data = {"start_step": start, **_pick(message, "num_threads"), "worker_id": self.worker_id}
+                session.add(new_event(self.job_id, text, data=data))
         elif kind == "log":
             level = {"warn": "warn", "warning": "warn", "error": "error"}.get(str(message.get("level")), "info")
             with self._write() as session:
                 session.add(new_event(self.job_id, str(message.get("message", "")), level=level))
         elif kind == "metrics":
-            self._on_metrics(message)
+            self._on_metrics([message])
         elif kind == "checkpoint":
             self._on_checkpoint(message)
         elif kind == "checkpoint_removed":
@@ -215,44 +272,90 @@ class TrainingRun:
         elif kind == "failed":
             outcome.failed = message
 
-    def _on_metrics(self, message: dict[str, Any]) -> None:
+    def _on_metrics(self, messages: list[dict[str, Any]]) -> None:
+        """Consecutive metrics messages: one event each, the job's progress from the last, one transaction."""
         outcome = self.outcome
-        step = int(message["step"])
-        total = int(message.get("total_steps") or outcome.total_steps or step)
-        outcome.last_step, outcome.total_steps = step, total
-        outcome.trained_tokens = int(message.get("trained_tokens") or outcome.trained_tokens)
-        if message.get("step_seconds") is not None:
-            outcome.step_seconds.append(float(message["step_seconds"]))
+        for message in messages:
+            outcome.total_steps = int(message.get("total_steps") or outcome.total_steps or message["step"])
+            outcome.trained_tokens = int(message.get("trained_tokens") or outcome.trained_tokens)
+            if message.get("step_seconds") is not None:
+                outcome.step_seconds.append(float(message["step_seconds"]))
+        step, total = int(messages[-1]["step"]), int(outcome.total_steps or messages[-1]["step"])
+        outcome.last_step = step
         eta = None
         if outcome.step_seconds:
             mean = sum(outcome.step_seconds) / len(outcome.step_seconds)
             eta = int(time.time() + (total - step) * mean) + 1
-        data = {"step": step, "total_steps": total}
-        for name in METRIC_NAMES:
-            if message.get(name) is not None:
-                data[name] = message[name]
-        text = f"Step {step}/{total}: training loss={float(message['train_loss']):.4f}"
         with self._write(completed_steps=step, trained_tokens=outcome.trained_tokens, estimated_finish=eta) as session:
-            session.add(new_event(self.job_id, text, type="metrics", data=data))
+            session.add_all([_metrics_event(self.job_id, message, total) for message in messages])
+
+    def _reconcile(self, session: Session, started: dict[str, Any]) -> None:
+        """Make the job's rows match the folder the trainer starts from (see the module docstring).
+
+        - metrics events after the resume step are superseded: those steps are trained again;
+        - metrics events the trainer would have sent up to the resume step but the database lacks (the dead
+          worker never read them) are written from metrics.jsonl, which the trainer has already cut back to
+          the resume step, with the same contents;
+        - checkpoint rows: one per epoch / pause checkpoint on disk, none for pruned or damaged ones.
+        """
+        start = int(started.get("start_step") or 0)
+        total = int(started["total_steps"])
+        recorded = repo.metrics_event_steps(session, self.job_id)
+        seen: set[int] = set()
+        superseded = []
+        for event_id, step in recorded:
+            if step is None or step > start or step in seen:
+                superseded.append(event_id)
+            else:
+                seen.add(step)
+        repo.delete_events(session, superseded)
+        if start > 0 and started.get("steps_per_epoch"):
+            plan = {
+                "total_steps": total,
+                "steps_per_epoch": int(started["steps_per_epoch"]),
+                "metrics_every": TrainJobSpec.read(self.spec_path).metrics_every,
+            }
+            for row in read_metrics(self.output_dir / METRICS_FILE):
+                step = int(row["step"])
+                if step <= start and step not in seen and emits_metrics(step, **plan):
+                    session.add(_metrics_event(self.job_id, row, total))
+        if superseded or (start > 0 and len(seen) < start):
+            log.info("job %s: %d metrics events superseded on resume from step %d", self.job_id, len(superseded), start)
+        on_disk = {int(c["step"]): c for c in started.get("checkpoints") or [] if c.get("kind") != "periodic"}
+        for row in repo.checkpoints_of(session, self.job_id):
+            if row.step_number not in on_disk:
+                repo.delete_checkpoint_for_step(session, self.job_id, row.step_number)
+            else:
+                del on_disk[row.step_number]
+        for checkpoint in on_disk.values():  # committed by a trainer whose worker died before recording it
+            session.add(self._checkpoint_row(checkpoint))
 
     def _on_checkpoint(self, message: dict[str, Any]) -> None:
         step = int(message["step"])
-        name = f"{self.model_name}:ckpt-step-{step}"
-        metrics = {"step": step, **{k: v for k, v in (message.get("metrics") or {}).items() if k != "step"}}
+        if message.get("kind") == "periodic":  # a resume point only: not listed, not a model (README)
+            with self._write() as session:
+                text = f"Recovery checkpoint saved at step {step} (used to resume after a crash; not listed)."
+                session.add(new_event(self.job_id, text, data={"step": step}))
+            return
+        row = self._checkpoint_row(message)
         with self._write() as session:
             repo.delete_checkpoint_for_step(session, self.job_id, step)  # a rerun after a crash rewrites it
-            session.add(
-                CheckpointRow(
-                    id=ids.checkpoint_id(),
-                    job_id=self.job_id,
-                    created_at=int(time.time()),
-                    step_number=step,
-                    metrics=metrics,
-                    fine_tuned_model_checkpoint=name,
-                    path=str(message["path"]),
-                )
-            )
-            session.add(new_event(self.job_id, f"Checkpoint created at step {step}: {name}", data={"step": step}))
+            session.add(row)
+            text = f"Checkpoint created at step {step}: {row.fine_tuned_model_checkpoint}"
+            session.add(new_event(self.job_id, text, data={"step": step}))
+
+    def _checkpoint_row(self, message: dict[str, Any]) -> CheckpointRow:
+        step = int(message["step"])
+        metrics = {"step": step, **{k: v for k, v in (message.get("metrics") or {}).items() if k != "step"}}
+        return CheckpointRow(
+            id=ids.checkpoint_id(),
+            job_id=self.job_id,
+            created_at=int(time.time()),
+            step_number=step,
+            metrics=metrics,
+            fine_tuned_model_checkpoint=f"{self.model_name}:ckpt-step-{step}",
+            path=str(message["path"]),
+        )
 
     # outcome ----------------------------------------------------------------------------------
     def _finish(self, code: int) -> None:
@@ -268,6 +371,8 @@ class TrainingRun:
             self._succeed(outcome.completed)
         elif code == ExitCode.STOPPED:
             self._stopped(status)
+        elif self._requeue_on_exit:
+            self._requeue_killed(status)
         elif code == ExitCode.FAILED and outcome.failed is not None:
             failed = outcome.failed
             self._fail(str(failed.get("code") or "training_error"), str(failed.get("message")), failed.get("param"))
@@ -296,6 +401,7 @@ class TrainingRun:
                     FileRow(
                         id=file_id,
                         organization_id=self.org_id,
+                        project=self.project,
                         filename="results.csv",
                         purpose=RESULT_PURPOSE,
                         bytes=blob.size,
@@ -349,6 +455,29 @@ class TrainingRun:
             if ok:
                 session.add(new_event(self.job_id, text, data={"step": step}))
 
+    def _requeue_killed(self, status: JobStatus) -> None:
+        """The trainer was killed by our own shutdown: the job continues later from its last checkpoint."""
+        steps = committed_checkpoint_steps(self.output_dir)
+        step = steps[-1] if steps else 0
+        target = JobStatus.PAUSED if status is JobStatus.PAUSING and steps else JobStatus.QUEUED
+        with self._sessions.begin() as session:
+            ok = repo.transition_job(
+                session,
+                self.job_id,
+                target,
+                attempt=self.attempt,
+                completed_steps=step,
+                estimated_finish=None,
+                worker_id=None,
+                lease_expires_at=None,
+            )
+            if ok:
+                text = (
+                    f"The training process did not stop in time when its worker shut down and was killed; the job "
+                    f"is {target.value} and continues from the checkpoint at step {step}."
+                )
+                session.add(new_event(self.job_id, text, level="warn", data={"step": step}))
+
     def _fail(self, code: str, message: str, param: str | None) -> None:
         with self._sessions.begin() as session:
             record_failure(
@@ -379,6 +508,17 @@ class _FencedWrite(contextlib.AbstractContextManager[Session]):
 
     def __exit__(self, *exc: Any) -> bool | None:
         return self._cm.__exit__(*exc)
+
+
+def _metrics_event(job_id: str, values: dict[str, Any], total: int) -> JobEventRow:
+    """The `metrics` event of one step, from a metrics message or the same step's metrics.jsonl row."""
+    step = int(values["step"])
+    data = {"step": step, "total_steps": total}
+    for name in METRIC_NAMES:
+        if values.get(name) is not None:
+            data[name] = values[name]
+    text = f"Step {step}/{total}: training loss={float(values['train_loss']):.4f}"
+    return new_event(job_id, text, type="metrics", data=data)
 
 
 def _pick(message: dict[str, Any], *names: str) -> dict[str, Any]:

@@ -98,6 +98,8 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         precision=options.get("precision") or "auto",
         num_threads=settings.train_threads,
         keep_checkpoints=settings.keep_checkpoints,
+        checkpoint_every_steps=settings.checkpoint_every_steps or None,
+        checkpoint_every_minutes=settings.checkpoint_every_minutes or None,
         metrics_every=max(1, (job.total_steps or 0) // METRICS_EVENTS_BUDGET),
         wandb=WandbSpec(**{k: v for k, v in wandb.items() if v is not None}) if wandb else None,
     )

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from openft.fsutil import commit_dir, remove_tree, temp_sibling
-from openft.jobspec import TrainJobSpec
+from openft.jobspec import CHECKPOINTS_DIR, TrainJobSpec
 
-CHECKPOINTS_DIR = "checkpoints"
 META_FILE = "meta.json"
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
@@ -38,7 +37,9 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 WEIGHT_DIRS = ("adapter", "model")
 _NAME = re.compile(r"^step_(\d{6,})$")
 
-CheckpointKind = Literal["epoch", "pause"]
+CheckpointKind = Literal["epoch", "pause", "periodic"]
+"""epoch: at each epoch end (listed by the API, as OpenAI's are); pause: on a stop request (pause, worker
+shutdown, worker gone); periodic: every `checkpoint_every_steps` / `_minutes`, a resume point after a crash."""
 
 
 @dataclass
@@ -73,6 +74,14 @@ class Checkpoint:
 
     def meta(self) -> dict[str, Any]:
         return json.loads((self.path / META_FILE).read_text(encoding="utf-8"))
+
+    def kind(self) -> str | None:
+        """The kind in meta.json, or None when it cannot be read."""
+        try:
+            kind = self.meta().get("kind")
+        except (OSError, ValueError):
+            return None
+        return kind if isinstance(kind, str) else None
 
 
 def checkpoint_path(output_dir: Path, step: int) -> Path:
@@ -213,12 +222,19 @@ def read_state(checkpoint: Checkpoint) -> tuple[TrainingProgress, dict[str, Any]
 
 
 def prune(output_dir: Path, keep: int) -> list[Checkpoint]:
-    """Delete all but the newest `keep` (at least 1) checkpoints; return the removed ones."""
+    """Delete checkpoints beyond the newest `keep` (at least 1) and every superseded periodic one.
+
+    A periodic checkpoint exists only to resume from after a crash: once a newer checkpoint of any kind
+    is committed it serves no one (it is not listed by the API), so it goes first. The rest count against
+    `keep` whatever their kind, the newest (the resume point) always kept. Returns the removed ones.
+    """
     checkpoints = list_checkpoints(output_dir)
-    doomed = checkpoints[: max(0, len(checkpoints) - max(1, keep))]
-    for checkpoint in doomed:
+    doomed = [c for c in checkpoints[:-1] if c.kind() == "periodic"]
+    rest = [c for c in checkpoints if c not in doomed]
+    doomed += rest[: max(0, len(rest) - max(1, keep))]
+    for checkpoint in sorted(doomed, key=lambda c: c.step):
         remove_tree(checkpoint.path)
-    return doomed
+    return sorted(doomed, key=lambda c: c.step)
 
 
 # What a checkpoint must agree with ---------------------------------------------------------------

@@ -13,7 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from openft.jobspec import PARENT_PID_ENV, ExitCode, TrainJobSpec
+from openft.jobspec import CHECKPOINTS_DIR, PARENT_PID_ENV, ExitCode, TrainJobSpec, committed_checkpoint_steps
+from openft.training.folder_lock import FolderLock
 from openft.training.progress import Progress
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
@@ -51,6 +52,16 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
     previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     # The worker holds stop signals back until it has heard from us: until now SIGUSR1 would have killed us.
     progress.emit("log", level="info", message=f"Training process {os.getpid()} started.")
+    # Nothing in the job folder is touched before this: a trainer left behind by a dead worker may still be
+    # finishing its step and last checkpoint there (see folder_lock.py).
+    lock = FolderLock(Path(spec.output_dir))
+    if not lock.acquire(lambda: stop.requested, lambda text: progress.log("info", text)):
+        steps = committed_checkpoint_steps(spec.output_dir)
+        newest = Path(spec.output_dir) / CHECKPOINTS_DIR / f"step_{steps[-1]:06d}" if steps else None
+        progress.emit("stopped", step=steps[-1] if steps else 0, checkpoint=str(newest) if newest else None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        return ExitCode.STOPPED
     try:
         if spec.wandb is not None:  # mirror the messages into a W&B run (never raises; see tracking.py)
             from openft.training.tracking import TrackedProgress
@@ -78,6 +89,7 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
             progress.emit("failed", code="training_error", message=message, param=None)
         return ExitCode.FAILED
     finally:
+        lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -16,25 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from openft.fsutil import atomic_write_text
-from openft.jobspec import RESULT_COLUMNS
+from openft.jobspec import METRICS_FILE, RESULT_COLUMNS, read_metrics
 
-METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.csv"
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a metrics file (a torn last line from a kill is ignored), by step."""
-    if not path.is_file():
-        return []
-    rows: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.setdefault(row["step"], row)
-    return [rows[step] for step in sorted(rows)]
+__all__ = ["METRICS_FILE", "RESULTS_FILE", "MetricsLog", "read_metrics", "write_results_csv"]
 
 
 class MetricsLog:

@@ -3,8 +3,9 @@
     setup()   find a checkpoint to resume from, pin threads, precision and packing, seed, load data and
               model, build the optimizer and LR schedule, restore the checkpoint's state, say `started`
     train()   the loop: one optimizer step per batch, metrics every step, a sampled validation every
-              `eval_every` steps, a full one and a checkpoint at each epoch end, and a stop request
-              honoured between steps (checkpoint, `stopped`)
+              `eval_every` steps, a full one and a checkpoint at each epoch end, a periodic checkpoint
+              every `checkpoint_every_steps` / `checkpoint_every_minutes` (so a crash loses little), and a
+              stop request honoured between steps (checkpoint, `stopped`)
     save()    final weights + results.csv, then `completed`
     cleanup() close files
 
@@ -53,7 +54,10 @@ EVALUATIONS_PER_RUN = 10
 """Sampled validations in a run when the job does not say how often (`eval_every: null`)."""
 DEBUG_SIGNALS_ENV = "OPENFT_TRAIN_DEBUG_SIGNALS"
 """Fault injection for tests: "3:SIGUSR1,5:SIGKILL" makes the process signal itself when it stands at step 3
-(after that step, its metrics and any checkpoint; or on starting there) and at step 5. 0 = before any step."""
+(after that step, its metrics and any checkpoint; or on starting there) and at step 5. 0 = before any step.
+`checkpoint@7:SIGKILL` fires while the checkpoint of step 7 is being written (weights saved, not committed);
+a `:parent` suffix (`checkpoint@7:SIGKILL:parent`) signals the process that started the trainer (the worker)
+instead of the trainer itself: a worker dying at exactly that moment."""
 
 
 class TrainingFailure(Exception):
@@ -132,6 +136,7 @@ class TrainingRecipe:
         self.objective: Objective = objective_for(spec)
         self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
         self.debug_signals = _parse_debug_signals(os.environ.get(DEBUG_SIGNALS_ENV, ""))
+        self._checkpoint_clock = time.monotonic()
 
     # Setup ---------------------------------------------------------------------------------------
 
@@ -218,15 +223,41 @@ class TrainingRecipe:
         self.metrics_log.restart_after(self.step)  # each step exactly once, even after a kill -9
         self.last_row: dict[str, Any] | None = None
 
+        self._checkpoint_clock = time.monotonic()  # the periodic interval counts from here, not from the load
         self.progress.emit(
             "started",
             total_steps=self.total_steps,
             start_step=self.start_step,
+            steps_per_epoch=self.steps_per_epoch,
             n_examples=len(self.train_data),
             trainable_params=self.loaded.n_trainable,
             num_threads=self.num_threads,
             resumed_from=str(self.resumed_from.path) if self.resumed_from else None,
+            checkpoints=self._checkpoints_on_disk(),
         )
+
+    def _checkpoints_on_disk(self) -> list[dict[str, Any]]:
+        """Every committed checkpoint (the resume point and older ones) with its meta.json's description.
+
+        A worker that died may not have recorded some (their messages were still in the pipe), or may have
+        recorded ones pruned since; this list is what the new worker makes its records match.
+        """
+        found = []
+        for candidate in ckpt.list_checkpoints(self.output_dir):
+            try:
+                meta = candidate.meta()
+            except (OSError, ValueError):
+                continue  # unreadable (and not the resume point, which was verified): not offered as a model
+            found.append(
+                {
+                    "step": candidate.step,
+                    "epoch": meta.get("epoch"),
+                    "kind": meta.get("kind"),
+                    "path": str(candidate.path),
+                    "metrics": meta.get("metrics") or {"step": candidate.step},
+                }
+            )
+        return found
 
     def _pin_numerics(self, saved: ckpt.TrainingProgress | None) -> None:
         """Thread count, precision and packing: the job's on a fresh start, the checkpoint's on resume.
@@ -319,8 +350,7 @@ class TrainingRecipe:
         self._row_clock = self._message_clock = time.perf_counter()
         self._message_step = self.step
         while self.step < self.total_steps:
-            if self.step in self.debug_signals:  # fault injection (tests): as if signalled right here
-                os.kill(os.getpid(), self.debug_signals.pop(self.step))
+            self._debug_signal(f"{self.step}")  # fault injection (tests): as if signalled right here
             if self.stop.requested:
                 self._stop()
                 return "stopped"
@@ -348,7 +378,30 @@ class TrainingRecipe:
                 self._emit_metrics(row, now)
             if epoch_end:
                 self._checkpoint("epoch")
+            elif self._periodic_checkpoint_due():
+                self._checkpoint("periodic")
         return "completed"  # a stop asked for during the last step: finishing costs less than pausing
+
+    def _periodic_checkpoint_due(self) -> bool:
+        """Every `checkpoint_every_steps` steps, or once `checkpoint_every_minutes` passed since the last one.
+
+        Never at the last step (the final weights follow at once). Writing a checkpoint draws no random
+        numbers and changes no state, so when one happens (wall-clock dependent) cannot change the results.
+        """
+        spec = self.spec
+        if self.step >= self.total_steps:
+            return False
+        if spec.checkpoint_every_steps and self.step % spec.checkpoint_every_steps == 0:
+            return True
+        minutes = spec.checkpoint_every_minutes
+        return bool(minutes) and time.monotonic() - self._checkpoint_clock >= minutes * 60
+
+    def _debug_signal(self, point: str) -> None:
+        """Fault injection (DEBUG_SIGNALS_ENV): send the signal planned for `point`, if any."""
+        planned = self.debug_signals.pop(point, None)
+        if planned is not None:
+            signum, to_parent = planned
+            os.kill(os.getppid() if to_parent else os.getpid(), signum)
 
     def _validate(self, epoch_end: bool) -> dict[str, float]:
         """The sampled validation every eval_every steps (and at the last), the whole file at epoch ends."""
@@ -440,10 +493,11 @@ class TrainingRecipe:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": ckpt.capture_rng(),
             },
-            save_weights=lambda dest: save_weights(self.loaded, dest),
+            save_weights=self._save_checkpoint_weights,
             weights_dir="adapter" if self.loaded.is_lora else "model",
         )
         self.last_checkpoint = saved
+        self._checkpoint_clock = time.monotonic()
         self.progress.emit(
             "checkpoint",
             step=self.step,
@@ -455,6 +509,10 @@ class TrainingRecipe:
         for removed in ckpt.prune(self.output_dir, self.spec.keep_checkpoints):
             self.progress.emit("checkpoint_removed", step=removed.step, path=str(removed.path))
         return saved
+
+    def _save_checkpoint_weights(self, dest: Path) -> None:
+        save_weights(self.loaded, dest)
+        self._debug_signal(f"checkpoint@{self.step}")  # fault injection: mid-write (weights there, no commit)
 
     def _stop(self) -> None:
         """Honour a stop request between steps: checkpoint the progress made (if any), say `stopped`."""
@@ -494,11 +552,12 @@ class TrainingRecipe:
         self.metrics_log.close()
 
 
-def _parse_debug_signals(text: str) -> dict[int, int]:
+def _parse_debug_signals(text: str) -> dict[str, tuple[int, bool]]:
+    """ "3:SIGUSR1,checkpoint@5:SIGKILL:parent" → {"3": (SIGUSR1, False), "checkpoint@5": (SIGKILL, True)}."""
     plan = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        step, name = item.split(":")
-        plan[int(step)] = int(signal.Signals[name.strip().upper()])
+        point, name, *target = item.split(":")
+        plan[point.strip()] = (int(signal.Signals[name.strip().upper()]), target == ["parent"])
     return plan
 
 

@@ -1,0 +1,61 @@
+"""A worker process without the API: what `openft worker` runs next to `openft serve --no-worker`.
+
+It needs only the database, the file store and the model catalog (no inference engine, no API key), and
+applies the migrations on start like the server does, so workers and server may start in any order: on
+PostgreSQL an advisory lock makes concurrent starts migrate one at a time (db/migrate.py), on SQLite the
+database's write lock does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from openft.basemodels import ModelCatalog
+from openft.db.engine import make_engine, make_session_factory
+from openft.db.migrate import upgrade
+from openft.jobs.worker import SHUTDOWN_GRACE_SECONDS, Worker
+from openft.settings import Settings
+from openft.storage import LocalBlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerProcess:
+    worker: Worker
+    engine: Engine
+
+    def run_until(self, stop: threading.Event, force: threading.Event, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Run jobs until `stop` is set; then stop gracefully (trainers checkpoint, jobs go back to the queue),
+        cutting the wait for checkpoints short once `force` is set."""
+        self.worker.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+            log.info("worker %s stopping: asking trainers to checkpoint", self.worker.worker_id)
+            watcher = threading.Thread(target=lambda: force.wait() and self.worker.force_stop(), daemon=True)
+            watcher.start()
+            self.worker.stop(timeout=grace)
+        finally:
+            self.engine.dispose()
+
+
+def build_worker_process(settings: Settings, *, worker_id: str | None = None) -> WorkerProcess:
+    """Create the data folders, migrate the database, and wire a worker (not started)."""
+    for folder in (settings.data_dir, settings.files_dir, settings.jobs_dir, settings.cache_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    worker = Worker(
+        settings,
+        sessions,
+        LocalBlobStore(settings.files_dir),
+        ModelCatalog(settings.models_dir, settings.cache_dir),
+        worker_id=worker_id,
+    )
+    return WorkerProcess(worker=worker, engine=engine)

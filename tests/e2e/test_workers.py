@@ -1,0 +1,149 @@
+"""Separate workers: `openft serve --no-worker` plus `openft worker` processes on one PostgreSQL database.
+
+The server runs no trainer; two workers share the queue (each job on exactly one); a queued job shows its
+place; SIGTERM on a worker checkpoints its trainer and queues the job again, and the other worker finishes
+it with no step lost: the same losses and bit-identical weights as the same job run undisturbed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from openai import OpenAI
+from safetensors.torch import load_file
+
+from tests.conftest import TINY_MODEL_NAME
+from tests.e2e.test_pause_resume import _trainer_pids
+from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.databases import postgres_available, postgres_schema_url
+from tests.support.server import start_server
+from tests.support.waiting import all_events, wait_for, wait_for_status
+from tests.support.workers import start_worker
+
+HYPERPARAMETERS = {"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 2.0}  # 24 × 4 = 96 steps
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at OPENFT_TEST_POSTGRES_URL")
+    with postgres_schema_url() as url:
+        yield url
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _losses(client: OpenAI, job_id: str) -> list[str]:
+    text = client.files.content(client.fine_tuning.jobs.retrieve(job_id).result_files[0]).text
+    return [row["train_loss"] for row in csv.DictReader(io.StringIO(text))]
+
+
+def _weights(data_dir: Path, job_id: str) -> dict[str, torch.Tensor]:
+    return load_file(data_dir / "jobs" / job_id / "model" / "adapter_model.safetensors")
+
+
+def _started_on(client: OpenAI, job_id: str) -> list[Any]:
+    """The worker of each run of the job (started and resumed events), oldest first."""
+    return [
+        e.data.get("worker_id")
+        for e in all_events(client, job_id)
+        if e.message.startswith(("Fine-tuning started", "Fine-tuning resumed"))
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
+    tmp_path: Path, models_dir: Path, postgres_url: str
+) -> None:
+    data_dir = tmp_path / "data"
+    env = {"OPENFT_DATABASE_URL": postgres_url, "OPENFT_LEASE_SECONDS": "3", "OPENFT_TRAIN_THREADS": "1"}
+    server = start_server(data_dir, models_dir, extra_env=env, extra_args=["--no-worker"])
+    workers = []
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=2)
+        training = client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(24))), purpose="fine-tune").id
+        method = {"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}}
+        jobs = [
+            client.fine_tuning.jobs.create(model=TINY_MODEL_NAME, training_file=training, seed=5, method=method).id
+            for _ in range(3)
+        ]
+        time.sleep(1.5)  # no worker yet: nothing moves, and the server starts no trainer
+        assert {client.fine_tuning.jobs.retrieve(j).status for j in jobs} == {"validating_files"}
+        assert not any(_trainer_pids(j) for j in jobs)
+
+        workers = [start_worker(data_dir, models_dir, name, extra_env=env) for name in ("w1", "w2")]
+        wait_for_status(client, jobs[1], {"running"}, timeout=60)
+        third = wait_for(
+            lambda: (
+                (job := client.fine_tuning.jobs.retrieve(jobs[2])).status == "queued"
+                and job.estimated_start is not None
+                and job
+            ),
+            timeout=60,
+            what="the third job to wait with a start estimate",
+        )
+        assert third.queue_position == 1 and third.estimated_finish is not None
+        assert third.estimated_finish > third.estimated_start >= third.created_at
+        queue_events = [e for e in all_events(client, jobs[2]) if e.message.startswith("Queued:")]
+        assert queue_events and queue_events[0].message.startswith("Queued: position 1 of 1; ")
+        assert queue_events[0].data["queue_position"] == 1
+        running_pids = _trainer_pids(jobs[0]) + _trainer_pids(jobs[1])
+        assert running_pids and {_parent(pid) for pid in running_pids} <= {w.process.pid for w in workers}
+
+        # SIGTERM the worker of the second job mid-run: it checkpoints, the job is queued, the other one goes on
+        step = wait_for(
+            lambda: (
+                next(
+                    (
+                        e.data["step"]
+                        for e in client.fine_tuning.jobs.list_events(jobs[1], limit=5)
+                        if e.type == "metrics"
+                    ),
+                    0,
+                )
+                >= 10
+            ),
+            what="step 10 of the second job",
+        )
+        assert step
+        owner = next(w for w in workers if w.worker_id == _started_on(client, jobs[1])[-1])
+        signalled = time.monotonic()
+        assert owner.stop() == 0
+        requeued = time.monotonic() - signalled
+        messages = [e.message for e in all_events(client, jobs[1])]
+        stopped = [m for m in messages if "(worker shutting down)" in m]
+        assert stopped, messages[-5:]
+        print(f"\nSIGTERM → worker exited with the job queued again: {requeued:.1f} s ({stopped[0]})")
+
+        for job_id in jobs:
+            wait_for_status(client, job_id, {"succeeded"}, timeout=240)
+        reference = _losses(client, jobs[0])
+        weights = _weights(data_dir, jobs[0])
+        for job_id in jobs[1:]:
+            assert _losses(client, job_id) == reference
+            other = _weights(data_dir, job_id)
+            assert all(torch.equal(weights[k], other[k]) for k in weights)
+        stop_step = int(stopped[0].split("at step ")[1].split(" ")[0])
+        resumed = [e.message for e in all_events(client, jobs[1]) if e.message.startswith("Fine-tuning resumed")]
+        assert resumed == [f"Fine-tuning resumed from the checkpoint at step {stop_step} of 96."]
+        runs = {job_id: _started_on(client, job_id) for job_id in jobs}
+        assert {w for ids in runs.values() for w in ids} == {"w1", "w2"}
+        assert runs[jobs[1]][0] == owner.worker_id and runs[jobs[1]][1] != owner.worker_id
+        steps = [e.data["step"] for e in all_events(client, jobs[1]) if e.type == "metrics"]
+        assert sorted(steps) == list(range(1, 97))
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+        assert os.path.isdir(data_dir)
