@@ -95,9 +95,21 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         )
         assert third.queue_position == 1 and third.estimated_finish is not None
         assert third.estimated_finish > third.estimated_start >= third.created_at
-        queue_events = [e for e in all_events(client, jobs[2]) if e.message.startswith("Queued:")]
-        assert queue_events and queue_events[0].message.startswith("Queued: position 1 of 1; ")
-        assert queue_events[0].data["queue_position"] == 1
+        # the events follow the job up the queue (it may enter it behind the second job, while that one
+        # waits for a worker) and say when a start estimate becomes known; the worker reports on its poll
+        queue_events = wait_for(
+            lambda: (
+                (found := [e for e in all_events(client, jobs[2]) if e.message.startswith("Queued:")])
+                and found[-1].message.startswith("Queued: position 1 of 1; estimated start")
+                and found
+            ),
+            timeout=30,
+            interval=0.5,
+            what="a queue event with position 1 and a start estimate",
+        )
+        positions = [e.data["queue_position"] for e in queue_events]
+        assert positions == sorted(positions, reverse=True) and positions[-1] == 1
+        assert all(e.message.startswith(f"Queued: position {e.data['queue_position']} of ") for e in queue_events)
         running_pids = _trainer_pids(jobs[0]) + _trainer_pids(jobs[1])
         assert running_pids and {_parent(pid) for pid in running_pids} <= {w.process.pid for w in workers}
 
