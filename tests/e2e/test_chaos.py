@@ -101,7 +101,7 @@ class Cluster:
     def start_server(self) -> None:
         self.server = start_server(
             self.data_dir, self.models_dir, extra_env=self.env, extra_args=["--no-worker"], port=self.port,
-            api_key="sk-chaos",
+            api_key="sk-chaos", start_timeout=180,  # 2 cores shared with trainers restarting after kills
         )  # fmt: skip
 
     def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> None:

@@ -51,6 +51,7 @@ def start_server(
     api_key: str = API_KEY,
     extra_args: list[str] | None = None,
     port: int | None = None,
+    start_timeout: float = 60,
 ) -> RunningServer:
     """`extra_args` go to `openft serve` (e.g. `--no-worker`); `port` restarts a server where it was."""
     port = port or free_port()
@@ -67,7 +68,7 @@ def start_server(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = RunningServer(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
