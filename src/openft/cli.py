@@ -1,4 +1,7 @@
-"""The `openft` command: a thin typer layer over the same code the server uses."""
+"""The `openft` command: a thin typer layer over the same code the server uses.
+
+Server-side commands (serve, worker, train, export, keys, db) are here; the client commands that talk to a
+server over HTTP (files, jobs, models, chat) and `data check` are in `openft.client`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,20 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+
+
+def _add_client_commands() -> None:
+    """The client commands (files, jobs, models, chat, data) live in `openft.client`, one module each."""
+    from openft.client import chat, data, files, jobs, models
+
+    app.add_typer(files.app, name="files")
+    app.add_typer(jobs.app, name="jobs")
+    app.add_typer(models.app, name="models")
+    app.command("chat")(chat.chat)
+    app.add_typer(data.app, name="data")
+
+
+_add_client_commands()
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data folder [env OPENFT_DATA_DIR, ./openft-data].")]
 ModelsDir = Annotated[Path | None, typer.Option("--models-dir", help="Folder of base models [env OPENFT_MODELS_DIR].")]

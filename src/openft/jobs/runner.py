@@ -60,6 +60,8 @@ ETA_WINDOW = 20
 
 METRIC_NAMES = tuple(dict.fromkeys(RESULT_COLUMNS[1:] + DPO_RESULT_COLUMNS[1:]))
 """Metrics copied from the trainer's messages into `metrics` events (supervised and DPO)."""
+SPEED_FIELDS = ("trained_tokens", "step_seconds")
+"""Also copied into `metrics` events (not the result CSV): `openft jobs follow` computes tokens/s from them."""
 
 
 class ClaimLost(Exception):
@@ -514,7 +516,7 @@ def _metrics_event(job_id: str, values: dict[str, Any], total: int) -> JobEventR
     """The `metrics` event of one step, from a metrics message or the same step's metrics.jsonl row."""
     step = int(values["step"])
     data = {"step": step, "total_steps": total}
-    for name in METRIC_NAMES:
+    for name in (*METRIC_NAMES, *SPEED_FIELDS):
         if values.get(name) is not None:
             data[name] = values[name]
     text = f"Step {step}/{total}: training loss={float(values['train_loss']):.4f}"

@@ -27,6 +27,7 @@ from openft.services.auth import (
     StaticKeyAuthenticator,
     ensure_organization,
 )
+from openft.services.data_check import DataCheckService
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
@@ -70,6 +71,7 @@ class Container:
     authenticator: Authenticator
     keys: KeyService
     rate_limiter: RateLimiter
+    data_check: DataCheckService
     worker: Worker | None = None
     _org_names: dict[str, str] = field(default_factory=dict)
 
@@ -128,6 +130,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         authenticator=KeyAuthenticator(StaticKeyAuthenticator(key, org_id, admin=True), keys),
         keys=keys,
         rate_limiter=RateLimiter(),
+        data_check=DataCheckService(sessions, store, catalog),
         worker=worker,
     )
     container.fine_tuning = FineTuningService(

@@ -135,7 +135,7 @@ def prepare(tokenizer: Any, examples: Sequence[ChatExample], *, max_seq_len: int
     return prepared
 
 
-def _answered(example: PreferenceExample, answer: dict[str, Any]) -> ChatExample:
+def answered_example(example: PreferenceExample, answer: dict[str, Any]) -> ChatExample:
     """The prompt followed by `answer`, with the answer the only trainable message."""
     prompt = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in example.prompt_messages]
     return ChatExample(example.line, [*prompt, {**answer, "weight": 1}], example.tools)
@@ -149,10 +149,10 @@ def prepare_pairs(
     prepared: PreparedData[TokenizedPair] = PreparedData()
     for example in examples:
         chosen, cut_chosen = tokenize_example(
-            tokenizer, _answered(example, example.chosen), max_seq_len=max_seq_len, native_tool_calls=native
+            tokenizer, answered_example(example, example.chosen), max_seq_len=max_seq_len, native_tool_calls=native
         )
         rejected, cut_rejected = tokenize_example(
-            tokenizer, _answered(example, example.rejected), max_seq_len=max_seq_len, native_tool_calls=native
+            tokenizer, answered_example(example, example.rejected), max_seq_len=max_seq_len, native_tool_calls=native
         )
         if cut_chosen or cut_rejected:
             prepared.truncated_lines.append(example.line)

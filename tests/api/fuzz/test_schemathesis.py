@@ -118,8 +118,9 @@ def _config(server: RunningServer, file_id: str, job_id: str, report_dir: Path) 
     ]
     for name, values in dictionaries.items():
         lines += ["", f"[dictionaries.{name}]", f"values = {_toml(values)}"]
-    # Inference: never reuse names seen in responses (`GET /models` lists tiny-llama and SmolLM2, which
-    # would load a model and generate), and no stateful links into them; request validation is fuzzed.
+    # Inference and the data check (`/files/{id}/check`): never reuse names seen in responses (`GET /models`
+    # lists tiny-llama and SmolLM2, which would load a model and generate, or convert SmolLM2 from GGUF for
+    # its tokenizer), and no stateful links into them; request validation is fuzzed.
     # The coverage phase (boundary values of every parameter, the slowest phase) runs on `/v1`: it would
     # repeat the same cases on the Azure paths, which get the examples, fuzzing and stateful phases.
     no_inference = [
@@ -127,9 +128,9 @@ def _config(server: RunningServer, file_id: str, job_id: str, report_dir: Path) 
         "phases.stateful.enabled = false",
     ]
     operations = {
-        "^/v1/.*completions$": ["phases.coverage.extra-data-sources.responses = false", *no_inference],
-        "^/openai/.*completions$": ["phases.coverage.enabled = false", *no_inference],
-        "^/openai/.*(?<!completions)$": ["phases.coverage.enabled = false"],
+        "^/v1/.*(completions|/check)$": ["phases.coverage.extra-data-sources.responses = false", *no_inference],
+        "^/openai/.*(completions|/check)$": ["phases.coverage.enabled = false", *no_inference],
+        "^/openai/.*(?<!completions)(?<!/check)$": ["phases.coverage.enabled = false"],
     }
     for regex, settings in operations.items():
         lines += ["", "[[operations]]", f"include-path-regex = {_toml(regex)}", *settings]

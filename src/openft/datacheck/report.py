@@ -1,0 +1,262 @@
+"""The data-check report: problems with line numbers, token statistics, "auto" hyperparameters, steps, time.
+
+One pass over the file with the worker's own parsers (`openft.datasets.chat` / `.preference`, the pieces
+`validate_for_method` dispatches to) keeps every valid example, so the statistics describe what training
+would read even when some lines are broken (fix or drop those and this is the job). Token counts come from
+the trainer's own tokenization (`openft.training.data.tokenize_example`: the model's chat template, the
+prefix-checked masks), untruncated, so "over the context" means exactly "the trainer would cut it".
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from openft.datacheck.estimate import Estimate
+from openft.datasets import auto, chat, preference
+from openft.datasets.chat import Problem
+
+Method = Literal["supervised", "dpo"]
+DEFAULT_MAX_SEQ_LEN = 2048
+"""The trainer's `max_seq_length` cap (`openft.training.recipe.DEFAULT_MAX_SEQ_LEN`; a test keeps them equal)."""
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output", "preferred_completion")
+MAX_PROBLEMS = 100
+
+Sequences = list[Any]
+"""Token sequences (`openft.training.data.TokenizedExample`) of one training example: one for chat data,
+the preferred and the rejected one for a preference pair."""
+Throughput = Callable[[list[Sequences], int], Estimate]
+"""Measures or looks up tokens/s for examples trained `batch_size` at a time; `seconds` is filled in later."""
+
+
+@dataclass(frozen=True)
+class ReportProblem:
+    line: int | None
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, problem: Problem) -> ReportProblem:
+        return cls(problem.line, problem.code, problem.message)
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+
+
+@dataclass(frozen=True)
+class DataStats:
+    examples: int
+    tokens_min: int
+    tokens_mean: float
+    tokens_max: int
+    total_tokens: int
+    over_context: int
+    context_length: int
+    over_context_lines: list[int] = field(default_factory=list)
+    """The first lines longer than `context_length` (the trainer truncates them, with a `warn` event)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "examples": self.examples,
+            "tokens": {"min": self.tokens_min, "mean": round(self.tokens_mean, 1), "max": self.tokens_max},
+            "total_tokens": self.total_tokens,
+            "over_context": self.over_context,
+            "context_length": self.context_length,
+            "over_context_lines": self.over_context_lines,
+        }
+
+
+@dataclass
+class CheckReport:
+    filename: str
+    method: Method
+    model: str
+    problems: list[ReportProblem]
+    n_problems: int
+    file: str | None = None
+    stats: DataStats | None = None
+    auto: auto.Resolved | None = None
+    steps: int | None = None
+    estimate: Estimate | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_problems == 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented shape (README "Command line"); the dashboard and `--json` both use it."""
+        return {
+            "object": "openft.data_check",
+            "file": self.file,
+            "filename": self.filename,
+            "method": self.method,
+            "model": self.model,
+            "ok": self.ok,
+            "problems": [{"line": p.line, "code": p.code, "message": p.message} for p in self.problems],
+            "n_problems": self.n_problems,
+            "stats": self.stats.to_json() if self.stats else None,
+            "auto": (
+                {
+                    "n_epochs": self.auto.n_epochs,
+                    "batch_size": self.auto.batch_size,
+                    "learning_rate_multiplier": self.auto.learning_rate_multiplier,
+                }
+                if self.auto
+                else None
+            ),
+            "steps": self.steps,
+            "estimate": self.estimate.to_json() if self.estimate else None,
+            "notes": self.notes,
+        }
+
+
+def default_model(catalog: Any) -> str | None:
+    """The model a check uses when none is named: the first base model of the models dir (by name), else the
+    built-in SmolLM2 (None when there is neither). A models dir's model is what its owner trains on, and
+    choosing it avoids converting the built-in model just to count tokens."""
+    from openft.basemodels import BUILTIN_MODEL_NAME
+
+    local = [info.name for info in catalog.list() if info.source == "local"]
+    if local:
+        return local[0]
+    return BUILTIN_MODEL_NAME if catalog.get(BUILTIN_MODEL_NAME) is not None else None
+
+
+def detect_method(path: Path) -> Method:
+    """`dpo` when the first line that is a JSON object holds preference fields, else `supervised`.
+
+    Later lines are not looked at: a file mixing formats is then reported line by line as the wrong format,
+    exactly as a job of the detected method would fail.
+    """
+    for _line, text, problem in chat.iter_lines(Path(path)):
+        if problem is not None or text is None:
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return "dpo" if any(key in obj for key in PREFERENCE_KEYS) and "messages" not in obj else "supervised"
+    return "supervised"
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(folder: str) -> Any:
+    """The tokenizer the trainer would load (with its ChatML fallback); cached, the server checks often."""
+    from openft.training.model import load_tokenizer
+
+    return load_tokenizer(Path(folder))[0]
+
+
+def _tokenize(tokenizer: Any, example: Any, method: Method) -> Sequences:
+    """Untruncated token sequences of one example, exactly as the trainer builds them."""
+    from openft.training.data import answered_example, tokenize_example
+
+    limit = 1 << 62
+    if method == "dpo":
+        return [
+            tokenize_example(tokenizer, answered_example(example, side), max_seq_len=limit)[0]
+            for side in (example.chosen, example.rejected)
+        ]
+    return [tokenize_example(tokenizer, example, max_seq_len=limit)[0]]
+
+
+def _kept(
+    parsed: Iterator[tuple[int, Any, list[Problem]]], into: list[Any]
+) -> Iterator[tuple[int, Any, list[Problem]]]:
+    for line, example, problems in parsed:
+        if example is not None and not problems:
+            into.append(example)
+        yield line, example, problems
+
+
+def check_file(
+    path: Path,
+    *,
+    model: str,
+    tokenizer_folder: Path,
+    context_length: int | None,
+    method: Method | None = None,
+    file_id: str | None = None,
+    filename: str | None = None,
+    n_epochs: int | str = "auto",
+    batch_size: int | str = "auto",
+    learning_rate_multiplier: float | str = "auto",
+    throughput: Throughput | None = None,
+    max_problems: int = MAX_PROBLEMS,
+) -> CheckReport:
+    """Check `path` as a `method` job's training file on `model` (its tokenizer in `tokenizer_folder`)."""
+    path = Path(path)
+    method = method or detect_method(path)
+    parse = preference.parse_preference_example if method == "dpo" else chat.parse_example
+    examples: list[Any] = []
+    validation = chat.build_report(
+        _kept(chat.iter_parsed(path, parse), examples), min_examples=chat.MIN_EXAMPLES, max_problems=max_problems
+    )
+    report = CheckReport(
+        filename=filename or path.name,
+        method=method,
+        model=model,
+        problems=[ReportProblem.of(p) for p in validation.problems],
+        n_problems=validation.n_problems,
+        file=file_id,
+    )
+    if not examples:
+        return report
+    if validation.n_problems:
+        report.notes.append(f"statistics cover the {len(examples)} valid example(s) only")
+
+    tokenizer = _tokenizer(str(tokenizer_folder))
+    max_seq_len = min(context_length or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
+    tokenized: list[Sequences] = []
+    for example in examples:
+        try:
+            tokenized.append(_tokenize(tokenizer, example, method))
+        except chat.DataFormatError as exc:  # the model's chat template refuses this conversation
+            report.n_problems += 1
+            if len(report.problems) < max_problems:
+                report.problems.append(ReportProblem.of(exc.problem))
+    report.problems.sort(key=lambda p: (p.line is None, p.line or 0))
+    if not tokenized:
+        return report
+    report.stats = _stats(tokenized, max_seq_len)
+    n = len(tokenized)
+    report.auto = auto.resolve(
+        n, n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
+    )
+    report.steps = report.auto.steps(n)
+    if throughput is not None:
+        truncated = [[_cut(s, max_seq_len) for s in seqs] for seqs in tokenized]
+        measured = throughput(truncated, report.auto.batch_size)
+        trained = sum(len(s.input_ids) for seqs in truncated for s in seqs)
+        report.estimate = measured.over(trained * report.auto.n_epochs)
+    return report
+
+
+def _cut(sequence: Any, max_seq_len: int) -> Any:
+    from openft.training.data import TokenizedExample
+
+    if len(sequence.input_ids) <= max_seq_len:
+        return sequence
+    return TokenizedExample(sequence.line, sequence.input_ids[:max_seq_len], sequence.target_mask[:max_seq_len])
+
+
+def _stats(tokenized: Sequence[Sequences], max_seq_len: int) -> DataStats:
+    lengths = [sum(len(s.input_ids) for s in seqs) for seqs in tokenized]
+    over = [seqs[0].line for seqs in tokenized if any(len(s.input_ids) > max_seq_len for s in seqs)]
+    return DataStats(
+        examples=len(tokenized),
+        tokens_min=min(lengths),
+        tokens_mean=statistics.fmean(lengths),
+        tokens_max=max(lengths),
+        total_tokens=sum(lengths),
+        over_context=len(over),
+        context_length=max_seq_len,
+        over_context_lines=over[:20],
+    )

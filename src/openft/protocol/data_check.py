@@ -1,0 +1,62 @@
+"""The data-check report (`GET /v1/files/{id}/check`, `openft data check --json`): openft's extension.
+
+Built by `openft.datacheck.CheckReport.to_json`; these models only document (and check) its shape in
+/openapi.json, so the dashboard and scripts can rely on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class DataCheckProblem(BaseModel):
+    line: int | None = Field(description="1-based line of the file; null for whole-file problems.")
+    code: str = Field(description="The job error code the problem would fail a job with (invalid_file_format, …).")
+    message: str
+
+
+class TokenStats(BaseModel):
+    min: int
+    mean: float
+    max: int
+
+
+class DataCheckStats(BaseModel):
+    examples: int = Field(description="Valid examples (preference pairs for dpo).")
+    tokens: TokenStats = Field(description="Tokens per example with the model's chat template (both sides of a pair).")
+    total_tokens: int
+    over_context: int = Field(description="Examples longer than context_length; training truncates them.")
+    context_length: int = Field(description="The trainer's max_seq_length: the model's context, at most 2048.")
+    over_context_lines: list[int] = Field(description="The first (up to 20) lines over the context.")
+
+
+class DataCheckAuto(BaseModel):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class DataCheckEstimate(BaseModel):
+    seconds: float | None = Field(description="Estimated training time (steps only; no evaluations or checkpoints).")
+    tokens_per_second: float
+    source: Literal["measured", "table"] = Field(description="A short measured run (CLI) or the throughput table.")
+    device: str
+    detail: str
+
+
+class DataCheckReport(BaseModel):
+    object: Literal["openft.data_check"] = "openft.data_check"
+    file: str | None = Field(description="The file's id; null for a local file (`openft data check`).")
+    filename: str
+    method: Literal["supervised", "dpo"]
+    model: str
+    ok: bool = Field(description="True when a job would accept the file.")
+    problems: list[DataCheckProblem] = Field(description="Sorted by line; at most 100 (n_problems counts all).")
+    n_problems: int
+    stats: DataCheckStats | None = Field(description="Null when no example is valid.")
+    auto: DataCheckAuto | None
+    steps: int | None
+    estimate: DataCheckEstimate | None
+    notes: list[str]

@@ -1,0 +1,71 @@
+"""Check an uploaded file as training data (`GET /v1/files/{id}/check`): the report `openft data check --json` prints.
+
+The dashboard calls it right after an upload, so it must be quick and must not train: the time estimate
+comes from the throughput table (`openft.datacheck.estimate.table_throughput`), never from a measured run.
+The tokenizer is the model's own (loaded once per model folder and kept), so token counts are the
+trainer's. Checks run one at a time: a Hugging Face fast tokenizer must not be used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft.basemodels import BaseModelUnavailable, ModelCatalog
+from openft.datacheck import check_file, default_model, table_throughput
+from openft.db import repositories as repo
+from openft.errors import InvalidRequest, NotFound, ServiceUnavailable
+from openft.storage import BlobStore
+
+Method = Literal["supervised", "dpo"]
+
+
+class DataCheckService:
+    def __init__(self, sessions: sessionmaker[Session], store: BlobStore, catalog: ModelCatalog):
+        self._sessions = sessions
+        self._store = store
+        self._catalog = catalog
+        self._lock = threading.Lock()
+
+    def check(self, org_id: str | None, file_id: str, *, model: str | None, method: Method | None) -> dict[str, Any]:
+        """The report of `file_id` (the caller's organization's, else 404) as training data for `model`."""
+        with self._sessions.begin() as session:
+            row = repo.get_file(session, org_id, file_id)
+            if row is None:
+                raise NotFound(f"No such File object: {file_id}", param="file_id")
+            filename = row.filename
+        path = self._store.local_path(file_id)
+        if not path.is_file():  # deleted between the lookup and now
+            raise NotFound(f"No such File object: {file_id}", param="file_id")
+        name = model or default_model(self._catalog)
+        info = self._catalog.get(name) if name else None
+        if info is None or name is None:
+            raise InvalidRequest(
+                f"The model {name!r} is not a base model of this server (see GET /v1/models).",
+                param="model",
+                code="model_not_found",
+            )
+        if info.source == "hub" and info.path is None:  # a check must not download a whole model for its tokenizer
+            raise InvalidRequest(
+                f"The model {name!r} is not in this server's Hugging Face cache yet; a job on it downloads it.",
+                param="model",
+                code="model_not_found",
+            )
+        try:
+            folder = self._catalog.materialize(info)
+        except BaseModelUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+        with self._lock:
+            report = check_file(
+                path,
+                model=name,
+                tokenizer_folder=folder,
+                context_length=info.context_length,
+                method=method,
+                file_id=file_id,
+                filename=filename,
+                throughput=table_throughput(folder),
+            )
+        return report.to_json()

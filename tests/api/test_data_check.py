@@ -1,0 +1,139 @@
+"""`GET /v1/files/{id}/check` (openft's extension): the `openft data check --json` report of an uploaded file,
+on every URL dialect, only for the caller's organization, 400 for an unknown model, in /openapi.json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from openft.api.app import create_app
+from openft.cli import app as cli_app
+from openft.services.container import Container, build_container
+from openft.settings import Settings
+from tests.conftest import TINY_MODEL_NAME
+from tests.support.data import jsonl_bytes, malformed_cases, preference_examples, valid_examples
+
+KEY = "sk-openft-check-test"
+PATHS = {
+    "openai": "/v1/files/{id}/check",
+    "azure-v1": "/openai/v1/files/{id}/check",
+    "azure-dated": "/openai/files/{id}/check?api-version=2025-04-01-preview",
+}
+
+
+@pytest.fixture
+def served(tmp_path: Path, models_dir: Path) -> Iterator[tuple[TestClient, Container]]:
+    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_key=KEY, run_worker=False)
+    container = build_container(settings, with_worker=False)
+    with TestClient(create_app(settings, container=container)) as client:
+        yield client, container
+
+
+def _upload(client: TestClient, content: bytes, key: str = KEY, name: str = "train.jsonl") -> str:
+    response = client.post(
+        "/v1/files",
+        files={"file": (name, content)},
+        data={"purpose": "fine-tune"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def _check(client: TestClient, file_id: str, query: str = "", key: str = KEY, dialect: str = "openai") -> Any:
+    url = PATHS[dialect].format(id=file_id)
+    url += ("&" if "?" in url else "?") + query if query else ""
+    return client.get(url, headers={"api-key": key})
+
+
+@pytest.mark.parametrize("dialect", list(PATHS))
+def test_report_of_a_valid_file_on_every_dialect(served: tuple[TestClient, Container], dialect: str) -> None:
+    client, _container = served
+    file_id = _upload(client, jsonl_bytes(valid_examples(12)))
+    response = _check(client, file_id, dialect=dialect)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["object"] == "openft.data_check" and report["ok"] is True and report["problems"] == []
+    assert (report["file"], report["filename"], report["method"], report["model"]) == (
+        file_id,
+        "train.jsonl",
+        "supervised",
+        TINY_MODEL_NAME,  # the models dir's model is the default
+    )
+    assert report["stats"]["examples"] == 12 and report["stats"]["tokens"]["min"] > 0
+    assert set(report["auto"]) == {"n_epochs", "batch_size", "learning_rate_multiplier"} and report["steps"] > 0
+    assert report["estimate"]["source"] == "table" and report["estimate"]["seconds"] > 0
+
+
+def test_same_report_as_the_cli(served: tuple[TestClient, Container], tmp_path: Path, models_dir: Path) -> None:
+    client, _container = served
+    content, _code, _line = malformed_cases()["bad_weight"]
+    file_id = _upload(client, content, name="bad.jsonl")
+    served_report = _check(client, file_id, f"model={TINY_MODEL_NAME}").json()
+    (tmp_path / "bad.jsonl").write_bytes(content)
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "data",
+            "check",
+            str(tmp_path / "bad.jsonl"),
+            "--models-dir",
+            str(models_dir),
+            "--json",
+            "--estimate",
+            "table",
+        ],
+        env={"OPENFT_DATA_DIR": str(tmp_path / "cli-data")},
+    )
+    assert result.exit_code == 1
+    local = json.loads(result.stdout)
+    assert served_report["problems"] == local["problems"] and served_report["problems"][0]["line"] == 11
+    for key in ("method", "model", "ok", "n_problems", "stats", "auto", "steps", "notes"):
+        assert served_report[key] == local[key], key
+    assert (served_report["file"], local["file"]) == (file_id, None)
+
+
+def test_method_is_detected_or_given(served: tuple[TestClient, Container]) -> None:
+    client, _container = served
+    pairs = _upload(client, jsonl_bytes(preference_examples(12)))
+    assert _check(client, pairs).json()["method"] == "dpo"
+    as_chat = _check(client, pairs, "method=supervised").json()
+    assert as_chat["ok"] is False and as_chat["problems"][0] == {
+        "line": 1,
+        "code": "invalid_file_format",
+        "message": 'this is preference (DPO) data; a supervised job needs a "messages" list',
+    }
+    bad = _check(client, pairs, "method=ppo")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "method"
+
+
+def test_unknown_model_is_400_and_another_organizations_file_404(served: tuple[TestClient, Container]) -> None:
+    client, container = served
+    file_id = _upload(client, jsonl_bytes(valid_examples(12)))
+    unknown = _check(client, file_id, "model=no-such-model")
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["param"] == "model" and unknown.json()["error"]["code"] == "model_not_found"
+    hostile = _check(client, file_id, "model=../../etc")
+    assert hostile.status_code == 400 and hostile.json()["error"]["param"] == "model"
+
+    other = container.keys.create("other-org").key
+    assert _check(client, file_id, key=other).status_code == 404  # exactly like a file nobody uploaded
+    own = _upload(client, jsonl_bytes(valid_examples(12)), key=other)
+    assert _check(client, own, key=other).status_code == 200
+    missing = _check(client, "file-nope")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "file_id"
+
+
+def test_documented_in_openapi(served: tuple[TestClient, Container]) -> None:
+    client, _container = served
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/files/{file_id}/check", "/openai/v1/files/{file_id}/check", "/openai/files/{file_id}/check"):
+        operation = paths[path]["get"]
+        assert {p["name"] for p in operation["parameters"]} >= {"file_id", "model", "method"}
+        assert "200" in operation["responses"] and "404" in operation["responses"]

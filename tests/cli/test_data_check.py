@@ -1,0 +1,119 @@
+"""`openft data check FILE`: problems with their line numbers, statistics, "auto" values, steps, time, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from openft.cli import app
+from openft.datacheck import report as datacheck_report
+from openft.datasets import auto
+from tests.conftest import TINY_MODEL_NAME
+from tests.support.data import malformed_cases, preference_examples, qa_example, valid_examples, write_jsonl
+
+
+def _check(path: Path, models_dir: Path, *args: str, code: int = 0) -> Any:
+    result = CliRunner().invoke(
+        app,
+        ["data", "check", str(path), "--model", TINY_MODEL_NAME, "--models-dir", str(models_dir), *args],
+        env={"OPENFT_DATA_DIR": str(path.parent / "data")},
+    )
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
+    return result
+
+
+def _report(path: Path, models_dir: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    return json.loads(_check(path, models_dir, "--json", *args, code=code).stdout)
+
+
+def test_valid_chat_data_json(tmp_path: Path, models_dir: Path) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", valid_examples(30))
+    report = _report(path, models_dir)
+    assert report["object"] == "openft.data_check" and report["ok"] is True and report["problems"] == []
+    assert (report["file"], report["filename"], report["method"], report["model"]) == (
+        None,
+        "train.jsonl",
+        "supervised",
+        TINY_MODEL_NAME,
+    )
+    stats = report["stats"]
+    assert stats["examples"] == 30 and stats["over_context"] == 0
+    assert 0 < stats["tokens"]["min"] <= stats["tokens"]["mean"] <= stats["tokens"]["max"]
+    assert stats["total_tokens"] == pytest.approx(stats["tokens"]["mean"] * 30, abs=30)
+    resolved = auto.resolve(30)
+    assert report["auto"] == {
+        "n_epochs": resolved.n_epochs,
+        "batch_size": resolved.batch_size,
+        "learning_rate_multiplier": resolved.learning_rate_multiplier,
+    }
+    assert report["steps"] == resolved.steps(30)
+    estimate = report["estimate"]
+    assert estimate["source"] == "measured" and estimate["device"] in ("cpu", "cuda")
+    assert estimate["tokens_per_second"] > 0 and estimate["seconds"] > 0
+    expected = stats["total_tokens"] * resolved.n_epochs / estimate["tokens_per_second"]
+    assert estimate["seconds"] == pytest.approx(expected, rel=0.01, abs=0.1)  # both rounded to 0.1
+
+
+def test_text_output_and_options(tmp_path: Path, models_dir: Path) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", valid_examples(12))
+    text = _check(path, models_dir, "--estimate", "table").stdout
+    for expected in ("no problems found", "examples", "12", "tokens per example", "steps", "estimated time", "table"):
+        assert expected in text
+    report = _report(path, models_dir, "--n-epochs", "2", "--batch-size", "4", "--estimate", "none")
+    assert report["steps"] == 6 and report["auto"]["n_epochs"] == 2 and report["estimate"] is None
+
+
+@pytest.mark.parametrize("name", sorted(malformed_cases()))
+def test_every_malformed_case_names_its_line(name: str, tmp_path: Path, models_dir: Path) -> None:
+    content, code, line = malformed_cases()[name]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(content)
+    report = _report(path, models_dir, "--estimate", "none", code=1)
+    assert report["ok"] is False and report["n_problems"] >= 1
+    first = report["problems"][0]
+    assert (first["line"], first["code"]) == (line, code)
+    text = _check(path, models_dir, "--estimate", "none", code=1).stdout
+    assert (f"line {line}: " if line is not None else "file: ") + first["message"][:40] in text
+
+
+def test_stats_of_a_partly_broken_file_cover_its_valid_lines(tmp_path: Path, models_dir: Path) -> None:
+    content, _code, _line = malformed_cases()["bad_role"]
+    (tmp_path / "x.jsonl").write_bytes(content)
+    report = _report(tmp_path / "x.jsonl", models_dir, "--estimate", "none", code=1)
+    assert report["stats"]["examples"] == 11 and report["notes"] == ["statistics cover the 11 valid example(s) only"]
+
+
+def test_preference_data_is_detected(tmp_path: Path, models_dir: Path) -> None:
+    path = write_jsonl(tmp_path / "pairs.jsonl", preference_examples(12))
+    report = _report(path, models_dir, "--estimate", "table")
+    assert report["method"] == "dpo" and report["ok"] and report["stats"]["examples"] == 12
+    as_chat = _report(path, models_dir, "--method", "supervised", "--estimate", "none", code=1)
+    assert as_chat["problems"][0]["line"] == 1 and "preference (DPO) data" in as_chat["problems"][0]["message"]
+
+
+def test_examples_over_the_context(tmp_path: Path, models_dir: Path) -> None:
+    long = qa_example(99)
+    long["messages"][1]["content"] = "kettle " * 3000
+    path = write_jsonl(tmp_path / "long.jsonl", [*valid_examples(11)[:4], long, *valid_examples(11)[4:]])
+    report = _report(path, models_dir, "--estimate", "none")
+    stats = report["stats"]
+    assert stats["over_context"] == 1 and stats["over_context_lines"] == [5]
+    assert stats["tokens"]["max"] > stats["context_length"]
+
+
+def test_cannot_check_exits_2(tmp_path: Path, models_dir: Path) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", valid_examples(12))
+    unknown = CliRunner().invoke(app, ["data", "check", str(path), "--model", "nope", "--models-dir", str(models_dir)])
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: no base model 'nope' here")
+    missing = _check(tmp_path / "absent.jsonl", models_dir, code=2)
+    assert missing.stderr.startswith("error: no such file")
+
+
+def test_max_seq_len_cap_matches_the_trainer() -> None:
+    from openft.training.recipe import DEFAULT_MAX_SEQ_LEN
+
+    assert datacheck_report.DEFAULT_MAX_SEQ_LEN == DEFAULT_MAX_SEQ_LEN
