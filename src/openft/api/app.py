@@ -13,16 +13,24 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
 from openft import __version__
+from openft.api import dashboard
 from openft.api.bodies import JsonBodyLimit, reject_lone_surrogates
 from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
-from openft.api.routes import chat, completions, files, fine_tuning, health, models
+from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, models
 from openft.protocol.common import ErrorResponse
 from openft.services.container import Container, build_container
 from openft.settings import Settings
 
 log = logging.getLogger(__name__)
-RESOURCE_ROUTERS = (files.router, fine_tuning.router, chat.router, completions.router, models.router)
+RESOURCE_ROUTERS = (
+    files.router,
+    data_check.router,  # GET /files/{id}/check, openft's extension
+    fine_tuning.router,
+    chat.router,
+    completions.router,
+    models.router,
+)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key (`invalid_api_key`)"},
@@ -71,6 +79,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(dashboard.router)  # the web page at `/`; not in /openapi.json
     for dialect, prefix in PREFIXES.items():
         for router in RESOURCE_ROUTERS:
             app.include_router(
