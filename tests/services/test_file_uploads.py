@@ -7,6 +7,7 @@ pointing at a missing or torn blob.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ import pytest
 from sqlalchemy import event
 
 from openft.db.tables import FileRow
-from openft.services.container import Container
-from openft.storage import LocalBlobStore
+from openft.services.container import Container, build_container
+from openft.storage import BlobWriter, LocalBlobStore
 
 
 def _path_of(fd: int) -> str:
@@ -88,3 +89,29 @@ def test_failed_row_write_removes_the_blob(container: Container, monkeypatch: py
         event.remove(FileRow, "before_insert", refuse)
     root = Path(container.settings.files_dir)
     assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+def _writer(store: LocalBlobStore, data: bytes) -> BlobWriter:
+    writer = store.writer()
+    writer.write(data)
+    return writer
+
+
+def test_a_start_sweeps_old_blobs_without_a_row_and_keeps_everything_else(container: Container) -> None:
+    """A process killed between the blob's rename and its row's commit leaves a blob nothing points to."""
+    store = container.store
+    kept = container.files.create("org-x", purpose="fine-tune", filename="t.jsonl", writer=_writer(store, b"{}\n")).id
+    for key in ("file-orphan", "file-fresh-orphan"):
+        writer = store.writer()
+        writer.write(b"left behind")
+        writer.commit(key)
+    hour_ago = time.time() - 2 * 3600
+    for key in ("file-orphan", kept):
+        os.utime(store.local_path(key), (hour_ago, hour_ago))
+
+    rebuilt = build_container(container.settings)  # what a server start runs
+    rebuilt.engine.dispose()
+
+    assert not store.exists("file-orphan")  # old and without a row: gone
+    assert store.exists("file-fresh-orphan")  # may be an upload whose row is being written right now
+    assert store.exists(kept) and container.files.get(None, kept).bytes == 3

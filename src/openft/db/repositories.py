@@ -125,6 +125,14 @@ def get_file(session: Session, org_id: str | None, file_id: str) -> FileRow | No
     return session.scalar(_live_files(org_id, int(time.time())).where(FileRow.id == file_id))
 
 
+def existing_file_ids(session: Session, file_ids: Sequence[str]) -> set[str]:
+    """Which of `file_ids` have a row (expired or not, any organization)."""
+    found: set[str] = set()
+    for start in range(0, len(file_ids), 500):
+        found.update(session.scalars(select(FileRow.id).where(FileRow.id.in_(file_ids[start : start + 500]))))
+    return found
+
+
 def list_files(
     session: Session, org_id: str | None, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
 ) -> Page[FileRow]:

@@ -140,4 +140,6 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         org_names=container.org_name,
         notify_worker=worker.notify if worker is not None else (lambda: None),
     )
+    if swept := container.files.remove_orphan_blobs():
+        log.warning("removed %d stored file(s) that no file row points to: %s", len(swept), ", ".join(swept))
     return container

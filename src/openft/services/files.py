@@ -27,6 +27,10 @@ from openft.protocol.files import (
 from openft.storage import BlobStore, BlobWriter
 
 MAX_FILENAME_CHARS = 255
+ORPHAN_BLOB_SECONDS = 3600
+"""A stored blob with no row is swept once it is this old: a writer commits the blob and then its row within
+moments, so an hour-old blob without one was left by a process killed in between (or by a delete killed
+after its row went), and nothing can ever reach it."""
 MAX_LIST_LIMIT = 10_000
 
 
@@ -160,6 +164,22 @@ class FileService:
         with self._sessions.begin() as session:
             row = self._row(session, org_id, file_id)
         return FileContent(filename=row.filename, size=row.bytes, chunks=self._store.iter_chunks(row.id))
+
+    def remove_orphan_blobs(self, min_age_seconds: float = ORPHAN_BLOB_SECONDS) -> list[str]:
+        """Delete blobs that no file row points to and that are older than `min_age_seconds`; return their keys.
+
+        The durable-write order (blob renamed into place, then its row committed) leaves such a blob when the
+        process dies between the two; the server sweeps them on start so a crash costs no disk for good.
+        """
+        candidates = list(self._store.keys_older_than(min_age_seconds))
+        if not candidates:
+            return []
+        with self._sessions.begin() as session:
+            known = repo.existing_file_ids(session, candidates)
+        orphans = [key for key in candidates if key not in known]
+        for key in orphans:
+            self._store.delete(key)
+        return orphans
 
     def delete(self, org_id: str | None, file_id: str) -> DeletedObject:
         """Remove the row first (the file disappears for everyone at once), then the bytes.

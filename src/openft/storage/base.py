@@ -100,6 +100,10 @@ class BlobStore(Protocol):
         """Remove the blob; deleting a missing key is not an error."""
         ...
 
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        """Committed keys last written more than `seconds` ago (for sweeping blobs no row points to)."""
+        ...
+
     def local_path(self, key: str) -> Path:
         """The blob's file on this machine (training reads it directly)."""
         ...

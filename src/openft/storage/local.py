@@ -175,6 +175,16 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
 
+    def keys_older_than(self, seconds: float) -> Iterator[str]:
+        cutoff = time.time() - seconds
+        for entry in self.root.iterdir():
+            try:
+                key = validate_key(entry.name)  # skips `.tmp` and anything that is not a blob's name
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    yield key
+            except (ValueError, FileNotFoundError):
+                continue
+
     def local_path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
