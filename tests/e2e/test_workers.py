@@ -61,6 +61,21 @@ def _started_on(client: OpenAI, job_id: str) -> list[Any]:
     ]
 
 
+def _one_waits_two_run(client: OpenAI, jobs: list[str]) -> tuple[Any, list[str]] | None:
+    """(the queued job, the running job ids) once two jobs run and the third waits with an estimate."""
+    now = [client.fine_tuning.jobs.retrieve(j) for j in jobs]
+    waiting = [j for j in now if j.status == "queued" and j.estimated_start is not None]
+    running = [j.id for j in now if j.status == "running"]
+    if len(waiting) != 1 or len(running) != 2:
+        return None
+    return waiting[0], running
+
+
+def _latest_step(client: OpenAI, job_id: str) -> int:
+    events = client.fine_tuning.jobs.list_events(job_id, limit=5)
+    return next((e.data["step"] for e in events if e.type == "metrics"), 0)
+
+
 @pytest.mark.e2e
 @pytest.mark.postgres
 def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
@@ -83,23 +98,18 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         assert not any(_trainer_pids(j) for j in jobs)
 
         workers = [start_worker(data_dir, models_dir, name, extra_env=env) for name in ("w1", "w2")]
-        wait_for_status(client, jobs[1], {"running"}, timeout=60)
-        third = wait_for(
-            lambda: (
-                (job := client.fine_tuning.jobs.retrieve(jobs[2])).status == "queued"
-                and job.estimated_start is not None
-                and job
-            ),
-            timeout=60,
-            what="the third job to wait with a start estimate",
+        # which two run first is a race (a worker with a free slot claims the oldest job already validated,
+        # and validations finish in any order), so the test follows whichever job ends up waiting
+        third, running = wait_for(
+            lambda: _one_waits_two_run(client, jobs), timeout=120, what="two running, one queued with an estimate"
         )
         assert third.queue_position == 1 and third.estimated_finish is not None
         assert third.estimated_finish > third.estimated_start >= third.created_at
-        # the events follow the job up the queue (it may enter it behind the second job, while that one
-        # waits for a worker) and say when a start estimate becomes known; the worker reports on its poll
+        # the events follow the job up the queue (it may enter it behind another job, while that one waits for
+        # a worker) and say when a start estimate becomes known; the worker reports on its poll
         queue_events = wait_for(
             lambda: (
-                (found := [e for e in all_events(client, jobs[2]) if e.message.startswith("Queued:")])
+                (found := [e for e in all_events(client, third.id) if e.message.startswith("Queued:")])
                 and found[-1].message.startswith("Queued: position 1 of 1; estimated start")
                 and found
             ),
@@ -110,49 +120,37 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         positions = [e.data["queue_position"] for e in queue_events]
         assert positions == sorted(positions, reverse=True) and positions[-1] == 1
         assert all(e.message.startswith(f"Queued: position {e.data['queue_position']} of ") for e in queue_events)
-        running_pids = _trainer_pids(jobs[0]) + _trainer_pids(jobs[1])
+        running_pids = _trainer_pids(running[0]) + _trainer_pids(running[1])
         assert running_pids and {_parent(pid) for pid in running_pids} <= {w.process.pid for w in workers}
 
-        # SIGTERM the worker of the second job mid-run: it checkpoints, the job is queued, the other one goes on
-        step = wait_for(
-            lambda: (
-                next(
-                    (
-                        e.data["step"]
-                        for e in client.fine_tuning.jobs.list_events(jobs[1], limit=5)
-                        if e.type == "metrics"
-                    ),
-                    0,
-                )
-                >= 10
-            ),
-            what="step 10 of the second job",
-        )
-        assert step
-        owner = next(w for w in workers if w.worker_id == _started_on(client, jobs[1])[-1])
+        target = min(running, key=lambda j: _latest_step(client, j))  # the furthest from its end
+        # SIGTERM the worker of a running job mid-run: it checkpoints, the job is queued, the other one goes on
+        assert wait_for(lambda: _latest_step(client, target) >= 10, what="step 10 of the job to stop")
+        owner = next(w for w in workers if w.worker_id == _started_on(client, target)[-1])
         signalled = time.monotonic()
         assert owner.stop() == 0
         requeued = time.monotonic() - signalled
-        messages = [e.message for e in all_events(client, jobs[1])]
+        messages = [e.message for e in all_events(client, target)]
         stopped = [m for m in messages if "(worker shutting down)" in m]
         assert stopped, messages[-5:]
         print(f"\nSIGTERM → worker exited with the job queued again: {requeued:.1f} s ({stopped[0]})")
 
         for job_id in jobs:
             wait_for_status(client, job_id, {"succeeded"}, timeout=240)
-        reference = _losses(client, jobs[0])
-        weights = _weights(data_dir, jobs[0])
-        for job_id in jobs[1:]:
+        undisturbed = next(j for j in jobs if j != target)
+        reference = _losses(client, undisturbed)
+        weights = _weights(data_dir, undisturbed)
+        for job_id in jobs:
             assert _losses(client, job_id) == reference
             other = _weights(data_dir, job_id)
             assert all(torch.equal(weights[k], other[k]) for k in weights)
         stop_step = int(stopped[0].split("at step ")[1].split(" ")[0])
-        resumed = [e.message for e in all_events(client, jobs[1]) if e.message.startswith("Fine-tuning resumed")]
+        resumed = [e.message for e in all_events(client, target) if e.message.startswith("Fine-tuning resumed")]
         assert resumed == [f"Fine-tuning resumed from the checkpoint at step {stop_step} of 96."]
         runs = {job_id: _started_on(client, job_id) for job_id in jobs}
         assert {w for ids in runs.values() for w in ids} == {"w1", "w2"}
-        assert runs[jobs[1]][0] == owner.worker_id and runs[jobs[1]][1] != owner.worker_id
-        steps = [e.data["step"] for e in all_events(client, jobs[1]) if e.type == "metrics"]
+        assert runs[target][0] == owner.worker_id and runs[target][1] != owner.worker_id
+        steps = [e.data["step"] for e in all_events(client, target) if e.type == "metrics"]
         assert sorted(steps) == list(range(1, 97))
     finally:
         for worker in workers:
