@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import struct
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ def wandb_records(path: Path) -> Iterator[Any]:
     from wandb.proto.wandb_internal_pb2 import Record
 
     data = path.read_bytes()
+    if not data:
+        return  # created, nothing written yet
     assert data[:7] == b":W&B\xe1\xbe\x00", data[:7]
     block, pos, pending = 32 * 1024, 7, b""
     while pos + 7 <= len(data):
@@ -98,6 +101,16 @@ class OfflineRun:
                 run.summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
             elif kind == "exit":
                 run.exit_code = record.exit.exit_code
+        return run
+
+    @classmethod
+    def read_finished(cls, folder: Path, timeout: float = 30.0) -> OfflineRun:
+        """`read` once the run's exit record is in the file. `run.finish()` returns when W&B's service has the
+        records, which writes the file itself a moment later (a trainer's process exit waits for it; a test
+        that reads the file from the same process must too)."""
+        deadline = time.monotonic() + timeout
+        while (run := cls.read(folder)).exit_code is None and time.monotonic() < deadline:
+            time.sleep(0.1)
         return run
 
 
@@ -275,7 +288,7 @@ def test_online_failure_falls_back_to_offline(tmp_path: Path, monkeypatch: pytes
     tracker.log({"train_loss": 1.5}, step=1)
     tracker.finish()
     [folder] = (tmp_path / "out" / "wandb").glob("offline-run-*")
-    assert OfflineRun.read(folder).history == {1: {"train_loss": 1.5}}
+    assert OfflineRun.read_finished(folder).history == {1: {"train_loss": 1.5}}
 
 
 def test_no_network_goes_offline_without_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
