@@ -105,8 +105,9 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         )
         assert third.queue_position == 1 and third.estimated_finish is not None
         assert third.estimated_finish > third.estimated_start >= third.created_at
-        # the events follow the job up the queue (it may enter it behind another job, while that one waits for
-        # a worker) and say when a start estimate becomes known; the worker reports on its poll
+        # the events follow the job through the queue and say when a start estimate becomes known; the worker
+        # reports on its poll. Claim order is creation order, so the job can also move back a place when an
+        # older job finishes validating after it (seen: positions 1, 2, 1)
         queue_events = wait_for(
             lambda: (
                 (found := [e for e in all_events(client, third.id) if e.message.startswith("Queued:")])
@@ -118,7 +119,7 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
             what="a queue event with position 1 and a start estimate",
         )
         positions = [e.data["queue_position"] for e in queue_events]
-        assert positions == sorted(positions, reverse=True) and positions[-1] == 1
+        assert positions[-1] == 1 and all(1 <= p <= len(jobs) for p in positions)
         assert all(e.message.startswith(f"Queued: position {e.data['queue_position']} of ") for e in queue_events)
         running_pids = _trainer_pids(running[0]) + _trainer_pids(running[1])
         assert running_pids and {_parent(pid) for pid in running_pids} <= {w.process.pid for w in workers}
