@@ -15,7 +15,7 @@ from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.test_pause_resume import _trainer_pids
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.server import RunningServer, start_server
-from tests.support.waiting import all_events, wait_for, wait_for_status
+from tests.support.waiting import all_events, latest_step, wait_for, wait_for_status
 
 ENV = {"OPENFT_LEASE_SECONDS": "3"}
 HYPERPARAMETERS = {"n_epochs": 10, "batch_size": 1, "learning_rate_multiplier": 2.0}
@@ -35,12 +35,7 @@ def _start_job(client: OpenAI, training_id: str) -> str:
 
 
 def _wait_for_step(client: OpenAI, job_id: str, step: int) -> None:
-    wait_for(
-        lambda: any(
-            e.type == "metrics" and e.data["step"] >= step for e in client.fine_tuning.jobs.list_events(job_id)
-        ),
-        what=f"step {step}",
-    )
+    wait_for(lambda: latest_step(client, job_id) >= step, what=f"step {step}")
 
 
 def _losses(client: OpenAI, job_id: str) -> list[str]:

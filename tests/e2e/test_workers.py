@@ -25,7 +25,7 @@ from tests.e2e.test_pause_resume import _trainer_pids
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.databases import postgres_available, postgres_schema_url
 from tests.support.server import start_server
-from tests.support.waiting import all_events, wait_for, wait_for_status
+from tests.support.waiting import all_events, latest_step, wait_for, wait_for_status
 from tests.support.workers import start_worker
 
 HYPERPARAMETERS = {"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 2.0}  # 24 × 4 = 96 steps
@@ -69,11 +69,6 @@ def _one_waits_two_run(client: OpenAI, jobs: list[str]) -> tuple[Any, list[str]]
     if len(waiting) != 1 or len(running) != 2:
         return None
     return waiting[0], running
-
-
-def _latest_step(client: OpenAI, job_id: str) -> int:
-    events = client.fine_tuning.jobs.list_events(job_id, limit=5)
-    return next((e.data["step"] for e in events if e.type == "metrics"), 0)
 
 
 @pytest.mark.e2e
@@ -124,9 +119,9 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         running_pids = _trainer_pids(running[0]) + _trainer_pids(running[1])
         assert running_pids and {_parent(pid) for pid in running_pids} <= {w.process.pid for w in workers}
 
-        target = min(running, key=lambda j: _latest_step(client, j))  # the furthest from its end
+        target = min(running, key=lambda j: latest_step(client, j))  # the furthest from its end
         # SIGTERM the worker of a running job mid-run: it checkpoints, the job is queued, the other one goes on
-        assert wait_for(lambda: _latest_step(client, target) >= 10, what="step 10 of the job to stop")
+        assert wait_for(lambda: latest_step(client, target) >= 10, what="step 10 of the job to stop")
         owner = next(w for w in workers if w.worker_id == _started_on(client, target)[-1])
         signalled = time.monotonic()
         assert owner.stop() == 0

@@ -44,3 +44,9 @@ def wait_for_status(client: OpenAI, job_id: str, statuses: Iterable[str], timeou
 def all_events(client: OpenAI, job_id: str) -> list[Any]:
     """Every event, oldest first, paging through the SDK's cursor."""
     return list(reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=100))))
+
+
+def latest_step(client: OpenAI, job_id: str) -> int:
+    """The step of the job's newest metrics event among its recent events (0 before the first)."""
+    events = client.fine_tuning.jobs.list_events(job_id, limit=20)
+    return next((e.data["step"] for e in events if e.type == "metrics"), 0)

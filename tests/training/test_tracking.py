@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import struct
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pytest
 from openft.jobspec import ExitCode, TrainJobSpec
 from openft.training import tracking
 from openft.training.tracking import RUN_ID_FILE, Tracker
+from tests.support.waiting import wait_for
 from tests.training.conftest import (
     TrainerRun,
     assert_same_tensors,
@@ -104,14 +104,16 @@ class OfflineRun:
         return run
 
     @classmethod
-    def read_finished(cls, folder: Path, timeout: float = 30.0) -> OfflineRun:
+    def read_finished(cls, folder: Path) -> OfflineRun:
         """`read` once the run's exit record is in the file. `run.finish()` returns when W&B's service has the
         records, which writes the file itself a moment later (a trainer's process exit waits for it; a test
         that reads the file from the same process must too)."""
-        deadline = time.monotonic() + timeout
-        while (run := cls.read(folder)).exit_code is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return run
+        return wait_for(
+            lambda: (run := cls.read(folder)).exit_code is not None and run,
+            timeout=30,
+            interval=0.1,
+            what=f"W&B to write the exit record into {folder}",
+        )
 
 
 # The chain -----------------------------------------------------------------------------------------
