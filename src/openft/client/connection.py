@@ -76,8 +76,15 @@ def connect(base_url: str | None, api_key: str | None) -> Connection:
     if not url.endswith(("/v1", "/openai/v1")):
         url += "/v1"
     key = api_key or settings.api_key
-    if not key and settings.key_file.is_file():
+    local = is_loopback_url(url)
+    if not key and local and settings.key_file.is_file():
         key = settings.key_file.read_text(encoding="utf-8").strip()
+    if not key and not local:
+        fail(
+            f"no API key for {url}: pass --api-key or set OPENFT_API_KEY (the local server's key in "
+            f"{settings.key_file} is only sent to a loopback address such as 127.0.0.1 or localhost)",
+            code="missing_api_key",
+        )
     if not key:
         fail(
             f"no API key: pass --api-key, set OPENFT_API_KEY, or run where the server's data folder is "
@@ -85,6 +92,31 @@ def connect(base_url: str | None, api_key: str | None) -> Connection:
             code="missing_api_key",
         )
     return Connection(url, key)
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` names this machine by a loopback address (127.0.0.0/8, ::1) or `localhost`.
+
+    The data folder's key is the local server's admin key: sending it to whatever `--base-url` names
+    would hand it to another host (a typo, a proxy, or a hostile server). So it is read only for a
+    loopback URL; any other server needs its key given explicitly. A name that merely resolves to a
+    loopback address (other than `localhost`) does not count: resolution is not ours to trust.
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def fail(message: str, *, param: str | None = None, code: str | None = None, as_json: bool = False) -> NoReturn:
