@@ -14,7 +14,15 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from openft.db.tables import ApiKeyRow, CheckpointRow, FileRow, JobEventRow, JobRow, OrganizationRow
+from openft.db.tables import (
+    ApiKeyRow,
+    CheckpointRow,
+    DatabaseIdentityRow,
+    FileRow,
+    JobEventRow,
+    JobRow,
+    OrganizationRow,
+)
 from openft.errors import InvalidRequest
 from openft.jobs.states import JobStatus, is_legal, sources_of
 
@@ -53,6 +61,18 @@ def _paginate(
 
 
 # Organizations --------------------------------------------------------------------------------
+
+
+def database_identity(session: Session) -> str:
+    """This database's id (one row, made by its migration)."""
+    return session.scalars(select(DatabaseIdentityRow.id).order_by(DatabaseIdentityRow.seq).limit(1)).one()
+
+
+def count_files_and_jobs(session: Session) -> int:
+    """How many file and job rows exist, of every organization, deleted files included."""
+    files = session.scalar(select(func.count()).select_from(FileRow)) or 0
+    jobs = session.scalar(select(func.count()).select_from(JobRow)) or 0
+    return files + jobs
 
 
 def ensure_organization(session: Session, org_id: str, name: str) -> OrganizationRow:

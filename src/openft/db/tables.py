@@ -27,6 +27,17 @@ class OrganizationRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class DatabaseIdentityRow(Base):
+    """The one row naming this database (`db-…`, made by migration 0005). The data folder records the same
+    id on first use, so a process that opens the folder with another database notices (services/data_folder.py)."""
+
+    __tablename__ = "database_identity"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class ApiKeyRow(Base):
     """An API key of an organization (and optionally a project). Only the key's SHA-256 is stored: keys
     are 40 random base62 characters (~238 bits), so a plain hash cannot be brute-forced and can be
