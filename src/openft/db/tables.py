@@ -25,6 +25,15 @@ class OrganizationRow(Base):
     id: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # Limits (None: unlimited), set with `openft keys create --max-…` or `openft orgs set-limits` (README, Limits)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Training jobs running (or pausing) at once; the claim skips the organization at its limit."""
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Jobs waiting (validating files or queued); creating one more is refused with 429 `quota_exceeded`."""
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Bytes of stored files; an upload that would go over is refused with 429 `quota_exceeded`."""
+    last_claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When a worker last claimed one of its jobs: the claim serves the organization that waited longest."""
 
 
 class DatabaseIdentityRow(Base):
