@@ -47,6 +47,18 @@ def _settings(**overrides: Any) -> Any:
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
+@contextlib.contextmanager
+def _data_folder_errors() -> Iterator[None]:
+    """A data folder bound to another database (services/data_folder.py) is one line and exit 1, not a traceback."""
+    from openft.services.data_folder import DataFolderMismatch
+
+    try:
+        yield
+    except DataFolderMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on [127.0.0.1].")] = None,
@@ -78,7 +90,8 @@ def serve(
     )
     if no_worker:
         settings.run_worker = False
-    container = build_container(settings)
+    with _data_folder_errors():
+        container = build_container(settings)
     typer.echo(f"openft serving on http://{settings.host}:{settings.port}  (OpenAI base_url: .../v1)")
     typer.echo(f"  data dir:   {settings.data_dir}")
     typer.echo(f"  database:   {settings.resolved_database_url.split('@')[-1]}")
@@ -122,7 +135,8 @@ def worker(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(data_dir=data_dir, models_dir=models_dir, max_jobs=max_jobs)
-    process = build_worker_process(settings, worker_id=worker_id)
+    with _data_folder_errors():
+        process = build_worker_process(settings, worker_id=worker_id)
     stop, force = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -165,7 +179,8 @@ def export(
     from openft.inference.export import export_weights
     from openft.services.container import build_container
 
-    container = build_container(_settings(data_dir=data_dir, models_dir=models_dir), with_worker=False)
+    with _data_folder_errors():
+        container = build_container(_settings(data_dir=data_dir, models_dir=models_dir), with_worker=False)
     try:
         target = container.models.target(None, model)  # whoever holds the data folder may export any model
         export_weights(target, out, merged=merged)

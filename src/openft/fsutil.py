@@ -24,18 +24,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def ensure_dir(path: Path) -> None:
+    """`mkdir -p` whose result survives a power cut: the parent of every folder it creates is fsynced.
+
+    A new folder is an entry in its parent; until the parent is synced, a crash can lose the folder and
+    everything later renamed into it, even files that were themselves fsynced.
+    """
+    missing = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+        fsync_dir(folder.parent)  # also when another process made it just now: it may not have synced yet
+
+
 def temp_sibling(path: Path) -> Path:
     """A hidden name in the same folder (same filesystem, so the final rename is atomic)."""
     return path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """Open a temp file for writing; on success it is fsynced and renamed to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_open(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """Open a temp file for writing; on success it is fsynced and renamed to `path`.
+
+    `mode` is the permission the file is created with (less the umask): a secret is written with 0o600
+    from the first byte, never created readable and chmod-ed after (someone could open it in between).
+    """
+    ensure_dir(path.parent)
     tmp = temp_sibling(path)
     try:
-        with open(tmp, "wb") as handle:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -46,13 +72,13 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path) as handle:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o666) -> None:
+    with atomic_open(path, mode) as handle:
         handle.write(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, mode: int = 0o666) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
 def fsync_tree(root: Path) -> None:

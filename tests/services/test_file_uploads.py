@@ -109,8 +109,13 @@ def test_a_start_sweeps_old_blobs_without_a_row_and_keeps_everything_else(contai
     for key in ("file-orphan", kept):
         os.utime(store.local_path(key), (hour_ago, hour_ago))
 
-    rebuilt = build_container(container.settings)  # what a server start runs
-    rebuilt.engine.dispose()
+    opened = build_container(container.settings, with_worker=False)  # what `openft export` runs: no sweep
+    opened.close()
+    assert store.exists("file-orphan")
+
+    rebuilt = build_container(container.settings, with_worker=False)
+    rebuilt.start()  # what a server start runs
+    rebuilt.close()
 
     assert not store.exists("file-orphan")  # old and without a row: gone
     assert store.exists("file-fresh-orphan")  # may be an upload whose row is being written right now

@@ -64,8 +64,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = container or build_container(settings)
         app.state.container = built
-        if built.worker is not None:
-            built.worker.start()
+        built.start()
         try:
             yield
         finally:

@@ -4,7 +4,6 @@ worker. The API's lifespan and the CLI both use it, so they are wired the same w
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -13,8 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft import ids
 from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
-from openft.db.engine import make_engine, make_session_factory
-from openft.db.migrate import upgrade
 from openft.fsutil import atomic_write_text
 from openft.inference import InferenceEngine
 from openft.jobs.worker import Worker
@@ -28,6 +25,7 @@ from openft.services.auth import (
     ensure_organization,
 )
 from openft.services.data_check import DataCheckService
+from openft.services.data_folder import open_database
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
@@ -49,8 +47,7 @@ def load_or_create_api_key(settings: Settings) -> tuple[str, bool]:
     if path.exists():
         return path.read_text(encoding="utf-8").strip(), False
     key = KEY_PREFIX + ids.random_token(40)
-    atomic_write_text(path, key + "\n")
-    os.chmod(path, 0o600)
+    atomic_write_text(path, key + "\n", mode=0o600)  # created private: never readable by others, even briefly
     return key, True
 
 
@@ -82,6 +79,18 @@ class Container:
                 self._org_names[org_id] = row.name if row else org_id
         return self._org_names[org_id]
 
+    def start(self) -> None:
+        """Begin serving for the long run: sweep orphaned blobs, then start the worker (if any).
+
+        Only a server does this, never a short-lived command (`openft export`): the sweep deletes what the
+        database does not know, so it runs only where the data folder was checked to be this database's and
+        the process is the one that keeps the folder tidy.
+        """
+        if swept := self.files.remove_orphan_blobs():
+            log.warning("removed %d stored file(s) that no file row points to: %s", len(swept), ", ".join(swept))
+        if self.worker is not None:
+            self.worker.start()
+
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
@@ -94,14 +103,12 @@ def ensure_default_org(sessions: sessionmaker[Session], name: str) -> str:
 
 
 def build_container(settings: Settings, *, with_worker: bool | None = None) -> Container:
-    """Create folders, migrate the database, and wire the services (and the worker, if asked)."""
-    for folder in (settings.data_dir, settings.files_dir, settings.jobs_dir, settings.cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
-    sessions = make_session_factory(engine)
+    """Open the data folder and its database (services/data_folder.py) and wire the services (and the worker,
+    if asked). Nothing is started or swept here: `Container.start` does that for a server."""
+    database = open_database(settings)  # DataFolderMismatch before anything is touched if the folder is another's
+    engine, sessions = database.engine, database.sessions
     store = LocalBlobStore(settings.files_dir)
-    catalog = ModelCatalog(settings.models_dir, settings.cache_dir)
+    catalog = ModelCatalog.from_settings(settings)
     org_id = ensure_default_org(sessions, settings.org_name)
     key, generated = load_or_create_api_key(settings)
     keys = KeyService(sessions)
@@ -140,6 +147,4 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         org_names=container.org_name,
         notify_worker=worker.notify if worker is not None else (lambda: None),
     )
-    if swept := container.files.remove_orphan_blobs():
-        log.warning("removed %d stored file(s) that no file row points to: %s", len(swept), ", ".join(swept))
     return container

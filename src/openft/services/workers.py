@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from openft.basemodels import ModelCatalog
-from openft.db.engine import make_engine, make_session_factory
-from openft.db.migrate import upgrade
 from openft.jobs.worker import SHUTDOWN_GRACE_SECONDS, Worker
+from openft.services.data_folder import open_database
 from openft.settings import Settings
 from openft.storage import LocalBlobStore
 
@@ -45,17 +44,13 @@ class WorkerProcess:
 
 
 def build_worker_process(settings: Settings, *, worker_id: str | None = None) -> WorkerProcess:
-    """Create the data folders, migrate the database, and wire a worker (not started)."""
-    for folder in (settings.data_dir, settings.files_dir, settings.jobs_dir, settings.cache_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
-    sessions = make_session_factory(engine)
+    """Open the data folder and its database (services/data_folder.py), and wire a worker (not started)."""
+    database = open_database(settings)  # refuses a data folder that belongs to another database
     worker = Worker(
         settings,
-        sessions,
+        database.sessions,
         LocalBlobStore(settings.files_dir),
-        ModelCatalog(settings.models_dir, settings.cache_dir),
+        ModelCatalog.from_settings(settings),
         worker_id=worker_id,
     )
-    return WorkerProcess(worker=worker, engine=engine)
+    return WorkerProcess(worker=worker, engine=database.engine)
