@@ -161,6 +161,9 @@ class TrainJobSpec(BaseModel):
     eval_every: int | None = Field(default=None, ge=1, description="Sampled valid_loss every N steps; None: auto.")
     eval_samples: int = Field(default=64, ge=1, description="Validation examples in the sampled valid_loss.")
     wandb: WandbSpec | None = None
+    max_model_bytes: int | None = Field(
+        default=None, ge=1, description="A hub base model whose files weigh more is not downloaded; None: no cap."
+    )
 
     @classmethod
     def read(cls, path: str | Path) -> TrainJobSpec:

@@ -44,6 +44,20 @@ class Settings(BaseSettings):
     )
     max_adapters: int = Field(default=32, ge=1, description="LoRA adapters kept in memory (least recently used go).")
     max_adapter_mb: int | None = Field(default=2048, ge=1, description="Memory bound of loaded adapters (MiB).")
+    max_model_memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Memory bound (GiB) of every model loaded for inference (bases, fine-tunes, checkpoints, "
+        "adapters); least recently used idle ones are unloaded. Unset: half of this machine's memory.",
+    )
+    hub_models: str = Field(
+        default="",
+        description="Comma-separated Hugging Face ids (fnmatch patterns, e.g. `Qwen/*`) that `model` may name; "
+        "empty: no hub model at all.",
+    )
+    max_model_gb: float = Field(
+        default=40.0, gt=0, description="Largest hub model (GB of files to fetch) a job may download."
+    )
 
     @field_validator("data_dir", "models_dir", mode="after")
     @classmethod
@@ -60,6 +74,11 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         return value
+
+    @property
+    def hub_model_patterns(self) -> list[str]:
+        """`hub_models` split on commas, blanks dropped."""
+        return [pattern.strip() for pattern in self.hub_models.split(",") if pattern.strip()]
 
     # Derived locations -------------------------------------------------------------------------
     @property

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from openft.basemodels import BaseModelInfo, BaseModelUnavailable, ModelCatalog, materialize_spec, smollm2
+from openft.basemodels import (
+    BaseModelInfo,
+    BaseModelUnavailable,
+    ModelCatalog,
+    download_hub_model,
+    hub_id_allowed,
+    materialize_spec,
+    plan_hub_download,
+    smollm2,
+)
 from openft.jobspec import BaseModelSpec
+from tests.support.fake_hub import FakeHub, fake_hub
 
 
 def fake_model(folder: Path, *, arch: str = "LlamaForCausalLM", weights: bool = True, tokenizer: bool = True) -> Path:
@@ -108,36 +118,114 @@ def _hub_cache(root: Path, repo: str) -> Path:
 def test_hub_model_in_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = _hub_cache(tmp_path / "hf", "acme/tiny-chat")
-    catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf")
+    catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf", hub_models=["acme/*"])
     info = catalog.get("acme/tiny-chat")
     assert info is not None and info.source == "hub" and info.hub_id == "acme/tiny-chat"
     assert info.path == snapshot and info.context_length == 1024
     assert catalog.materialize(info) == snapshot
-    assert catalog.get("acme/unknown") is None  # offline: the hub is not asked
 
 
-def test_hub_lookup_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import huggingface_hub
+@pytest.mark.parametrize(
+    ("name", "patterns", "allowed"),
+    [
+        ("Qwen/Qwen2.5-0.5B-Instruct", ["Qwen/*"], True),
+        ("qwen/Qwen2.5-0.5B-Instruct", ["Qwen/*"], False),  # hub ids are case-sensitive
+        ("Qwen/Qwen2.5-0.5B-Instruct", ["Qwen/Qwen2.5-*-Instruct", "acme/x"], True),
+        ("Qwen/Qwen2.5-0.5B", ["Qwen/Qwen2.5-*-Instruct"], False),
+        ("acme/x", ["acme/x"], True),
+        ("acme/xy", ["acme/x"], False),
+        ("acme/x", ["acme/?"], True),
+        ("acme/x", [], False),  # the default: no hub model at all
+        ("evil/x", ["*"], True),  # the operator's choice
+        ("acme/../x", ["*"], False),
+        ("acme/a--b", ["*"], False),  # not a hub id (it would alias another repository's cache folder)
+        ("acme", ["*"], False),
+        ("acme/x/y", ["*"], False),
+    ],
+)
+def test_hub_allow_list_globs(name: str, patterns: list[str], allowed: bool) -> None:
+    assert hub_id_allowed(name, patterns) is allowed
+
+
+def test_hub_ids_outside_the_allow_list_are_unknown_even_when_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_builtin: None
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub_cache(tmp_path / "hf", "acme/tiny-chat")
+    _hub_cache(tmp_path / "hf", "evil/payload")
+    fake_model(tmp_path / "models" / "mine")
+    everything = ModelCatalog(tmp_path / "models", tmp_path / "cache", hub_cache_dir=tmp_path / "hf")
+    assert everything.get("acme/tiny-chat") is None and everything.get("evil/payload") is None
+    assert [m.name for m in everything.list()] == ["mine"]
+    catalog = ModelCatalog(
+        tmp_path / "models", tmp_path / "cache", hub_cache_dir=tmp_path / "hf", hub_models=["acme/*", "other/*"]
+    )
+    assert catalog.get("evil/payload") is None
+    assert [m.name for m in catalog.list()] == ["acme/tiny-chat", "mine"]  # allowed and cached only
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test suite runs with HF_HUB_OFFLINE=1; these tests talk to a fake hub on loopback."""
+    from huggingface_hub import constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    asked: list[tuple[str, Any]] = []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
-    def refuse(repo_id: str, **kwargs: Any) -> Any:
-        asked.append((repo_id, kwargs.get("timeout")))
-        raise ConnectionError("no network")
 
-    monkeypatch.setattr(huggingface_hub, "model_info", refuse)
-    catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf")
-    assert catalog.get("acme/whatever") is None
-    assert asked == [("acme/whatever", 5.0)]
+@pytest.fixture
+def hub_reachable(monkeypatch: pytest.MonkeyPatch, online: None) -> Iterator[FakeHub]:
+    """huggingface_hub's default endpoint (module-level helpers included) on a fake hub."""
+    import huggingface_hub
+    from huggingface_hub import constants
 
-    class Remote:
-        created_at = None
-        last_modified = None
+    with fake_hub({"acme/remote": {"config.json": 100, "model.safetensors": 1000}}) as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.url)
+        yield hub
 
-    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, **kw: Remote())
-    info = catalog.get("acme/whatever")
-    assert info == BaseModelInfo("acme/whatever", "hub", None, hub_id="acme/whatever")
+
+def test_lookup_and_listing_never_ask_the_hub(tmp_path: Path, hub_reachable: FakeHub, no_builtin: None) -> None:
+    """A request names the model; the answer must come from the disk alone (the trainer downloads)."""
+    catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf", hub_models=["acme/*"])
+    info = catalog.get("acme/remote")
+    assert info == BaseModelInfo("acme/remote", "hub", None, hub_id="acme/remote")
+    assert catalog.get("acme/unknown-too") is not None  # allowed: whether it exists is the trainer's to learn
+    assert catalog.get("evil/remote") is None
+    assert catalog.list() == []
+    with pytest.raises(BaseModelUnavailable, match="not downloaded"):
+        catalog.materialize(info)
+    assert hub_reachable.requests == []
+
+
+GB = 1000**3
+
+
+def test_a_hub_model_over_the_size_cap_is_refused_before_any_weight_is_fetched(tmp_path: Path, online: None) -> None:
+    files = {
+        "config.json": 700,
+        "model-00001-of-00002.safetensors": 30 * GB,
+        "model-00002-of-00002.safetensors": 15 * GB,
+        "pytorch_model.bin": 45 * GB,  # not fetched when safetensors exist: not counted
+        "tokenizer.json": 2000,
+        "README.md": 10,
+    }
+    with fake_hub({"acme/big": files, "acme/old": {"config.json": 1, "pytorch_model.bin": 5 * GB}}) as hub:
+        plan = plan_hub_download("acme/big", endpoint=hub.url)
+        assert plan.size == 45 * GB + 2700 and "*.bin" not in plan.patterns
+        assert plan_hub_download("acme/old", endpoint=hub.url).size == 5 * GB + 1  # .bin only: .bin counted
+        with pytest.raises(BaseModelUnavailable, match=r"45\.0 GB to download, over this server's limit of 40 GB"):
+            download_hub_model("acme/big", tmp_path / "hf", max_bytes=40 * GB, endpoint=hub.url)
+        with pytest.raises(BaseModelUnavailable, match="could not get acme/missing from the Hugging Face hub: 404"):
+            download_hub_model("acme/missing", tmp_path / "hf", max_bytes=40 * GB, endpoint=hub.url)
+        assert all(request.startswith("GET /api/models/") for request in hub.requests), hub.requests
+    assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_a_cached_hub_model_is_used_without_asking_the_hub(tmp_path: Path, hub_reachable: FakeHub) -> None:
+    snapshot = _hub_cache(tmp_path / "hf", "acme/tiny-chat")
+    assert download_hub_model("acme/tiny-chat", tmp_path / "hf", max_bytes=1) == snapshot
+    assert hub_reachable.requests == []
 
 
 def test_builtin_is_converted_once_under_a_lock(tmp_path: Path, fake_builtin: Path) -> None:
@@ -190,5 +278,12 @@ def test_materialize_spec(tmp_path: Path, no_builtin: None, monkeypatch: pytest.
     with pytest.raises(BaseModelUnavailable):
         materialize_spec(BaseModelSpec(name=smollm2.NAME, source="builtin"), tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(BaseModelUnavailable):
+    with pytest.raises(BaseModelUnavailable, match="HF_HUB_OFFLINE"):
         materialize_spec(BaseModelSpec(name="acme/none", source="hub", hub_id="acme/none"), tmp_path)
+
+
+def test_materialize_spec_applies_the_size_cap(tmp_path: Path, hub_reachable: FakeHub) -> None:
+    spec = BaseModelSpec(name="acme/remote", source="hub", hub_id="acme/remote")
+    with pytest.raises(BaseModelUnavailable, match="over this server's limit"):
+        materialize_spec(spec, tmp_path, max_hub_bytes=1000)
+    assert hub_reachable.requests == ["GET /api/models/acme/remote?blobs=true"]

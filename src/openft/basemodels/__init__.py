@@ -7,11 +7,16 @@ trainer. Imports no torch at module level, so listing models stays cheap.
 from openft.basemodels.catalog import (
     BaseModelInfo,
     BaseModelUnavailable,
+    HubDownloadPlan,
     ModelCatalog,
+    cached_hub_snapshot,
     download_hub_model,
+    hub_id_allowed,
     is_causal_lm_folder,
+    is_hub_id,
     is_safe_name,
     materialize_spec,
+    plan_hub_download,
 )
 from openft.basemodels.smollm2 import NAME as BUILTIN_MODEL_NAME
 
@@ -19,9 +24,14 @@ __all__ = [
     "BUILTIN_MODEL_NAME",
     "BaseModelInfo",
     "BaseModelUnavailable",
+    "HubDownloadPlan",
     "ModelCatalog",
+    "cached_hub_snapshot",
     "download_hub_model",
+    "hub_id_allowed",
     "is_causal_lm_folder",
+    "is_hub_id",
     "is_safe_name",
     "materialize_spec",
+    "plan_hub_download",
 ]

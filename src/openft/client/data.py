@@ -64,7 +64,7 @@ def check(
     if estimate not in ("measured", "table", "none"):
         raise _cannot(f"--estimate must be measured, table or none, got {estimate!r}", "estimate", as_json)
     settings = Settings(**{k: v for k, v in {"models_dir": models_dir, "data_dir": data_dir}.items() if v is not None})
-    catalog = ModelCatalog(settings.models_dir, settings.cache_dir)
+    catalog = ModelCatalog.from_settings(settings)
     name = model or default_model(catalog) or BUILTIN_MODEL_NAME
     info = catalog.get(name)
     if info is None:

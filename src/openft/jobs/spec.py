@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from openft.basemodels import BaseModelInfo
+from openft.basemodels.catalog import GB
 from openft.datasets import auto
 from openft.db.tables import JobRow
 from openft.jobspec import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
@@ -102,4 +103,5 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         checkpoint_every_minutes=settings.checkpoint_every_minutes or None,
         metrics_every=max(1, (job.total_steps or 0) // METRICS_EVENTS_BUDGET),
         wandb=WandbSpec(**{k: v for k, v in wandb.items() if v is not None}) if wandb else None,
+        max_model_bytes=int(settings.max_model_gb * GB),
     )

@@ -243,8 +243,8 @@ class FineTuningService:
         except ModelNotFound:
             raise InvalidRequest(
                 f"Model {model!r} is not available for fine-tuning. Use a base model (a sub-folder of the models "
-                "directory holding a Hugging Face causal LM, the built-in SmolLM2-135M-Instruct, or a hub id when "
-                "the hub is reachable), or one of your fine-tuned models or checkpoints.",
+                "directory holding a Hugging Face causal LM, the built-in SmolLM2-135M-Instruct, or a Hugging Face "
+                "hub id this server allows), or one of your fine-tuned models or checkpoints.",
                 param="model",
                 code="model_not_found",
             ) from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openft.basemodels import ModelCatalog
+from openft.basemodels import BaseModelUnavailable, ModelCatalog
 from openft.db import repositories as repo
 from openft.db.tables import CheckpointRow, JobRow
 from openft.errors import InvalidRequest, ModelNotFound, PermissionDenied
@@ -94,7 +94,12 @@ class ModelService:
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
 
     def target(self, org_id: str | None, name: str) -> ModelTarget:
-        """The folders that answer for `name` (the base is materialized on first use, e.g. SmolLM2's GGUF)."""
+        """The folders that answer for `name` (the base is materialized on first use, e.g. SmolLM2's GGUF).
+
+        Never downloads: an allowed hub model that is not in the cache yet is a 404 `model_not_found`
+        until a fine-tuning job on it (or the operator) has downloaded it, so a chat request cannot make
+        the server fetch gigabytes from the hub.
+        """
         resolved = self.resolve(org_id, name)
         info = self._catalog.get(resolved.base_name)
         if info is None:
@@ -102,7 +107,16 @@ class ModelService:
                 f"The model '{name}' needs the base model '{resolved.base_name}', which is no longer available.",
                 param="model",
             )
-        base_path = self._catalog.materialize(info)
+        if info.source == "hub" and info.path is None:
+            raise ModelNotFound(
+                f"The model '{resolved.base_name}' is not downloaded on this server yet: fine-tune it (the job "
+                "downloads it) or ask the operator to download it beforehand.",
+                param="model",
+            )
+        try:
+            base_path = self._catalog.materialize(info)
+        except BaseModelUnavailable as exc:
+            raise ModelNotFound(f"The model '{name}' cannot be loaded on this server: {exc}", param="model") from exc
         return (
             ModelTarget(base_path=base_path)
             if resolved.weights is None

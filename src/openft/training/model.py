@@ -78,7 +78,7 @@ def resolve_base(spec: TrainJobSpec) -> tuple[Path, Path | None]:
     Continuing from a fine-tuned LoRA model (`source: finetune` pointing at an adapter) loads the base
     the adapter was trained on, named in its adapter_config.json.
     """
-    path = materialize_spec(spec.base_model, Path(spec.cache_dir))
+    path = materialize_spec(spec.base_model, Path(spec.cache_dir), max_hub_bytes=spec.max_model_bytes)
     if not _is_adapter_folder(path):
         return path, None
     config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
