@@ -7,8 +7,9 @@ end-of-turn token, so the model also learns to stop. Everything else (system, us
 weight-0 replies, the template's role headers) is context only.
 
 The prefix property ("rendering more messages only appends tokens") holds for ordinary chat templates
-but not for every one (some rewrite earlier turns, and BPE can merge across a boundary), so the code
-checks it token by token and falls back to the longest common prefix instead of trusting it.
+but not for every one (some rewrite earlier turns, and BPE can merge across a boundary), so the rule
+compares token by token and keeps the longest common prefix instead of trusting it. It is computed from a
+single render of the conversation (`openft.training.chat_encoding`), so the cost is linear in its length.
 
 A preference pair (DPO) is two such examples, prompt + preferred answer and prompt + rejected answer,
 with only the answer trainable: the masking rule is the same, so SFT and DPO learn from the same tokens.
@@ -25,7 +26,9 @@ import torch
 
 from openft.datasets.chat import ChatExample, DataFormatError, Problem
 from openft.datasets.preference import PreferenceExample
+from openft.datasets.template import TemplateLimitError
 from openft.datasets.toolcalls import template_renders_tool_calls, with_tool_calls_for_template
+from openft.training.chat_encoding import TemplateRefused, encode_conversation
 from openft.training.packing import IGNORE_INDEX
 
 VALIDATION_SAMPLE_STREAM = 2**63
@@ -78,44 +81,27 @@ def template_messages(messages: Sequence[dict[str, Any]], *, native_tool_calls: 
     return rendered
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def tokenize_example(
     tokenizer: Any, example: ChatExample, *, max_seq_len: int, native_tool_calls: bool | None = None
 ) -> tuple[TokenizedExample, bool]:
-    """The example's ids and target mask, cut to `max_seq_len`; the flag says whether it was cut."""
+    """The example's ids and target mask, cut to `max_seq_len`; the flag says whether it was cut.
+
+    One render and one tokenization per example (`openft.training.chat_encoding`), so long conversations
+    cost time in proportion to their length, not to its square.
+    """
     if native_tool_calls is None:
         native_tool_calls = template_renders_tool_calls(tokenizer)
     messages = template_messages(example.messages, native_tool_calls=native_tool_calls)
     trainable = [i for i, m in enumerate(example.messages) if m["role"] == "assistant" and m.get("weight", 1) == 1]
-
-    def ids(upto: int, generation_prompt: bool = False) -> list[int]:
-        if upto == 0 and not generation_prompt:
-            return []
-        try:
-            text = tokenizer.apply_chat_template(
-                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt, tools=example.tools
-            )
-        except Exception as exc:  # jinja2 TemplateError and friends: the template refuses this conversation
-            problem = Problem(example.line, "message_format", f"the model's chat template rejected it: {exc}")
-            raise DataFormatError(problem) from exc
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    # Nothing after the last trainable reply is learned from, so the sequence ends there.
-    full = ids(trainable[-1] + 1) if trainable else ids(len(messages))
-    mask = [False] * len(full)
-    for k in trainable:
-        before, through = ids(k, generation_prompt=True), ids(k + 1)
-        start = _common_prefix(before, through)
-        end = _common_prefix(through, full)
-        for position in range(start, end):
-            mask[position] = True
+    try:
+        # Nothing after the last trainable reply is learned from, so the sequence ends there.
+        full, mask = encode_conversation(tokenizer, messages, trainable, example.tools)
+    except (TemplateLimitError, TemplateRefused) as exc:
+        problem = Problem(example.line, "message_format", f"cannot render it with the model's chat template: {exc}")
+        raise DataFormatError(problem) from exc
+    except Exception as exc:  # jinja2 TemplateError and friends: the template refuses this conversation
+        problem = Problem(example.line, "message_format", f"the model's chat template rejected it: {exc}")
+        raise DataFormatError(problem) from exc
     truncated = len(full) > max_seq_len
     return TokenizedExample(example.line, full[:max_seq_len], mask[:max_seq_len]), truncated
 
