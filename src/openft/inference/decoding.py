@@ -20,6 +20,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from openft.datasets.toolcalls import JsonObjectPrefix, ToolCallParser
 from openft.inference.sampling import TokenSampler, apply_penalties
+from openft.inference.stops import StopMatcher
 from openft.inference.tokens import IncrementalDecoder, TokenVocabulary
 from openft.inference.types import (
     FinishReason,
@@ -77,8 +78,7 @@ class _Choice:
         self.generated = len(plan.forced_ids)
         self.finish_reason: FinishReason | None = None
         self._final_text: str | None = None
-        self._stops = [s for s in plan.params.stop or [] if s]
-        self._stops_from = len(self.decoder.text)  # the forced opening is not searched for stop strings
+        self._stops = StopMatcher(plan.params.stop or [])  # fed from here: the forced opening is not searched
         self._sent = 0  # chars of the reply (text, or content with tools) already sent
         self._tokens: list[_Token] = []
         self._tokens_sent = 0
@@ -124,9 +124,8 @@ class _Choice:
             _, closed_at = self.json.feed(text[start:])  # valid: `acceptable` checked it
             if closed_at is not None:
                 cuts.append(start + closed_at)
-        if self._stops:
-            search_from = max(self._stops_from, start - max(map(len, self._stops)) + 1)
-            cuts += [i for i in (text.find(s, search_from) for s in self._stops) if i >= 0]
+        if self._stops and (cut := self._stops.feed(text, start, len(text))) is not None:
+            cuts.append(cut)
         if cuts:
             self.finish("stop", text[: min(cuts)])
 
@@ -140,9 +139,11 @@ class _Choice:
         if self._final_text is not None:
             return self._last_delta(self._final_text)
         text = self.decoder.text
-        settled = len(text) - _stop_prefix_length(text, self._stops, self._stops_from)
-        content = text[:settled] if self._tools is None else self._tools.settled_content(text[:settled])
-        new_text, self._sent = content[self._sent :], len(content)
+        settled = len(text) - self._stops.held
+        # Only what was added since the last delta is looked at (no copy of the reply per token either).
+        tools = self._tools
+        new_text = text[self._sent : settled] if tools is None else tools.settled_delta(text, settled)
+        self._sent += len(new_text)
         tokens = self._take_tokens(lambda token: token.end <= settled)
         if not new_text and not tokens:
             return None
@@ -174,18 +175,6 @@ class _Choice:
         if self._final_text is not None:
             self._tokens_sent = len(self._tokens)  # the rest fell after a stop string
         return taken
-
-
-def _stop_prefix_length(text: str, stops: list[str], start: int) -> int:
-    """Length of the longest end of `text` (after `start`) that a stop string begins with: it may yet
-    become a stop string, so it is held back."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text) - start), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
 
 
 class Generation:
