@@ -58,6 +58,26 @@ class Settings(BaseSettings):
     max_model_gb: float = Field(
         default=40.0, gt=0, description="Largest hub model (GB of files to fetch) a job may download."
     )
+    auth_failure_limit: int = Field(
+        default=30,
+        ge=0,
+        description="Wrong API keys one client address may send per `auth_failure_window_seconds` before they are "
+        "answered 429 (a correct key is still accepted); 0: no limit.",
+    )
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0, description="Window of `auth_failure_limit`.")
+
+    job_folder_retention_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="A failed or cancelled job's folder is removed this long after it finished; a succeeded job's "
+        "resume state, training data copy and log too (its model, checkpoints' weights and result file stay).",
+    )
+    db_retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long the worker retries a transient database error (locked, connection lost) before it "
+        "stops a trainer and queues its job again from its last checkpoint.",
+    )
 
     @field_validator("data_dir", "models_dir", mode="after")
     @classmethod

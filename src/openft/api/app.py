@@ -14,12 +14,14 @@ from fastapi.routing import APIRoute
 
 from openft import __version__
 from openft.api import dashboard
-from openft.api.bodies import JsonBodyLimit, reject_lone_surrogates
+from openft.api.auth_gate import AuthGate
+from openft.api.bodies import JsonBodyLimit, parse_json_off_loop
 from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
 from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, models
 from openft.protocol.common import ErrorResponse
 from openft.services.container import Container, build_container
+from openft.services.throttle import FailedKeyThrottle
 from openft.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,21 +77,30 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         version=__version__,
         description="Self-hosted fine-tuning with the OpenAI / Azure AI Foundry fine-tuning API.",
         lifespan=lifespan,
+        # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc scripts from a CDN, and they would run on
+        # the dashboard's origin, where the browser keeps the API key. /openapi.json stays for any viewer.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dashboard.router)  # the web page at `/`; not in /openapi.json
+    for router in RESOURCE_ROUTERS:
+        parse_json_off_loop(router)  # JSON bodies parsed and checked for lone surrogates in a worker thread
     for dialect, prefix in PREFIXES.items():
         for router in RESOURCE_ROUTERS:
             app.include_router(
                 router,
                 prefix=prefix,
-                dependencies=[Depends(DIALECT_CHECKS[dialect]), Depends(reject_lone_surrogates)],
+                dependencies=[Depends(DIALECT_CHECKS[dialect])],
                 generate_unique_id_function=_unique_id(_id_prefix(dialect)),
                 responses=ERROR_RESPONSES,
             )
     _finish_openapi(app)
     app.add_middleware(JsonBodyLimit)
+    # Outside JsonBodyLimit: the key is checked from the headers before anything reads the body.
+    throttle = FailedKeyThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
+    app.add_middleware(AuthGate, prefixes=tuple(PREFIXES.values()), throttle=throttle)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -122,7 +133,7 @@ def _finish_openapi(app: FastAPI) -> None:
     - the Azure dialects take `api-version` as a query parameter, checked in a router dependency that
       FastAPI cannot see, so it is added to each of their operations;
     - the Azure dated dialect answers creates with 201 (`routes.common.created_status`), not 200;
-    - every resource operation needs the key (`deps.get_principal`), as a bearer token or `api-key` header.
+    - every resource operation needs the key (`auth_gate.AuthGate`), as a bearer token or `api-key` header.
     """
     generate = app.openapi
 

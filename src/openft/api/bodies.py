@@ -9,14 +9,19 @@ Like OpenAI's API, openft refuses such a body up front with a 400 naming the fie
 
 from __future__ import annotations
 
+import email.message
+import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from openft.api.errors import envelope
+from openft.api.errors import INVALID_JSON_MESSAGE, envelope
+from openft.api.threads import run_in_pool
 from openft.errors import InvalidRequest
 
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
@@ -101,28 +106,25 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _is_json(content_type: str | None) -> bool:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
+def is_json_body(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body with this Content-Type as JSON: `application/json` or `application/*+json`
+    (its own test, repeated so that exactly the bodies it would parse are parsed here instead)."""
+    if not content_type:
+        return False  # FastAPI's strict_content_type (the default): no Content-Type, no JSON
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-async def reject_lone_surrogates(request: Request) -> None:
-    """Router dependency: 400 for a JSON body holding a lone surrogate, before the handler runs.
-
-    Only routes that declare a JSON body are looked at, and FastAPI has parsed that body already
-    (`request.json()` is cached), so nothing is read twice; uploads (multipart, streamed by their
-    handler) are never touched.
-    """
-    route = request.scope.get("route")
-    if getattr(route, "body_field", None) is None or not _is_json(request.headers.get("content-type")):
-        return
-    if not await request.body():
-        return
+def parse_json_body(body: bytes) -> Any:
+    """The body's JSON value, refusing malformed JSON (400 `invalid_json`) and lone surrogates (400 naming the
+    field). The slow part of a large body: run in a worker thread by `OffLoopJsonRoute`."""
     try:
-        body = await request.json()
-    except ValueError:  # malformed JSON was already answered with 400 invalid_json by FastAPI
-        return
-    where = lone_surrogate_path(body)
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # bad syntax, not UTF-8, or nested past the parser's recursion limit
+        raise InvalidRequest(INVALID_JSON_MESSAGE, code="invalid_json") from None
+    where = lone_surrogate_path(value)
     if where is not None:
         raise InvalidRequest(
             f"Invalid value for '{where}': the string holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
@@ -130,3 +132,65 @@ async def reject_lone_surrogates(request: Request) -> None:
             param=where,
             code="invalid_value",
         )
+    return value
+
+
+class _ParsedJsonRequest(Request):
+    """The request handed to FastAPI once its body is read and parsed: `body()` and `json()` answer from
+    memory, so FastAPI neither reads the stream again nor parses the body a second time on the loop."""
+
+    def __init__(self, request: Request, body: bytes, value: Any):
+        super().__init__(request.scope, request.receive)
+        self._read_body = body
+        self._parsed_json = value
+
+    async def body(self) -> bytes:
+        return self._read_body
+
+    async def json(self) -> Any:
+        return self._parsed_json
+
+
+class OffLoopJsonRoute(APIRoute):
+    """An `APIRoute` whose JSON body is parsed and checked (`parse_json_body`) before FastAPI sees it: in a
+    worker thread when it is larger than INLINE_PARSE_BYTES, so a 16 MiB body cannot stall the event loop
+    (and with it `/health` and every other request). The threads are a small pool of their own: parsing
+    never takes the threads FastAPI's sync handlers run on.
+
+    Like FastAPI, only routes that declare a body and only JSON content types are parsed; uploads (multipart,
+    streamed by their handler) are never touched.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def parse_then_handle(request: Request) -> Response:
+            if not is_json_body(request.headers.get("content-type")):
+                return await handler(request)
+            body = await request.body()
+            if not body:
+                return await handler(request)
+            if len(body) <= INLINE_PARSE_BYTES:
+                value = parse_json_body(body)
+            else:
+                value = await run_in_pool("json-parse", JSON_PARSE_THREADS, parse_json_body, body)
+            return await handler(_ParsedJsonRequest(request, body, value))
+
+        return parse_then_handle
+
+
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the loop (well under a millisecond); a thread hop would cost more."""
+JSON_PARSE_THREADS = 2
+
+
+def parse_json_off_loop(router: APIRouter) -> None:
+    """Make `router`'s routes `OffLoopJsonRoute`s. The resource routers are built at import with FastAPI's
+    `APIRoute`; FastAPI builds each route's handler from the route's class when the router is included, so
+    switching the class before `include_router` is enough (it adds no state, so the switch is safe, and
+    doing it twice changes nothing)."""
+    for route in router.routes:
+        if type(route) is APIRoute:
+            route.__class__ = OffLoopJsonRoute

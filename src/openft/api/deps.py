@@ -14,7 +14,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from openft.errors import InvalidRequest, Unauthorized
+from openft.api.auth_gate import PRINCIPAL_STATE_KEY, authenticate_key, key_from_headers
+from openft.errors import InvalidRequest
 from openft.services.auth import Principal
 
 
@@ -79,26 +80,18 @@ DialectDep = Annotated[Dialect, Depends(get_dialect)]
 
 def presented_key(request: Request) -> str | None:
     """`Authorization: Bearer KEY` (OpenAI, Azure v1) or `api-key: KEY` (Azure)."""
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    api_key = request.headers.get("api-key")
-    return api_key.strip() if api_key and api_key.strip() else None
+    return key_from_headers(dict(request.headers))
 
 
-def get_principal(request: Request) -> Principal:
-    key = presented_key(request)
-    if key is None:
-        raise Unauthorized(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or in an 'api-key' header."
-        )
+async def get_principal(request: Request) -> Principal:
+    """The caller, as `auth_gate.AuthGate` found it from the headers before the body was read. An app built
+    without the gate still authenticates here, in the same way (off the event loop)."""
+    principal = getattr(request.state, PRINCIPAL_STATE_KEY, None)
+    if isinstance(principal, Principal):
+        return principal
     services = request.app.state.container
-    principal = services.authenticator.authenticate(key)
-    if principal is None:
-        raise Unauthorized("Incorrect API key provided.")
-    services.rate_limiter.admit(principal)  # 429 rate_limit_exceeded with Retry-After for a key with a limit
+    principal = await authenticate_key(presented_key(request), services.authenticator, services.rate_limiter)
+    setattr(request.state, PRINCIPAL_STATE_KEY, principal)
     return principal
 
 

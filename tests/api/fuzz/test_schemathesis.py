@@ -140,7 +140,9 @@ def _config(server: RunningServer, file_id: str, job_id: str, report_dir: Path) 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningServer]:
     """No worker: jobs stay `validating_files`, so nothing trains while the fuzzer runs."""
-    running = start_server(tmp_path_factory.mktemp("fuzz-data"), models_dir, extra_env={"OPENFT_RUN_WORKER": "0"})
+    # The fuzzer probes every operation with wrong keys from one address: no throttle of wrong keys here
+    env = {"OPENFT_RUN_WORKER": "0", "OPENFT_AUTH_FAILURE_LIMIT": "0"}
+    running = start_server(tmp_path_factory.mktemp("fuzz-data"), models_dir, extra_env=env)
     yield running
     running.stop()
 
