@@ -56,6 +56,8 @@ MAX_RENDER_SECONDS = 5.0
 """One render of one conversation stops with an error after this long."""
 MAX_RANGE = 100_000
 """`range()` in a template gives at most this many numbers (the Jinja sandbox's own bound)."""
+MAX_POWER_BITS = 1 << 16
+"""`**` in a template may not compute a number longer than this (a huge power takes minutes)."""
 _CHECK_EVERY = 256
 """Loop iterations between two clock reads."""
 EMPTY_CONVERSATION = "Cannot apply chat template to an empty conversation. Provide at least one message."
@@ -79,9 +81,13 @@ class _Budget:
             )
 
     def check_size(self, value: Any) -> None:
-        if isinstance(value, str | list | tuple | dict) and len(value) > self.max_chars:
+        if isinstance(value, str | list | tuple | dict):
+            self.check_length(len(value))
+
+    def check_length(self, length: int) -> None:
+        if length > self.max_chars:
             raise TemplateLimitError(
-                f"the chat template built a value of {len(value):,} items, more than its limit of "
+                f"the chat template built a value of {length:,} items, more than its limit of "
                 f"{self.max_chars:,} characters for this conversation"
             )
 
@@ -123,16 +129,18 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         budget = _budget()
-        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 64 and abs(left) > 1:
-            raise TemplateLimitError("the chat template computes a power too large to be a template's business")
+        if (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * abs(left).bit_length() > MAX_POWER_BITS
+        ):
+            raise TemplateLimitError(f"the chat template computes a power of more than {MAX_POWER_BITS} bits")
         if budget is not None and operator == "*":
             count, sized = (right, left) if isinstance(right, int) else (left, right)
-            if (
-                isinstance(count, int)
-                and isinstance(sized, str | list | tuple)
-                and len(sized) * count > budget.max_chars
-            ):
-                budget.check_size(range(len(sized) * count))
+            if isinstance(count, int) and isinstance(sized, str | list | tuple):
+                budget.check_length(len(sized) * count)
         value = super().call_binop(context, operator, left, right)
         return self._checked(value)
 

@@ -7,6 +7,7 @@ from typing import Any
 import jinja2
 from transformers import PreTrainedTokenizerBase
 
+from openft.datasets.template import TemplateLimitError, render_chat
 from openft.datasets.toolcalls import template_renders_tool_calls, with_tool_calls_for_template
 from openft.errors import InvalidRequest
 
@@ -19,19 +20,23 @@ def render_prompt(
     The template already writes any BOS or special tokens, so the text is encoded without adding more.
     Earlier assistant tool calls are rendered as the trainer renders them (as JSON lines in the content
     when the template cannot print `tool_calls`), so the model sees the format it was fine-tuned on.
-    Template errors (e.g. "roles must alternate") are the client's to fix, hence InvalidRequest.
+    Template errors (e.g. "roles must alternate") are the client's to fix, hence InvalidRequest; so is a
+    conversation on which the template passes its output or time limit (`openft.datasets.template`).
     """
     if tokenizer.chat_template is None:
         raise InvalidRequest("This model has no chat template, so it cannot answer chat messages.", param="model")
     native = template_renders_tool_calls(tokenizer)
     try:
-        text = tokenizer.apply_chat_template(
+        text = render_chat(
+            tokenizer,
             [with_tool_calls_for_template(_with_text_content(m), native_tool_calls=native) for m in messages],
             tools=tools,
             add_generation_prompt=True,
-            tokenize=False,
-        )
-    except (jinja2.TemplateError, TypeError, KeyError, ValueError) as exc:
+        ).text
+    except TemplateLimitError as exc:
+        message = f"This model's chat template cannot render these messages: {exc}"
+        raise InvalidRequest(message, param="messages") from exc
+    except (jinja2.TemplateError, TypeError, KeyError, ValueError, OverflowError) as exc:
         # TypeError & co.: templates that index or concatenate what a message lacks (content None, no name)
         raise InvalidRequest(f"The messages do not fit this model's chat template: {exc}", param="messages") from exc
     return tokenizer(text, add_special_tokens=False)["input_ids"]
