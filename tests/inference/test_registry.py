@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import GPT2Config, LlamaConfig, PretrainedConfig
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
 from openft.inference import GenerationParams, InferenceEngine, ModelTarget
 from openft.inference import registry as registry_module
-from openft.inference.registry import ModelRegistry, context_length_of
+from openft.inference.registry import ModelRegistry, context_length_of, estimate_model_bytes, module_bytes
 
 
 def test_each_base_is_loaded_once(
@@ -80,6 +83,10 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 GREEDY = GenerationParams(temperature=0, max_tokens=6)
 
 
+def counts(stats: dict[str, int]) -> dict[str, int]:
+    return {key: stats[key] for key in ("bases_loaded", "full_models_loaded", "adapters_loaded")}
+
+
 def loaded_adapter_names(registry: ModelRegistry, target: ModelTarget) -> set[str]:
     with registry.use(ModelTarget(base_path=target.base_path, full_model_path=target.full_model_path)) as active:
         config = getattr(active.model, "peft_config", {})
@@ -96,12 +103,7 @@ def test_adapters_are_bounded_by_count_over_all_bases(
     for target in (lora_a, lora_b, a_on_full, lora_a, a_on_full, lora_b):
         assert engine.chat(target, MESSAGES, GREEDY) == expected[target]
         assert engine.stats()["adapters_loaded"] <= 2
-    assert engine.stats() == {
-        "bases_loaded": 1,
-        "full_models_loaded": 1,
-        "adapters_loaded": 2,
-        "adapter_bytes": engine.stats()["adapter_bytes"],
-    }
+    assert counts(engine.stats()) == {"bases_loaded": 1, "full_models_loaded": 1, "adapters_loaded": 2}
 
 
 def test_adapters_are_bounded_by_bytes(lora_a: ModelTarget, lora_b: ModelTarget, base: ModelTarget) -> None:
@@ -154,12 +156,14 @@ def test_unload_adapter_and_models(
     engine.chat(full_a, MESSAGES, GREEDY)
     assert engine.stats()["adapters_loaded"] == 1
     assert engine.unload(adapter_a) is True
-    assert engine.stats() == {"bases_loaded": 1, "full_models_loaded": 1, "adapters_loaded": 0, "adapter_bytes": 0}
+    assert counts(engine.stats()) == {"bases_loaded": 1, "full_models_loaded": 1, "adapters_loaded": 0}
+    assert engine.stats()["adapter_bytes"] == 0
     assert engine.unload(adapter_a) is False
     assert engine.chat(lora_a, MESSAGES, GREEDY) == expected  # loaded again
     assert engine.unload(merged_a) is True
     assert engine.unload(base_dir) is True
-    assert engine.stats() == {"bases_loaded": 0, "full_models_loaded": 0, "adapters_loaded": 0, "adapter_bytes": 0}
+    assert counts(engine.stats()) == {"bases_loaded": 0, "full_models_loaded": 0, "adapters_loaded": 0}
+    assert engine.stats()["memory_bytes"] == 0
     assert engine.unload(base_dir) is False
     assert engine.chat(lora_a, MESSAGES, GREEDY) == expected
 
@@ -189,3 +193,93 @@ def test_concurrent_requests_with_a_tight_cache_stay_isolated(
         results = list(pool.map(lambda t: engine.chat(t, MESSAGES, GREEDY), targets * 4))
     assert results == expected * 4
     assert engine.stats()["adapters_loaded"] <= 1
+
+
+# One memory budget over every loaded model (bases, full fine-tunes, checkpoints) and adapter -------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_b(base_dir: Path, adapter_b: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full fine-tune's checkpoint: adapter B merged into the base, where the trainer keeps checkpoints."""
+    dest = tmp_path_factory.mktemp("job") / "checkpoints" / "step_000002" / "model"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_b)
+    model.merge_and_unload().save_pretrained(dest)
+    return dest
+
+
+def model_bytes_of(target: ModelTarget) -> int:
+    with ModelRegistry(max_adapters=1).use(target) as active:
+        return module_bytes(active.model)
+
+
+def test_estimate_before_loading_matches_the_loaded_model(base: ModelTarget, base_dir: Path) -> None:
+    measured = model_bytes_of(base)
+    estimate = estimate_model_bytes(base_dir)
+    assert 0.95 * measured <= estimate <= measured  # only non-persistent buffers (rotary frequencies) are missing
+
+
+def test_least_recently_used_model_is_unloaded_and_its_memory_released(
+    base: ModelTarget, full_a: ModelTarget, checkpoint_b: Path, base_dir: Path
+) -> None:
+    one = model_bytes_of(base)
+    registry = ModelRegistry(max_adapters=4, max_model_bytes=int(2.5 * one))  # room for two models
+    checkpoint = ModelTarget(base_path=base.base_path, full_model_path=checkpoint_b)
+    with registry.use(base) as active:
+        first = weakref.ref(active.model)
+        del active
+    with registry.use(full_a):
+        pass
+    assert registry.stats()["models_evicted"] == 0 and registry.stats()["model_bytes"] == 2 * one
+    with registry.use(checkpoint):
+        pass
+    stats = registry.stats()
+    assert counts(stats) == {"bases_loaded": 0, "full_models_loaded": 2, "adapters_loaded": 0}
+    assert stats["models_evicted"] == 1 and stats["memory_bytes"] == stats["model_bytes"] == 2 * one
+    assert registry.loaded_models() == [full_a.weights_path.resolve(), checkpoint_b.resolve()]
+    gc.collect()
+    assert first() is None  # nothing holds the base's weights any more
+    with registry.use(base):  # used again: loaded again, and now the full fine-tune is the oldest
+        pass
+    assert registry.loaded_models() == [checkpoint_b.resolve(), base_dir.resolve()]
+
+
+def test_a_model_in_use_is_never_unloaded(base: ModelTarget, full_a: ModelTarget, checkpoint_b: Path) -> None:
+    one = model_bytes_of(base)
+    registry = ModelRegistry(max_adapters=4, max_model_bytes=int(1.5 * one))  # room for one model
+    checkpoint = ModelTarget(base_path=base.base_path, full_model_path=checkpoint_b)
+    expected = InferenceEngine().chat(base, MESSAGES, GREEDY)
+    with registry.use(base):
+        with registry.use(full_a):
+            pass
+        with registry.use(checkpoint):  # the base is the least recently used, but busy: the full model goes
+            pass
+        assert registry.stats()["models_evicted"] == 1
+        assert registry.loaded_models() == [base.weights_path.resolve(), checkpoint_b.resolve()]
+    # once given back, the budget holds again: the base (least recently used) goes, the checkpoint stays
+    assert registry.loaded_models() == [checkpoint_b.resolve()]
+    engine = InferenceEngine(max_model_bytes=int(1.5 * one))
+    engine.chat(full_a, MESSAGES, GREEDY)
+    assert engine.chat(base, MESSAGES, GREEDY) == expected  # the base again, in the full model's place
+    assert counts(engine.stats()) == {"bases_loaded": 1, "full_models_loaded": 0, "adapters_loaded": 0}
+
+
+def test_a_model_larger_than_the_budget_is_served_alone(
+    base: ModelTarget, lora_a: ModelTarget, full_a: ModelTarget
+) -> None:
+    alone = InferenceEngine()
+    expected = {t: alone.chat(t, MESSAGES, GREEDY) for t in (base, lora_a, full_a)}
+    engine = InferenceEngine(max_model_bytes=1)
+    for target in (base, full_a, lora_a, full_a):
+        assert engine.chat(target, MESSAGES, GREEDY) == expected[target]
+        assert engine.stats()["bases_loaded"] + engine.stats()["full_models_loaded"] == 1
+    assert engine.stats()["models_evicted"] == 3
+
+
+def test_adapters_count_in_the_memory_budget(base: ModelTarget, lora_a: ModelTarget, full_a: ModelTarget) -> None:
+    one = model_bytes_of(base)
+    engine = InferenceEngine(max_model_bytes=2 * one)  # two models, but not two models and an adapter
+    engine.chat(lora_a, MESSAGES, GREEDY)
+    stats = engine.stats()
+    assert stats["memory_bytes"] == stats["model_bytes"] + stats["adapter_bytes"] and stats["adapter_bytes"] > 0
+    engine.chat(full_a, MESSAGES, GREEDY)  # 2 models + 1 adapter > budget: the base goes, with its adapter
+    assert counts(engine.stats()) == {"bases_loaded": 0, "full_models_loaded": 1, "adapters_loaded": 0}

@@ -181,7 +181,7 @@ def _trainable_model(model_folder: Path) -> tuple[Any, Any, str]:
     hf_logging.disable_progress_bar()  # a check prints its report, not "Loading weights" bars
     device, precision = _device_and_precision()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, trust_remote_code=False)
     lora = LoraSpec()
     config = LoraConfig(
         r=lora.r,

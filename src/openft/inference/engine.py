@@ -12,7 +12,13 @@ from openft.datasets.toolcalls import HERMES_OPEN
 from openft.errors import ContextLengthExceeded, InvalidRequest
 from openft.inference.decoding import DecodePlan, Generation, collect
 from openft.inference.prompt import render_prompt
-from openft.inference.registry import ActiveModel, Lease, ModelRegistry, read_context_length
+from openft.inference.registry import (
+    ActiveModel,
+    Lease,
+    ModelRegistry,
+    default_max_model_bytes,
+    read_context_length,
+)
 from openft.inference.stream import GenerationStream
 from openft.inference.types import GenerationParams, GenerationResult, ModelTarget
 
@@ -48,10 +54,17 @@ class InferenceEngine:
     call); "required" with several tools gives a call only if the model writes one of their names.
     """
 
-    def __init__(self, max_adapters: int = 8, max_adapter_bytes: int | None = None):
+    def __init__(self, max_adapters: int = 8, max_adapter_bytes: int | None = None, max_model_bytes: int | None = None):
         """`max_adapters`, `max_adapter_bytes`: LoRA adapters (and bytes of their weights) kept loaded over
-        all bases; the least recently used are unloaded beyond either. None: no byte limit."""
-        self._registry = ModelRegistry(max_adapters, max_adapter_bytes)
+        all bases; the least recently used are unloaded beyond either. None: no byte limit.
+
+        `max_model_bytes`: memory budget of every loaded model (bases, full fine-tunes, checkpoints) and
+        adapter together; the least recently used idle models are unloaded beyond it (see
+        `openft.inference.registry`). None: half of this machine's memory (`default_max_model_bytes`).
+        """
+        if max_model_bytes is None:
+            max_model_bytes = default_max_model_bytes()
+        self._registry = ModelRegistry(max_adapters, max_adapter_bytes, max_model_bytes)
 
     def chat(
         self,
@@ -107,7 +120,8 @@ class InferenceEngine:
         return self._registry.unload(path)
 
     def stats(self) -> dict[str, int]:
-        """`bases_loaded`, `full_models_loaded`, `adapters_loaded`, `adapter_bytes` (weights of loaded adapters)."""
+        """`bases_loaded`, `full_models_loaded`, `adapters_loaded`, `adapter_bytes` (weights of loaded adapters),
+        `model_bytes` (loaded models), `memory_bytes` (both: what the budget counts), `models_evicted`."""
         return self._registry.stats()
 
     def _start(

@@ -66,11 +66,11 @@ def _merge(target: ModelTarget, dest: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(target.weights_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(target.weights_path, dtype=torch.float32, trust_remote_code=False)
     assert target.adapter_path is not None
     merged = PeftModel.from_pretrained(base, target.adapter_path).merge_and_unload()
     merged.save_pretrained(dest)
     tokenizer_source = (
         target.adapter_path if (target.adapter_path / "tokenizer_config.json").exists() else target.base_path
     )
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(dest)
+    AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=False).save_pretrained(dest)

@@ -17,11 +17,24 @@ bytes of their weights. Evicting an adapter needs its base's lock; when another 
 adapter is only marked, and deleted when that request releases the base (or the next one takes it).
 So a base's lock is never awaited while another is held, and the bounds can be exceeded only by
 adapters whose base is busy at that moment.
+
+Whole models (bases, full fine-tunes, checkpoints' full weights) are bounded too, by memory: one
+least-recently-used order over every loaded model, and a byte budget (`max_model_bytes`) that counts each
+model's parameters and buffers plus the weights of every loaded adapter. Before a model is loaded (from
+its safetensors headers), after it is loaded (measured), after an adapter is loaded and whenever a
+request gives a model back, the least recently used models are unloaded, with their adapters, until the
+total fits. Never the most recently used one, and never one a request holds (its lock is taken without
+waiting, so a busy model is skipped and goes when it is released, if still over): a model larger than the
+whole budget is still served, alone, and the budget is exceeded only while requests hold what is over it.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import math
+import os
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -48,6 +61,9 @@ meta device ("Cannot copy out of meta tensor"). Always taken after a slot's lock
 T = TypeVar("T")
 
 _CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+_LOADED_DTYPE_BYTES = 4
+"""Models are loaded in fp32 whatever their files hold."""
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -92,17 +108,23 @@ class Lease:
 class ModelRegistry:
     """Owns every loaded model and adapter (see the module docstring for the eviction rules)."""
 
-    def __init__(self, max_adapters: int, max_adapter_bytes: int | None = None):
+    def __init__(self, max_adapters: int, max_adapter_bytes: int | None = None, max_model_bytes: int | None = None):
+        """`max_model_bytes`: memory budget of loaded models and adapters together (see the module docstring);
+        None: no budget."""
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
         if max_adapter_bytes is not None and max_adapter_bytes < 0:
             raise ValueError("max_adapter_bytes must not be negative")
+        if max_model_bytes is not None and max_model_bytes < 0:
+            raise ValueError("max_model_bytes must not be negative")
         self._max_adapters = max_adapters
         self._max_adapter_bytes = max_adapter_bytes
+        self._max_model_bytes = max_model_bytes
         self._lock = threading.Lock()  # guards the dicts below and every slot's `doomed`; held only briefly
-        self._slots: dict[Path, _Slot] = {}
+        self._slots: OrderedDict[Path, _Slot] = OrderedDict()  # least recently used first
         self._lru: OrderedDict[tuple[Path, Path], int] = OrderedDict()  # (slot, adapter) → bytes, oldest first
         self._lru_bytes = 0
+        self._models_evicted = 0
 
     @contextmanager
     def use(self, target: ModelTarget) -> Iterator[ActiveModel]:
@@ -124,6 +146,7 @@ class ModelRegistry:
             raise ModelNotFound("The model's adapter is missing on this server.", param="model")
         slot = self._locked_slot(target)
         release = ExitStack()
+        release.callback(self._shrink)  # runs last: a model that was busy during a shrink may go now
         release.callback(slot.lock.release)
         release.callback(self._delete_doomed, slot)  # adapters evicted while this request ran
         try:
@@ -136,15 +159,18 @@ class ModelRegistry:
     def _activate(self, slot: _Slot, target: ModelTarget) -> ActiveModel:
         """On the slot's thread, with its lock held: load what is missing, activate the target's adapter."""
         self._delete_doomed(slot)
+        if slot.loaded is None:
+            self._shrink(incoming=estimate_model_bytes(slot.weights_path))  # make room before, not after
         active = slot.load()
         if target.adapter_path is not None:
-            return self._activate_adapter(slot, active, target.adapter_path.resolve())
-        if isinstance(active.model, PeftModel) and slot.lora_enabled:
+            active = self._activate_adapter(slot, active, target.adapter_path.resolve())
+        elif isinstance(active.model, PeftModel) and slot.lora_enabled:
             # The LoRA layers live inside the base's modules; disabling them gives back the exact base. They
             # stay disabled until an adapter request: toggling per request (PEFT's `disable_adapter()`)
             # walks every module twice, ~15 ms a request on SmolLM2-135M.
             active.model.base_model.disable_adapter_layers()
             slot.lora_enabled = False
+        self._shrink()
         return active
 
     def unload(self, path: Path) -> bool:
@@ -154,11 +180,9 @@ class ModelRegistry:
         """
         key = path.resolve()
         with self._lock:
-            slot = self._slots.pop(key, None)
+            slot = self._slots.get(key)
             if slot is not None:
-                slot.detached = True  # its adapters are no longer counted, nor can new ones be
-                for entry in [e for e in self._lru if e[0] == key]:
-                    self._forget(*entry)
+                self._detach(slot)
             holders = []
             for slot_key, adapter_key in [e for e in self._lru if e[1] == key]:
                 self._forget(slot_key, adapter_key)
@@ -176,7 +200,8 @@ class ModelRegistry:
         return found
 
     def stats(self) -> dict[str, int]:
-        """What is in memory: loaded bases and full models, adapters and the bytes of their weights."""
+        """What is in memory: loaded bases and full models, adapters and the bytes of their weights, the
+        bytes the memory budget counts (`memory_bytes`: models and adapters) and how many models it unloaded."""
         with self._lock:
             loaded = [slot for slot in self._slots.values() if slot.loaded is not None]
             return {
@@ -184,7 +209,15 @@ class ModelRegistry:
                 "full_models_loaded": sum(slot.full_model for slot in loaded),
                 "adapters_loaded": len(self._lru),
                 "adapter_bytes": self._lru_bytes,
+                "model_bytes": sum(slot.model_bytes for slot in loaded),
+                "memory_bytes": self._memory_bytes(),
+                "models_evicted": self._models_evicted,
             }
+
+    def loaded_models(self) -> list[Path]:
+        """The folders of the loaded models (bases and full models), least recently used first."""
+        with self._lock:
+            return [key for key, slot in self._slots.items() if slot.loaded is not None]
 
     # Internals ---------------------------------------------------------------------------------------
 
@@ -197,9 +230,47 @@ class ModelRegistry:
                 if slot is None:
                     slot = self._slots[key] = _Slot(key, target)
             slot.lock.acquire()
-            if not slot.detached:
-                return slot
+            with self._lock:
+                if not slot.detached:
+                    self._slots.move_to_end(key)  # the most recently used: the last to be unloaded
+                    return slot
             slot.lock.release()
+
+    def _detach(self, slot: _Slot) -> None:
+        """Take the slot out of the registry (its adapters are no longer counted, nor can new ones be);
+        the caller holds the registry's lock and then closes the slot."""
+        slot.detached = True
+        self._slots.pop(slot.key, None)
+        for entry in [e for e in self._lru if e[0] == slot.key]:
+            self._forget(*entry)
+
+    def _memory_bytes(self) -> int:
+        """What the memory budget counts; the caller holds the registry's lock."""
+        return sum(slot.model_bytes for slot in self._slots.values() if slot.loaded is not None) + self._lru_bytes
+
+    def _shrink(self, incoming: int = 0) -> None:
+        """Unload least recently used idle models until the loaded ones and `incoming` more bytes fit the budget.
+
+        Never the most recently used model, nor one whose lock is held (a request uses it, or it is being
+        loaded): that lock is only tried, so no lock is ever awaited here.
+        """
+        if self._max_model_bytes is None:
+            return
+        victims: list[_Slot] = []
+        with self._lock:
+            for slot in list(self._slots.values())[:-1]:
+                if self._memory_bytes() + incoming <= self._max_model_bytes:
+                    break
+                if slot.loaded is None or not slot.lock.acquire(blocking=False):
+                    continue
+                self._detach(slot)
+                self._models_evicted += 1
+                victims.append(slot)
+        for slot in victims:
+            slot.close()
+            slot.lock.release()  # a request waiting for it finds it detached and loads a fresh copy
+        if victims:
+            gc.collect()  # PEFT wrappers hold reference cycles; free the weights now, not at some later GC
 
     def _activate_adapter(self, slot: _Slot, active: ActiveModel, key: Path) -> ActiveModel:
         """Make the adapter at `key` the active one, loading it (and evicting old ones) if needed."""
@@ -269,6 +340,52 @@ class ModelRegistry:
             slot.delete_adapter(key)
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    """Memory of a module's parameters and buffers (tied weights counted once)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def estimate_model_bytes(folder: Path) -> int:
+    """What loading the model in `folder` will take, before loading it: the tensors its safetensors headers
+    list, in fp32 (a few small reads, no weights). Without safetensors, the size of its PyTorch files. 0 when
+    nothing can be read (the measurement after loading then decides)."""
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with path.open("rb") as file:
+                (length,) = struct.unpack("<Q", file.read(8))
+                if length > _MAX_SAFETENSORS_HEADER:
+                    continue
+                header = json.loads(file.read(length))
+        except (OSError, ValueError, struct.error):
+            continue
+        for name, entry in header.items() if isinstance(header, dict) else ():
+            if name != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("shape"), list):
+                total += math.prod(entry["shape"]) * _LOADED_DTYPE_BYTES
+    if total == 0:
+        total = sum(path.stat().st_size for path in folder.glob("*.bin") if path.is_file())
+    return total
+
+
+def default_max_model_bytes() -> int:
+    """Half of this machine's memory, or of the container's limit (cgroup) when that is lower.
+
+    Models live in the server's own memory, beside the API and the trainers' processes; half leaves the rest
+    room, and follows the machine instead of a fixed figure that is too much for a laptop and too little for
+    a server.
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total // 2
+
+
 def context_length_of(config: PretrainedConfig) -> int | None:
     """The model's context window from its config (architectures name it differently); None if unknown."""
     for name in _CONTEXT_ATTRIBUTES:
@@ -299,16 +416,22 @@ class _Slot:
         self.adapters: dict[Path, tuple[str, int]] = {}  # folder → (peft adapter name, bytes of its weights)
         self.doomed: set[Path] = set()
         self.lora_enabled = True  # PEFT's LoRA layers on; off while serving the plain base (see `_activate`)
-        self._weights_path = target.weights_path
+        self.weights_path = target.weights_path
+        self.model_bytes = 0  # parameters and buffers of the loaded model (its adapters are counted apart)
         self._tokenizer_path = _tokenizer_folder(target)
         self._adapters_loaded = 0
 
     def load(self) -> ActiveModel:
         if self.loaded is None:
+            _refuse_custom_code(self.weights_path)
             with _LOAD_LOCK:
-                model = AutoModelForCausalLM.from_pretrained(self._weights_path, dtype=torch.float32)
-                tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
+                # Never run code shipped with a model (`auto_map` in its config): only transformers' own classes.
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.weights_path, dtype=torch.float32, trust_remote_code=False
+                )
+                tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path, trust_remote_code=False)
             model.eval().requires_grad_(False)
+            self.model_bytes = module_bytes(model)
             self.loaded = ActiveModel(
                 model=model,
                 tokenizer=tokenizer,
@@ -354,6 +477,24 @@ class _Slot:
         self.loaded = None
         self.adapters.clear()
         self.worker.shutdown(wait=False)
+
+
+def _refuse_custom_code(folder: Path) -> None:
+    """A model whose architecture exists only as Python code shipped with it (`auto_map` naming a class for a
+    `model_type` transformers does not know) cannot be loaded without running that code, which this server
+    never does: say so as a 404 instead of transformers' prompt or error. Known architectures that also ship
+    code load with transformers' own classes (`trust_remote_code=False`)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers says what is wrong with it
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise ModelNotFound(
+            "The model needs Python code of its own to load, and this server never runs a model's code.",
+            param="model",
+        )
 
 
 def _tokenizer_folder(target: ModelTarget) -> Path:

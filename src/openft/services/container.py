@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
 from openft.basemodels import ModelCatalog
+from openft.datacheck import CheckBudget
 from openft.db import repositories as repo
 from openft.fsutil import atomic_write_text
 from openft.inference import InferenceEngine
@@ -115,6 +116,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     generator = InferenceEngine(
         max_adapters=settings.max_adapters,
         max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
+        max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
     )
     model_service = ModelService(sessions, catalog, generator)
     worker = None
@@ -137,7 +139,9 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         authenticator=KeyAuthenticator(StaticKeyAuthenticator(key, org_id, admin=True), keys),
         keys=keys,
         rate_limiter=RateLimiter(),
-        data_check=DataCheckService(sessions, store, catalog),
+        data_check=DataCheckService(
+            sessions, store, catalog, budget=CheckBudget(settings.data_check_seconds, settings.data_check_max_bytes)
+        ),
         worker=worker,
     )
     container.fine_tuning = FineTuningService(

@@ -92,7 +92,7 @@ def load_tokenizer(path: Path) -> tuple[Any, list[str]]:
     from transformers import AutoTokenizer
 
     notes = []
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run a model's own code
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
         notes.append("the tokenizer has no padding token; using its end-of-sequence token")
@@ -127,7 +127,7 @@ def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> Loa
     tokenizer, notes = load_tokenizer(resume_weights if resume_weights and spec.lora is None else base_path)
     # Full fine-tuning resumes from the checkpoint's own model folder; LoRA always starts from the base.
     weights_path = resume_weights if resume_weights is not None and spec.lora is None else base_path
-    model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=torch.float32, trust_remote_code=False)
     context_length = getattr(model.config, "max_position_embeddings", None)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
