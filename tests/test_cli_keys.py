@@ -91,3 +91,39 @@ def test_errors_exit_1_with_a_json_error(tmp_path: Path) -> None:
     result = _run(["keys", "create", "--org", "ok", "--rate-limit", "0", "--json", *data], ok=False)
     assert json.loads(result.stdout)["error"]["param"] == "rate_limit"
     assert _json(["keys", "list"], {"OPENFT_DATA_DIR": str(tmp_path)}) == []
+
+
+def test_limits_from_keys_create_and_orgs_set_limits(database_url: str) -> None:
+    """`keys create --max-…` sets the organization's limits; `orgs set-limits` changes or removes them; the
+    limits are on the organization row, which the claim and the quota checks read."""
+    env = {"OPENFT_DATABASE_URL": database_url}
+    created = _json(
+        [
+            "keys",
+            "create",
+            "--org",
+            "team-l",
+            "--max-running-jobs",
+            "2",
+            "--max-queued-jobs",
+            "5",
+            "--max-storage-gb",
+            "1.5",
+        ],
+        env,
+    )
+    assert created["org"] == "team-l"
+    (org,) = [row for row in _json(["orgs", "list"], env) if row["org"] == "team-l"]
+    assert (org["max_running_jobs"], org["max_queued_jobs"], org["max_storage_bytes"]) == (2, 5, 1_500_000_000)
+
+    changed = _json(["orgs", "set-limits", "team-l", "--max-running-jobs", "1", "--unlimited", "storage"], env)
+    assert (changed["max_running_jobs"], changed["max_queued_jobs"], changed["max_storage_bytes"]) == (1, 5, None)
+    (org,) = [row for row in _json(["orgs", "list"], env) if row["org"] == "team-l"]
+    assert org["max_running_jobs"] == 1 and org["max_storage_bytes"] is None
+
+    bad = _run(["orgs", "set-limits", "team-l", "--max-queued-jobs", "-1", "--json"], env, ok=False)
+    assert json.loads(bad.stdout)["error"]["param"] == "max_queued_jobs"
+    missing = _run(["orgs", "set-limits", "nobody", "--max-queued-jobs", "1", "--json"], env, ok=False)
+    assert json.loads(missing.stdout)["error"]["code"] == "not_found"
+    bad = _run(["keys", "create", "--org", "team-m", "--max-storage-gb", "-2", "--json"], env, ok=False)
+    assert json.loads(bad.stdout)["error"]["param"] == "max_storage_gb"

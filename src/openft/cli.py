@@ -22,6 +22,11 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+orgs_app = typer.Typer(
+    help="Organizations and their limits (running jobs, queued jobs, stored bytes), kept in the database.",
+    no_args_is_help=True,
+)
+app.add_typer(orgs_app, name="orgs")
 
 
 def _add_client_commands() -> None:
@@ -210,6 +215,19 @@ def db_upgrade(data_dir: DataDir = None) -> None:
 
 
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+MaxRunningJobs = Annotated[
+    int | None, typer.Option("--max-running-jobs", help="Organization limit: training jobs running at once.")
+]
+MaxQueuedJobs = Annotated[
+    int | None,
+    typer.Option("--max-queued-jobs", help="Organization limit: jobs waiting (validating or queued); more get 429."),
+]
+MaxStorageGb = Annotated[
+    float | None,
+    typer.Option(
+        "--max-storage-gb", help="Organization limit: GB (10^9 bytes) of stored files; over it uploads get 429."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -258,17 +276,23 @@ def keys_create(
     rate_limit: Annotated[
         int | None, typer.Option("--rate-limit", help="Requests per minute (per server process); none by default.")
     ] = None,
+    max_running_jobs: MaxRunningJobs = None,
+    max_queued_jobs: MaxQueuedJobs = None,
+    max_storage_gb: MaxStorageGb = None,
     as_json: JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Create an API key; the key is printed once (only its SHA-256 is stored)."""
+    """Create an API key; the key is printed once (only its SHA-256 is stored). The --max-… limits are set on
+    the organization: they hold for all its keys (change them later with `openft orgs set-limits`)."""
     import json
 
     from openft.errors import OpenFTError
+    from openft.services.quotas import limits_from_options
 
     try:
+        limits = limits_from_options(max_running_jobs, max_queued_jobs, max_storage_gb)
         with _key_service(data_dir) as service:
-            created = service.create(org, project=project, admin=admin, rate_limit_per_minute=rate_limit)
+            created = service.create(org, project=project, admin=admin, rate_limit_per_minute=rate_limit, limits=limits)
     except OpenFTError as exc:
         raise _fail(exc, as_json) from None
     if as_json:
@@ -349,6 +373,58 @@ def keys_revoke(
         typer.echo(json.dumps(info.to_json()))
         return
     typer.echo(f"revoked {info.id} of organization {info.org} at {_when(info.revoked_at)} UTC")
+
+
+@orgs_app.command("set-limits")
+def orgs_set_limits(
+    org: Annotated[str, typer.Argument(help="The organization's name.")],
+    max_running_jobs: MaxRunningJobs = None,
+    max_queued_jobs: MaxQueuedJobs = None,
+    max_storage_gb: MaxStorageGb = None,
+    unlimited: Annotated[
+        list[str] | None,
+        typer.Option("--unlimited", help="Remove a limit: running-jobs, queued-jobs or storage (repeatable)."),
+    ] = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Set an organization's limits (only those given change); a running server and its workers apply them at once."""
+    import json
+
+    from openft.errors import InvalidRequest, OpenFTError
+    from openft.services.quotas import limits_from_options
+
+    names = {"running-jobs": "max_running_jobs", "queued-jobs": "max_queued_jobs", "storage": "max_storage_bytes"}
+    try:
+        limits: dict[str, int | None] = limits_from_options(max_running_jobs, max_queued_jobs, max_storage_gb)
+        for name in unlimited or []:
+            if name not in names:
+                raise InvalidRequest(f"--unlimited takes one of {', '.join(names)}, not {name!r}.", param="unlimited")
+            limits[names[name]] = None
+        if not limits:
+            raise InvalidRequest("Give at least one limit to set (or --unlimited).", param="limits")
+        with _key_service(data_dir) as service:
+            result = service.set_organization_limits(org, limits)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    shown = {"org": org, **result.to_json()}
+    typer.echo(
+        json.dumps(shown) if as_json else "  ".join(f"{k}={'unlimited' if v is None else v}" for k, v in shown.items())
+    )
+
+
+@orgs_app.command("list")
+def orgs_list(as_json: JsonOutput = False, data_dir: DataDir = None) -> None:
+    """List organizations with their limits (unlimited where none is set)."""
+    import json
+
+    with _key_service(data_dir) as service:
+        rows = service.organizations()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        typer.echo("  ".join(f"{k}={'unlimited' if v is None else v}" for k, v in row.items()))
 
 
 def main() -> None:

@@ -67,6 +67,13 @@ class RateLimited(OpenFTError):
         """Seconds until the caller's next request would be admitted."""
 
 
+class QuotaExceeded(OpenFTError):
+    """The organization is at one of its limits (`openft orgs set-limits`); waiting does not lift it by itself:
+    a job has to finish or a file be deleted, so no `Retry-After` is sent."""
+
+    code = "quota_exceeded"
+
+
 class PayloadTooLarge(OpenFTError):
     """The upload is larger than the server accepts."""
 

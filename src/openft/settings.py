@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Memory bound (GiB) of every model loaded for inference (bases, fine-tunes, checkpoints, "
         "adapters); least recently used idle ones are unloaded. Unset: half of this machine's memory.",
     )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=0,
+        description="Chat/completion requests that may wait for one model while it serves another; more get 429 "
+        "`rate_limit_exceeded` with `Retry-After`.",
+    )
     hub_models: str = Field(
         default="",
         description="Comma-separated Hugging Face ids (fnmatch patterns, e.g. `Qwen/*`) that `model` may name; "
@@ -71,6 +77,17 @@ class Settings(BaseSettings):
         ge=0,
         description="A failed or cancelled job's folder is removed this long after it finished; a succeeded job's "
         "resume state, training data copy and log too (its model, checkpoints' weights and result file stay).",
+    )
+    data_check_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Time budget of one `GET /v1/files/{id}/check`; past it the report covers the part checked "
+        "(`truncated: true`).",
+    )
+    data_check_max_bytes: int = Field(
+        default=64 * MiB,
+        ge=1,
+        description="Bytes of a file one `GET /v1/files/{id}/check` reads (its parsed examples are held in memory).",
     )
     db_retry_seconds: float = Field(
         default=60.0,

@@ -8,9 +8,10 @@ from typing import Any
 
 from openft.db import repositories as repo
 from openft.db.tables import JobRow
-from openft.jobs.queue import QueueEstimate, estimate_queue, report_message, worth_reporting
+from openft.jobs.queue import MAX_REPORTS_PER_STAY, QueueEstimate, estimate_queue, report_message, worth_reporting
 from openft.jobs.states import JobStatus
 from openft.services.container import Container
+from tests.jobs.test_fairness import claim, finish, queue_job
 from tests.jobs.test_worker import _job, _validate_all
 from tests.support import openapi_schemas
 from tests.support.data import jsonl_bytes, valid_examples
@@ -119,3 +120,52 @@ def test_workers_report_the_queue_and_jobs_show_it(container: Container) -> None
         assert repo.claim_next_job(session, JobStatus.QUEUED, JobStatus.RUNNING, worker_id="w", lease_seconds=60)
     worker._report_queue()
     assert [e.data["queue_position"] for e in queue_events(ids[2])] == [1, 2]
+
+
+def _queue_event_total(container: Container, queued: int) -> int:
+    """Queue `queued` jobs, then claim them one at a time with a queue report before every claim (as the
+    worker's loop does); the number of queue events made in all."""
+    worker = container.worker
+    assert worker is not None
+    ids = [queue_job(container.sessions, container.default_org_id) for _ in range(queued)]
+    for _ in ids:
+        worker._report_queue()
+        job_id = claim(container.sessions)
+        assert job_id is not None
+        finish(container.sessions, job_id)
+    with container.sessions.begin() as session:
+        return sum(
+            1
+            for job_id in ids
+            for event in repo.list_events(session, job_id, after=None, limit=1000).data
+            if event.message.startswith("Queued:")
+        )
+
+
+def test_queue_events_grow_linearly_with_the_queue(container: Container) -> None:
+    """Every claim moves each queued job up one place; reporting every move made Q²/2 events (820 for 40 jobs).
+    Each job now reports a notable move only, at most MAX_REPORTS_PER_STAY times, and always its turn at 1."""
+    total = _queue_event_total(container, 40)
+    assert total <= MAX_REPORTS_PER_STAY * 40
+    assert total < 40 * 41 // 4  # far from quadratic
+
+
+def test_each_job_still_hears_when_it_is_next(container: Container) -> None:
+    worker = container.worker
+    assert worker is not None
+    ids = [queue_job(container.sessions, container.default_org_id) for _ in range(30)]
+    for _ in range(29):
+        worker._report_queue()
+        job_id = claim(container.sessions)
+        assert job_id is not None
+        finish(container.sessions, job_id)
+    worker._report_queue()
+    with container.sessions.begin() as session:
+        positions = [
+            e.data["queue_position"]
+            for e in reversed(repo.list_events(session, ids[-1], after=None, limit=100).data)
+            if e.message.startswith("Queued:")
+        ]
+    assert positions[0] == 30 and positions[-1] == 1
+    assert len(positions) <= MAX_REPORTS_PER_STAY
+    assert positions == sorted(positions, reverse=True)

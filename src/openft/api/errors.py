@@ -26,6 +26,7 @@ from openft.errors import (
     OpenFTError,
     PayloadTooLarge,
     PermissionDenied,
+    QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
     Unauthorized,
@@ -46,6 +47,8 @@ ERROR_TABLE: dict[type[OpenFTError], tuple[int, str, dict[str, str]]] = {
     PayloadTooLarge: (413, "invalid_request_error", {"x-should-retry": "false"}),
     # OpenAI's type for request-rate limits; `Retry-After` is added per error (see error_response)
     RateLimited: (429, "requests", {}),
+    # an organization's quota (services/quotas.py): retrying the same request soon would fail the same way
+    QuotaExceeded: (429, "insufficient_quota", {"x-should-retry": "false"}),
     ServiceUnavailable: (503, "server_error", {}),
 }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from openft.db.tables import (
     ApiKeyRow,
@@ -24,6 +24,7 @@ from openft.db.tables import (
     OrganizationRow,
 )
 from openft.errors import InvalidRequest
+from openft.jobs.queue import claim_order
 from openft.jobs.states import JobStatus, is_legal, sources_of
 
 Row = TypeVar("Row", FileRow, JobRow, JobEventRow, CheckpointRow)
@@ -90,6 +91,10 @@ def get_organization(session: Session, org_id: str) -> OrganizationRow | None:
 
 def get_organization_by_name(session: Session, name: str) -> OrganizationRow | None:
     return session.scalar(select(OrganizationRow).where(OrganizationRow.name == name))
+
+
+def list_organizations(session: Session) -> Sequence[OrganizationRow]:
+    return session.scalars(select(OrganizationRow).order_by(OrganizationRow.seq)).all()
 
 
 def organization_names(session: Session) -> dict[str, str]:
@@ -241,8 +246,51 @@ def update_job_fenced(session: Session, job_id: str, attempt: int, **fields: Any
     return result.rowcount == 1
 
 
+ACTIVE_STATUSES = (JobStatus.RUNNING.value, JobStatus.PAUSING.value)
+"""A job in these holds a training slot: it counts against its organization's `max_running_jobs`."""
+WAITING_STATUSES = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value)
+"""A job in these waits for a worker: it counts against its organization's `max_queued_jobs`."""
+
+
+def _unclaimed(now: float) -> ColumnElement[bool]:
+    return or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now)
+
+
+def _running_count(org_id: Any) -> Any:
+    """Jobs of the organization `org_id` (a column or a value) holding a training slot."""
+    running = aliased(JobRow)
+    return (
+        select(func.count())
+        .select_from(running)
+        .where(running.organization_id == org_id, running.status.in_(ACTIVE_STATUSES))
+        .scalar_subquery()
+    )
+
+
+def _fair_candidates(source: JobStatus, now: float) -> Select[tuple[str]]:
+    """Jobs in `source` a worker may claim, best first: the organization that has waited longest since its
+    last claim goes first (round-robin; never claimed counts as longest), then its oldest job (FIFO within
+    the organization). An organization at its `max_running_jobs` is skipped altogether."""
+    under_limit = or_(
+        OrganizationRow.max_running_jobs.is_(None),
+        _running_count(JobRow.organization_id) < OrganizationRow.max_running_jobs,
+    )
+    return (
+        select(JobRow.id)
+        .outerjoin(OrganizationRow, OrganizationRow.id == JobRow.organization_id)
+        .where(JobRow.status == source.value, _unclaimed(now), under_limit)
+        .order_by(func.coalesce(OrganizationRow.last_claimed_at, 0.0), JobRow.seq)
+    )
+
+
 def claim_next_job(
-    session: Session, source: JobStatus, target: JobStatus, *, worker_id: str, lease_seconds: float
+    session: Session,
+    source: JobStatus,
+    target: JobStatus,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    fair: bool = False,
 ) -> JobRow | None:
     """Atomically take the oldest job in `source` and move it to `target` for this worker.
 
@@ -254,22 +302,41 @@ def claim_next_job(
     `validating_files` while a worker checks it, and without this another worker would take it over
     mid-check (and the first one's result would be refused). A dead validator's job is claimed again
     once its lease expires.
+
+    `fair` (training claims): organizations take turns and their running limits hold (`_fair_candidates`).
+    The organization's row is locked (PostgreSQL) and its running jobs counted again under that lock, so two
+    workers claiming at once cannot both take the last slot of one organization.
     """
     now = time.time()
-    unclaimed = or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now)
-    candidate = (
-        select(JobRow.id)
-        .where(JobRow.status == source.value, unclaimed)
-        .order_by(JobRow.seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
+    if fair:
+        candidate = _fair_candidates(source, now).limit(1).with_for_update(skip_locked=True, of=JobRow)
+    else:
+        candidate = (
+            select(JobRow.id)
+            .where(JobRow.status == source.value, _unclaimed(now))
+            .order_by(JobRow.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
     job_id = session.scalar(candidate)
     if job_id is None:
         return None
+    if fair:
+        org_id = session.scalar(select(JobRow.organization_id).where(JobRow.id == job_id))
+        organization = session.scalar(
+            select(OrganizationRow)
+            .where(OrganizationRow.id == org_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if organization is not None:
+            limit = organization.max_running_jobs
+            if limit is not None and int(session.scalar(select(_running_count(org_id))) or 0) >= limit:
+                return None  # another worker took the organization's last slot meanwhile
+            organization.last_claimed_at = now
     result = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.status == source.value, unclaimed)
+        .where(JobRow.id == job_id, JobRow.status == source.value, _unclaimed(now))
         .values(
             status=target.value,
             worker_id=worker_id,
@@ -280,6 +347,7 @@ def claim_next_job(
     )
     if result.rowcount != 1:
         return None
+    session.flush()
     row = session.scalar(select(JobRow).where(JobRow.id == job_id).execution_options(populate_existing=True))
     return row
 
@@ -299,10 +367,11 @@ def renew_leases(session: Session, worker_id: str, claims: dict[str, int], lease
     return lost
 
 
-def has_claimable_job(session: Session, status: JobStatus, now: float) -> bool:
+def has_claimable_job(session: Session, status: JobStatus, now: float, *, fair: bool = False) -> bool:
     """Whether `claim_next_job` from `status` would find a job (a cheap read before taking locks)."""
-    unclaimed = or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now)
-    return session.scalar(select(JobRow.id).where(JobRow.status == status.value, unclaimed).limit(1)) is not None
+    if fair:
+        return session.scalar(_fair_candidates(status, now).limit(1)) is not None
+    return session.scalar(select(JobRow.id).where(JobRow.status == status.value, _unclaimed(now)).limit(1)) is not None
 
 
 def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, now: float, **fields: Any) -> bool:
@@ -335,11 +404,18 @@ def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, n
 
 
 def queue_snapshot(session: Session, *, recent_finished: int = 10) -> tuple[list[JobRow], list[JobRow], list[JobRow]]:
-    """What queue estimates need: running and pausing jobs, queued jobs in claim order (oldest first),
+    """What queue estimates need: running and pausing jobs, queued jobs in claim order (jobs/queue.py),
     and the most recently succeeded jobs (their durations, when no running job shows the speed)."""
     active = [JobStatus.RUNNING.value, JobStatus.PAUSING.value]
     running = list(session.scalars(select(JobRow).where(JobRow.status.in_(active)).order_by(JobRow.seq)))
     queued = list(session.scalars(select(JobRow).where(JobRow.status == JobStatus.QUEUED.value).order_by(JobRow.seq)))
+    if queued:
+        orgs = {job.organization_id for job in queued}
+        rows = session.execute(
+            select(OrganizationRow.id, OrganizationRow.last_claimed_at).where(OrganizationRow.id.in_(orgs))
+        )
+        last_claimed = {org_id: claimed for org_id, claimed in rows}
+        queued = claim_order(queued, last_claimed)
     finished = list(
         session.scalars(
             select(JobRow)
@@ -365,6 +441,15 @@ def queue_position(session: Session, job: JobRow) -> int:
     return int(
         session.scalar(select(func.count()).where(JobRow.status == JobStatus.QUEUED.value, JobRow.seq < job.seq)) or 0
     )
+
+
+def finished_jobs(session: Session, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int | None]]:
+    """Which of `job_ids` finished (succeeded, failed, cancelled): id → (status, finished_at)."""
+    terminal = [JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+    rows = session.execute(
+        select(JobRow.id, JobRow.status, JobRow.finished_at).where(JobRow.id.in_(job_ids), JobRow.status.in_(terminal))
+    )
+    return {row.id: (JobStatus(row.status), row.finished_at) for row in rows}
 
 
 def job_statuses(session: Session, job_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -441,6 +526,10 @@ def checkpoint_for_step(session: Session, job_id: str, step: int) -> CheckpointR
 
 def delete_checkpoint_for_step(session: Session, job_id: str, step: int) -> None:
     session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id, CheckpointRow.step_number == step))
+
+
+def delete_checkpoints_of(session: Session, job_id: str) -> None:
+    session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
 
 
 def find_checkpoint_by_model_name(session: Session, name: str) -> CheckpointRow | None:

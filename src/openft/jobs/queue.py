@@ -2,7 +2,9 @@
 
 The rule (README, "Running workers"):
 
-- **Slots.** Jobs are claimed oldest first, one per free slot. The slots are the running (and pausing) jobs
+- **Order.** Organizations take turns: the next claim serves the organization that has waited longest since
+  its last claim, and its oldest job (`claim_order`; the claim query in db/repositories.py does the same).
+- **Slots.** Jobs are claimed in that order, one per free slot. The slots are the running (and pausing) jobs
   whose lease is live: while jobs wait, every live worker is full (a worker with a free slot claims within
   a poll interval), so this count is the job slots of the workers that are alive, with no registry of
   workers to keep. With no live running job at all, one slot is assumed (a worker will pick the queue up,
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,12 @@ REPORT_PREFIX = "Queued:"
 MIN_REPORTED_SHIFT_SECONDS = 120.0
 REPORTED_SHIFT_FRACTION = 0.25
 """A new event when the estimated start moved by more than this share of the wait (and 2 minutes)."""
+REPORTED_POSITION_FRACTION = 0.25
+"""A new event when the position moved by at least this share of the last reported one (and 1)."""
+MAX_REPORTS_PER_STAY = 8
+"""Queue events per job per stay in the queue, at most: every claim moves every queued job up one place, so
+reporting each move made Q²/2 events for Q queued jobs; with this cap the total is at most 8 Q. The last one
+is kept for "position 1"."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,27 @@ def _seconds_per_example(running: Sequence[JobRow], finished: Sequence[JobRow], 
         by_model.setdefault(base, []).append(value)
         by_model.setdefault(None, []).append(value)
     return {key: sum(values) / len(values) for key, values in by_model.items()}
+
+
+def claim_order(queued: Sequence[JobRow], last_claimed: Mapping[str, float | None]) -> list[JobRow]:
+    """`queued` (oldest first) in the order claims will take them: round-robin over organizations, the one
+    whose last claim (`last_claimed`, None: never) is oldest first, FIFO within each organization."""
+    by_org: dict[str, list[JobRow]] = {}
+    for job in queued:
+        by_org.setdefault(job.organization_id, []).append(job)
+    # (claimed in this simulation?, when, oldest job's seq): simulated claims come after every real one
+    turns = [(0, last_claimed.get(org) or 0.0, jobs[0].seq or 0, org) for org, jobs in by_org.items()]
+    heapq.heapify(turns)
+    ordered: list[JobRow] = []
+    taken = {org: 0 for org in by_org}
+    while turns:
+        _simulated, _when, _seq, org = heapq.heappop(turns)
+        jobs = by_org[org]
+        ordered.append(jobs[taken[org]])
+        taken[org] += 1
+        if taken[org] < len(jobs):
+            heapq.heappush(turns, (1, float(len(ordered)), jobs[taken[org]].seq or 0, org))
+    return ordered
 
 
 def estimate_queue(
@@ -134,23 +163,42 @@ def report_message(estimate: QueueEstimate, now: float) -> str:
     return f"{where}; estimated start {'now' if wait < 1 else 'in ' + _wait(wait)}"
 
 
-def report_data(estimate: QueueEstimate, attempt: int) -> dict[str, Any]:
-    """The queue event's `data`; `attempt` ties it to one stay in the queue (each claim bumps it)."""
+def report_data(estimate: QueueEstimate, attempt: int, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The queue event's `data`; `attempt` ties it to one stay in the queue (each claim bumps it), `report`
+    counts the stay's events (`previous`: the data of the stay's last one)."""
+    same_stay = previous is not None and previous.get("attempt") == attempt
     return {
         "queue_position": estimate.position,
         "queue_length": estimate.length,
         "estimated_start": estimate.estimated_start,
         "estimated_finish": estimate.estimated_finish,
         "attempt": attempt,
+        "report": _reports(previous) + 1 if same_stay else 1,
     }
 
 
+def _reports(previous: dict[str, Any]) -> int:
+    count = previous.get("report")
+    return count if isinstance(count, int) else 1
+
+
 def worth_reporting(previous: dict[str, Any] | None, estimate: QueueEstimate, attempt: int, now: float) -> bool:
-    """A new queue event when the job just entered the queue, its position changed, or its estimated start
-    became known or moved by more than a quarter of the wait (and 2 minutes): not on every poll."""
+    """A new queue event when the job just entered the queue; reached position 1; moved by a quarter of its
+    last reported position (and at least one place); or its estimated start became known or moved by more
+    than a quarter of the wait (and 2 minutes). Not on every poll, and at most `MAX_REPORTS_PER_STAY` per
+    stay (the last one kept for position 1), so Q queued jobs make O(Q) events in all, not O(Q²)."""
     if not previous or previous.get("attempt") != attempt:
         return True
-    if previous.get("queue_position") != estimate.position:
+    reports = _reports(previous)
+    before_position = previous.get("queue_position")
+    if estimate.position == 1 and before_position != 1:
+        return reports < MAX_REPORTS_PER_STAY
+    if reports >= MAX_REPORTS_PER_STAY - 1:
+        return False
+    if isinstance(before_position, int):
+        if abs(estimate.position - before_position) >= max(1.0, REPORTED_POSITION_FRACTION * before_position):
+            return True
+    elif before_position != estimate.position:
         return True
     before, after = previous.get("estimated_start"), estimate.estimated_start
     if (before is None) != (after is None):

@@ -31,11 +31,13 @@ from openft.datasets import auto, chat
 from openft.datasets.validate import validate_for_method
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
+from openft.db.retry import is_transient
 from openft.db.tables import JobEventRow, JobRow
 from openft.fsutil import atomic_write_text, commit_dir, temp_sibling
 from openft.jobs import queue
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure
+from openft.jobs.retention import sweep_finished_job_folders
 from openft.jobs.runner import TrainingRun
 from openft.jobs.spec import PARENT_DIR, build_spec, resolve_hyperparameters
 from openft.jobs.states import JobStatus
@@ -45,6 +47,8 @@ from openft.storage import BlobStore
 
 log = logging.getLogger(__name__)
 EXPIRY_SWEEP_SECONDS = 60.0
+RETENTION_SWEEP_SECONDS = 600.0
+"""How often finished jobs' folders are looked at for removal (jobs/retention.py)."""
 SHUTDOWN_GRACE_SECONDS = 120.0
 """How long a graceful stop waits for trainers to checkpoint before killing them."""
 QUEUE_REPORT_LOCK_KEY = 0x0F7_D9
@@ -77,6 +81,7 @@ class Worker:
         self._runs: dict[str, TrainingRun] = {}
         self._validations: dict[str, tuple[int, threading.Thread]] = {}
         self._last_expiry_sweep = 0.0
+        self._last_retention_sweep = float("-inf")  # the first turn sweeps
         self._last_recovery_check = 0.0
 
     # lifecycle --------------------------------------------------------------------------------
@@ -151,6 +156,7 @@ class Worker:
         self._apply_controls()
         self._recover_abandoned()
         self._expire_files()
+        self._sweep_job_folders()
         if self._stopping.is_set():
             return
         self._report_queue()
@@ -273,7 +279,8 @@ class Worker:
             for job in due:
                 estimate = estimates[job.id]
                 if _report_due(latest.get(job.id), estimate, job.attempt, now):
-                    data = queue.report_data(estimate, job.attempt)
+                    last = latest.get(job.id)
+                    data = queue.report_data(estimate, job.attempt, last.data if last is not None else None)
                     session.add(new_event(job.id, queue.report_message(estimate, now), data=data))
 
     def _expire_files(self) -> None:
@@ -287,6 +294,15 @@ class Worker:
                 repo.delete_file(session, file_id)
         for file_id in expired:
             self._store.delete(file_id)
+
+    def _sweep_job_folders(self) -> None:
+        """Remove finished jobs' working files after the retention (jobs/retention.py), every few minutes."""
+        now = time.monotonic()
+        if now - self._last_retention_sweep < RETENTION_SWEEP_SECONDS:
+            return
+        self._last_retention_sweep = now
+        retention_seconds = self.settings.job_folder_retention_hours * 3600
+        sweep_finished_job_folders(self.settings.jobs_dir, self._sessions, retention_seconds)
 
     # validation -------------------------------------------------------------------------------
     def _claim_validation(self) -> None:
@@ -314,6 +330,10 @@ class Worker:
         try:
             self._validate_files(job)
         except Exception as exc:  # never a dead worker: the job fails with the reason
+            if is_transient(exc):  # not the job's fault: its lease lapses and a worker validates it again
+                log.warning("validation of %s stopped by a database error; it is retried: %s", job.id, exc)
+                self._wake.set()
+                return
             log.exception("validation of %s crashed", job.id)
             self._fail(job, "validation_error", f"Validating the files failed unexpectedly: {exc}", None)
         self._wake.set()
@@ -393,7 +413,7 @@ class Worker:
     def _claimable(self, status: JobStatus) -> bool:
         """A read before the claim: most turns find nothing, and then need no write lock."""
         with self._reads.begin() as session:
-            return repo.has_claimable_job(session, status, time.time())
+            return repo.has_claimable_job(session, status, time.time(), fair=status is JobStatus.QUEUED)
 
     def _claim_training(self) -> bool:
         if not self._claimable(JobStatus.QUEUED):
@@ -405,6 +425,7 @@ class Worker:
                 JobStatus.RUNNING,
                 worker_id=self.worker_id,
                 lease_seconds=self.settings.lease_seconds,
+                fair=True,  # organizations take turns; running limits hold (db/repositories.py)
             )
             if job is not None and job.started_at is None:
                 repo.update_job_fenced(session, job.id, job.attempt, started_at=int(time.time()))

@@ -30,8 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
 from openft.db import repositories as repo
+from openft.db.engine import read_only_sessions
 from openft.db.tables import ApiKeyRow, OrganizationRow
 from openft.errors import InvalidRequest, NotFound, RateLimited
+from openft.services import quotas
 
 KEY_PREFIX = "sk-openft-"
 KEY_RANDOM_CHARS = 40
@@ -175,6 +177,7 @@ class KeyService:
 
     def __init__(self, sessions: sessionmaker[Session]):
         self._sessions = sessions
+        self._reads = read_only_sessions(sessions)  # the lookup on every request never takes SQLite's write lock
 
     def create(
         self,
@@ -183,7 +186,10 @@ class KeyService:
         project: str | None = None,
         admin: bool = False,
         rate_limit_per_minute: int | None = None,
+        limits: dict[str, int | None] | None = None,
     ) -> CreatedKey:
+        """A new key of `org` (created on first use); `limits` (services/quotas.py) are set on the organization,
+        so they hold for all its keys."""
         check_name(org, "org")
         if project is not None:
             check_name(project, "project")
@@ -192,6 +198,8 @@ class KeyService:
                 f"rate limit must be between 1 and {MAX_RATE_LIMIT} requests per minute.", param="rate_limit"
             )
         organization = ensure_organization(self._sessions, org)
+        if limits:
+            quotas.set_limits(self._sessions, organization.id, limits)
         key = generate_key()
         row = ApiKeyRow(
             id=ids.new_id("key"),
@@ -207,6 +215,21 @@ class KeyService:
         with self._sessions.begin() as session:
             repo.add_api_key(session, row)
         return CreatedKey(key=key, info=_info(row, organization.name))
+
+    def set_organization_limits(self, org: str, limits: dict[str, int | None]) -> quotas.OrganizationLimits:
+        """Change an existing organization's limits (`openft orgs set-limits`)."""
+        with self._sessions.begin() as session:
+            row = repo.get_organization_by_name(session, check_name(org, "org"))
+            if row is None:
+                raise NotFound(f"No such organization: {org}", param="org")
+            org_id = row.id
+        return quotas.set_limits(self._sessions, org_id, limits)
+
+    def organizations(self) -> list[dict[str, Any]]:
+        """Every organization with its limits (None: unlimited), oldest first."""
+        with self._sessions.begin() as session:
+            rows = repo.list_organizations(session)
+            return [{"id": r.id, "org": r.name, **quotas.limits_of(r).to_json()} for r in rows]
 
     def list(self, *, org: str | None = None, include_revoked: bool = True) -> list[ApiKeyInfo]:
         """Every key (oldest first), or one organization's; an unknown organization has none."""
@@ -236,7 +259,7 @@ class KeyService:
         if not key.startswith(KEY_PREFIX) or len(key) > 256:
             return None
         digest = hash_key(key)
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             row = repo.find_api_key_by_hash(session, digest)
             if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
                 return None

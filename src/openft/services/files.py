@@ -24,6 +24,7 @@ from openft.protocol.files import (
     UPLOAD_PURPOSES,
     FileObject,
 )
+from openft.services import quotas
 from openft.storage import BlobStore, BlobWriter
 
 MAX_FILENAME_CHARS = 255
@@ -111,6 +112,7 @@ class FileService:
         )
         try:
             with self._sessions.begin() as session:
+                quotas.check_storage(session, org_id, blob.size)  # 429 quota_exceeded over max_storage_gb
                 session.add(row)
         except BaseException:
             self._store.delete(file_id)

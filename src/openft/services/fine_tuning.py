@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft import ids
 from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
+from openft.db.engine import read_only_sessions
 from openft.db.tables import CheckpointRow, JobEventRow, JobRow
 from openft.errors import InvalidJobState, InvalidRequest, ModelNotFound, NotFound
 from openft.jobs.events import new_event
@@ -37,6 +38,7 @@ from openft.protocol.fine_tuning import (
     JobHyperparameters,
     SupervisedHyperparameters,
 )
+from openft.services import quotas
 from openft.services.models import ModelService
 
 HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
@@ -177,6 +179,7 @@ class FineTuningService:
         notify_worker: Callable[[], None] = lambda: None,
     ):
         self._sessions = sessions
+        self._reads = read_only_sessions(sessions)  # reads never take SQLite's write lock (db/engine.py)
         self._catalog = catalog
         self._models = models
         self._org_names = org_names
@@ -192,6 +195,7 @@ class FineTuningService:
         now = int(time.time())
         org_name = self._org_names(org_id)  # before the transaction: never nest sessions (SQLite write lock)
         with self._sessions.begin() as session:
+            quotas.check_queued_jobs(session, org_id)  # 429 quota_exceeded at the organization's max_queued_jobs
             for param, file_id in (
                 ("training_file", params.training_file),
                 ("validation_file", params.validation_file),
@@ -258,14 +262,14 @@ class FineTuningService:
         return row
 
     def get(self, org_id: str | None, job_id: str) -> FineTuningJob:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             row = self._job(session, org_id, job_id)
             return job_to_wire(row, _queue_estimates(session, [row]).get(row.id))
 
     def list(
         self, org_id: str | None, *, after: str | None, limit: int, metadata: dict[str, str] | None
     ) -> ListPage[FineTuningJob]:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             page = repo.list_jobs(session, org_id, after=after, limit=limit, metadata=metadata)
             queued = _queue_estimates(session, page.data)
             data = [job_to_wire(r, queued.get(r.id)) for r in page.data]
@@ -274,7 +278,7 @@ class FineTuningService:
     def list_events(
         self, org_id: str | None, job_id: str, *, after: str | None, limit: int
     ) -> ListPage[FineTuningJobEvent]:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             self._job(session, org_id, job_id)
             page = repo.list_events(session, job_id, after=after, limit=limit)
             return ListPage[FineTuningJobEvent](data=[event_to_wire(r) for r in page.data], has_more=page.has_more)
@@ -282,7 +286,7 @@ class FineTuningService:
     def list_checkpoints(
         self, org_id: str | None, job_id: str, *, after: str | None, limit: int
     ) -> IdListPage[FineTuningJobCheckpoint]:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             self._job(session, org_id, job_id)
             page = repo.list_checkpoints(session, job_id, after=after, limit=limit)
             data = [checkpoint_to_wire(r) for r in page.data]
