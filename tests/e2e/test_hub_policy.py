@@ -18,6 +18,7 @@ import pytest
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.fake_hub import SHA, FakeHub, fake_hub
 from tests.support.server import RunningServer, start_server
+from tests.support.waiting import TERMINAL, wait_for
 
 ALLOWED = "acme/tiny-chat"
 FORBIDDEN_CACHED = "evil/tiny-chat"
@@ -116,3 +117,49 @@ def test_listing_shows_allowed_cached_hub_models_only(api: httpx.Client, hub: Fa
     )
     assert reply.status_code == 200, reply.text
     assert hub.requests == []
+
+
+def test_the_worker_refuses_a_hub_model_over_the_size_cap_before_fetching_weights(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The one download path: the job's trainer asks the hub for the sizes, and fails the job over the cap."""
+    files = {
+        "config.json": 700,
+        "model-00001-of-00002.safetensors": 3 * 10**9,
+        "model-00002-of-00002.safetensors": 10**9,
+    }
+    with fake_hub({"acme/big": files}) as hub:
+        env = {
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "OPENFT_HUB_MODELS": "acme/*",
+            "OPENFT_MAX_MODEL_GB": "2.5",
+        }
+        server = start_server(tmp_path / "data", models_dir, extra_env=env)
+        try:
+            headers = {"Authorization": f"Bearer {server.api_key}"}
+            with httpx.Client(base_url=f"{server.url}/v1", headers=headers, timeout=60) as api:
+                upload = api.post(
+                    "/files",
+                    data={"purpose": "fine-tune"},
+                    files={"file": ("train.jsonl", jsonl_bytes(valid_examples(12)))},
+                )
+                created = api.post(
+                    "/fine_tuning/jobs", json={"model": "acme/big", "training_file": upload.json()["id"]}
+                )
+                assert created.status_code == 200, created.text
+                job_id = created.json()["id"]
+                job = wait_for(
+                    lambda: (j := api.get(f"/fine_tuning/jobs/{job_id}").json())["status"] in TERMINAL and j,
+                    timeout=180,
+                    what="the job to end",
+                )
+        finally:
+            server.stop()
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "model_not_found" and job["error"]["param"] == "model"
+    assert "4.0 GB to download, over this server's limit of 2.5 GB" in job["error"]["message"]
+    # sizes only: no file was fetched (huggingface_hub also asks for its agent registry; harmless)
+    assert [r for r in hub.requests if "acme/big" in r] == ["GET /api/models/acme/big?blobs=true"]
+    assert not any("/resolve/" in r for r in hub.requests), hub.requests
