@@ -137,3 +137,47 @@ def test_documented_in_openapi(served: tuple[TestClient, Container]) -> None:
         operation = paths[path]["get"]
         assert {p["name"] for p in operation["parameters"]} >= {"file_id", "model", "method"}
         assert "200" in operation["responses"] and "404" in operation["responses"]
+
+
+def _served_with(tmp_path: Path, models_dir: Path, **budget: Any) -> tuple[TestClient, Container]:
+    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_key=KEY, run_worker=False, **budget)
+    container = build_container(settings, with_worker=False)
+    return TestClient(create_app(settings, container=container)), container
+
+
+def test_a_file_past_the_byte_budget_is_checked_in_part_and_says_so(tmp_path: Path, models_dir: Path) -> None:
+    rows = valid_examples(40)
+    content = jsonl_bytes(rows)
+    first_line = len(json.dumps(rows[0])) + 1
+    client, _container = _served_with(tmp_path, models_dir, data_check_max_bytes=first_line * 5)
+    with client:
+        report = _check(client, _upload(client, content)).json()
+    assert report["truncated"] is True and report["checked_examples"] == 5
+    assert report["stats"]["examples"] == 5
+    assert report["problems"] == []  # five examples of a longer file are not "too few examples"
+    assert "stopped early" in report["notes"][-1] and "byte budget" in report["notes"][-1]
+
+
+def test_a_check_past_its_time_budget_reports_what_it_checked(tmp_path: Path, models_dir: Path) -> None:
+    client, _container = _served_with(tmp_path, models_dir, data_check_seconds=1e-9)
+    with client:
+        report = _check(client, _upload(client, jsonl_bytes(valid_examples(12)))).json()
+    assert report["truncated"] is True and report["checked_examples"] == 0
+    assert "second budget ran out" in report["notes"][-1]
+
+
+def test_a_many_turn_file_is_checked_whole_within_the_default_budget(served: tuple[TestClient, Container]) -> None:
+    """Long conversations used to cost turns² renders; the check now reads all of them, untruncated."""
+    client, _container = served
+    rows = []
+    for i in range(12):
+        messages: list[dict[str, Any]] = []
+        for turn in range(150):
+            messages += [
+                {"role": "user", "content": f"Question {turn} of conversation {i}?"},
+                {"role": "assistant", "content": f"Answer {turn}: the Zorblax kettle boils water in 90 seconds."},
+            ]
+        rows.append({"messages": messages})
+    report = _check(client, _upload(client, jsonl_bytes(rows))).json()
+    assert report["truncated"] is False and report["checked_examples"] is None
+    assert report["ok"] is True and report["stats"]["examples"] == 12

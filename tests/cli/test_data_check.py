@@ -117,3 +117,26 @@ def test_max_seq_len_cap_matches_the_trainer() -> None:
     from openft.training.recipe import DEFAULT_MAX_SEQ_LEN
 
     assert datacheck_report.DEFAULT_MAX_SEQ_LEN == DEFAULT_MAX_SEQ_LEN
+
+
+def test_a_report_cut_short_by_the_servers_budget_says_so(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`openft files check` prints the server's report: a truncated one must not read as a clean bill."""
+    from openft.client.data import print_report
+    from openft.datacheck import CheckBudget, check_file
+
+    path = write_jsonl(tmp_path / "train.jsonl", valid_examples(30))
+    report = check_file(
+        path,
+        model=TINY_MODEL_NAME,
+        tokenizer_folder=models_dir / TINY_MODEL_NAME,
+        context_length=512,
+        budget=CheckBudget(max_bytes=path.stat().st_size // 3),
+    ).to_json()
+    assert report["truncated"] is True and 0 < report["checked_examples"] < 30
+    print_report(report)
+    out = capsys.readouterr().out
+    assert "checked only part of the file" in out and "stopped early" in out
+    whole = check_file(path, model=TINY_MODEL_NAME, tokenizer_folder=models_dir / TINY_MODEL_NAME, context_length=512)
+    assert whole.to_json()["truncated"] is False and whole.to_json()["checked_examples"] is None

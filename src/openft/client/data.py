@@ -110,6 +110,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['n_problems']} problem(s) found" if report["n_problems"] else "no problems found",
         style="bold red" if report["n_problems"] else "bold green",
     )
+    if report.get("truncated"):
+        checked = report.get("checked_examples")
+        out.print(
+            f"checked only part of the file ({checked} example(s) counted): see the note below", style="bold yellow"
+        )
     for note in report["notes"]:
         out.print(f"note: {note}", markup=False)
     stats = report["stats"]

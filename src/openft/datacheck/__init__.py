@@ -7,9 +7,18 @@ and how long training would take here. Imports torch only when a check runs.
 """
 
 from openft.datacheck.estimate import Estimate, measure_throughput, table_throughput
-from openft.datacheck.report import CheckReport, DataStats, ReportProblem, check_file, default_model, detect_method
+from openft.datacheck.report import (
+    CheckBudget,
+    CheckReport,
+    DataStats,
+    ReportProblem,
+    check_file,
+    default_model,
+    detect_method,
+)
 
 __all__ = [
+    "CheckBudget",
     "CheckReport",
     "DataStats",
     "Estimate",

@@ -5,6 +5,10 @@ One pass over the file with the worker's own parsers (`openft.datasets.chat` / `
 would read even when some lines are broken (fix or drop those and this is the job). Token counts come from
 the trainer's own tokenization (`openft.training.data.tokenize_example`: the model's chat template, the
 prefix-checked masks), untruncated, so "over the context" means exactly "the trainer would cut it".
+
+A `CheckBudget` bounds a check's time and the bytes it reads (the server's `GET /v1/files/{id}/check` runs
+under one; the CLI does not): when it runs out the report says so (`truncated`, `checked_examples` and a
+note) and covers what was checked; a job still validates and tokenizes the whole file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import statistics
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +76,36 @@ class DataStats:
         }
 
 
+@dataclass(frozen=True)
+class CheckBudget:
+    """How long a check may take and how many bytes of the file it reads (None: no bound)."""
+
+    seconds: float | None = None
+    max_bytes: int | None = None
+
+
+class _Spending:
+    """A budget being spent: the clock started with the check, and why (if at all) it stopped early."""
+
+    def __init__(self, budget: CheckBudget | None):
+        self.budget = budget or CheckBudget()
+        self.deadline = None if self.budget.seconds is None else time.monotonic() + self.budget.seconds
+        self.reason: str | None = None
+
+    def out_of_time(self) -> bool:
+        if self.deadline is None or time.monotonic() <= self.deadline:
+            return False
+        if self.reason is None:
+            self.reason = f"its {self.budget.seconds:g}-second budget ran out"
+        return True
+
+    def stop_reading(self, bytes_read: int) -> bool:
+        if self.budget.max_bytes is not None and bytes_read >= self.budget.max_bytes:
+            self.reason = self.reason or f"its {self.budget.max_bytes:,}-byte budget was read"
+            return True
+        return self.out_of_time()
+
+
 @dataclass
 class CheckReport:
     filename: str
@@ -84,9 +119,14 @@ class CheckReport:
     steps: int | None = None
     estimate: Estimate | None = None
     notes: list[str] = field(default_factory=list)
+    truncated: bool = False
+    """A budget cut the check short: problems and statistics cover only the part checked."""
+    checked_examples: int | None = None
+    """With `truncated`: the examples whose tokens were counted."""
 
     @property
     def ok(self) -> bool:
+        """No problem found — in the part checked, when `truncated`."""
         return self.n_problems == 0
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +153,8 @@ class CheckReport:
             "steps": self.steps,
             "estimate": self.estimate.to_json() if self.estimate else None,
             "notes": self.notes,
+            "truncated": self.truncated,
+            "checked_examples": self.checked_examples,
         }
 
 
@@ -190,15 +232,21 @@ def check_file(
     learning_rate_multiplier: float | str = "auto",
     throughput: Throughput | None = None,
     max_problems: int = MAX_PROBLEMS,
+    budget: CheckBudget | None = None,
 ) -> CheckReport:
     """Check `path` as a `method` job's training file on `model` (its tokenizer in `tokenizer_folder`)."""
     path = Path(path)
+    spending = _Spending(budget)
     method = method or detect_method(path)
     parse = preference.parse_preference_example if method == "dpo" else chat.parse_example
     examples: list[Any] = []
-    validation = chat.build_report(
-        _kept(chat.iter_parsed(path, parse), examples), min_examples=chat.MIN_EXAMPLES, max_problems=max_problems
-    )
+    parsed = chat.iter_parsed(path, parse, stop=spending.stop_reading)
+    validation = chat.build_report(_kept(parsed, examples), min_examples=chat.MIN_EXAMPLES, max_problems=max_problems)
+    read_all = spending.reason is None
+    if not read_all:  # too few examples in the part read says nothing about the file
+        kept = [p for p in validation.problems if p.kind != "n_examples"]
+        validation.n_problems -= len(validation.problems) - len(kept)
+        validation.problems = kept
     report = CheckReport(
         filename=filename or path.name,
         method=method,
@@ -208,6 +256,7 @@ def check_file(
         file=file_id,
     )
     if not examples:
+        _note_cut(report, spending, validation.n_lines, 0)
         return report
     if validation.n_problems:
         report.notes.append(f"statistics cover the {len(examples)} valid example(s) only")
@@ -215,7 +264,11 @@ def check_file(
     tokenizer = _tokenizer(str(tokenizer_folder))
     max_seq_len = min(context_length or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
     tokenized: list[Sequences] = []
+    looked_at = 0
     for example in examples:
+        if spending.out_of_time():
+            break
+        looked_at += 1
         try:
             tokenized.append(_tokenize(tokenizer, example, method))
         except chat.DataFormatError as exc:  # the model's chat template refuses this conversation
@@ -223,10 +276,11 @@ def check_file(
             if len(report.problems) < max_problems:
                 report.problems.append(ReportProblem.of(exc.problem))
     report.problems.sort(key=lambda p: (p.line is None, p.line or 0))
+    _note_cut(report, spending, validation.n_lines, len(tokenized))
     if not tokenized:
         return report
     report.stats = _stats(tokenized, max_seq_len)
-    n = len(tokenized)
+    n = len(tokenized) + (len(examples) - looked_at)  # examples not reached count as valid ones
     report.auto = auto.resolve(
         n, n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
     )
@@ -234,9 +288,21 @@ def check_file(
     if throughput is not None:
         truncated = [[_cut(s, max_seq_len) for s in seqs] for seqs in tokenized]
         measured = throughput(truncated, report.auto.batch_size)
-        trained = sum(len(s.input_ids) for seqs in truncated for s in seqs)
-        report.estimate = measured.over(trained * report.auto.n_epochs)
+        trained = sum(len(s.input_ids) for seqs in truncated for s in seqs) * n / len(tokenized)
+        report.estimate = measured.over(round(trained) * report.auto.n_epochs)
     return report
+
+
+def _note_cut(report: CheckReport, spending: _Spending, lines: int, examples: int) -> None:
+    """Say in the report that (and where) a budget cut the check short."""
+    if spending.reason is None:
+        return
+    report.truncated = True
+    report.checked_examples = examples
+    report.notes.append(
+        f"the check stopped early ({spending.reason}): it read {lines} line(s) and counted the tokens of "
+        f"{examples} example(s); problems and statistics cover only those (a job checks the whole file)"
+    )
 
 
 def _cut(sequence: Any, max_seq_len: int) -> Any:

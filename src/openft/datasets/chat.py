@@ -92,15 +92,20 @@ class DataFormatError(ValueError):
 # Reading lines --------------------------------------------------------------------------------
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str | None, Problem | None]]:
+def iter_lines(
+    path: Path, *, stop: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, str | None, Problem | None]]:
     """Yield (line number, decoded text or None, problem or None) for every non-blank line.
 
     Reads bounded chunks so a single huge line cannot exhaust memory; a UTF-8 BOM on the first
-    line is accepted (Azure's documentation asks for one).
+    line is accepted (Azure's documentation asks for one). `stop`, given the bytes read so far before
+    each line, ends the reading early when it returns True (the data check's budget).
     """
     with open(path, "rb") as handle:
         line_no = 0
         while True:
+            if stop is not None and stop(handle.tell()):
+                return
             raw = handle.readline(MAX_LINE_BYTES + 1)
             if not raw:
                 return
@@ -302,10 +307,13 @@ def parse_example(obj: Any, line: int) -> tuple[ChatExample | None, list[Problem
 
 
 def iter_parsed(
-    path: Path, parse: Callable[[Any, int], tuple[T | None, list[Problem]]]
+    path: Path,
+    parse: Callable[[Any, int], tuple[T | None, list[Problem]]],
+    *,
+    stop: Callable[[int], bool] | None = None,
 ) -> Iterator[tuple[int, T | None, list[Problem]]]:
     """(line number, example or None, problems) for every non-blank line, decoded and parsed by `parse`."""
-    for line_no, text, problem in iter_lines(path):
+    for line_no, text, problem in iter_lines(path, stop=stop):
         if problem is not None:
             yield line_no, None, [problem]
             continue

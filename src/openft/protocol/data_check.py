@@ -52,7 +52,7 @@ class DataCheckReport(BaseModel):
     filename: str
     method: Literal["supervised", "dpo"]
     model: str
-    ok: bool = Field(description="True when a job would accept the file.")
+    ok: bool = Field(description="True when a job would accept the file (the part checked, when truncated).")
     problems: list[DataCheckProblem] = Field(description="Sorted by line; at most 100 (n_problems counts all).")
     n_problems: int
     stats: DataCheckStats | None = Field(description="Null when no example is valid.")
@@ -60,3 +60,11 @@ class DataCheckReport(BaseModel):
     steps: int | None
     estimate: DataCheckEstimate | None
     notes: list[str]
+    truncated: bool = Field(
+        default=False,
+        description="A time or size budget (OPENFT_DATA_CHECK_SECONDS, OPENFT_DATA_CHECK_MAX_BYTES) cut the check "
+        "short: problems and statistics cover only the part checked (a note says which). A job checks the whole file.",
+    )
+    checked_examples: int | None = Field(
+        default=None, description="With truncated: the examples whose tokens were counted."
+    )

@@ -4,6 +4,10 @@ The dashboard calls it right after an upload, so it must be quick and must not t
 comes from the throughput table (`openft.datacheck.estimate.table_throughput`), never from a measured run.
 The tokenizer is the model's own (loaded once per model folder and kept), so token counts are the
 trainer's. Checks run one at a time: a Hugging Face fast tokenizer must not be used by two threads at once.
+
+A check runs under a budget (`OPENFT_DATA_CHECK_SECONDS`, `OPENFT_DATA_CHECK_MAX_BYTES`): past it the report
+says `truncated: true` and covers the part checked, so an uploaded file cannot hold a server thread (or
+the check lock) for long. A check that cannot get the lock within one budget is answered 429.
 """
 
 from __future__ import annotations
@@ -14,20 +18,28 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft.basemodels import BaseModelUnavailable, ModelCatalog
-from openft.datacheck import check_file, default_model, table_throughput
+from openft.datacheck import CheckBudget, check_file, default_model, table_throughput
 from openft.db import repositories as repo
-from openft.errors import InvalidRequest, NotFound, ServiceUnavailable
+from openft.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
 from openft.storage import BlobStore
 
 Method = Literal["supervised", "dpo"]
 
 
 class DataCheckService:
-    def __init__(self, sessions: sessionmaker[Session], store: BlobStore, catalog: ModelCatalog):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: BlobStore,
+        catalog: ModelCatalog,
+        *,
+        budget: CheckBudget | None = None,
+    ):
         self._sessions = sessions
         self._store = store
         self._catalog = catalog
         self._lock = threading.Lock()
+        self.budget = budget or CheckBudget(seconds=30.0, max_bytes=64 * 1024 * 1024)
 
     def check(self, org_id: str | None, file_id: str, *, model: str | None, method: Method | None) -> dict[str, Any]:
         """The report of `file_id` (the caller's organization's, else 404) as training data for `model`."""
@@ -57,7 +69,10 @@ class DataCheckService:
             folder = self._catalog.materialize(info)
         except BaseModelUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
-        with self._lock:
+        wait = self.budget.seconds if self.budget.seconds is not None else -1
+        if not self._lock.acquire(timeout=wait):
+            raise RateLimited("Another data check is running; try again shortly.", retry_after=wait)
+        try:
             report = check_file(
                 path,
                 model=name,
@@ -67,5 +82,8 @@ class DataCheckService:
                 file_id=file_id,
                 filename=filename,
                 throughput=table_throughput(folder),
+                budget=self.budget,
             )
+        finally:
+            self._lock.release()
         return report.to_json()

@@ -110,6 +110,8 @@ function checkReport(r) {
   const verdict = r.ok
     ? h("p", { class: "ok" }, `✓ ${r.filename}: looks good for ${r.method} fine-tuning of ${r.model}.`)
     : h("p", { class: "error" }, `✗ ${r.filename}: ${r.problems.length} problem(s) — a job on it would fail.`);
+  // A budget cut the check short: say which part was checked (the report's note says why).
+  const cut = r.truncated ? h("p", { class: "note" }, `Only part of the file was checked: ${r.notes.at(-1)}`) : null;
   const problems = r.problems.length
     ? h(
         "table",
@@ -149,6 +151,7 @@ function checkReport(r) {
     "div",
     { class: "report", "data-ok": String(r.ok) },
     verdict,
+    cut,
     problems,
     facts.length
       ? h(
