@@ -21,7 +21,7 @@ from openft.basemodels import (
     smollm2,
 )
 from openft.jobspec import BaseModelSpec
-from tests.support.fake_hub import FakeHub, fake_hub
+from tests.support.fake_hub import SHA, FakeHub, fake_hub
 
 
 def fake_model(folder: Path, *, arch: str = "LlamaForCausalLM", weights: bool = True, tokenizer: bool = True) -> Path:
@@ -287,3 +287,33 @@ def test_materialize_spec_applies_the_size_cap(tmp_path: Path, hub_reachable: Fa
     with pytest.raises(BaseModelUnavailable, match="over this server's limit"):
         materialize_spec(spec, tmp_path, max_hub_bytes=1000)
     assert hub_reachable.requests == ["GET /api/models/acme/remote?blobs=true"]
+
+
+def test_a_hub_model_under_the_cap_is_downloaded_at_the_checked_revision(tmp_path: Path, online: None) -> None:
+    source = fake_model(tmp_path / "source")
+    (source / "model.safetensors").write_bytes(b"\0" * 1000)
+    (source / "pytorch_model.bin").write_bytes(b"\0" * 5000)  # a duplicate in another format: not fetched
+    contents = {"acme/small": {p.name: p.read_bytes() for p in source.iterdir()}}
+    with fake_hub(contents=contents) as hub:
+        folder = download_hub_model("acme/small", tmp_path / "hf", max_bytes=2000, endpoint=hub.url)
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+        assert folder.name == SHA and (folder / "model.safetensors").stat().st_size == 1000
+        asked = len(hub.requests)
+        # now cached: found by the catalog (disk only) and by the next download without asking the hub
+        catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf", hub_models=["acme/small"])
+        assert catalog.materialize(catalog.get("acme/small")) == folder  # type: ignore[arg-type]
+        assert download_hub_model("acme/small", tmp_path / "hf", max_bytes=1, endpoint=hub.url) == folder
+        assert len(hub.requests) == asked
+        assert not any("pytorch_model.bin" in request for request in hub.requests)
+
+
+def test_a_repository_with_pytorch_weights_only_is_downloaded_and_found_again(
+    tmp_path: Path, online: None, no_builtin: None
+) -> None:
+    source = fake_model(tmp_path / "source", weights=False)
+    (source / "pytorch_model.bin").write_bytes(b"\0" * 500)
+    with fake_hub(contents={"acme/old": {p.name: p.read_bytes() for p in source.iterdir()}}) as hub:
+        folder = download_hub_model("acme/old", tmp_path / "hf", max_bytes=2000, endpoint=hub.url)
+        assert (folder / "pytorch_model.bin").stat().st_size == 500
+        catalog = ModelCatalog(None, tmp_path / "cache", hub_cache_dir=tmp_path / "hf", hub_models=["acme/old"])
+        assert [m.path for m in catalog.list()] == [folder]

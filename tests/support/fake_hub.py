@@ -4,6 +4,7 @@ weights). Point huggingface_hub at it with `HF_ENDPOINT` (subprocesses) or `endp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -20,18 +21,31 @@ class FakeHub:
     url: str
     repos: dict[str, dict[str, int]]
     """repo id → {file name: size in bytes}."""
+    contents: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """repo id → {file name: bytes} of the files it can download (their sizes are listed from these)."""
     requests: list[str] = field(default_factory=list)
     """`METHOD path` of every request received, in order."""
 
     def model_info(self, repo_id: str) -> dict[str, Any]:
-        siblings = [{"rfilename": name, "size": size} for name, size in self.repos[repo_id].items()]
+        sizes = {**self.repos.get(repo_id, {}), **{n: len(b) for n, b in self.contents.get(repo_id, {}).items()}}
+        siblings = [{"rfilename": name, "size": size} for name, size in sizes.items()]
         return {"id": repo_id, "modelId": repo_id, "sha": SHA, "private": False, "siblings": siblings}
+
+    def file(self, path: str) -> bytes | None:
+        """The bytes behind `/{org}/{name}/resolve/{revision}/{file}`, if served."""
+        parts = path.lstrip("/").split("/", 4)
+        if len(parts) < 5 or parts[2] != "resolve":
+            return None
+        return self.contents.get(f"{parts[0]}/{parts[1]}", {}).get(parts[4])
 
 
 @contextmanager
-def fake_hub(repos: dict[str, dict[str, int]] | None = None) -> Iterator[FakeHub]:
-    """Serve `repos` on 127.0.0.1 until the block ends. Unknown repositories and file downloads are 404."""
-    hub = FakeHub(url="", repos=dict(repos or {}))
+def fake_hub(
+    repos: dict[str, dict[str, int]] | None = None, contents: dict[str, dict[str, bytes]] | None = None
+) -> Iterator[FakeHub]:
+    """Serve `repos` (model info) and `contents` (model info and downloadable files) on 127.0.0.1 until the
+    block ends. Unknown repositories and files are 404."""
+    hub = FakeHub(url="", repos=dict(repos or {}), contents=dict(contents or {}))
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
@@ -41,7 +55,23 @@ def fake_hub(repos: dict[str, dict[str, int]] | None = None) -> Iterator[FakeHub
             if path.startswith("/api/models/"):
                 parts = path[len("/api/models/") :].split("/")
                 repo_id = "/".join(parts[:2])
-            if repo_id in hub.repos:
+            content = hub.file(path)
+            if content is not None:
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", SHA)
+                self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+                return
+            if repo_id in hub.contents and "/tree/" in path:  # the file listing snapshot_download pages through
+                info = hub.model_info(repo_id)["siblings"]
+                tree = [{"type": "file", "path": f["rfilename"], "size": f["size"], "oid": SHA} for f in info]
+                body = json.dumps(tree).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+            elif repo_id in hub.repos or repo_id in hub.contents:
                 body = json.dumps(hub.model_info(repo_id)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

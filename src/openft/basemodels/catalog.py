@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from openft.basemodels import smollm2
+from openft.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from openft.jobspec import BaseModelSpec
@@ -279,11 +280,18 @@ def _default_hub_cache() -> Path | None:
 
 
 def cached_hub_snapshot(hub_id: str, cache_dir: Path | None = None) -> Path | None:
-    """The snapshot folder of `hub_id` in the local HF cache when it holds a loadable model; never downloads."""
+    """The snapshot folder of `hub_id` in the local HF cache when it holds a loadable model; never downloads.
+
+    Asks for the files `download_hub_model` fetches: huggingface_hub keeps the repository's file list with
+    the snapshot, and a lookup for every file fails when, say, the `.bin` duplicates were never fetched.
+    (A `.bin`-only repository's weights are found too: the patterns then match nothing missing.)
+    """
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(hub_id, cache_dir=cache_dir, local_files_only=True))
+        folder = Path(
+            snapshot_download(hub_id, cache_dir=cache_dir, local_files_only=True, allow_patterns=HUB_PATTERNS)
+        )
     except Exception:  # not cached, a broken cache entry, or huggingface_hub missing: all mean "not here"
         return None
     return folder if is_causal_lm_folder(folder) else None
@@ -353,6 +361,10 @@ def download_hub_model(
         raise BaseModelUnavailable(message) from exc
     if not is_causal_lm_folder(folder):
         raise BaseModelUnavailable(f"{hub_id} is not a causal language model with weights and a tokenizer")
+    if plan.revision is not None and folder.name == plan.revision:
+        # A download by commit leaves the cache's `main` ref unset, and lookups (`cached_hub_snapshot`) go by
+        # `main`: record that `main` was this commit when its sizes were checked, as a download of `main` does.
+        atomic_write_text(folder.parent.parent / "refs" / "main", plan.revision)
     return folder
 
 
