@@ -290,3 +290,36 @@ def test_start_judges_other_hosts_temp_files_by_age(tmp_path: Path) -> None:
     os.utime(old, (two_hours_ago, two_hours_ago))
     LocalBlobStore(root)
     assert fresh.exists() and not old.exists()
+
+
+def _dead_pid() -> int:
+    """A pid that no process of this host has now (a child that has exited and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_start_keeps_a_live_upload_of_a_same_named_host_in_another_pid_namespace(tmp_path: Path) -> None:
+    """Two containers with the same host name share the data folder: the other's uploader has a pid that is dead
+    here (or belongs to an unrelated process). Its temp file is judged by age, never by this host's pids."""
+    import socket
+
+    root = tmp_path / "blobs"
+    LocalBlobStore(root)
+    same_name = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())[:63] or "host"
+    theirs = root / ".tmp" / f"{same_name}.{_dead_pid()}.abcd1234.part"
+    theirs.write_bytes(b"an upload in progress in the other container")
+    LocalBlobStore(root)  # this server starts and sweeps
+    assert theirs.exists()
+
+
+def test_host_names_that_look_alike_in_file_names_get_different_temp_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`a.b` and `a-b` are two machines; their temp files must not pass for each other's."""
+    import socket
+
+    names = []
+    for hostname in ("web.1", "web-1", "x" * 70, "x" * 70 + "y"):
+        monkeypatch.setattr(socket, "gethostname", lambda hostname=hostname: hostname)
+        names.append(local._process_space())
+    assert len(set(names)) == 4
+    assert all("." not in name and len(name) <= 51 for name in names)  # still `HOST.PID.RANDOM.part`

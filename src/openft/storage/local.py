@@ -20,15 +20,34 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from openft.fsutil import atomic_open, fsync_dir, temp_sibling
+from openft.fsutil import atomic_open, ensure_dir, fsync_dir, temp_sibling
 from openft.storage.base import BlobTooLarge, StoredBlob, validate_key
 
 STALE_TEMP_SECONDS = 3600
-"""A temp file whose writer cannot be identified (another host's, on shared storage) is taken as left by a
-crashed process once it is this old."""
+"""A temp file whose writer this process cannot judge (another host's, container's or boot's, on shared
+storage) is taken as left by a crashed process once it has not been written to for this long (its
+modification time; an upload in progress writes to it all the time)."""
 
 _COPY_CHUNK = 1 << 20
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
+def _process_space() -> str:
+    """Who can judge this process's pids: the host name, plus a hash that tells apart machines whose names
+    look alike once made file-name safe, other boots of the same machine, and containers that share a host
+    name but not a pid namespace (each of those may run an unrelated process under the same pid)."""
+    hostname = socket.gethostname()
+    identity = [hostname]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            identity.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+        except OSError:
+            identity.append("")
+    digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', hostname)[:40] or 'host'}-{digest}"
+
+
+_HOST = _process_space()
+"""The first part of this process's temp file names (no dots, so the name still splits into four parts)."""
 _OWN_TEMPS: set[str] = set()
 """File names (random, so unique) of the temp files this process is writing. A file named with this process's
 pid but not in here was left by an earlier process that had the same pid (a restarted container's server is
@@ -121,17 +140,19 @@ class LocalBlobStore:
     def __init__(self, root: Path):
         self.root = root
         self._tmp_dir = root / ".tmp"
-        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self._tmp_dir)
         self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
         """Delete the temp files of writers that are gone, so a server killed mid-upload leaves nothing behind
         once it is started again.
 
-        A temp file's name says which process writes it (`HOST.PID.RANDOM.part`). On this host it is stale
-        when that process is dead, or when the pid is this process's own but the file is not one this
-        process opened (pid reuse). Worker processes and other servers sharing the folder keep theirs. A
-        file from another host, or without a writer in its name, is stale only after STALE_TEMP_SECONDS.
+        A temp file's name says which process writes it (`HOST.PID.RANDOM.part`, HOST from `_process_space`).
+        Written from this host and pid namespace it is stale when that process is dead, or when the pid is
+        this process's own but the file is not one this process opened (pid reuse). Worker processes and
+        other servers sharing the folder keep theirs. A file from another host (or container, or boot), or
+        without a writer in its name, is stale only once untouched for STALE_TEMP_SECONDS: a pid says
+        nothing about a process elsewhere, so it is never checked against this host's processes.
         """
         entries = list(self._tmp_dir.iterdir())
         with _OWN_TEMPS_LOCK:
@@ -191,7 +212,7 @@ class LocalBlobStore:
     def snapshot_to(self, key: str, dest: Path) -> None:
         """Hard-link (or else copy) the blob to `dest`; treat `dest` as read-only, as it may share the inode."""
         source = self.local_path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(dest.parent)
         tmp = temp_sibling(dest)
         try:
             os.link(source, tmp)
