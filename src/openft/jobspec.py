@@ -188,9 +188,15 @@ ProgressType = Literal[
               (periodic: a resume point written every checkpoint_every_steps / _minutes; not listed by the API)
 - checkpoint_removed: {step, path}                                   (pruned; keep the newest N)
 - stopped:   {step, checkpoint: path|null}                           then exit STOPPED
+              (the disk filled up: also reason: DISK_FULL_REASON and a message for the job's owner; the
+              step and checkpoint are the last good ones, and the worker pauses the job instead of queueing it)
 - completed: {step, total_steps, trained_tokens, model_path, results_path} then exit COMPLETED
 - failed:    {code, message, param|null}                             then exit FAILED
 """
+
+
+DISK_FULL_REASON = "disk_full"
+"""`reason` of a `stopped` message sent because the disk (or quota) filled up while the trainer wrote."""
 
 
 def progress_line(kind: ProgressType, /, **fields: Any) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import torch
 from openft.jobspec import TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.metrics import MetricsLog, read_metrics, write_results_csv
+from tests.support.tmpfs import mounted_tmpfs
 from tests.training.conftest import job_spec
 
 
@@ -99,10 +103,10 @@ def test_list_prune_and_stale_temps(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / ".tmp-step_000015-1-abc").mkdir()
     (tmp_path / "checkpoints" / "step_x").mkdir()
     assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [3, 6, 9, 12]
-    removed = ckpt.prune(tmp_path, 2)
+    removed = ckpt.prune(tmp_path, 2).removed
     assert [c.step for c in removed] == [3, 6]
     assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [9, 12]
-    assert [c.step for c in ckpt.prune(tmp_path, 0)] == [9]  # never fewer than one
+    assert [c.step for c in ckpt.prune(tmp_path, 0).removed] == [9]  # never fewer than one
     ckpt.remove_stale_temps(tmp_path)
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
     assert ckpt.list_checkpoints(tmp_path / "nowhere") == []
@@ -111,14 +115,14 @@ def test_list_prune_and_stale_temps(tmp_path: Path) -> None:
 def test_periodic_checkpoints_count_against_keep_and_go_once_superseded(tmp_path: Path) -> None:
     for step, kind in ((3, "epoch"), (4, "periodic"), (5, "periodic")):
         _write(tmp_path, step, kind=kind)
-    assert [c.step for c in ckpt.prune(tmp_path, 3)] == [4]  # superseded by 5: only a resume point
+    assert [c.step for c in ckpt.prune(tmp_path, 3).removed] == [4]  # superseded by 5: only a resume point
     assert [(c.step, c.kind()) for c in ckpt.list_checkpoints(tmp_path)] == [(3, "epoch"), (5, "periodic")]
     for step, kind in ((6, "epoch"), (7, "pause"), (8, "periodic")):
         _write(tmp_path, step, kind=kind)
     # 5 is superseded; of 3, 6, 7 and the newest (8) only 3 are kept, the periodic newest among them
-    assert [c.step for c in ckpt.prune(tmp_path, 3)] == [3, 5]
+    assert [c.step for c in ckpt.prune(tmp_path, 3).removed] == [3, 5]
     assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [6, 7, 8]
-    assert [c.step for c in ckpt.prune(tmp_path, 1)] == [6, 7]  # the resume point stays, whatever its kind
+    assert [c.step for c in ckpt.prune(tmp_path, 1).removed] == [6, 7]  # the resume point stays, whatever its kind
 
 
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
@@ -182,3 +186,65 @@ def test_results_csv_round_trips_floats_exactly(tmp_path: Path) -> None:
     first, second = (line.split(",") for line in lines[1:])
     assert first == ["1", repr(values[0]), "0.5", "", "", "", ""]
     assert float(second[1]) == values[1] and float(second[5]) == values[2]
+
+
+def test_pruning_counts_only_good_checkpoints_and_sets_damaged_ones_aside(tmp_path: Path) -> None:
+    """A damaged newest checkpoint must not count as one of the kept: pruning would delete the last good one."""
+    for step in (3, 6):
+        _write(tmp_path, step)
+    newest = _write(tmp_path, 9)
+    (newest.path / "adapter" / "adapter_model.safetensors").write_bytes(b"a disk error")
+    pruned = ckpt.prune(tmp_path, 1)
+    assert [c.step for c in pruned.removed] == [3]  # 6 is the newest good one: kept
+    assert [(c.step, aside.parent.name) for c, _, aside in pruned.set_aside] == [(9, ckpt.DAMAGED_DIR)]
+    assert "does not match its hash" in pruned.set_aside[0][1]
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [6]
+    [aside] = (tmp_path / "checkpoints" / ckpt.DAMAGED_DIR).iterdir()  # kept for the operator, not deleted
+    assert (aside / "adapter" / "adapter_model.safetensors").read_bytes() == b"a disk error"
+    assert ckpt.verify(ckpt.list_checkpoints(tmp_path)[0]) is None
+
+
+def test_pruning_trusts_the_steps_it_is_told_are_verified(tmp_path: Path) -> None:
+    for step in (3, 6):
+        _write(tmp_path, step)
+    (ckpt.checkpoint_path(tmp_path, 3) / "meta.json").write_text("{")  # would not verify, if it were hashed
+    verified = {6}
+    assert [c.step for c in ckpt.prune(tmp_path, 1, verified=verified).removed] == [3]  # beyond keep: not read
+    assert verified == {6}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB file system: a real ENOSPC, whatever library does the writing."""
+    with mounted_tmpfs(tmp_path / "small-disk", "1m") as folder:
+        yield folder
+
+
+@pytest.mark.parametrize("writer", ["torch", "plain"])
+def test_a_full_disk_raises_disk_full_and_leaves_older_checkpoints(small_disk: Path, writer: str) -> None:
+    kept = _write(small_disk, 3)
+
+    def big_weights(dest: Path) -> None:
+        dest.mkdir()
+        if writer == "torch":  # torch.save reports ENOSPC as a RuntimeError without an errno
+            torch.save({"w": torch.zeros(1 << 20)}, dest / "adapter_model.pt")
+        else:
+            (dest / "adapter_model.safetensors").write_bytes(b"\0" * (2 << 20))
+
+    with pytest.raises(ckpt.DiskFull) as excinfo:
+        ckpt.write_checkpoint(
+            small_disk,
+            progress=ckpt.TrainingProgress(6, 2, 0, 60, 1, "f" * 64),
+            epoch=2,
+            kind="epoch",
+            metrics={"step": 6},
+            trainer_state={},
+            save_weights=big_weights,
+            weights_dir="adapter",
+        )
+    assert excinfo.value.step == 6
+    assert [c.step for c in ckpt.list_checkpoints(small_disk)] == [3] and ckpt.verify(kept) is None
+    assert not list((small_disk / "checkpoints").glob(".tmp-*"))  # the partial folder is gone
+    del excinfo  # its traceback holds torch's writer, and so the deleted file's blocks
+    gc.collect()
+    assert shutil.disk_usage(small_disk).free > 512 << 10  # the space of the partial write is free again

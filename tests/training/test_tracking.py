@@ -174,8 +174,9 @@ def test_legs_end_as_asked_and_say_they_log_offline(chain: Chain) -> None:
         assert run.stray_lines == []  # W&B printed nothing on the progress channel
         warnings = [m["message"] for m in run.of("log") if m["level"] == "warn" and m["message"].startswith("W&B")]
         assert len(warnings) == 1, warnings
-        assert "no API key" in warnings[0] and "logging offline to" in warnings[0]
-        assert f"wandb sync {chain.output_dir / 'wandb'}/offline-run-*-{chain.run_id}" in warnings[0]
+        assert "no API key" in warnings[0] and "logging offline into the job's folder" in warnings[0]
+        assert f"wandb sync <job folder>/wandb/offline-run-*-{chain.run_id}" in warnings[0]
+        assert str(chain.output_dir) not in warnings[0]  # the job's owner does not learn the server's paths
     assert chain.plain.rc == ExitCode.COMPLETED and not (chain.plain_dir / "wandb").exists()
 
 
@@ -306,7 +307,30 @@ def test_no_network_goes_offline_without_trying(tmp_path: Path, monkeypatch: pyt
     tracker.start()
     tracker.finish()
     assert tracker.mode == "offline" and len(warnings) == 1
-    assert "no network (cannot reach http://127.0.0.1:9)" in warnings[0]
+    assert "no network (cannot reach the W&B server)" in warnings[0] and "127.0.0.1" not in warnings[0]
+
+
+def test_a_job_chosen_entity_is_never_written_with_the_operators_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is the server's: a job naming another team's entity must not make W&B write there with it."""
+    import wandb
+
+    offline_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # the operator's key
+    monkeypatch.setattr(tracking, "can_reach", lambda url: True)
+    asked: list[Any] = []
+
+    def record(**kwargs: Any) -> Any:
+        asked.append(kwargs.get("entity"))
+        raise wandb.errors.CommError("not really online in tests")
+
+    monkeypatch.setattr(wandb, "init", record)
+    warnings: list[str] = []
+    tracker = Tracker(_spec(tmp_path, entity="someone-elses-team"), warn=warnings.append)
+    tracker.start()
+    assert asked and all(entity is None for entity in asked)  # online, then the offline fallback
+    assert any("entity 'someone-elses-team' is not used" in w for w in warnings)
 
 
 class _BrokenRun:

@@ -10,24 +10,33 @@
 A checkpoint is assembled in a hidden temp folder and renamed into place (`fsutil.commit_dir`), so a
 `step_*` folder is either complete or absent; the hashes in meta.json also catch later damage (a disk
 error, a hand edit). Exact resume needs *all* of the state above: dropping the optimizer moments, the
-scheduler, any RNG state or changing the thread count each changes the weights (offline-models.md).
+scheduler, any RNG state or changing the thread count each changes the weights.
+
+A checkpoint that fails `verify` is never deleted: it is moved aside into `checkpoints/damaged/` for the
+operator to look at (a read error on a network disk may be passing, and the folder may be the only copy
+of hours of training). Pruning counts only checkpoints that verified, so it never deletes the last good
+one. A write that runs out of disk space (ENOSPC, EDQUOT) removes its partial temp folder, keeps every
+older checkpoint and raises `DiskFull`, which the trainer turns into a paused job.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import random
 import re
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from openft.fsutil import commit_dir, remove_tree, temp_sibling
+from openft.fsutil import commit_dir, ensure_dir, fsync_dir, remove_tree, temp_sibling
 from openft.jobspec import CHECKPOINTS_DIR, TrainJobSpec
 
 META_FILE = "meta.json"
@@ -35,7 +44,50 @@ STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
 WEIGHT_DIRS = ("adapter", "model")
+DAMAGED_DIR = "damaged"
+"""Under checkpoints/: checkpoints that failed verification, kept for the operator (never read, never pruned)."""
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL_FREE_BYTES = 4 << 20
+"""A failed write with less free space than this left is taken as a full disk (torch.save reports ENOSPC as a
+bare RuntimeError without an errno)."""
 _NAME = re.compile(r"^step_(\d{6,})$")
+
+
+class DiskFull(Exception):
+    """The disk (or quota) filled up while writing the checkpoint of `step`; nothing of it was left behind."""
+
+    def __init__(self, step: int, folder: Path):
+        super().__init__(f"no space left on the device of {folder} while writing the checkpoint of step {step}")
+        self.step = step
+        self.folder = folder
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether `exc`, raised while writing into `folder`, means the disk or the quota is full.
+
+    OSError carries the errno; safetensors names the error in its text; torch.save gives neither, so a
+    failure with (almost) no space left on the folder's device counts too.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(code) in str(current) for code in DISK_FULL_ERRNOS):
+            return True
+        current = current.__cause__ or current.__context__
+    free = _free_bytes(folder)
+    return free is not None and free < DISK_FULL_FREE_BYTES
+
 
 CheckpointKind = Literal["epoch", "pause", "periodic"]
 """epoch: at each epoch end (listed by the API, as OpenAI's are); pause: on a stop request (pause, worker
@@ -190,7 +242,12 @@ def write_checkpoint(
     0-based epoch the next step belongs to (what resume needs).
     """
     final = checkpoint_path(output_dir, progress.step)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_dir(final.parent)
+    except OSError as exc:
+        if is_disk_full(exc, output_dir):
+            raise DiskFull(progress.step, output_dir) from exc
+        raise
     tmp = temp_sibling(final)
     try:
         tmp.mkdir()
@@ -207,8 +264,11 @@ def write_checkpoint(
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         commit_dir(tmp, final)  # fsyncs every file, then renames: visible only when complete
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and is_disk_full(exc, final.parent)  # before removing frees space
         remove_tree(tmp)
+        if full:
+            raise DiskFull(progress.step, final.parent) from exc
         raise
     return Checkpoint(progress.step, final)
 
@@ -221,20 +281,57 @@ def read_state(checkpoint: Checkpoint) -> tuple[TrainingProgress, dict[str, Any]
     return progress, trainer_state
 
 
-def prune(output_dir: Path, keep: int) -> list[Checkpoint]:
-    """Delete checkpoints beyond the newest `keep` (at least 1) and every superseded periodic one.
+@dataclass
+class Pruned:
+    removed: list[Checkpoint] = field(default_factory=list)
+    """Superseded checkpoints, deleted."""
+    set_aside: list[tuple[Checkpoint, str, Path]] = field(default_factory=list)
+    """Checkpoints that failed verification: (the checkpoint, why, where it was moved)."""
 
-    A periodic checkpoint exists only to resume from after a crash: once a newer checkpoint of any kind
-    is committed it serves no one (it is not listed by the API), so it goes first. The rest count against
-    `keep` whatever their kind, the newest (the resume point) always kept. Returns the removed ones.
+
+def set_aside(checkpoint: Checkpoint) -> Path:
+    """Move a damaged checkpoint out of the `step_*` names into checkpoints/damaged/ (never deleted)."""
+    damaged = checkpoint.path.parent / DAMAGED_DIR
+    ensure_dir(damaged)
+    target = damaged / f"{checkpoint.path.name}.{time.time_ns()}"
+    os.replace(checkpoint.path, target)
+    fsync_dir(checkpoint.path.parent)
+    fsync_dir(damaged)
+    return target
+
+
+def prune(output_dir: Path, keep: int, *, verified: set[int] | None = None) -> Pruned:
+    """Keep the newest `keep` (at least 1) checkpoints that verify; delete older ones and superseded periodic ones.
+
+    A periodic checkpoint exists only to resume from after a crash: once a newer good checkpoint of any
+    kind exists it serves no one (it is not listed by the API), so it goes. The rest count against `keep`
+    whatever their kind, the newest good one (the resume point) always kept. Only checkpoints that verify
+    count: one that does not is set aside (see `set_aside`), never deleted, so a damaged newest checkpoint
+    can never make pruning delete the last good one. `verified` holds the steps already known good (the
+    caller wrote or verified them); each other candidate is verified once and added to it.
     """
-    checkpoints = list_checkpoints(output_dir)
-    doomed = [c for c in checkpoints[:-1] if c.kind() == "periodic"]
-    rest = [c for c in checkpoints if c not in doomed]
-    doomed += rest[: max(0, len(rest) - max(1, keep))]
-    for checkpoint in sorted(doomed, key=lambda c: c.step):
+    verified = set() if verified is None else verified
+    result = Pruned()
+    kept: list[Checkpoint] = []
+    for checkpoint in reversed(list_checkpoints(output_dir)):  # newest first
+        if len(kept) >= max(1, keep):
+            result.removed.append(checkpoint)
+            continue
+        if checkpoint.step not in verified:
+            problem = verify(checkpoint)
+            if problem is not None:
+                result.set_aside.append((checkpoint, problem, set_aside(checkpoint)))
+                continue
+            verified.add(checkpoint.step)
+        if kept and checkpoint.kind() == "periodic":
+            result.removed.append(checkpoint)
+        else:
+            kept.append(checkpoint)
+    result.removed.sort(key=lambda c: c.step)
+    for checkpoint in result.removed:
         remove_tree(checkpoint.path)
-    return sorted(doomed, key=lambda c: c.step)
+        verified.discard(checkpoint.step)
+    return result
 
 
 # What a checkpoint must agree with ---------------------------------------------------------------

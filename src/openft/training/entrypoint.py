@@ -1,7 +1,9 @@
 """`openft train job.json`: run one training job in this process and end with an `ExitCode`.
 
 Whatever happens, the worker gets a last message that says how it ended (`completed`, `stopped` or
-`failed` with a stable code), never a bare traceback: tracebacks go to stderr, for the log.
+`failed` with a stable code), never a bare traceback: tracebacks go to stderr, for the log. A failure's
+message is shown to the job's owner, so it names no server path (`openft.redact`); the full text goes to
+stderr (train.log) for the operator.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openft.jobspec import CHECKPOINTS_DIR, PARENT_PID_ENV, ExitCode, TrainJobSpec, committed_checkpoint_steps
+from openft.redact import redact_paths
 from openft.training.folder_lock import FolderLock
 from openft.training.progress import Progress
 
@@ -34,14 +37,20 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def _fail(progress: Progress, code: str, message: str, param: str | None) -> int:
+    """The `failed` message: the full text to stderr (train.log), the owner's copy without server paths."""
+    print(f"failed ({code}): {message}", file=sys.stderr, flush=True)
+    progress.emit("failed", code=code, message=redact_paths(message)[:MAX_MESSAGE], param=param)
+    return ExitCode.FAILED
+
+
 def run(job_file: Path, *, progress: Progress | None = None) -> int:
     """Train as `job_file` says; `progress` defaults to taking over this process's stdout."""
     progress = progress or Progress.take_stdout()
     try:
         spec = TrainJobSpec.read(job_file)
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        message = f"cannot read the job file {job_file}: {exc}"[:MAX_MESSAGE]
-        progress.emit("failed", code="invalid_job_file", message=message, param=None)
+        _fail(progress, "invalid_job_file", f"cannot read the job file {job_file}: {exc}", None)
         return ExitCode.USAGE
 
     # Handlers go in before the slow imports, so an early SIGTERM still ends in an orderly `stopped`.
@@ -51,7 +60,8 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
     stop = StopRequest(parent_pid=int(parent) if parent.isdigit() else None)
     previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     # The worker holds stop signals back until it has heard from us: until now SIGUSR1 would have killed us.
-    progress.emit("log", level="info", message=f"Training process {os.getpid()} started.")
+    progress.emit("log", level="info", message="Training process started.")  # its pid is the operator's business
+    print(f"training process {os.getpid()} started", file=sys.stderr, flush=True)
     # Nothing in the job folder is touched before this: a trainer left behind by a dead worker may still be
     # finishing its step and last checkpoint there (see folder_lock.py).
     lock = FolderLock(Path(spec.output_dir))
@@ -73,21 +83,16 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
         try:
             outcome = run_recipe(spec, progress, stop)
         except TrainingFailure as failure:
-            progress.emit("failed", code=failure.code, message=failure.message[:MAX_MESSAGE], param=failure.param)
-            return ExitCode.FAILED
+            return _fail(progress, failure.code, failure.message, failure.param)
         except BaseModelUnavailable as exc:
-            progress.emit("failed", code="model_not_found", message=str(exc)[:MAX_MESSAGE], param="model")
-            return ExitCode.FAILED
+            return _fail(progress, "model_not_found", f"the base model is not available: {exc}", "model")
         return ExitCode.STOPPED if outcome == "stopped" else ExitCode.COMPLETED
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         if _is_out_of_memory(exc):
             message = f"out of memory: {exc}; try a smaller batch_size, micro_batch_size or max_seq_len"
-            progress.emit("failed", code="out_of_memory", message=message[:MAX_MESSAGE], param=None)
-        else:
-            message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
-            progress.emit("failed", code="training_error", message=message, param=None)
-        return ExitCode.FAILED
+            return _fail(progress, "out_of_memory", message, None)
+        return _fail(progress, "training_error", f"{type(exc).__name__}: {exc}", None)
     finally:
         lock.release()
         for sig, handler in previous.items():

@@ -19,10 +19,12 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from openft.fsutil import ensure_dir
 from openft.jobspec import LOCK_FILE
 
 POLL_SECONDS = 0.2
@@ -39,7 +41,7 @@ class FolderLock:
 
         `report` is told who holds it when the lock is not free at once, and again every 30 s of waiting.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path.parent)  # the job folder itself may be new: made durable in its parent
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         started = time.monotonic()
         next_report = started
@@ -56,9 +58,10 @@ class FolderLock:
             if now >= next_report:
                 holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
                 waited = f" (waited {now - started:.0f} s)" if now > started else ""
+                # The holder's pid and host are for the operator's log only, not the job's owner.
+                print(f"job folder locked by {holder}", file=sys.stderr, flush=True)
                 report(
-                    f"Waiting for the previous training process of this job ({holder}) to exit before using "
-                    f"its folder{waited}."
+                    f"Waiting for the previous training process of this job to exit before using its folder{waited}."
                 )
                 next_report = now + REPORT_EVERY_SECONDS
             time.sleep(POLL_SECONDS)

@@ -13,6 +13,7 @@ import sys
 from typing import Any, TextIO
 
 from openft.jobspec import ProgressType, progress_line
+from openft.redact import redact_paths
 
 
 class Progress:
@@ -42,5 +43,6 @@ class Progress:
             print(f"progress channel closed ({exc}); continuing without messages", file=sys.stderr)
 
     def log(self, level: str, message: str) -> None:
-        self.emit("log", level=level, message=message)
+        """A job event for the job's owner (server paths redacted) and the full line in train.log."""
+        self.emit("log", level=level, message=redact_paths(message))
         print(f"[{level}] {message}", file=sys.stderr, flush=True)

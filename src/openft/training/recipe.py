@@ -23,12 +23,14 @@ bit-identical to a straight one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import signal
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +39,8 @@ import numpy as np
 import torch
 
 from openft.datasets.chat import CODE_FORMAT, DataFormatError
-from openft.fsutil import commit_dir, remove_tree, temp_sibling
-from openft.jobspec import TrainJobSpec
+from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
+from openft.jobspec import DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
 from openft.training.forward import ForwardPass, check_model
@@ -68,6 +70,16 @@ class TrainingFailure(Exception):
         self.code = code
         self.message = message
         self.param = param
+
+
+class DiskFullPause(Exception):
+    """The disk (or quota) filled up while writing `what`: the run stops at its last good checkpoint and the
+    job is paused (not failed) so that it can be resumed once there is space. `what` is shown to the job's
+    owner, so it names no server path."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
 
 
 class StopRequest:
@@ -137,12 +149,15 @@ class TrainingRecipe:
         self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
         self.debug_signals = _parse_debug_signals(os.environ.get(DEBUG_SIGNALS_ENV, ""))
         self._checkpoint_clock = time.monotonic()
+        self.last_checkpoint: ckpt.Checkpoint | None = None
+        self.verified_steps: set[int] = set()
+        """Checkpoints known good (written or verified by this process): pruning need not hash them again."""
 
     # Setup ---------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         spec = self.spec
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.output_dir)
         ckpt.remove_stale_temps(self.output_dir)
         self.fingerprint = ckpt.fingerprint(spec)
 
@@ -220,7 +235,8 @@ class TrainingRecipe:
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state["rng"])
         self.start_step = self.step
-        self.metrics_log.restart_after(self.step)  # each step exactly once, even after a kill -9
+        with self._disk_full_pauses(f"preparing to resume at step {self.step}"):
+            self.metrics_log.restart_after(self.step)  # each step exactly once, even after a kill -9
         self.last_row: dict[str, Any] | None = None
 
         self._checkpoint_clock = time.monotonic()  # the periodic interval counts from here, not from the load
@@ -289,14 +305,33 @@ class TrainingRecipe:
         for candidate in reversed(ckpt.list_checkpoints(self.output_dir)):
             problem = ckpt.verify(candidate)
             if problem is None:
+                self.verified_steps.add(candidate.step)
                 return candidate
-            # Its steps will be trained again and it would be overwritten anyway; left in place it
-            # would count as "newest" when pruning.
-            self.progress.log(
-                "warn", f"checkpoint at step {candidate.step} is damaged ({problem}); removed it, using an older one"
-            )
-            remove_tree(candidate.path)
+            # Moved out of the way (its steps are trained again, and a rewrite of that step would replace
+            # it), never deleted: it may be readable again later, and it is for the operator to decide.
+            aside = ckpt.set_aside(candidate)
+            self._report_damaged(candidate, problem, aside, "using an older one")
         return None
+
+    def _report_damaged(self, checkpoint: ckpt.Checkpoint, problem: str, aside: Path, then: str) -> None:
+        """Warn the job's owner (no server path) and tell the operator where the damaged folder went."""
+        text = f"checkpoint at step {checkpoint.step} is damaged ({problem}); kept it aside for the operator, {then}"
+        self.progress.log("warn", text)
+        print(f"damaged checkpoint of step {checkpoint.step} moved to {aside}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _disk_full_pauses(self, what: str) -> Iterator[None]:
+        """Turn a full disk (or quota) while doing `what` into `DiskFullPause`; other errors pass unchanged."""
+        try:
+            yield
+        except ckpt.DiskFull as exc:
+            print(f"disk full: {exc}", file=sys.stderr, flush=True)
+            raise DiskFullPause(what) from exc
+        except Exception as exc:
+            if not ckpt.is_disk_full(exc, self.output_dir):
+                raise
+            print(f"disk full in {self.output_dir} while {what}: {exc!r}", file=sys.stderr, flush=True)
+            raise DiskFullPause(what) from exc
 
     def _read(self, path: str, param: str) -> list[Any]:
         try:
@@ -372,7 +407,8 @@ class TrainingRecipe:
             row.update(learning_rate=learning_rate, trained_tokens=self.trained_tokens)
             row["step_seconds"] = now - self._row_clock  # this step, its validation, the checkpoint before it
             self._row_clock = now
-            self.metrics_log.append(row)
+            with self._disk_full_pauses(f"recording the metrics of step {self.step}"):
+                self.metrics_log.append(row)
             self.last_row = row
             if self.step % spec.metrics_every == 0 or self.step == self.total_steps or epoch_end:
                 self._emit_metrics(row, now)
@@ -469,6 +505,22 @@ class TrainingRecipe:
 
     def _checkpoint(self, kind: ckpt.CheckpointKind) -> ckpt.Checkpoint:
         """Commit a checkpoint of the current step, say so, and prune the oldest beyond keep_checkpoints."""
+        epoch = (self.step - 1) // self.steps_per_epoch + 1
+        metrics = {"step": self.step, **{k: (self.last_row or {}).get(k) for k in self.objective.columns[1:]}}
+        with self._disk_full_pauses(f"writing checkpoint at step {self.step}"):
+            saved = self._write_checkpoint(kind, epoch, metrics)
+        self.last_checkpoint = saved
+        self.verified_steps.add(saved.step)  # hashed as it was written
+        self._checkpoint_clock = time.monotonic()
+        self.progress.emit("checkpoint", step=self.step, epoch=epoch, path=str(saved.path), kind=kind, metrics=metrics)
+        pruned = ckpt.prune(self.output_dir, self.spec.keep_checkpoints, verified=self.verified_steps)
+        for checkpoint, problem, aside in pruned.set_aside:
+            self._report_damaged(checkpoint, problem, aside, "not counted as one of the checkpoints kept")
+        for removed in [*pruned.removed, *(c for c, _, _ in pruned.set_aside)]:
+            self.progress.emit("checkpoint_removed", step=removed.step, path=str(removed.path))
+        return saved
+
+    def _write_checkpoint(self, kind: ckpt.CheckpointKind, epoch: int, metrics: dict[str, Any]) -> ckpt.Checkpoint:
         self.metrics_log.sync()  # the checkpoint's steps must be on disk before it is
         epoch, position = divmod(self.step, self.steps_per_epoch)
         state = ckpt.TrainingProgress(
@@ -481,11 +533,10 @@ class TrainingRecipe:
             precision=self.precision,
             packing=self.packing,
         )
-        metrics = {"step": self.step, **{k: (self.last_row or {}).get(k) for k in self.objective.columns[1:]}}
-        saved = ckpt.write_checkpoint(
+        return ckpt.write_checkpoint(
             self.output_dir,
             progress=state,
-            epoch=(self.step - 1) // self.steps_per_epoch + 1,
+            epoch=epoch,
             kind=kind,
             metrics=metrics,
             trainer_state={
@@ -496,19 +547,6 @@ class TrainingRecipe:
             save_weights=self._save_checkpoint_weights,
             weights_dir="adapter" if self.loaded.is_lora else "model",
         )
-        self.last_checkpoint = saved
-        self._checkpoint_clock = time.monotonic()
-        self.progress.emit(
-            "checkpoint",
-            step=self.step,
-            epoch=(self.step - 1) // self.steps_per_epoch + 1,
-            path=str(saved.path),
-            kind=kind,
-            metrics=metrics,
-        )
-        for removed in ckpt.prune(self.output_dir, self.spec.keep_checkpoints):
-            self.progress.emit("checkpoint_removed", step=removed.step, path=str(removed.path))
-        return saved
 
     def _save_checkpoint_weights(self, dest: Path) -> None:
         save_weights(self.loaded, dest)
@@ -529,16 +567,20 @@ class TrainingRecipe:
     def save(self) -> None:
         """The final weights (output_dir/model/) and results.csv, then `completed`."""
         final = self.output_dir / "model"
-        tmp = temp_sibling(final)
-        try:
-            save_weights(self.loaded, tmp)
-            commit_dir(tmp, final)
-        except BaseException:
-            remove_tree(tmp)
-            raise
-        self.metrics_log.sync()
         results = self.output_dir / RESULTS_FILE
-        write_results_csv(self.output_dir / METRICS_FILE, results, self.objective.columns)
+        with self._disk_full_pauses(f"writing the final model at step {self.step}"):
+            tmp = temp_sibling(final)
+            try:
+                save_weights(self.loaded, tmp)
+                commit_dir(tmp, final)
+            except BaseException as exc:
+                full = isinstance(exc, Exception) and ckpt.is_disk_full(exc, self.output_dir)
+                remove_tree(tmp)
+                if full:
+                    raise ckpt.DiskFull(self.step, self.output_dir) from exc
+                raise
+            self.metrics_log.sync()
+            write_results_csv(self.output_dir / METRICS_FILE, results, self.objective.columns)
         self.progress.emit(
             "completed",
             step=self.step,
@@ -571,13 +613,31 @@ def run_recipe(spec: TrainJobSpec, progress: Progress, stop: StopRequest) -> Lit
             )
             progress.emit("stopped", step=newest.step if newest else 0, checkpoint=str(newest.path) if newest else None)
             return "stopped"
-        recipe.setup()
-        outcome = recipe.train()
-        if outcome == "completed":
-            recipe.save()
+        try:
+            recipe.setup()
+            outcome = recipe.train()
+            if outcome == "completed":
+                recipe.save()
+        except DiskFullPause as paused:
+            _stopped_by_full_disk(recipe, progress, paused)
+            return "stopped"
         return outcome
     finally:
         recipe.cleanup()
 
 
-__all__ = ["StopRequest", "TrainingFailure", "TrainingRecipe", "run_recipe"]
+def _stopped_by_full_disk(recipe: TrainingRecipe, progress: Progress, paused: DiskFullPause) -> None:
+    """Say `stopped` (reason disk_full) at the newest good checkpoint, which the resume will continue from."""
+    newest = recipe.last_checkpoint
+    if newest is None or not newest.path.is_dir():
+        newest = next((c for c in reversed(ckpt.list_checkpoints(recipe.output_dir)) if ckpt.verify(c) is None), None)
+    progress.emit(
+        "stopped",
+        step=newest.step if newest else 0,
+        checkpoint=str(newest.path) if newest else None,
+        reason=DISK_FULL_REASON,
+        message=f"paused: the disk is full while {paused.what}; free space and resume",
+    )
+
+
+__all__ = ["DISK_FULL_REASON", "DiskFullPause", "StopRequest", "TrainingFailure", "TrainingRecipe", "run_recipe"]

@@ -27,6 +27,12 @@ server, the run is written offline under `output_dir/wandb/` (one `offline-run-<
 process, W&B's layout for a resumed run) and a `warn` log message says how to upload it (`wandb sync`).
 WANDB_MODE=offline or disabled in the trainer's environment is honoured.
 
+The key is the operator's (the server's environment), never a tenant's: a job cannot choose the W&B
+`entity` it writes into, or any tenant could use the operator's key to write into any team that key can
+reach. The API refuses a job that names one (400, param `integrations`); a job stored before that rule is
+logged to the key's default entity (or the operator's WANDB_ENTITY) with a `warn` message. Messages name
+no server path or host: the job's owner reads them.
+
 W&B never breaks or slows training: wandb is imported only for such jobs, init has a timeout, console
 capture is off and W&B's own output is silenced (stdout is the progress channel; the entry point has
 already pointed descriptor 1 at stderr, which the wandb-core process inherits), and any W&B exception is
@@ -51,7 +57,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from openft.fsutil import atomic_write_text
+from openft.fsutil import atomic_write_text, ensure_dir
 from openft.jobspec import ProgressType, TrainJobSpec
 from openft.training.progress import Progress
 
@@ -184,8 +190,13 @@ class Tracker:
         if forced == "disabled":
             self._info("W&B: WANDB_MODE=disabled; not logging to W&B")
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.output_dir)
         self.run_id = read_or_create_run_id(self.output_dir)
+        if self.settings.entity:
+            self._warn(
+                f"W&B: the entity {self.settings.entity!r} is not used: this server logs with its operator's W&B "
+                "key, which writes only into the operator's own entity"
+            )
         import wandb  # imported only for jobs that ask for W&B (a second or so)
 
         url = base_url()
@@ -195,7 +206,8 @@ class Tracker:
         elif not has_api_key(url):
             offline_reason = "no API key (WANDB_API_KEY or ~/.netrc)"
         elif not can_reach(url):
-            offline_reason = f"no network (cannot reach {url})"
+            print(f"W&B: cannot reach {url}", file=sys.stderr, flush=True)  # the host is the operator's business
+            offline_reason = "no network (cannot reach the W&B server)"
         if offline_reason is None:
             try:
                 self._run = self._init(wandb, "online")
@@ -203,9 +215,10 @@ class Tracker:
                 offline_reason = f"cannot start the run online ({type(exc).__name__}: {str(exc)[:300]})"
         if self._run is None:
             self._run = self._init(wandb, "offline")
+            print(f"W&B: logging offline to {self.wandb_dir}", file=sys.stderr, flush=True)
             self._warn(
-                f"W&B: {offline_reason}; logging offline to {self.wandb_dir}; sync with "
-                f"`wandb sync {self.wandb_dir}/offline-run-*-{self.run_id}`"
+                f"W&B: {offline_reason}; logging offline into the job's folder on the server; the operator can "
+                f"upload it with `wandb sync <job folder>/{WANDB_DIR}/offline-run-*-{self.run_id}`"
             )
         self.mode = "online" if offline_reason is None else "offline"
         if self.mode == "online":
@@ -228,7 +241,7 @@ class Tracker:
         settings = wandb.Settings(**{k: v for k, v in options.items() if k in known})
         return wandb.init(
             project=self.settings.project,
-            entity=self.settings.entity,
+            entity=None,  # the key's default entity (or WANDB_ENTITY): never the job's choice (module docstring)
             name=self.settings.name or self.spec.job_id,
             tags=run_tags(self.spec),
             config=run_config(self.spec),
