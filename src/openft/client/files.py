@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -109,11 +110,54 @@ def delete(
     typer.echo(f"deleted {deleted.id}")
 
 
+def download_name(server_name: str | None) -> str | None:
+    """The server's name for a file as a name in the current folder, or None when nothing harmless is left.
+
+    The name comes from the server (and first from whoever uploaded the file): only its last component
+    is used, without control characters or leading dots, so `../x`, `/etc/x` or `.bashrc` can never
+    make a download land outside the current folder or as a hidden file. `--out` is the way to choose
+    another place.
+    """
+    name = (server_name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip().lstrip(".").strip()
+    return name or None
+
+
+def _write_new(target: Path, data: bytes, *, force: bool) -> bool:
+    """Write `data` to `target`; False (nothing written) when it exists and `force` is off.
+
+    Without `force` the file is created exclusively (a dangling symlink counts as existing, so it is
+    never followed); with it the data goes to a temp file that is renamed over `target`, replacing a
+    symlink rather than writing where it points.
+    """
+    if not force:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
+    tmp = target.with_name(f".{target.name}.openft-download")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 @app.command("download")
 def download(
     file_id: FileId,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Where to write it ('-': stdout) (the file's name, here).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write it ('-': stdout). Default: the file's name (its last part) in the current folder.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     as_json: JsonOption = False,
@@ -130,11 +174,20 @@ def download(
             sys.stdout.buffer.write(client.files.content(file_id).content)
             sys.stdout.flush()
             return
-        target = out or Path(client.files.retrieve(file_id).filename)
+        if out is not None:
+            target = out
+        else:
+            server_name = client.files.retrieve(file_id).filename
+            name = download_name(server_name)
+            if name is None:
+                problem = f"the file's name {server_name!r} is not a file name here; pass --out"
+                fail(problem, param="out", as_json=as_json)
+            target = Path(name)
         if target.exists() and not force:
             fail(f"{target} exists; pass --force to overwrite it", param="out", as_json=as_json)
         data = client.files.content(file_id).content
-    target.write_bytes(data)
+    if not _write_new(target, data, force=force):
+        fail(f"{target} exists; pass --force to overwrite it", param="out", as_json=as_json)
     if as_json:
         print_json({"id": file_id, "path": str(target), "bytes": len(data)})
         return
