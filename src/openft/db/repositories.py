@@ -467,6 +467,10 @@ def add_event(session: Session, row: JobEventRow) -> None:
     session.add(row)
 
 
+def event_exists(session: Session, event_id: str) -> bool:
+    return session.scalar(select(JobEventRow.id).where(JobEventRow.id == event_id)) is not None
+
+
 def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> Page[JobEventRow]:
     stmt = select(JobEventRow).where(JobEventRow.job_id == job_id)
     owner = JobEventRow.job_id == job_id

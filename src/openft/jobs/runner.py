@@ -19,6 +19,7 @@ import contextlib
 import csv
 import itertools
 import logging
+import math
 import os
 import queue
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
 from openft.db import repositories as repo
+from openft.db.retry import DatabaseUnavailable, retry_transient
 from openft.db.tables import CheckpointRow, FileRow, JobEventRow
 from openft.jobs.events import new_event
-from openft.jobs.outcomes import record_failure
+from openft.jobs.outcomes import record_failure, record_pause
 from openft.jobs.states import JobStatus
 from openft.jobspec import (
+    DISK_FULL_REASON,
     DPO_RESULT_COLUMNS,
     METRICS_FILE,
     PARENT_PID_ENV,
@@ -97,6 +101,7 @@ class TrainingRun:
         store: BlobStore,
         worker_id: str | None = None,
         project: str | None = None,
+        db_retry_seconds: float = 60.0,
     ):
         self.job_id = job_id
         self.project = project
@@ -115,6 +120,9 @@ class TrainingRun:
         self._ready = False
         self._claim_lost = False
         self._requeue_on_exit = False
+        self._db_retry_seconds = db_retry_seconds
+        self._database_lost = False
+        self._output_ended = False
         self.outcome = RunOutcome()
 
     # process control --------------------------------------------------------------------------
@@ -208,12 +216,11 @@ class TrainingRun:
         inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         threading.Thread(target=self._read, args=(inbox,), name=f"read-{self.job_id}", daemon=True).start()
         try:
-            ended = False
-            while not ended:
+            while not self._output_ended:
                 pending = [inbox.get()]
                 while not inbox.empty() and pending[-1] is not None:
                     pending.append(inbox.get())
-                ended = pending[-1] is None
+                self._output_ended = pending[-1] is None
                 messages = [m for m in pending if m is not None]
                 while messages and not self._claim_lost:
                     metrics = list(itertools.takewhile(lambda m: m["type"] == "metrics", messages))
@@ -224,21 +231,70 @@ class TrainingRun:
                         self._handle(messages.pop(0))
         except ClaimLost:
             self.claim_lost()
+        except DatabaseUnavailable:
+            log.error(
+                "job %s: the database stayed unreachable for %g s; stopping the trainer at a checkpoint, and the job "
+                "is queued again once the database is back",
+                self.job_id,
+                self._db_retry_seconds,
+            )
+            self._database_lost = True
+            self.request_stop()
+            self._drain(inbox)
         except Exception:
             log.exception("runner for %s failed while reading progress; killing the trainer", self.job_id)
             self.kill()
         finally:
             code = self._process.wait()
             if not self._claim_lost:
-                try:
-                    self._finish(code)
+                try:  # the outcome is one compare-and-set transition: retried (without end) until the database is back
+                    retry_transient(
+                        lambda: self._finish(code),
+                        math.inf,
+                        what=f"recording the outcome of {self.job_id}",
+                        give_up=lambda: self._claim_lost,
+                    )
                 except ClaimLost:
                     pass
                 except Exception:
                     log.exception("runner for %s failed to record the outcome", self.job_id)
 
+    def _drain(self, inbox: queue.SimpleQueue[dict[str, Any] | None]) -> None:
+        """Without the database: read the trainer's output to its end (so it never blocks on a full pipe),
+        keeping only how it ended. Metrics and checkpoints it reports meanwhile are recorded by the next run,
+        which reconciles the rows with the folder it resumes from (`_reconcile`)."""
+        while not self._output_ended:
+            message = inbox.get()
+            if message is None:
+                self._output_ended = True
+            elif message["type"] in ("stopped", "completed", "failed"):
+                self._handle(message)
+
     def _write(self, **fields: Any) -> contextlib.AbstractContextManager[Session]:
         return _FencedWrite(self, fields)
+
+    def _record(self, write: Callable[[bool], None], what: str) -> None:
+        """Run `write(retrying)` — one fenced transaction — again after each transient database error, for up to
+        `db_retry_seconds` (db/retry.py); then `DatabaseUnavailable`. `retrying` is True from the second try on:
+        the previous try may have committed with its answer lost, so the write checks what is already there
+        and never adds a row twice."""
+        tries = itertools.count()
+        retry_transient(
+            lambda: write(next(tries) > 0),
+            self._db_retry_seconds,
+            what=f"recording {what} of {self.job_id}",
+            give_up=lambda: self._claim_lost,
+        )
+
+    def _add_event_once(self, event: JobEventRow, fields: dict[str, Any], what: str) -> None:
+        """One event (and fenced job fields), written once however many tries it takes."""
+
+        def write(retrying: bool) -> None:
+            with self._write(**fields) as session:
+                if not (retrying and repo.event_exists(session, event.id)):
+                    session.add(_fresh(event))
+
+        self._record(write, what)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -252,21 +308,31 @@ class TrainingRun:
                 if start == 0
                 else f"Fine-tuning resumed from the checkpoint at step {start} of {outcome.total_steps}."
             )
-            with self._write(total_steps=outcome.total_steps, completed_steps=start) as session:
-                self._reconcile(session, message)
-                data = {"start_step": start, **_pick(message, "num_threads"), "worker_id": self.worker_id}
-                session.add(new_event(self.job_id, text, data=data))
+            data = {"start_step": start, **_pick(message, "num_threads"), "worker_id": self.worker_id}
+            started = new_event(self.job_id, text, data=data)
+
+            def write(retrying: bool) -> None:
+                with self._write(total_steps=outcome.total_steps, completed_steps=start) as session:
+                    if retrying and repo.event_exists(session, started.id):
+                        return
+                    self._reconcile(session, message)
+                    session.add(_fresh(started))
+
+            self._record(write, "the start")
         elif kind == "log":
             level = {"warn": "warn", "warning": "warn", "error": "error"}.get(str(message.get("level")), "info")
-            with self._write() as session:
-                session.add(new_event(self.job_id, str(message.get("message", "")), level=level))
+            self._add_event_once(new_event(self.job_id, str(message.get("message", "")), level=level), {}, "a log line")
         elif kind == "metrics":
             self._on_metrics([message])
         elif kind == "checkpoint":
             self._on_checkpoint(message)
         elif kind == "checkpoint_removed":
-            with self._write() as session:
-                repo.delete_checkpoint_for_step(session, self.job_id, int(message["step"]))
+
+            def remove(_retrying: bool) -> None:  # a delete: the same on every try
+                with self._write() as session:
+                    repo.delete_checkpoint_for_step(session, self.job_id, int(message["step"]))
+
+            self._record(remove, "a removed checkpoint")
         elif kind == "stopped":
             outcome.stopped = message
         elif kind == "completed":
@@ -288,8 +354,16 @@ class TrainingRun:
         if outcome.step_seconds:
             mean = sum(outcome.step_seconds) / len(outcome.step_seconds)
             eta = int(time.time() + (total - step) * mean) + 1
-        with self._write(completed_steps=step, trained_tokens=outcome.trained_tokens, estimated_finish=eta) as session:
-            session.add_all([_metrics_event(self.job_id, message, total) for message in messages])
+        fields = {"completed_steps": step, "trained_tokens": outcome.trained_tokens, "estimated_finish": eta}
+
+        def write(retrying: bool) -> None:
+            with self._write(**fields) as session:
+                recorded = {s for _id, s in repo.metrics_event_steps(session, self.job_id)} if retrying else set()
+                session.add_all(
+                    [_metrics_event(self.job_id, m, total) for m in messages if int(m["step"]) not in recorded]
+                )
+
+        self._record(write, "metrics")
 
     def _reconcile(self, session: Session, started: dict[str, Any]) -> None:
         """Make the job's rows match the folder the trainer starts from (see the module docstring).
@@ -335,16 +409,21 @@ class TrainingRun:
     def _on_checkpoint(self, message: dict[str, Any]) -> None:
         step = int(message["step"])
         if message.get("kind") == "periodic":  # a resume point only: not listed, not a model (README)
-            with self._write() as session:
-                text = f"Recovery checkpoint saved at step {step} (used to resume after a crash; not listed)."
-                session.add(new_event(self.job_id, text, data={"step": step}))
+            text = f"Recovery checkpoint saved at step {step} (used to resume after a crash; not listed)."
+            self._add_event_once(new_event(self.job_id, text, data={"step": step}), {}, "a checkpoint")
             return
-        row = self._checkpoint_row(message)
-        with self._write() as session:
-            repo.delete_checkpoint_for_step(session, self.job_id, step)  # a rerun after a crash rewrites it
-            session.add(row)
-            text = f"Checkpoint created at step {step}: {row.fine_tuned_model_checkpoint}"
-            session.add(new_event(self.job_id, text, data={"step": step}))
+        text = f"Checkpoint created at step {step}: {self._checkpoint_row(message).fine_tuned_model_checkpoint}"
+        created = new_event(self.job_id, text, data={"step": step})
+
+        def write(retrying: bool) -> None:
+            with self._write() as session:
+                if retrying and repo.event_exists(session, created.id):
+                    return
+                repo.delete_checkpoint_for_step(session, self.job_id, step)  # a rerun after a crash rewrites it
+                session.add(self._checkpoint_row(message))
+                session.add(_fresh(created))
+
+        self._record(write, "a checkpoint")
 
     def _checkpoint_row(self, message: dict[str, Any]) -> CheckpointRow:
         step = int(message["step"])
@@ -371,6 +450,16 @@ class TrainingRun:
             return
         if code == ExitCode.COMPLETED and outcome.completed is not None:
             self._succeed(outcome.completed)
+        elif code == ExitCode.STOPPED and (outcome.stopped or {}).get("reason") == DISK_FULL_REASON:
+            stopped = outcome.stopped or {}
+            with self._sessions.begin() as session:  # paused, not queued: a retry would fill the disk again
+                record_pause(
+                    session,
+                    self.job_id,
+                    attempt=self.attempt,
+                    message=str(stopped.get("message")),
+                    step=int(stopped.get("step") or 0),
+                )
         elif code == ExitCode.STOPPED:
             self._stopped(status)
         elif self._requeue_on_exit:
@@ -378,11 +467,18 @@ class TrainingRun:
         elif code == ExitCode.FAILED and outcome.failed is not None:
             failed = outcome.failed
             self._fail(str(failed.get("code") or "training_error"), str(failed.get("message")), failed.get("param"))
-        else:
+        else:  # the log's path and tail are the operator's (they name server paths and hosts), not the owner's
+            log.warning(
+                "job %s: trainer exited with %s; %s ends: %s",
+                self.job_id,
+                code,
+                self.output_dir / "train.log",
+                _log_tail(self.output_dir / "train.log"),
+            )
             self._fail(
                 "training_process_died",
                 f"The training process exited with code {code} at step {outcome.last_step}; "
-                f"see {self.output_dir / 'train.log'}. {_log_tail(self.output_dir / 'train.log')}".strip(),
+                "the operator can see why in the job's train.log.",
                 None,
             )
 
@@ -437,13 +533,17 @@ class TrainingRun:
 
     def _stopped(self, status: JobStatus) -> None:
         step = int((self.outcome.stopped or {}).get("step") or self.outcome.last_step)
-        checkpoint = (self.outcome.stopped or {}).get("checkpoint")
         with self._sessions.begin() as session:
             if status is JobStatus.PAUSING:
-                target, text = JobStatus.PAUSED, f"Job paused at step {step}; checkpoint written to {checkpoint}."
+                target, text = JobStatus.PAUSED, f"Job paused at step {step}; its checkpoint is saved."
             else:
                 target = JobStatus.QUEUED
                 text = f"Training stopped at step {step} (worker shutting down); the job is queued and will continue."
+                if self._database_lost:
+                    text = (
+                        f"Training stopped at step {step}: the database was unreachable for over "
+                        f"{self._db_retry_seconds:g} s. The job is queued and continues from its last checkpoint."
+                    )
             ok = repo.transition_job(
                 session,
                 self.job_id,
@@ -521,6 +621,19 @@ def _metrics_event(job_id: str, values: dict[str, Any], total: int) -> JobEventR
             data[name] = values[name]
     text = f"Step {step}/{total}: training loss={float(values['train_loss']):.4f}"
     return new_event(job_id, text, type="metrics", data=data)
+
+
+def _fresh(event: JobEventRow) -> JobEventRow:
+    """A new row object with the same values (id included): a rolled-back try leaves its objects unusable."""
+    return JobEventRow(
+        id=event.id,
+        job_id=event.job_id,
+        created_at=event.created_at,
+        level=event.level,
+        message=event.message,
+        type=event.type,
+        data=event.data,
+    )
 
 
 def _pick(message: dict[str, Any], *names: str) -> dict[str, Any]:

@@ -242,7 +242,7 @@ class Worker:
                 # conditional on what was read: a renewal or another worker's recovery meanwhile wins
                 if not repo.release_expired_claim(session, job, target, now=now, **fields):
                     continue
-                who = f"worker {dead_worker}" if dead_worker else "its worker"
+                who = "its worker"  # not its id: by default that names the worker's host and pid (README: Security)
                 if target is JobStatus.PAUSED:
                     text = f"Recovered after {who} stopped while pausing; paused at the checkpoint of step {step}."
                 elif step:
@@ -251,11 +251,11 @@ class Worker:
                     text = f"Recovered after {who} stopped (at step {stopped_at}); restarting from step 0."
                 data = {"worker_id": dead_worker, "resume_step": step, "stopped_at_step": stopped_at}
                 session.add(new_event(job.id, text, level="warn", data=data))
-                log.warning("job %s: %s", job.id, text)
+                log.warning("job %s: %s (worker %s)", job.id, text, dead_worker)
 
     def _report_queue(self) -> None:
         """A queue event for each queued job that just entered the queue or whose place changed
-        meaningfully (jobs/queue.py): "Queued: position 2 of 3; estimated start in ~4 min".
+        meaningfully (jobs/queue.py): "Queued: position 2; estimated start in ~4 min".
 
         Decided on a read; written under the write lock (SQLite) or an advisory lock (PostgreSQL) after
         checking again that no other worker has just reported the same, so no report is made twice.
@@ -446,6 +446,7 @@ class Worker:
             sessions=self._sessions,
             store=self._store,
             worker_id=self.worker_id,
+            db_retry_seconds=self.settings.db_retry_seconds,
         )
         with self._lock:
             self._runs[job.id] = run
