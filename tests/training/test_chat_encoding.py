@@ -159,6 +159,12 @@ LENGTH_AWARE = (  # looks at the list's length up front: turn boundaries are unk
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+AS_JSON = (  # `tojson` cannot serialize the observed list the one-render encoder passes: prefixes are rendered
+    "{% if messages | tojson | length > 5 %}{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 def _with_template(tokenizer_dir: Path, template: str | None) -> Any:
     from transformers import AutoTokenizer
@@ -198,17 +204,32 @@ def assert_same_encoding(tokenizer: Any, cases: list[ChatExample]) -> None:
 
 @pytest.mark.parametrize(
     "template",
-    [None, TOOL_TEMPLATE, LAST_MARKED, SYSTEM_IN_LAST_USER, PLAIN_TEXT, LENGTH_AWARE],
-    ids=["chatml", "tool-template", "last-marked", "system-in-last-user", "plain-text", "length-aware"],
+    [None, TOOL_TEMPLATE, LAST_MARKED, SYSTEM_IN_LAST_USER, PLAIN_TEXT, LENGTH_AWARE, AS_JSON],
+    ids=["chatml", "tool-template", "last-marked", "system-in-last-user", "plain-text", "length-aware", "as-json"],
 )
 def test_the_tiny_models_tokenizer_encodes_exactly_as_rendering_every_prefix(
     tiny_model_dir: Path, template: str | None
 ) -> None:
     tokenizer = _with_template(tiny_model_dir, template)
     cases = examples()
-    if template in (SYSTEM_IN_LAST_USER, LENGTH_AWARE):  # prefixes really rendered: up to the turn limit
+    if template in (SYSTEM_IN_LAST_USER, LENGTH_AWARE, AS_JSON):  # prefixes really rendered: up to the turn limit
         cases = [ex for ex in cases if _trainable(ex) <= chat_encoding.MAX_PREFIX_RENDERED_TURNS]
     assert_same_encoding(tokenizer, cases)
+
+
+def test_long_conversations_without_special_tokens_encode_exactly(tiny_model_dir: Path) -> None:
+    """Token windows that cannot start at a special token start `MAX_WINDOW_CHARS` back, still exact."""
+    rng = random.Random(5)
+    cases = []
+    for number in range(2):
+        parsed, problems = parse_example(random_conversation(rng, 150), number + 1)
+        assert parsed is not None, problems
+        cases.append(parsed)
+    text = _with_template(tiny_model_dir, PLAIN_TEXT).apply_chat_template(
+        template_messages(cases[0].messages, native_tool_calls=False), tokenize=False
+    )
+    assert len(text) > 2 * chat_encoding.MAX_WINDOW_CHARS
+    assert_same_encoding(_with_template(tiny_model_dir, PLAIN_TEXT), cases)
 
 
 def test_smollm2s_tokenizer_and_template_encode_exactly_as_rendering_every_prefix(smollm2_tokenizer: Path) -> None:

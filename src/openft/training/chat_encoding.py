@@ -17,6 +17,9 @@ long conversations took over a minute), so this module computes the same tokens 
    last special token (`<|im_start|>`, …) before its end, and a fast tokenizer splits text at special
    tokens before anything else, so each prefix's tokens are the whole text's tokens up to that special
    token plus a small window tokenized on its own. The comparisons of the rule run on those windows.
+   (A template without special tokens has windows that start `MAX_WINDOW_CHARS` back, at a token
+   boundary of the whole text: exact for the byte-level BPE tokenizers tested, whose pre-tokenizer looks
+   no further than the next character, and bounded for every tokenizer.)
 
 Each step is exact, so the result is token for token what rendering every prefix gives (a test compares
 both on many conversations with the tiny model's and SmolLM2's tokenizers). Where a template's ending
@@ -28,14 +31,15 @@ that the example is refused with a clear problem, rather than cost turns² or be
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Any
 
-from openft.datasets.template import render_chat
+from openft.datasets.template import TemplateLimitError, render_chat
 
 MAX_PREFIX_RENDERED_TURNS = 32
 """Trainable turns per example for templates that rewrite earlier turns (each costs two full renders)."""
-MAX_WINDOW_CHARS = 64 * 1024
+MAX_WINDOW_CHARS = 8 * 1024
 """How far back a token window reaches for a special token; farther back it starts at an ordinary token."""
 
 
@@ -72,7 +76,12 @@ def encode_conversation(
         return full, [False] * len(full)
     upto = trainable[-1] + 1
     shown = messages[:upto]
-    whole = render_chat(tokenizer, shown, tools=tools, observe=True)
+    try:
+        whole = render_chat(tokenizer, shown, tools=tools, observe=True)
+    except TemplateLimitError:
+        raise
+    except Exception:  # e.g. `messages | tojson` on the observed list: render the plain way (its own errors)
+        return _encode_by_prefixes(tokenizer, shown, trainable, tools)
     endings = _endings(tokenizer, shown, trainable, tools, whole.text, whole.touched)
     if endings is None or not getattr(tokenizer, "is_fast", False):
         return _encode_by_prefixes(tokenizer, shown, trainable, tools)
@@ -109,6 +118,7 @@ def _encode_by_offsets(
     offsets = encoding["offset_mapping"]
     special = set(tokenizer.all_special_ids)
     anchors = [(offsets[i][0], offsets[i][1], i) for i, token in enumerate(full) if token in special]
+    starts = [start for start, _end in offsets]
     windows: list[tuple[int, str, str]] = []
     anchor_at = 0
     for k in trainable:
@@ -118,9 +128,9 @@ def _encode_by_offsets(
         start_char, index = 0, 0
         if anchors and anchors[anchor_at][1] <= before:
             start_char, _end, index = anchors[anchor_at]
-        if before - start_char > MAX_WINDOW_CHARS:
-            index = next(i for i, (s, _e) in enumerate(offsets) if s >= before - MAX_WINDOW_CHARS) if full else 0
-            start_char = offsets[index][0] if full else 0
+        if before - start_char > MAX_WINDOW_CHARS:  # no special token nearby: start at an ordinary token
+            index = bisect.bisect_left(starts, before - MAX_WINDOW_CHARS)
+            start_char = starts[index] if index < len(starts) else before
         windows.append((index, text[start_char:before] + with_prompt, text[start_char:through] + at_end))
     batch = tokenizer([w for _, a, b in windows for w in (a, b)], add_special_tokens=False)["input_ids"]
     mask = [False] * len(full)
