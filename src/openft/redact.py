@@ -29,6 +29,12 @@ def redact_paths(text: str) -> str:
     return _ABSOLUTE_PATH.sub(SERVER_PATH, text)
 
 
+def tenant_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A job's stored `error` as its owner sees it: the message without server paths (rows written before
+    failures were redacted at the source may still hold them)."""
+    return {**error, "message": redact_paths(str(error.get("message") or ""))}
+
+
 def tenant_event_data(data: dict[str, Any] | None) -> dict[str, Any]:
     """An event's `data` as its job's owner sees it: without SERVER_ONLY_EVENT_DATA, paths redacted."""
     return {

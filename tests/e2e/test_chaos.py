@@ -368,7 +368,7 @@ def test_kill_9_of_workers_and_server_changes_no_result(tmp_path: Path, models_d
             if listed.filename == "big.jsonl":
                 assert client.files.content(listed.id).content == big, f"{listed.id} is a partial upload"
 
-        recovered = [e for j in jobs for e in cluster.events(j) if e.message.startswith("Recovered after worker")]
+        recovered = [e for j in jobs for e in cluster.events(j) if e.message.startswith("Recovered after its worker")]
         worker_kills = [k for k in cluster.kills if k.what.startswith("worker")]
         assert sum(1 for k in worker_kills if k.jobs) >= 4, [(k.what, k.jobs) for k in worker_kills]
         assert all(set(k.recovered_in) == set(k.jobs) for k in worker_kills)  # every job hit ran again

@@ -106,7 +106,7 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         queue_events = wait_for(
             lambda: (
                 (found := [e for e in all_events(client, third.id) if e.message.startswith("Queued:")])
-                and found[-1].message.startswith("Queued: position 1 of 1; estimated start")
+                and found[-1].message.startswith("Queued: position 1; estimated start")
                 and found
             ),
             timeout=30,

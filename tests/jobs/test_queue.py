@@ -54,7 +54,7 @@ def test_without_a_running_job_the_speed_comes_from_finished_ones_and_one_slot_i
     unknown = estimate_queue([], queued, [], NOW)  # nothing has run: only the first start is known
     assert unknown["q1"].estimated_start == int(NOW) and unknown["q1"].estimated_finish is None
     assert unknown["q2"] == QueueEstimate(2, 2, None, None)
-    assert report_message(unknown["q2"], NOW).startswith("Queued: position 2 of 2; no start estimate yet")
+    assert report_message(unknown["q2"], NOW).startswith("Queued: position 2; no start estimate yet")
 
 
 def test_a_resumed_job_counts_only_its_steps_left_and_a_pausing_job_frees_its_slot_now() -> None:
@@ -76,7 +76,7 @@ def test_reports_are_made_when_the_place_changes_meaningfully_not_on_every_poll(
     assert worth_reporting(data, QueueEstimate(2, 3, int(NOW + 1000), None), 4, NOW)  # 400 s > max(120, 150)
     assert worth_reporting(data, QueueEstimate(2, 3, None, None), 4, NOW)
     assert report_message(QueueEstimate(2, 3, int(NOW + 240), None), NOW) == (
-        "Queued: position 2 of 3; estimated start in ~4 min"
+        "Queued: position 2; estimated start in ~4 min"
     )
 
 
@@ -99,9 +99,9 @@ def test_workers_report_the_queue_and_jobs_show_it(container: Container) -> None
 
     (second,) = queue_events(ids[1])
     (third,) = queue_events(ids[2])
-    assert second.message == "Queued: position 1 of 2; estimated start in under a minute"
-    assert third.message == "Queued: position 2 of 2; estimated start in ~2 min"
-    assert third.data["queue_position"] == 2 and third.data["queue_length"] == 2
+    assert second.message == "Queued: position 1; estimated start in under a minute"
+    assert third.message == "Queued: position 2; estimated start in ~2 min"
+    assert third.data["queue_position"] == 2 and "queue_length" not in third.data
 
     job = container.fine_tuning.get(container.default_org_id, ids[2])
     assert job.queue_position == 2

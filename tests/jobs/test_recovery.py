@@ -210,7 +210,7 @@ def test_a_recovered_job_has_each_step_once_and_the_folders_checkpoints(shared: 
     alive._recover_abandoned()
     recovered = _events(shared, job_id)[-1]
     assert recovered.level == "warn"
-    assert recovered.message == "Recovered after worker dead stopped (at step 5); resuming from step 4."
+    assert recovered.message == "Recovered after its worker stopped (at step 5); resuming from step 4."
     assert shared.fine_tuning.get(None, job_id).status == "queued"
 
     fresh = _claimed_run(shared, alive)

@@ -59,10 +59,10 @@ def test_validation_resolves_auto_and_queues(container: Container) -> None:
     worker._report_queue()  # … once: nothing changed since
     events = container.fine_tuning.list_events(container.default_org_id, job_id, after=None, limit=10).data
     assert [e.message for e in events[:2]] == [
-        "Queued: position 1 of 1; estimated start now",
+        "Queued: position 1; estimated start now",
         messages[0],
     ]
-    assert events[0].data["queue_position"] == 1 and events[0].data["queue_length"] == 1
+    assert events[0].data["queue_position"] == 1 and "queue_length" not in events[0].data  # others' business
 
 
 def test_validation_failure_names_line_and_param(container: Container) -> None:
@@ -96,4 +96,4 @@ def test_abandoned_jobs_are_recovered(container: Container) -> None:
     assert container.fine_tuning.get(container.default_org_id, pausing).status == "queued"
     events = container.fine_tuning.list_events(container.default_org_id, running, after=None, limit=1).data
     assert events[0].level == "warn"
-    assert events[0].message == "Recovered after worker dead-worker stopped (at step 0); restarting from step 0."
+    assert events[0].message == "Recovered after its worker stopped (at step 0); restarting from step 0."

@@ -31,6 +31,7 @@ from openft.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from openft.redact import redact_paths
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ or nesting deeper than the parser's recursion limit. It is the same client mista
 def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The OpenAI error body. Messages and params may quote client input, which may hold lone surrogates
     that UTF-8 cannot encode; they are written as `\\udc00` escapes so the error itself never fails."""
+    message = redact_paths(message)  # tenants read errors: a server path (from an exception's text) is not theirs
     return {"error": {"message": _printable(message), "type": type_, "param": _printable(param), "code": code}}
 
 

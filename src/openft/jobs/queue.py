@@ -155,8 +155,9 @@ def _wait(seconds: float) -> str:
 
 
 def report_message(estimate: QueueEstimate, now: float) -> str:
-    """ "Queued: position 2 of 3; estimated start in ~4 min"."""
-    where = f"{REPORT_PREFIX} position {estimate.position} of {estimate.length}"
+    """ "Queued: position 2; estimated start in ~4 min". Not "of N": the length of the queue is other
+    organizations' business (how many jobs they have waiting), and a job's owner reads its events."""
+    where = f"{REPORT_PREFIX} position {estimate.position}"
     if estimate.estimated_start is None:
         return f"{where}; no start estimate yet (the jobs ahead have not shown their speed)"
     wait = estimate.estimated_start - now
@@ -169,7 +170,6 @@ def report_data(estimate: QueueEstimate, attempt: int, previous: dict[str, Any] 
     same_stay = previous is not None and previous.get("attempt") == attempt
     return {
         "queue_position": estimate.position,
-        "queue_length": estimate.length,
         "estimated_start": estimate.estimated_start,
         "estimated_finish": estimate.estimated_finish,
         "attempt": attempt,

@@ -38,6 +38,7 @@ from openft.protocol.fine_tuning import (
     JobHyperparameters,
     SupervisedHyperparameters,
 )
+from openft.redact import redact_paths, tenant_error, tenant_event_data
 from openft.services import quotas
 from openft.services.models import ModelService
 
@@ -76,7 +77,7 @@ def job_to_wire(row: JobRow, queued: QueueEstimate | None = None) -> FineTuningJ
     return FineTuningJob(
         id=row.id,
         created_at=row.created_at,
-        error=JobError(**row.error) if row.error else None,
+        error=JobError(**tenant_error(row.error)) if row.error else None,
         fine_tuned_model=row.fine_tuned_model,
         finished_at=row.finished_at,
         hyperparameters=JobHyperparameters(**standard),
@@ -114,9 +115,9 @@ def event_to_wire(row: JobEventRow) -> FineTuningJobEvent:
         id=row.id,
         created_at=row.created_at,
         level=row.level,  # type: ignore[arg-type]
-        message=row.message,
+        message=redact_paths(row.message),  # owners read events: no server paths, hosts or pids (openft.redact)
         type=row.type,  # type: ignore[arg-type]
-        data=row.data or {},
+        data=tenant_event_data(row.data),
     )
 
 
@@ -168,6 +169,19 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
     return {"type": kind, kind: {"hyperparameters": values}}
 
 
+def _refuse_wandb_entity(params: FineTuningJobCreate) -> None:
+    """W&B runs are written with the operator's key (the server's environment); tenants have none of their own
+    here. A job choosing the `entity` would make that key write into any team it can reach, so it is refused;
+    without one the run goes to the key's default entity (README: Security)."""
+    for index, integration in enumerate(params.integrations or []):
+        if integration.wandb.entity:
+            raise InvalidRequest(
+                f"integrations[{index}].wandb.entity is not supported: this server logs to Weights & Biases with "
+                "its operator's key, which writes only into the operator's own entity. Leave `entity` out.",
+                param="integrations",
+            )
+
+
 class FineTuningService:
     def __init__(
         self,
@@ -189,6 +203,7 @@ class FineTuningService:
     def create(self, org_id: str, params: FineTuningJobCreate, *, project: str | None = None) -> FineTuningJob:
         """A job of the caller's own organization (and project), also for admin keys: its files and any model
         it continues from must be that organization's."""
+        _refuse_wandb_entity(params)
         base_model, parent_weights = self._starting_point(org_id, params.model)
         method = _requested_method(params)
         job_id = ids.job_id()
