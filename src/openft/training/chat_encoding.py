@@ -147,13 +147,14 @@ def _encode_by_prefixes(
     tokenizer: Any, messages: list[dict[str, Any]], trainable: list[int], tools: Any
 ) -> tuple[list[int], list[bool]]:
     """The rule as defined: two renders per trainable turn (templates whose endings vary between turns)."""
+    full = _ids(tokenizer, _render(tokenizer, messages, tools, False))  # the template's own errors first
     if len(trainable) > MAX_PREFIX_RENDERED_TURNS:
         raise TemplateRefused(
-            f"this model's chat template rewrites earlier turns, so an example may have at most "
+            f"this model's chat template rewrites earlier turns (or reads the message list as a whole), so an "
+            f"example may have at most "
             f"{MAX_PREFIX_RENDERED_TURNS} trained assistant messages (it has {len(trainable)}; split it, "
             "or give earlier replies weight 0)"
         )
-    full = _ids(tokenizer, _render(tokenizer, messages, tools, False))
     mask = [False] * len(full)
     for k in trainable:
         before = _ids(tokenizer, _render(tokenizer, messages[:k], tools, True))
