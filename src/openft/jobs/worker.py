@@ -33,7 +33,7 @@ from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.db.retry import is_transient
 from openft.db.tables import JobEventRow, JobRow
-from openft.fsutil import atomic_write_text, commit_dir, temp_sibling
+from openft.fsutil import atomic_write_text, commit_dir, ensure_dir, temp_sibling
 from openft.jobs import queue
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure
@@ -340,7 +340,7 @@ class Worker:
 
     def _validate_files(self, job: JobRow) -> None:
         job_dir = self._job_dir(job.id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(job_dir)  # durable in jobs/ before anything is written into it
         reports: dict[str, chat.ValidationReport] = {}
         for param, file_id, local_name, minimum in (
             ("training_file", job.training_file, "training.jsonl", chat.MIN_EXAMPLES),
