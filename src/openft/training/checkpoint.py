@@ -191,7 +191,11 @@ def verify(checkpoint: Checkpoint) -> str | None:
         path = checkpoint.path / name
         if not path.is_file():
             return f"{name} is missing"
-        if sha256_file(path) != expected:
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:  # an I/O error is a reason not to trust it, never a reason to stop training
+            return f"{name} cannot be read ({exc.__class__.__name__})"
+        if actual != expected:
             return f"{name} does not match its hash"
     return None
 
