@@ -9,6 +9,9 @@ for `--seconds` (each at least once). Meanwhile one client asks
 `GET /health` every 20 ms. Printed: the /health latencies (p50, p99, max, over the whole attack), how the
 attackers were answered, how long the attack took, and the server's peak RSS (VmHWM).
 
+`--with-key` sends the server's key instead: then each body is read, parsed and walked (and refused with a
+400, as it is not a job), which shows whether that work leaves the event loop free.
+
 To measure another version of the code, point PYTHONPATH at its `src` (the server is `python -m openft`):
     PYTHONPATH=/tmp/base-main/src python benchmarks/health_under_load.py
 """
@@ -44,12 +47,12 @@ def costly_body(size: int = BODY_BYTES) -> bytes:
     return b"[" + item * (count - 1) + item[:-1] + b"]"
 
 
-def attack(url: str, body: bytes, until: float, statuses: Counter[str], lock: threading.Lock) -> None:
+def attack(url: str, body: bytes, key: str | None, until: float, statuses: Counter[str], lock: threading.Lock) -> None:
     """Send the body again and again until `until` (at least once), each time on a new connection."""
     host, port = url.removeprefix("http://").split(":")
     head = (
         f"POST /v1/fine_tuning/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n" + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n"
     ).encode()
     while True:
         outcome = "error"
@@ -83,6 +86,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attackers", type=int, default=30)
+    parser.add_argument("--with-key", action="store_true", help="send the server's key: the bodies are parsed")
     parser.add_argument("--seconds", type=float, default=10, help="keep attacking this long (each at least once)")
     args = parser.parse_args()
     body = costly_body()
@@ -99,7 +103,10 @@ def main() -> None:
             started = time.perf_counter()
             until = started + args.seconds
             threads = [
-                threading.Thread(target=attack, args=(server.url, body, until, statuses, lock))
+                threading.Thread(
+                    target=attack,
+                    args=(server.url, body, server.api_key if args.with_key else None, until, statuses, lock),
+                )
                 for _ in range(args.attackers)
             ]
             for thread in threads:
@@ -116,6 +123,7 @@ def main() -> None:
             attack_s = time.perf_counter() - started
             figures = {
                 "attackers": args.attackers,
+                "with_key": args.with_key,
                 "attacks": sum(statuses.values()),
                 "body_mib": round(len(body) / 2**20, 2),
                 "attack_s": round(attack_s, 2),
