@@ -23,6 +23,14 @@ from openft.protocol.common import LenientModel
 
 MAX_N = 8
 MAX_STOP = 4
+"""OpenAI's limit on the number of stop strings."""
+MAX_STOP_CHARS = 256
+"""Longest stop string (characters). OpenAI documents none; a bound keeps the text a stream must hold back
+(the end of the reply that may still become a stop string) short."""
+MAX_TOKENS = 32768
+"""Largest `max_tokens` / `max_completion_tokens` accepted: a request asks for at most this many tokens per
+choice (each reply is further capped by the room its prompt leaves in the model's context). Larger values
+are a 400 before any work is queued."""
 MAX_TOP_LOGPROBS = 20
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 
@@ -70,11 +78,11 @@ class SamplingRequest(LenientModel):
     """The fields chat and legacy completions share (OpenAI names, ranges and defaults)."""
 
     model: Annotated[str, Field(min_length=1, max_length=600)]
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    stop: str | list[str] | None = None
     seed: StrictInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -83,10 +91,21 @@ class SamplingRequest(LenientModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """Checked here rather than with field constraints so that the 400 names `stop` and says what is wrong."""
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed, not {len(stops)}")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"each stop string may have at most {MAX_STOP_CHARS} characters")
+        return value
+
 
 class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)] | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None

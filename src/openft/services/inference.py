@@ -3,20 +3,39 @@
 Everything that can be wrong with a request is checked before anything is sent: a streamed answer
 starts only after the engine has accepted the prompt, so bad input is always a plain 4xx. A failure
 after streaming began is sent as an error chunk followed by `[DONE]`, as the SDKs expect.
+
+The API serves the `*_async` methods: requests wait for their model in a bounded line on the event loop
+(`openft.services.admission`), so generation never occupies the server's thread pool and `/health`, auth,
+files and jobs never wait behind it; a client that leaves stops its generation or leaves the line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+
+import anyio.to_thread
 
 from openft import __version__
 from openft.errors import InvalidRequest, OpenFTError
-from openft.inference import GenerationParams, GenerationResult, InferenceEngine
+from openft.inference import (
+    GenerationParams,
+    GenerationResult,
+    GenerationStream,
+    InferenceEngine,
+    ModelTarget,
+    StreamDelta,
+)
+from openft.inference.decoding import collect
+from openft.inference.stream import StreamEnd
 from openft.protocol.chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -40,6 +59,7 @@ from openft.protocol.completions import (
     CompletionRequest,
     LegacyLogprobs,
 )
+from openft.services.admission import ClientDisconnected, Disconnected, ModelLines, unless_disconnected, watch
 from openft.services.models import ModelService
 
 log = logging.getLogger(__name__)
@@ -90,10 +110,116 @@ def _error_chunk(exc: BaseException) -> dict[str, Any]:
     }
 
 
+class _ChatChunks:
+    """The SSE `data` payloads of one streamed chat completion, delta by delta."""
+
+    def __init__(self, request: ChatCompletionRequest, params: GenerationParams):
+        self._params = params
+        self._include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        self._base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
+        self._calls_seen = [0] * params.n
+
+    def _chunk(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
+        payload = ChatCompletionChunk(**self._base, choices=choices, system_fingerprint=SYSTEM_FINGERPRINT, usage=usage)
+        data = payload.model_dump()
+        for choice in data["choices"]:  # a delta carries only what it adds
+            choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
+        if usage is None and not self._include_usage:
+            del data["usage"]  # with include_usage, OpenAI sends an explicit null on every chunk but the last
+        return _json(data)
+
+    def opening(self) -> list[str]:
+        return [
+            self._chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+            for index in range(self._params.n)
+        ]
+
+    def delta(self, delta: StreamDelta) -> list[str]:
+        out = []
+        if delta.text:
+            logprobs = ChoiceLogprobs(content=_token_logprobs(delta.logprobs)) if self._params.logprobs else None
+            out.append(
+                self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(content=delta.text), logprobs=logprobs)])
+            )
+        if delta.tool_calls:
+            tool_deltas = []
+            for call in delta.tool_calls:
+                function = FunctionCall(name=call.name, arguments=call.arguments)
+                tool_deltas.append(
+                    ToolCallDelta(index=self._calls_seen[delta.index], id=call.id, type="function", function=function)
+                )
+                self._calls_seen[delta.index] += 1
+            out.append(self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(tool_calls=tool_deltas))]))
+        if delta.finish_reason:
+            out.append(
+                self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason)])
+            )
+        return out
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[str]:
+        return [self._chunk([], usage=_usage(prompt_tokens, completion_tokens))] if self._include_usage else []
+
+
+class _CompletionChunks:
+    """The SSE `data` payloads of one streamed legacy completion (all its prompts)."""
+
+    def __init__(self, request: CompletionRequest, params: GenerationParams):
+        self._params = params
+        self._echo = bool(request.echo)
+        self._include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        self._base = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
+
+    def _chunk(self, choices: list[CompletionChoice], usage: CompletionUsage | None = None) -> str:
+        data = Completion(**self._base, choices=choices, usage=usage, system_fingerprint=SYSTEM_FINGERPRINT).model_dump(
+            exclude_none=True
+        )
+        for choice in data["choices"]:
+            choice.setdefault("finish_reason", None)
+            choice.setdefault("logprobs", None)
+        return _json(data)
+
+    def opening(self, p_index: int, prompt: str) -> list[str]:
+        if not self._echo:
+            return []
+        n = self._params.n
+        return [
+            self._chunk([CompletionChoice(index=p_index * n + c, text=prompt, finish_reason=None)]) for c in range(n)
+        ]
+
+    def delta(self, p_index: int, delta: StreamDelta) -> list[str]:
+        if not (delta.text or delta.finish_reason):
+            return []
+        params = self._params
+        logprobs = _legacy_logprobs(delta.logprobs, params.top_logprobs) if params.logprobs else None
+        choice = CompletionChoice(
+            index=p_index * params.n + delta.index,
+            text=delta.text or "",
+            finish_reason=delta.finish_reason,
+            logprobs=logprobs,
+        )
+        return [self._chunk([choice])]
+
+    def closing(self, prompt_tokens: int, completion_tokens: int) -> list[str]:
+        return [self._chunk([], usage=_usage(prompt_tokens, completion_tokens))] if self._include_usage else []
+
+
 class InferenceService:
-    def __init__(self, models: ModelService, engine: InferenceEngine):
+    """Chat and legacy completions. The `*_async` methods are what the API serves: each request waits for
+    its model in a bounded line (`openft.services.admission`) without holding a thread, runs on the
+    model's own thread, and stops (or leaves the line) when `disconnected()` says its client left. The
+    plain methods run at once on the calling thread, for in-process callers."""
+
+    def __init__(self, models: ModelService, engine: InferenceEngine, max_queued_requests: int = 64):
         self._models = models
         self._engine = engine
+        self._lines = ModelLines(max_queued_requests)
+        # Starting a generation may load a model or render a long prompt: done here, never on the event loop
+        # nor in the server's thread pool. At most one start per model at a time (its line sees to that).
+        self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="openft-start")
+
+    def waiting(self, target: ModelTarget) -> int:
+        """Requests waiting in line for `target`'s model (the running one not counted)."""
+        return self._lines.waiting(_line_key(target))
 
     # chat ---------------------------------------------------------------------------------------
     @staticmethod
@@ -133,10 +259,10 @@ class InferenceService:
         keep = {"role", "content", "name", "tool_calls", "tool_call_id"}
         return [m.model_dump(exclude_none=True, include=keep) for m in request.messages]
 
-    def chat(self, org_id: str | None, request: ChatCompletionRequest) -> ChatCompletion:
-        params, tools = self._chat_params(request)
-        target = self._models.target(org_id, request.model)
-        result: GenerationResult = self._engine.chat(target, self._messages(request), params, tools=tools)
+    @staticmethod
+    def _chat_completion(
+        request: ChatCompletionRequest, params: GenerationParams, result: GenerationResult
+    ) -> ChatCompletion:
         choices = []
         for index, choice in enumerate(result.choices):
             calls = _tool_calls(choice.tool_calls)
@@ -158,6 +284,25 @@ class InferenceService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
+    def chat(self, org_id: str | None, request: ChatCompletionRequest) -> ChatCompletion:
+        params, tools = self._chat_params(request)
+        target = self._models.target(org_id, request.model)
+        result = self._engine.chat(target, self._messages(request), params, tools=tools)
+        return self._chat_completion(request, params, result)
+
+    async def chat_async(
+        self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
+    ) -> ChatCompletion:
+        """`chat`, admitted (429 past the model's line), cancelled when the client leaves (ClientDisconnected)."""
+        params, tools = self._chat_params(request)
+        messages = self._messages(request)
+        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
+        stream = await self._admitted(
+            target, lambda: self._engine.stream_chat(target, messages, params, tools=tools), disconnected
+        )
+        result = await _gather(stream, params, disconnected)
+        return self._chat_completion(request, params, result)
+
     def chat_stream(self, org_id: str | None, request: ChatCompletionRequest) -> Iterator[str]:
         """SSE `data` payloads: role chunks, content deltas, finish chunks, optional usage, `[DONE]`.
 
@@ -166,53 +311,47 @@ class InferenceService:
         params, tools = self._chat_params(request)
         target = self._models.target(org_id, request.model)
         stream = self._engine.stream_chat(target, self._messages(request), params, tools=tools)
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
-
-        def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
-            payload = ChatCompletionChunk(**base, choices=choices, system_fingerprint=SYSTEM_FINGERPRINT, usage=usage)
-            data = payload.model_dump()
-            for choice in data["choices"]:  # a delta carries only what it adds
-                choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
-            if usage is None and not include_usage:
-                del data["usage"]  # with include_usage, OpenAI sends an explicit null on every chunk but the last
-            return _json(data)
+        chunks = _ChatChunks(request, params)
 
         def payloads() -> Iterator[str]:
             try:
                 with stream:
-                    for index in range(params.n):
-                        yield chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
-                    calls_seen = [0] * params.n
+                    yield from chunks.opening()
                     for delta in stream:
-                        if delta.text:
-                            logprobs = (
-                                ChoiceLogprobs(content=_token_logprobs(delta.logprobs)) if params.logprobs else None
-                            )
-                            yield chunk(
-                                [
-                                    ChunkChoice(
-                                        index=delta.index, delta=ChunkDelta(content=delta.text), logprobs=logprobs
-                                    )
-                                ]
-                            )
-                        if delta.tool_calls:
-                            tool_deltas = []
-                            for call in delta.tool_calls:
-                                function = FunctionCall(name=call.name, arguments=call.arguments)
-                                tool_deltas.append(
-                                    ToolCallDelta(
-                                        index=calls_seen[delta.index], id=call.id, type="function", function=function
-                                    )
-                                )
-                                calls_seen[delta.index] += 1
-                            yield chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(tool_calls=tool_deltas))])
-                        if delta.finish_reason:
-                            yield chunk(
-                                [ChunkChoice(index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason)]
-                            )
-                    if include_usage:
-                        yield chunk([], usage=_usage(stream.prompt_tokens, stream.completion_tokens))
+                        yield from chunks.delta(delta)
+                    yield from chunks.closing(stream.prompt_tokens, stream.completion_tokens)
+            except Exception as exc:  # after streaming began: an error chunk, then [DONE]
+                log.exception("chat stream failed")
+                yield _json(_error_chunk(exc))
+            yield DONE
+
+        return payloads()
+
+    async def chat_stream_async(
+        self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
+    ) -> AsyncIterator[str]:
+        """`chat_stream`, admitted; the request waits for its turn and starts before this returns (so a bad
+        request is still a plain 4xx). Closing the payloads (the client left) stops the generation."""
+        params, tools = self._chat_params(request)
+        messages = self._messages(request)
+        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
+        stream = await self._admitted(
+            target, lambda: self._engine.stream_chat(target, messages, params, tools=tools), disconnected
+        )
+        chunks = _ChatChunks(request, params)
+
+        async def payloads() -> AsyncIterator[str]:
+            try:
+                try:
+                    for payload in chunks.opening():
+                        yield payload
+                    async for delta in stream:
+                        for payload in chunks.delta(delta):
+                            yield payload
+                    for payload in chunks.closing(stream.prompt_tokens, stream.completion_tokens):
+                        yield payload
+                finally:
+                    stream.cancel()  # a no-op once it is done; else the client left: stop generating
             except Exception as exc:  # after streaming began: an error chunk, then [DONE]
                 log.exception("chat stream failed")
                 yield _json(_error_chunk(exc))
@@ -250,14 +389,12 @@ class InferenceService:
         )
         return prompts, params
 
-    def complete(self, org_id: str | None, request: CompletionRequest) -> Completion:
-        prompts, params = self._completion_params(request)
-        target = self._models.target(org_id, request.model)
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for p_index, prompt in enumerate(prompts):
-            result = self._engine.complete(target, prompt, params, echo=bool(request.echo))
-            prompt_tokens += result.prompt_tokens
-            completion_tokens += result.completion_tokens
+    @staticmethod
+    def _completion(
+        request: CompletionRequest, params: GenerationParams, results: Sequence[GenerationResult]
+    ) -> Completion:
+        choices = []
+        for p_index, result in enumerate(results):
             for c_index, choice in enumerate(result.choices):
                 logprobs = _legacy_logprobs(choice.logprobs, params.top_logprobs) if params.logprobs else None
                 choices.append(
@@ -273,25 +410,40 @@ class InferenceService:
             created=int(time.time()),
             model=request.model,
             choices=choices,
-            usage=_usage(prompt_tokens, completion_tokens),
+            usage=_usage(sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)),
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
+
+    def complete(self, org_id: str | None, request: CompletionRequest) -> Completion:
+        prompts, params = self._completion_params(request)
+        target = self._models.target(org_id, request.model)
+        echo = bool(request.echo)
+        results = [self._engine.complete(target, prompt, params, echo=echo) for prompt in prompts]
+        return self._completion(request, params, results)
+
+    async def complete_async(
+        self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
+    ) -> Completion:
+        """`complete`, admitted: each prompt takes a turn on the model (the later ones are never refused)."""
+        prompts, params = self._completion_params(request)
+        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
+        echo = bool(request.echo)
+        results = []
+        for p_index, prompt in enumerate(prompts):
+            stream = await self._admitted(
+                target,
+                functools.partial(self._engine.stream_complete, target, prompt, params, echo=echo),
+                disconnected,
+                bounded=p_index == 0,
+            )
+            results.append(await _gather(stream, params, disconnected))
+        return self._completion(request, params, results)
 
     def complete_stream(self, org_id: str | None, request: CompletionRequest) -> Iterator[str]:
         prompts, params = self._completion_params(request)
         target = self._models.target(org_id, request.model)
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
         first = self._engine.stream_complete(target, prompts[0], params)  # rejects a bad request before we start
-        base = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
-
-        def chunk(choices: list[CompletionChoice], usage: CompletionUsage | None = None) -> str:
-            data = Completion(**base, choices=choices, usage=usage, system_fingerprint=SYSTEM_FINGERPRINT).model_dump(
-                exclude_none=True
-            )
-            for choice in data["choices"]:
-                choice.setdefault("finish_reason", None)
-                choice.setdefault("logprobs", None)
-            return _json(data)
+        chunks = _CompletionChunks(request, params)
 
         def payloads() -> Iterator[str]:
             prompt_tokens = completion_tokens = 0
@@ -299,37 +451,124 @@ class InferenceService:
                 for p_index, prompt in enumerate(prompts):
                     stream = first if p_index == 0 else self._engine.stream_complete(target, prompt, params)
                     with stream:
-                        if request.echo:
-                            for c in range(params.n):
-                                yield chunk(
-                                    [CompletionChoice(index=p_index * params.n + c, text=prompt, finish_reason=None)]
-                                )
+                        yield from chunks.opening(p_index, prompt)
                         for delta in stream:
-                            index = p_index * params.n + delta.index
-                            logprobs = (
-                                _legacy_logprobs(delta.logprobs, params.top_logprobs) if params.logprobs else None
-                            )
-                            if delta.text or delta.finish_reason:
-                                yield chunk(
-                                    [
-                                        CompletionChoice(
-                                            index=index,
-                                            text=delta.text or "",
-                                            finish_reason=delta.finish_reason,
-                                            logprobs=logprobs,
-                                        )
-                                    ]
-                                )
+                            yield from chunks.delta(p_index, delta)
                     prompt_tokens += stream.prompt_tokens
                     completion_tokens += stream.completion_tokens
-                if include_usage:
-                    yield chunk([], usage=_usage(prompt_tokens, completion_tokens))
+                yield from chunks.closing(prompt_tokens, completion_tokens)
             except Exception as exc:
                 log.exception("completion stream failed")
                 yield _json(_error_chunk(exc))
             yield DONE
 
         return payloads()
+
+    async def complete_stream_async(
+        self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
+    ) -> AsyncIterator[str]:
+        """`complete_stream`, admitted; the first prompt starts before this returns (see `chat_stream_async`)."""
+        prompts, params = self._completion_params(request)
+        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
+        first = await self._admitted(
+            target, functools.partial(self._engine.stream_complete, target, prompts[0], params), disconnected
+        )
+        chunks = _CompletionChunks(request, params)
+
+        async def payloads() -> AsyncIterator[str]:
+            prompt_tokens = completion_tokens = 0
+            stream = first
+            try:
+                try:
+                    for p_index, prompt in enumerate(prompts):
+                        if p_index:
+                            start = functools.partial(self._engine.stream_complete, target, prompt, params)
+                            stream = await self._admitted(target, start, None, bounded=False)
+                        for payload in chunks.opening(p_index, prompt):
+                            yield payload
+                        async for delta in stream:
+                            for payload in chunks.delta(p_index, delta):
+                                yield payload
+                        prompt_tokens += stream.prompt_tokens
+                        completion_tokens += stream.completion_tokens
+                    for payload in chunks.closing(prompt_tokens, completion_tokens):
+                        yield payload
+                finally:
+                    stream.cancel()
+            except Exception as exc:
+                log.exception("completion stream failed")
+                yield _json(_error_chunk(exc))
+            yield DONE
+
+        return payloads()
+
+    # admission ----------------------------------------------------------------------------------
+    async def _admitted(
+        self,
+        target: ModelTarget,
+        start: Callable[[], GenerationStream],
+        disconnected: Disconnected | None,
+        *,
+        bounded: bool = True,
+    ) -> GenerationStream:
+        """Wait in the model's line (429 when it is full), then start the generation on the starter thread.
+
+        The turn is given back when the stream's base is released, whoever reads (or drops) the stream;
+        a client that leaves while waiting never starts, and one that left while starting is cancelled.
+        """
+        key = _line_key(target)
+        try:
+            ticket = await unless_disconnected(self._lines.enter(key, bounded=bounded), disconnected)
+        except ClientDisconnected:
+            log.info("%s: the client left while waiting in line; dropped", key.name)
+            raise
+        log.info("%s: generating (%d waiting behind)", key.name, self._lines.waiting(key))
+
+        def ended(finished: Future[StreamEnd]) -> None:
+            ticket.release_threadsafe()
+            end = finished.result()
+            if end.cancelled:
+                log.info("%s: stopped after %d tokens: the client left", key.name, end.completion_tokens)
+
+        def started() -> GenerationStream:
+            try:
+                stream = start()
+            except BaseException:
+                ticket.release_threadsafe()
+                raise
+            stream.finished.add_done_callback(ended)
+            return stream
+
+        stream = await asyncio.get_running_loop().run_in_executor(self._starter, started)
+        if disconnected is not None and await disconnected():
+            stream.cancel()
+            raise ClientDisconnected
+        return stream
+
+
+def _line_key(target: ModelTarget) -> Path:
+    """Requests wait per set of weights: adapters on one base share it (and its lock in the engine)."""
+    return target.weights_path.resolve()
+
+
+async def _gather(
+    stream: GenerationStream, params: GenerationParams, disconnected: Disconnected | None
+) -> GenerationResult:
+    """Read a whole stream (as the non-streamed answer), stopping it if the client leaves meanwhile."""
+    watcher = asyncio.ensure_future(watch(disconnected, stream.cancel)) if disconnected is not None else None
+    try:
+        deltas = [delta async for delta in stream]
+    finally:
+        stream.cancel()  # a no-op once it is done
+        if watcher is not None:
+            watcher.cancel()
+    if watcher is not None and watcher.done() and not watcher.cancelled():
+        raise ClientDisconnected  # it stopped the generation: what was produced answers nobody
+    return GenerationResult(
+        choices=collect(iter(deltas), params.n, params.logprobs),
+        prompt_tokens=stream.prompt_tokens,
+        completion_tokens=stream.completion_tokens,
+    )
 
 
 def _legacy_logprobs(items: Sequence[Any] | None, top: int) -> LegacyLogprobs | None:

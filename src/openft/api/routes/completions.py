@@ -1,35 +1,47 @@
-"""`POST /completions` (legacy prompt → text), and Azure's deployment-scoped form: JSON or SSE."""
+"""`POST /completions` (legacy prompt → text), and Azure's deployment-scoped form: JSON or SSE.
+
+Async for the same reason as the chat routes (see `routes/chat.py`).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from openft.api.deps import PrincipalDep
+from openft.api.routes.chat import CLIENT_CLOSED_REQUEST, client_watch
 from openft.api.routes.common import container
 from openft.protocol.completions import Completion, CompletionRequest
+from openft.services.admission import ClientDisconnected
 
 router = APIRouter(tags=["completions"])
 RESPONSES = {200: {"model": Completion, "description": "A completion, or server-sent chunks when stream=true"}}
 
 
-def answer(request: Request, body: CompletionRequest, org_id: str | None) -> Completion | EventSourceResponse:
+async def answer(
+    request: Request, body: CompletionRequest, org_id: str | None
+) -> Completion | EventSourceResponse | Response:
     inference = container(request).inference
-    if body.stream:
-        return EventSourceResponse(inference.complete_stream(org_id, body), ping=15)
-    return inference.complete(org_id, body)
+    try:
+        async with client_watch(request) as watch:
+            if body.stream:
+                payloads = await inference.complete_stream_async(org_id, body, watch.disconnected)
+                return EventSourceResponse(payloads, ping=15)
+            return await inference.complete_async(org_id, body, watch.disconnected)
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 @router.post("/completions", response_model=None, responses=RESPONSES)
-def create_completion(
+async def create_completion(
     request: Request, body: CompletionRequest, principal: PrincipalDep
-) -> Completion | EventSourceResponse:
-    return answer(request, body, principal.scope)
+) -> Completion | EventSourceResponse | Response:
+    return await answer(request, body, principal.scope)
 
 
 @router.post("/deployments/{deployment}/completions", response_model=None, responses=RESPONSES)
-def create_deployment_completion(
+async def create_deployment_completion(
     request: Request, deployment: str, body: CompletionRequest, principal: PrincipalDep
-) -> Completion | EventSourceResponse:
+) -> Completion | EventSourceResponse | Response:
     body.model = deployment
-    return answer(request, body, principal.scope)
+    return await answer(request, body, principal.scope)

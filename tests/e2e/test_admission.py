@@ -1,0 +1,198 @@
+"""Admission control for inference, on a real server: a bounded line per model (429 past it), other routes
+never wait behind generation, and a client that leaves stops its generation or leaves the line.
+
+A "long" tiny model (context raised to 40k tokens; greedy decoding writes newlines and never ends) keeps
+the model busy for as long as a test needs: its generations end only when their client leaves. Clients are
+raw sockets, so a test decides exactly when a client goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.support.server import RunningServer, start_server
+from tests.support.tiny_model import build_tiny_model
+from tests.support.waiting import wait_for
+
+MODEL = "long-llama"
+MAX_QUEUED = 45
+"""More than the 40 threads of the server's pool: waiting requests used to hold one each."""
+ENDLESS = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30000, "temperature": 0}
+SHORT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    models = tmp_path_factory.mktemp("models")
+    folder = build_tiny_model(models / MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 40000  # rotary positions: any length works
+    (folder / "config.json").write_text(json.dumps(config))
+    running = start_server(
+        tmp_path_factory.mktemp("data"),
+        models,
+        extra_env={"OPENFT_MAX_QUEUED_REQUESTS": str(MAX_QUEUED)},
+        extra_args=["--no-worker"],
+    )
+    yield running
+    running.stop()
+
+
+class RawClient:
+    """One HTTP/1.1 request on its own socket; `close()` is the client going away."""
+
+    def __init__(self, server: RunningServer, path: str, body: dict[str, Any]):
+        url = urlsplit(server.url)
+        self.sock = socket.create_connection((url.hostname, url.port))
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {server.api_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + payload)
+        self.received = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_some(self) -> bool:
+        """Read what has arrived; False once the server closed the connection."""
+        chunk = self.sock.recv(65536)
+        self.received += chunk
+        return bool(chunk)
+
+    def wait_for(self, pattern: bytes, timeout: float = 120) -> None:
+        """Read until `pattern` has arrived (e.g. a stream's first content delta)."""
+        wait_for(lambda: pattern in self.received or (select.select([self], [], [], 0.05)[0] and not self.read_some()))
+        assert pattern in self.received, self.received[-500:]
+
+    @property
+    def status(self) -> int | None:
+        match = re.match(rb"HTTP/1.1 (\d{3})", self.received)
+        return int(match.group(1)) if match else None
+
+    def header(self, name: str) -> str | None:
+        match = re.search(rb"\r\n" + name.encode() + rb": ([^\r]*)\r\n", self.received, re.IGNORECASE)
+        return match.group(1).decode() if match else None
+
+    def json(self) -> Any:
+        return json.loads(self.received.split(b"\r\n\r\n", 1)[1])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def answered(clients: list[RawClient], count: int, timeout: float = 60) -> list[RawClient]:
+    """Wait until `count` of the clients have a whole response (these answer with a body and a length)."""
+
+    def complete(client: RawClient) -> bool:
+        length = client.header("content-length")
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        return bool(head) and length is not None and len(body) >= int(length)
+
+    def enough() -> list[RawClient] | None:
+        drain(clients)
+        done = [client for client in clients if complete(client)]
+        return done if len(done) >= count else None
+
+    return wait_for(enough, timeout=timeout, what=f"{count} responses")
+
+
+def drain(clients: list[RawClient]) -> None:
+    """Read whatever has arrived for any of the clients (waiting at most 50 ms)."""
+    for ready in select.select(clients, [], [], 0.05)[0]:
+        ready.read_some()
+
+
+def log_lines(server: RunningServer, text: str) -> list[str]:
+    return [line for line in server.log().splitlines() if text in line]
+
+
+@pytest.mark.e2e
+def test_a_full_line_is_refused_other_routes_answer_and_clients_that_leave_stop_their_work(
+    server: RunningServer,
+) -> None:
+    holder = RawClient(server, "/v1/chat/completions", {**ENDLESS, "stream": True})
+    holder.wait_for(b'"content":"\\n')  # generating, and it only ends when this client leaves
+
+    waiting = [RawClient(server, "/v1/chat/completions", SHORT) for _ in range(MAX_QUEUED + 3)]
+    refused = answered(waiting, 3)
+    assert len(refused) == 3
+    for client in refused:
+        assert client.status == 429
+        assert int(client.header("retry-after") or 0) >= 1
+        assert client.json()["error"]["code"] == "rate_limit_exceeded"
+    queued = [client for client in waiting if client not in refused]
+
+    # The model is busy and its line full: health, the key check and the files API answer all the same.
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+    assert httpx.get(f"{server.url}/v1/files", headers=headers, timeout=30).status_code == 200
+    assert httpx.get(f"{server.url}/v1/models", headers=headers, timeout=30).status_code == 200
+    drain([*queued, holder])
+    assert all(client.status is None for client in queued)  # still waiting: the generation is still going
+    assert b'finish_reason":"length' not in holder.received and b"[DONE]" not in holder.received
+
+    # Clients that leave while waiting are dropped from the line without running.
+    leaving, staying = queued[:40], queued[40:]
+    for client in leaving:
+        client.close()
+    wait_for(lambda: len(log_lines(server, "left while waiting in line")) >= 40, timeout=60, what="40 drops")
+
+    # The streaming client leaves: its generation stops, and the model serves the line.
+    holder.close()
+    stopped = wait_for(lambda: log_lines(server, "stopped after"), timeout=60, what="the stream to stop")
+    tokens = int(re.search(r"stopped after (\d+) tokens", stopped[0]).group(1))  # type: ignore[union-attr]
+    assert tokens < ENDLESS["max_tokens"]
+    served = answered(staying, len(staying), timeout=120)
+    assert {client.status for client in served} == {200}
+    assert len(log_lines(server, "left while waiting in line")) == 40  # none of the dropped ones ran
+    assert len(log_lines(server, ": generating (")) == 1 + len(staying)
+
+
+@pytest.mark.e2e
+def test_a_non_streamed_request_whose_client_leaves_is_cancelled(server: RunningServer) -> None:
+    before = len(log_lines(server, "stopped after"))
+    started = len(log_lines(server, ": generating ("))
+    client = RawClient(server, "/v1/chat/completions", ENDLESS)
+    wait_for(lambda: len(log_lines(server, ": generating (")) > started, timeout=60, what="the generation to start")
+    client.close()
+    stopped = wait_for(lambda: log_lines(server, "stopped after")[before:], timeout=60, what="the generation to stop")
+    tokens = int(re.search(r"stopped after (\d+) tokens", stopped[0]).group(1))  # type: ignore[union-attr]
+    assert tokens < ENDLESS["max_tokens"]
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=SHORT, headers=headers, timeout=60)
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("path", "extra", "param"),
+    [
+        ("/v1/chat/completions", {"max_tokens": 32769}, "max_tokens"),
+        ("/v1/chat/completions", {"max_completion_tokens": 10**9}, "max_completion_tokens"),
+        ("/v1/completions", {"max_tokens": 32769}, "max_tokens"),
+        ("/v1/chat/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ("/v1/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ("/v1/chat/completions", {"stop": "x" * 257}, "stop"),
+        ("/v1/chat/completions", {"stop": ["ok", "y" * 1000]}, "stop"),
+    ],
+)
+def test_request_bounds_are_400_naming_the_parameter(
+    server: RunningServer, path: str, extra: dict[str, Any], param: str
+) -> None:
+    body: dict[str, Any] = {"model": MODEL, **extra}
+    body |= {"messages": SHORT["messages"]} if "chat" in path else {"prompt": "hi"}
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    reply = httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
