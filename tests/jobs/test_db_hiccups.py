@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
@@ -26,6 +27,7 @@ from openft.settings import Settings
 from openft.storage import LocalBlobStore
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.databases import POSTGRES_URL, postgres_available, postgres_schema_url
 from tests.support.waiting import wait_for
 
 
@@ -80,6 +82,17 @@ def _hold_write_lock(container: Container, seconds: float) -> None:
         connection.execute("COMMIT")
     finally:
         connection.close()
+
+
+def _schema(url: str) -> str:
+    """The schema a `postgres_schema_url` selects (its `search_path` option)."""
+    return url.rsplit("search_path%3D", 1)[1].split("&")[0]
+
+
+def _one_run(container: Container, job_id: str) -> bool:
+    """Whether the job trained in one go: never recovered, never resumed from a checkpoint."""
+    events = container.fine_tuning.list_events(None, job_id, after=None, limit=100).data
+    return not any(e.message.startswith(("Recovered after", "Fine-tuning resumed")) for e in events)
 
 
 def _metrics_steps(container: Container, job_id: str) -> list[int]:
@@ -139,6 +152,7 @@ def test_a_lock_held_mid_training_delays_the_job_but_does_not_fail_it(
         "the runner never met the lock: the test did not test anything"
     )
     assert _metrics_steps(container, job_id) == list(range(1, 241))  # every step once: none lost, none twice
+    assert _one_run(container, job_id)
 
 
 def test_a_database_gone_past_the_retry_budget_requeues_the_job_from_its_checkpoint(served: Container) -> None:
@@ -164,3 +178,67 @@ def test_a_database_gone_past_the_retry_budget_requeues_the_job_from_its_checkpo
     assert any("the database was unreachable" in m for m in messages), messages[:20]
     assert any(m.startswith("Fine-tuning resumed from the checkpoint") for m in messages)
     assert _metrics_steps(container, job_id) == list(range(1, 121))
+
+
+@pytest.mark.postgres
+def test_postgres_connections_killed_mid_training_do_not_fail_the_job(
+    tmp_path: Path, models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: for 3 s every connection of the worker is killed (`pg_terminate_backend`) as soon as it shows
+    up, as a restart or fail-over does; the runner reconnects and the job succeeds with every step once."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at OPENFT_TEST_POSTGRES_URL")
+    caplog.set_level(logging.WARNING, logger="openft.db.retry")
+    with postgres_schema_url() as url:
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            models_dir=models_dir,
+            api_key="k",
+            database_url=url,
+            run_worker=False,
+            worker_poll_seconds=0.1,
+            lease_seconds=60,
+            train_threads=1,
+        )
+        container = build_container(settings, with_worker=False)
+        worker_engine = make_engine(f"{url}&application_name=openft-hiccup-worker")
+        worker = Worker(settings, make_session_factory(worker_engine), container.store, container.catalog)
+        killer = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        try:
+            job_id = _job(container, 80, 3)
+            worker.start()
+            wait_for(lambda: _completed_steps(container, job_id) >= 2, timeout=180, what="training to start")
+            killed = 0
+            with killer.connect() as holder, killer.connect() as connection:
+                # the jobs table locked: every write of the runner waits, mid-transaction, and is killed there
+                holder.execute(text("BEGIN"))
+                holder.execute(text(f"SET LOCAL search_path = {_schema(url)}"))
+                holder.execute(text("LOCK TABLE fine_tuning_jobs IN ACCESS EXCLUSIVE MODE"))
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    killed += len(
+                        connection.execute(
+                            text(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = 'openft-hiccup-worker'"
+                            )
+                        ).all()
+                    )
+                    time.sleep(0.05)
+                holder.execute(text("COMMIT"))
+            assert killed > 0
+            wait_for(
+                lambda: container.fine_tuning.get(None, job_id).status in ("succeeded", "failed"),
+                timeout=300,
+                what="the job to end",
+            )
+            job = container.fine_tuning.get(None, job_id)
+            assert job.status == "succeeded", job.error
+            assert _metrics_steps(container, job_id) == list(range(1, 241))
+            assert any("recording" in r.getMessage() and job_id in r.getMessage() for r in caplog.records)
+            assert _one_run(container, job_id)
+        finally:
+            worker.stop(timeout=30)
+            worker_engine.dispose()
+            killer.dispose()
+            container.engine.dispose()
