@@ -101,7 +101,7 @@ def _metrics_steps(container: Container, job_id: str) -> list[int]:
 
 
 def test_a_read_does_not_wait_for_a_writer(served: Container) -> None:
-    """API reads (a job, its events, the key lookup every request makes) start a deferred transaction: a
+    """API reads (jobs, events, files, models, the key lookup every request makes) start a deferred transaction: a
     connection holding the write lock (BEGIN IMMEDIATE: RESERVED) does not hold them up. They used to wait
     for it, up to the 30 s busy timeout."""
     container = served
@@ -116,6 +116,10 @@ def test_a_read_does_not_wait_for_a_writer(served: Container) -> None:
         results.append(container.fine_tuning.get(container.default_org_id, job_id).status)
         results.append(len(container.fine_tuning.list_events(None, job_id, after=None, limit=10).data))
         results.append(container.keys.authenticate(key) is not None)
+        file_id = container.fine_tuning.get(None, job_id).training_file
+        results.append(container.files.get(None, file_id).id == file_id)
+        results.append(len(container.files.list(None, purpose=None, after=None, limit=10, order="desc").data))
+        results.append(TINY_MODEL_NAME in {m.id for m in container.models.list(None).data})
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -123,7 +127,7 @@ def test_a_read_does_not_wait_for_a_writer(served: Container) -> None:
     writer.execute("ROLLBACK")
     writer.close()
     assert not reader.is_alive(), "a read waited for the writer's lock"
-    assert results == ["validating_files", 2, True]
+    assert results == ["validating_files", 2, True, True, 1, True]
 
 
 def test_a_lock_held_mid_training_delays_the_job_but_does_not_fail_it(

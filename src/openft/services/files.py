@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
 from openft.db import repositories as repo
+from openft.db.engine import read_only_sessions
 from openft.db.tables import FileRow
 from openft.errors import InvalidRequest, NotFound
 from openft.protocol.common import DeletedObject, IdListPage
@@ -66,6 +67,7 @@ class FileContent:
 class FileService:
     def __init__(self, sessions: sessionmaker[Session], store: BlobStore):
         self._sessions = sessions
+        self._reads = read_only_sessions(sessions)  # get/list/content never take SQLite's write lock (db/engine.py)
         self._store = store
 
     def create(
@@ -137,7 +139,7 @@ class FileService:
         return int(time.time()) + value
 
     def get(self, org_id: str | None, file_id: str) -> FileObject:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             return file_to_wire(self._row(session, org_id, file_id))
 
     @staticmethod
@@ -150,7 +152,7 @@ class FileService:
     def list(
         self, org_id: str | None, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> IdListPage[FileObject]:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             page = repo.list_files(
                 session, org_id, purpose=purpose, after=after, limit=limit, newest_first=order == "desc"
             )
@@ -163,7 +165,7 @@ class FileService:
         )
 
     def content(self, org_id: str | None, file_id: str) -> FileContent:
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             row = self._row(session, org_id, file_id)
         return FileContent(filename=row.filename, size=row.bytes, chunks=self._store.iter_chunks(row.id))
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft.basemodels import BaseModelUnavailable, ModelCatalog
 from openft.db import repositories as repo
+from openft.db.engine import read_only_sessions
 from openft.db.tables import CheckpointRow, JobRow
 from openft.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from openft.fsutil import remove_tree
@@ -64,6 +65,7 @@ def _checkpoint_weights(row: CheckpointRow) -> Path | None:
 class ModelService:
     def __init__(self, sessions: sessionmaker[Session], catalog: ModelCatalog, engine: InferenceEngine):
         self._sessions = sessions
+        self._reads = read_only_sessions(sessions)  # resolve/list (every chat request) never take SQLite's write lock
         self._catalog = catalog
         self._engine = engine
 
@@ -72,7 +74,7 @@ class ModelService:
         info = self._catalog.get(name)
         if info is not None:
             return ResolvedModel(name, name, None, None, info.created, BASE_OWNER)
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             job = repo.find_job_by_model_name(session, name)
             if job is not None and _servable(job, org_id) and job.model_path:
                 return ResolvedModel(
@@ -129,7 +131,7 @@ class ModelService:
             self._wire(ResolvedModel(i.name, i.name, None, None, i.created, BASE_OWNER), azure)
             for i in self._catalog.list()
         ]
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             stmt = select(JobRow).where(JobRow.status == JobStatus.SUCCEEDED.value, JobRow.model_deleted_at.is_(None))
             if org_id is not None:
                 stmt = stmt.where(JobRow.organization_id == org_id)
