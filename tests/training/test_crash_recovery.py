@@ -109,7 +109,8 @@ def test_a_trainer_waits_for_the_previous_one_to_leave_the_folder(make_job: Any,
     stdout, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == ExitCode.COMPLETED, stderr[-2000:]
     waiting = [m["message"] for m in _messages(stdout) if m["type"] == "log" and "Waiting" in m["message"]]
-    assert waiting and "pid 1234 on old-worker" in waiting[0]
+    assert waiting and "1234" not in waiting[0] and "old-worker" not in waiting[0]  # the job's owner reads events
+    assert "job folder locked by pid 1234 on old-worker" in stderr  # the operator's train.log names the holder
     assert (tmp_path / "locked" / "results.csv").is_file()
 
 
