@@ -4,6 +4,7 @@ and past `max_storage_gb` an upload are 429 `quota_exceeded` in the OpenAI envel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from openft.api.app import create_app
+from openft.errors import QuotaExceeded
+from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container, build_container
 from openft.settings import Settings
+from openft.storage import LocalBlobStore
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 
@@ -20,8 +24,15 @@ SERVER_KEY = "sk-openft-quota-server"
 
 
 @pytest.fixture
-def served(tmp_path: Path, models_dir: Path) -> Iterator[tuple[TestClient, Container]]:
-    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_key=SERVER_KEY, run_worker=False)
+def served(tmp_path: Path, models_dir: Path, database_url: str) -> Iterator[tuple[TestClient, Container]]:
+    """The app on SQLite and on PostgreSQL (where the checks lock the organization's row)."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        models_dir=models_dir,
+        api_key=SERVER_KEY,
+        run_worker=False,
+        database_url=database_url,
+    )
     container = build_container(settings, with_worker=False)
     with TestClient(create_app(settings, container=container)) as client:
         yield client, container
@@ -90,3 +101,30 @@ def test_an_upload_over_the_storage_limit_is_refused_and_not_kept(served: tuple[
     file_id = listed[0]["id"]
     assert client.delete(f"/v1/files/{file_id}", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert _upload(client, key, content).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_concurrent_creates_never_pass_the_limit(served: tuple[TestClient, Container]) -> None:
+    """Eight creates at once against a limit of 3: exactly 3 jobs (the check and the insert are one transaction
+    with the organization's row locked)."""
+    _client, container = served
+    org_id = container.keys.create("team-c", limits={"max_queued_jobs": 3}).info.org_id
+    assert isinstance(container.store, LocalBlobStore)
+    writer = container.store.writer()
+    writer.write(jsonl_bytes(valid_examples(12)))
+    file_id = container.files.create(org_id, purpose="fine-tune", filename="t", writer=writer).id
+    params = FineTuningJobCreate.model_validate({"model": TINY_MODEL_NAME, "training_file": file_id})
+    outcomes: list[str] = []
+
+    def create() -> None:
+        try:
+            container.fine_tuning.create(org_id, params)
+            outcomes.append("created")
+        except QuotaExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
