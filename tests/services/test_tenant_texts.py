@@ -4,14 +4,15 @@ detail and all) on a real database; the tests read them back the way the API doe
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
 import pytest
 
-from openft.api.errors import envelope
+from openft.api.errors import error_response
 from openft.db import repositories as repo
-from openft.errors import InvalidRequest
+from openft.errors import InvalidRequest, ModelNotFound
 from openft.jobs import queue
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure
@@ -73,7 +74,8 @@ def test_events_written_with_server_detail_are_read_without_it(container: Contai
 
 def test_api_error_messages_name_no_server_path(container: Container) -> None:
     models = container.settings.models_dir
-    body = envelope(f"The model 'x' cannot be loaded on this server: folder missing ({models})", "server_error")
+    error = ModelNotFound(f"The model 'x' cannot be loaded on this server: missing ({models}/x)", param="model")
+    body = json.loads(error_response(error).body)
     assert str(models) not in body["error"]["message"] and "cannot be loaded" in body["error"]["message"]
 
 

@@ -63,7 +63,6 @@ or nesting deeper than the parser's recursion limit. It is the same client mista
 def envelope(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The OpenAI error body. Messages and params may quote client input, which may hold lone surrogates
     that UTF-8 cannot encode; they are written as `\\udc00` escapes so the error itself never fails."""
-    message = redact_paths(message)  # tenants read errors: a server path (from an exception's text) is not theirs
     return {"error": {"message": _printable(message), "type": type_, "param": _printable(param), "code": code}}
 
 
@@ -80,7 +79,8 @@ def error_response(exc: OpenFTError) -> JSONResponse:
         status, type_, headers = 500, "server_error", {}
     if isinstance(exc, RateLimited):
         headers = {**headers, "Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    return JSONResponse(envelope(exc.message, type_, exc.param, exc.code), status_code=status, headers=headers)
+    message = redact_paths(exc.message)  # tenants read errors: a server path (from an exception's text) is not theirs
+    return JSONResponse(envelope(message, type_, exc.param, exc.code), status_code=status, headers=headers)
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
