@@ -4,6 +4,7 @@ its `max_running_jobs` is skipped; the queue positions the API reports follow th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -137,3 +138,23 @@ def test_a_pausing_job_still_holds_its_slot_and_zero_stops_claims(sessions: sess
     with sessions.begin() as session:
         session.execute(update(OrganizationRow).where(OrganizationRow.id == org_a).values(max_running_jobs=None))
     assert claim(sessions) == a2
+
+
+def test_concurrent_claims_never_pass_a_running_limit(sessions: sessionmaker[Session]) -> None:
+    """Six workers claiming at once from an organization allowed two running jobs: two claims succeed."""
+    org_a = _org(sessions, "busy", max_running_jobs=2)
+    for _ in range(6):
+        queue_job(sessions, org_a)
+    claimed: list[str | None] = []
+    barrier = threading.Barrier(6)
+
+    def claim_one() -> None:
+        barrier.wait()
+        claimed.append(claim(sessions))
+
+    threads = [threading.Thread(target=claim_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len([job for job in claimed if job is not None]) == 2
