@@ -8,6 +8,7 @@ longer than the busy timeout does in production.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import threading
@@ -20,6 +21,8 @@ from sqlalchemy import create_engine, text
 
 from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
+from openft.jobs.runner import TrainingRun
+from openft.jobs.states import JobStatus
 from openft.jobs.worker import Worker
 from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container, build_container
@@ -246,3 +249,39 @@ def test_postgres_connections_killed_mid_training_do_not_fail_the_job(
             worker_engine.dispose()
             killer.dispose()
             container.engine.dispose()
+
+
+def test_a_retried_write_lands_once_and_returns_its_connections(served: Container) -> None:
+    """No trainer: a run is handed a log message while another connection holds the write lock for a second.
+    The write waits it out, lands once, and every try gave its connection back to the pool."""
+    container = served
+    job_id = _job(container, 12, 1)
+    engine = make_engine(container.settings.resolved_database_url, sqlite_busy_timeout_ms=50)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:  # claimed, as a worker would
+        repo.claim_next_job(
+            session, JobStatus.VALIDATING_FILES, JobStatus.VALIDATING_FILES, worker_id="w", lease_seconds=60
+        )
+    run = TrainingRun(
+        job_id=job_id,
+        org_id=container.default_org_id,
+        attempt=1,
+        model_name="m",
+        spec_path=container.settings.jobs_dir / job_id / "job.json",
+        sessions=sessions,
+        store=container.store,
+        db_retry_seconds=30,
+    )
+    holder = threading.Thread(target=_hold_write_lock, args=(container, 1.0))
+    holder.start()
+    time.sleep(0.2)
+    gc.disable()  # a leaked session would otherwise be collected before the pool is looked at
+    try:
+        run._handle({"type": "log", "level": "info", "message": "hello through the lock"})
+        holder.join()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        gc.enable()
+        engine.dispose()
+    messages = [e.message for e in container.fine_tuning.list_events(None, job_id, after=None, limit=20).data]
+    assert messages.count("hello through the lock") == 1

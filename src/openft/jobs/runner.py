@@ -603,7 +603,12 @@ class _FencedWrite(contextlib.AbstractContextManager[Session]):
 
     def __enter__(self) -> Session:
         session = self._cm.__enter__()
-        if not repo.update_job_fenced(session, self._run.job_id, self._run.attempt, **self._fields):
+        try:
+            fenced = repo.update_job_fenced(session, self._run.job_id, self._run.attempt, **self._fields)
+        except BaseException as error:  # e.g. the database is locked: end the transaction, give the connection back
+            self._cm.__exit__(type(error), error, error.__traceback__)
+            raise
+        if not fenced:
             self._cm.__exit__(ClaimLost, ClaimLost(), None)
             raise ClaimLost
         return session
