@@ -55,6 +55,11 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
+def _has_body(scope: Scope) -> bool:
+    headers = dict(scope["headers"])
+    return headers.get(b"content-length", b"0").strip() not in (b"", b"0") or b"transfer-encoding" in headers
+
+
 def _client(scope: Scope) -> str:
     """The peer address (uvicorn sets it from `X-Forwarded-For` only for its `FORWARDED_ALLOW_IPS`)."""
     client = scope.get("client")
@@ -112,10 +117,11 @@ class AuthGate:
                 _client(scope),
             )
         except OpenFTError as exc:
-            # Answered without reading the body; the server closes the connection after it (the unread body
-            # makes it unusable for another request), so the client cannot push the rest of its upload.
             response = error_response(exc)
-            response.headers["connection"] = "close"
+            if _has_body(scope):
+                # Answered without reading the body: the connection is closed after the answer, so the client
+                # cannot push the rest of it (and the server need not read it to reach a next request).
+                response.headers["connection"] = "close"
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_STATE_KEY] = principal

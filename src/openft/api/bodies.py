@@ -5,6 +5,8 @@ surrogate: a Python `str` that cannot be encoded as UTF-8. pydantic lets such a 
 without constraints (`metadata` values, message `content`, …); the job was then stored, and the response
 (or the worker's job file, or a tokenizer) failed to encode it: a 500 after the job already existed.
 Like OpenAI's API, openft refuses such a body up front with a 400 naming the field.
+
+Large bodies are parsed and checked in a worker thread (`OffLoopJsonRoute`), not on the event loop.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from openft.errors import InvalidRequest
 
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 """Largest request body outside uploads (jobs, chat, completions): FastAPI buffers and parses a JSON body
-whole before the handler (and the API key check) runs, so without a bound any client could make the server
-hold gigabytes. 16 MiB is far above any model context; uploads stream through `POST /files` with their own
-limit (`OPENFT_MAX_UPLOAD_BYTES`)."""
+whole before the handler runs (only once the key is accepted, see `auth_gate`), so without a bound a client
+could make the server hold gigabytes. 16 MiB is far above any model context; uploads stream through
+`POST /files` with their own limit (`OPENFT_MAX_UPLOAD_BYTES`)."""
 TOO_LARGE_MESSAGE = (
     f"The request body is larger than {MAX_JSON_BODY_BYTES // (1024 * 1024)} MiB, the limit for JSON requests; "
     "send large data as a file with POST /files."
@@ -78,7 +80,7 @@ class JsonBodyLimit:
 
 
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-"""How a surrogate gets into a string parsed from UTF-8 JSON: a `\ud800`-`\udfff` escape, or the three bytes
+"""How a surrogate gets into a string parsed from UTF-8 JSON: a `\\ud800`-`\\udfff` escape, or the three bytes
 that would encode one (`json.loads` decodes bytes with `surrogatepass`). An escaped backslash followed by
 `ud800` matches too; that only costs a walk that finds nothing."""
 
