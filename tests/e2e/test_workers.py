@@ -115,7 +115,7 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         )
         positions = [e.data["queue_position"] for e in queue_events]
         assert positions[-1] == 1 and all(1 <= p <= len(jobs) for p in positions)
-        assert all(e.message.startswith(f"Queued: position {e.data['queue_position']} of ") for e in queue_events)
+        assert all(e.message.startswith(f"Queued: position {e.data['queue_position']};") for e in queue_events)
         running_pids = _trainer_pids(running[0]) + _trainer_pids(running[1])
         assert running_pids and {_parent(pid) for pid in running_pids} <= {w.process.pid for w in workers}
 
