@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft.basemodels import BaseModelUnavailable, ModelCatalog
 from openft.datacheck import CheckBudget, check_file, default_model, table_throughput
 from openft.db import repositories as repo
+from openft.db.engine import read_only_sessions
 from openft.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
 from openft.storage import BlobStore
 
@@ -35,7 +36,7 @@ class DataCheckService:
         *,
         budget: CheckBudget | None = None,
     ):
-        self._sessions = sessions
+        self._reads = read_only_sessions(sessions)  # the file lookup never takes SQLite's write lock
         self._store = store
         self._catalog = catalog
         self._lock = threading.Lock()
@@ -43,7 +44,7 @@ class DataCheckService:
 
     def check(self, org_id: str | None, file_id: str, *, model: str | None, method: Method | None) -> dict[str, Any]:
         """The report of `file_id` (the caller's organization's, else 404) as training data for `model`."""
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:
             row = repo.get_file(session, org_id, file_id)
             if row is None:
                 raise NotFound(f"No such File object: {file_id}", param="file_id")
