@@ -114,6 +114,7 @@ def drain(clients: list[RawClient]) -> None:
 
 
 def log_lines(server: RunningServer, text: str) -> list[str]:
+    """The server's log lines holding `text` (the service logs each generation, drop and stop)."""
     return [line for line in server.log().splitlines() if text in line]
 
 
@@ -121,6 +122,11 @@ def log_lines(server: RunningServer, text: str) -> list[str]:
 def test_a_full_line_is_refused_other_routes_answer_and_clients_that_leave_stop_their_work(
     server: RunningServer,
 ) -> None:
+    seen = {text: len(log_lines(server, text)) for text in ("left while waiting", "stopped after", ": generating (")}
+
+    def new_lines(text: str) -> list[str]:
+        return log_lines(server, text)[seen[text] :]
+
     holder = RawClient(server, "/v1/chat/completions", {**ENDLESS, "stream": True})
     holder.wait_for(b'"content":"\\n')  # generating, and it only ends when this client leaves
 
@@ -146,17 +152,17 @@ def test_a_full_line_is_refused_other_routes_answer_and_clients_that_leave_stop_
     leaving, staying = queued[:40], queued[40:]
     for client in leaving:
         client.close()
-    wait_for(lambda: len(log_lines(server, "left while waiting in line")) >= 40, timeout=60, what="40 drops")
+    wait_for(lambda: len(new_lines("left while waiting")) >= 40, timeout=60, what="40 drops")
 
     # The streaming client leaves: its generation stops, and the model serves the line.
     holder.close()
-    stopped = wait_for(lambda: log_lines(server, "stopped after"), timeout=60, what="the stream to stop")
+    stopped = wait_for(lambda: new_lines("stopped after"), timeout=60, what="the stream to stop")
     tokens = int(re.search(r"stopped after (\d+) tokens", stopped[0]).group(1))  # type: ignore[union-attr]
     assert tokens < ENDLESS["max_tokens"]
     served = answered(staying, len(staying), timeout=120)
     assert {client.status for client in served} == {200}
-    assert len(log_lines(server, "left while waiting in line")) == 40  # none of the dropped ones ran
-    assert len(log_lines(server, ": generating (")) == 1 + len(staying)
+    assert len(new_lines("left while waiting")) == 40  # none of the dropped ones ran
+    assert len(new_lines(": generating (")) == 1 + len(staying)
 
 
 @pytest.mark.e2e
@@ -196,3 +202,21 @@ def test_request_bounds_are_400_naming_the_parameter(
     reply = httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=60)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+@pytest.mark.e2e
+def test_a_streamed_legacy_completion_of_several_prompts_takes_a_turn_per_prompt(server: RunningServer) -> None:
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    body = {"model": MODEL, "prompt": ["The fox", "The dog"], "max_tokens": 3, "temperature": 0, "echo": True}
+    plain = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=60).json()
+    texts = ["", ""]
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json={**body, "stream": True}, headers=headers, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:])["choices"]:
+                    texts[choice["index"]] += choice["text"]
+    assert texts == [choice["text"] for choice in plain["choices"]]
+    assert texts[0].startswith("The fox") and texts[1].startswith("The dog")
