@@ -217,10 +217,6 @@ class InferenceService:
         # nor in the server's thread pool. At most one start per model at a time (its line sees to that).
         self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="openft-start")
 
-    def waiting(self, target: ModelTarget) -> int:
-        """Requests waiting in line for `target`'s model (the running one not counted)."""
-        return self._lines.waiting(_line_key(target))
-
     # chat ---------------------------------------------------------------------------------------
     @staticmethod
     def _chat_params(request: ChatCompletionRequest) -> tuple[GenerationParams, list[dict[str, Any]] | None]:
