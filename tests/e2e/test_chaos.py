@@ -44,7 +44,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.test_pause_resume import _trainer_pids
 from tests.support.data import jsonl_bytes, valid_examples
-from tests.support.databases import postgres_available, postgres_schema_url, sqlite_url
+from tests.support.databases import postgres_available, postgres_schema_url, sqlite_url, worker_runs
 from tests.support.server import RunningServer, free_port, start_server
 from tests.support.waiting import wait_for
 from tests.support.workers import RunningWorker, start_worker
@@ -153,14 +153,8 @@ class Cluster:
         return kill
 
     def runs(self, job_id: str) -> list[str | None]:
-        """The worker of each run the job has started (its started / resumed events), oldest first."""
-        query = text(
-            "SELECT data FROM fine_tuning_job_events WHERE job_id = :id AND type = 'message' "
-            "AND (message LIKE 'Fine-tuning started%' OR message LIKE 'Fine-tuning resumed%') ORDER BY seq"
-        )
-        with self.db.connect() as connection:
-            rows = connection.execute(query, {"id": job_id}).scalars().all()
-        return [(json.loads(data) if isinstance(data, str) else data or {}).get("worker_id") for data in rows]
+        """The worker of each run the job has started, oldest first."""
+        return worker_runs(self.db, job_id)
 
     def busy(self, jobs: list[str]) -> dict[str, list[str]]:
         """worker name → the running jobs its current incarnation trains."""

@@ -19,11 +19,12 @@ import pytest
 import torch
 from openai import OpenAI
 from safetensors.torch import load_file
+from sqlalchemy import create_engine
 
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.test_pause_resume import _trainer_pids
 from tests.support.data import jsonl_bytes, valid_examples
-from tests.support.databases import postgres_available, postgres_schema_url
+from tests.support.databases import postgres_available, postgres_schema_url, worker_runs
 from tests.support.server import start_server
 from tests.support.waiting import all_events, latest_step, wait_for, wait_for_status
 from tests.support.workers import start_worker
@@ -52,15 +53,6 @@ def _weights(data_dir: Path, job_id: str) -> dict[str, torch.Tensor]:
     return load_file(data_dir / "jobs" / job_id / "model" / "adapter_model.safetensors")
 
 
-def _started_on(client: OpenAI, job_id: str) -> list[Any]:
-    """The worker of each run of the job (started and resumed events), oldest first."""
-    return [
-        e.data.get("worker_id")
-        for e in all_events(client, job_id)
-        if e.message.startswith(("Fine-tuning started", "Fine-tuning resumed"))
-    ]
-
-
 def _one_waits_two_run(client: OpenAI, jobs: list[str]) -> tuple[Any, list[str]] | None:
     """(the queued job, the running job ids) once two jobs run and the third waits with an estimate."""
     now = [client.fine_tuning.jobs.retrieve(j) for j in jobs]
@@ -79,6 +71,7 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
     data_dir = tmp_path / "data"
     env = {"OPENFT_DATABASE_URL": postgres_url, "OPENFT_LEASE_SECONDS": "3", "OPENFT_TRAIN_THREADS": "1"}
     server = start_server(data_dir, models_dir, extra_env=env, extra_args=["--no-worker"])
+    db = create_engine(postgres_url)  # which worker ran what: kept in the database, not sent to tenants
     workers = []
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=2)
@@ -122,7 +115,7 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         target = min(running, key=lambda j: latest_step(client, j))  # the furthest from its end
         # SIGTERM the worker of a running job mid-run: it checkpoints, the job is queued, the other one goes on
         assert wait_for(lambda: latest_step(client, target) >= 10, what="step 10 of the job to stop")
-        owner = next(w for w in workers if w.worker_id == _started_on(client, target)[-1])
+        owner = next(w for w in workers if w.worker_id == worker_runs(db, target)[-1])
         signalled = time.monotonic()
         assert owner.stop() == 0
         requeued = time.monotonic() - signalled
@@ -143,7 +136,7 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         stop_step = int(stopped[0].split("at step ")[1].split(" ")[0])
         resumed = [e.message for e in all_events(client, target) if e.message.startswith("Fine-tuning resumed")]
         assert resumed == [f"Fine-tuning resumed from the checkpoint at step {stop_step} of 96."]
-        runs = {job_id: _started_on(client, job_id) for job_id in jobs}
+        runs = {job_id: worker_runs(db, job_id) for job_id in jobs}
         assert {w for ids in runs.values() for w in ids} == {"w1", "w2"}
         assert runs[target][0] == owner.worker_id and runs[target][1] != owner.worker_id
         steps = [e.data["step"] for e in all_events(client, target) if e.type == "metrics"]
@@ -152,4 +145,5 @@ def test_two_workers_share_a_servers_queue_and_a_sigterm_loses_no_step(
         for worker in workers:
             worker.stop()
         server.stop()
+        db.dispose()
         assert os.path.isdir(data_dir)

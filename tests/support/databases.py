@@ -7,13 +7,14 @@ selected through the connection's search_path, so tests never see each other's r
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 POSTGRES_URL = os.environ.get("OPENFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -46,3 +47,16 @@ def postgres_schema_url() -> Iterator[str]:
 
 def sqlite_url(folder: Path) -> str:
     return f"sqlite:///{folder / 'openft.db'}"
+
+
+def worker_runs(db: Engine, job_id: str) -> list[str | None]:
+    """The worker of each run the job has started (its started / resumed events), oldest first.
+
+    Read from the database: the API does not send an event's `worker_id` to tenants (openft.redact)."""
+    query = text(
+        "SELECT data FROM fine_tuning_job_events WHERE job_id = :id AND type = 'message' "
+        "AND (message LIKE 'Fine-tuning started%' OR message LIKE 'Fine-tuning resumed%') ORDER BY seq"
+    )
+    with db.connect() as connection:
+        rows = connection.execute(query, {"id": job_id}).scalars().all()
+    return [(json.loads(data) if isinstance(data, str) else data or {}).get("worker_id") for data in rows]

@@ -218,7 +218,7 @@ class Tracker:
             print(f"W&B: logging offline to {self.wandb_dir}", file=sys.stderr, flush=True)
             self._warn(
                 f"W&B: {offline_reason}; logging offline into the job's folder on the server; the operator can "
-                f"upload it with `wandb sync <job folder>/{WANDB_DIR}/offline-run-*-{self.run_id}`"
+                f"upload it by running `wandb sync {WANDB_DIR}/offline-run-*-{self.run_id}` in the job folder"
             )
         self.mode = "online" if offline_reason is None else "offline"
         if self.mode == "online":
