@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from openft.errors import ModelNotFound
 from openft.inference import ModelTarget
+from openft.inference.stream import StreamEnd
 from openft.protocol.chat import ChatCompletionRequest
 from openft.services.inference import InferenceService
 
@@ -26,23 +29,34 @@ class Delta:
 
 
 class FakeStream:
+    """What the service reads of a `GenerationStream`: async deltas, token counts, `finished`, `cancel`."""
+
     prompt_tokens = 7
     completion_tokens = 2
 
     def __init__(self, deltas: list[Delta], fail_after: int | None):
         self._deltas, self._fail_after, self.closed = deltas, fail_after, False
+        self.finished: Future[StreamEnd] = Future()
 
-    def __iter__(self) -> Iterator[Delta]:
-        for i, delta in enumerate(self._deltas):
-            if self._fail_after is not None and i == self._fail_after:
-                raise RuntimeError("the model fell over")
-            yield delta
+    async def _deltas_in_turn(self) -> AsyncIterator[Delta]:
+        try:
+            for i, delta in enumerate(self._deltas):
+                if self._fail_after is not None and i == self._fail_after:
+                    raise RuntimeError("the model fell over")
+                yield delta
+        finally:
+            self._end()
 
-    def __enter__(self) -> FakeStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._deltas_in_turn()
 
-    def __exit__(self, *exc: object) -> None:
+    def cancel(self) -> None:
         self.closed = True
+        self._end()
+
+    def _end(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(StreamEnd(self.completion_tokens))
 
 
 class FakeEngine:
@@ -64,7 +78,11 @@ def _payloads(service: InferenceService, **body: Any) -> list[Any]:
     request = ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
     )
-    return [p if p == "[DONE]" else json.loads(p) for p in service.chat_stream("org", request)]
+
+    async def collect() -> list[str]:
+        return [payload async for payload in await service.chat_stream("org", request)]
+
+    return [p if p == "[DONE]" else json.loads(p) for p in asyncio.run(collect())]
 
 
 def test_stream_sequence_with_usage() -> None:
@@ -90,4 +108,4 @@ def test_request_errors_raise_before_the_stream_exists() -> None:
     service = InferenceService(FakeModels(), FakeEngine())  # type: ignore[arg-type]
     request = ChatCompletionRequest.model_validate({"model": "other", "messages": [{"role": "user", "content": "x"}]})
     with pytest.raises(ModelNotFound):
-        service.chat_stream("org", request)
+        asyncio.run(service.chat_stream("org", request))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -90,12 +91,17 @@ def test_another_organization_sees_nothing_and_admin_sees_all(container: Contain
         with pytest.raises(ModelNotFound):
             container.models.target(org_b, name)
         with pytest.raises(ModelNotFound):
-            container.inference.chat(
-                org_b,
-                ChatCompletionRequest.model_validate({"model": name, "messages": [{"role": "user", "content": "x"}]}),
+            asyncio.run(
+                container.inference.chat(
+                    org_b,
+                    ChatCompletionRequest.model_validate(
+                        {"model": name, "messages": [{"role": "user", "content": "x"}]}
+                    ),
+                )
             )
         with pytest.raises(ModelNotFound):
-            container.inference.complete(org_b, CompletionRequest.model_validate({"model": name, "prompt": "x"}))
+            request = CompletionRequest.model_validate({"model": name, "prompt": "x"})
+            asyncio.run(container.inference.complete(org_b, request))
     assert [f.id for f in container.files.list(org_b, purpose=None, after=None, limit=100, order="desc").data] == [
         file_b
     ]

@@ -4,7 +4,7 @@ Everything that can be wrong with a request is checked before anything is sent: 
 starts only after the engine has accepted the prompt, so bad input is always a plain 4xx. A failure
 after streaming began is sent as an error chunk followed by `[DONE]`, as the SDKs expect.
 
-The API serves the `*_async` methods: requests wait for their model in a bounded line on the event loop
+Every method is a coroutine: requests wait for their model in a bounded line on the event loop
 (`openft.services.admission`), so generation never occupies the server's thread pool and `/health`, auth,
 files and jobs never wait behind it; a client that leaves stops its generation or leaves the line.
 """
@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -204,10 +204,9 @@ class _CompletionChunks:
 
 
 class InferenceService:
-    """Chat and legacy completions. The `*_async` methods are what the API serves: each request waits for
-    its model in a bounded line (`openft.services.admission`) without holding a thread, runs on the
-    model's own thread, and stops (or leaves the line) when `disconnected()` says its client left. The
-    plain methods run at once on the calling thread, for in-process callers."""
+    """Chat and legacy completions: each request waits for its model in a bounded line
+    (`openft.services.admission`) without holding a thread, runs on the model's own thread, and stops (or
+    leaves the line) when `disconnected()` says its client left."""
 
     def __init__(self, models: ModelService, engine: InferenceEngine, max_queued_requests: int = 64):
         self._models = models
@@ -280,16 +279,11 @@ class InferenceService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    def chat(self, org_id: str | None, request: ChatCompletionRequest) -> ChatCompletion:
-        params, tools = self._chat_params(request)
-        target = self._models.target(org_id, request.model)
-        result = self._engine.chat(target, self._messages(request), params, tools=tools)
-        return self._chat_completion(request, params, result)
-
-    async def chat_async(
+    async def chat(
         self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> ChatCompletion:
-        """`chat`, admitted (429 past the model's line), cancelled when the client leaves (ClientDisconnected)."""
+        """One chat completion, admitted (429 past the model's line), cancelled when the client leaves
+        (ClientDisconnected)."""
         params, tools = self._chat_params(request)
         messages = self._messages(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
@@ -299,35 +293,13 @@ class InferenceService:
         result = await _gather(stream, params, disconnected)
         return self._chat_completion(request, params, result)
 
-    def chat_stream(self, org_id: str | None, request: ChatCompletionRequest) -> Iterator[str]:
-        """SSE `data` payloads: role chunks, content deltas, finish chunks, optional usage, `[DONE]`.
-
-        The engine accepts (or rejects) the request here, before the first payload is produced.
-        """
-        params, tools = self._chat_params(request)
-        target = self._models.target(org_id, request.model)
-        stream = self._engine.stream_chat(target, self._messages(request), params, tools=tools)
-        chunks = _ChatChunks(request, params)
-
-        def payloads() -> Iterator[str]:
-            try:
-                with stream:
-                    yield from chunks.opening()
-                    for delta in stream:
-                        yield from chunks.delta(delta)
-                    yield from chunks.closing(stream.prompt_tokens, stream.completion_tokens)
-            except Exception as exc:  # after streaming began: an error chunk, then [DONE]
-                log.exception("chat stream failed")
-                yield _json(_error_chunk(exc))
-            yield DONE
-
-        return payloads()
-
-    async def chat_stream_async(
+    async def chat_stream(
         self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> AsyncIterator[str]:
-        """`chat_stream`, admitted; the request waits for its turn and starts before this returns (so a bad
-        request is still a plain 4xx). Closing the payloads (the client left) stops the generation."""
+        """SSE `data` payloads: role chunks, content deltas, finish chunks, optional usage, `[DONE]`.
+
+        Admitted: the request waits for its turn and the engine accepts (or rejects) it before this returns,
+        so a bad request is still a plain 4xx. Closing the payloads (the client left) stops the generation."""
         params, tools = self._chat_params(request)
         messages = self._messages(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
@@ -410,17 +382,11 @@ class InferenceService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    def complete(self, org_id: str | None, request: CompletionRequest) -> Completion:
-        prompts, params = self._completion_params(request)
-        target = self._models.target(org_id, request.model)
-        echo = bool(request.echo)
-        results = [self._engine.complete(target, prompt, params, echo=echo) for prompt in prompts]
-        return self._completion(request, params, results)
-
-    async def complete_async(
+    async def complete(
         self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
     ) -> Completion:
-        """`complete`, admitted: each prompt takes a turn on the model (the later ones are never refused)."""
+        """A legacy completion, admitted: each prompt takes a turn on the model (the later ones are never
+        refused)."""
         prompts, params = self._completion_params(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
         echo = bool(request.echo)
@@ -435,35 +401,10 @@ class InferenceService:
             results.append(await _gather(stream, params, disconnected))
         return self._completion(request, params, results)
 
-    def complete_stream(self, org_id: str | None, request: CompletionRequest) -> Iterator[str]:
-        prompts, params = self._completion_params(request)
-        target = self._models.target(org_id, request.model)
-        first = self._engine.stream_complete(target, prompts[0], params)  # rejects a bad request before we start
-        chunks = _CompletionChunks(request, params)
-
-        def payloads() -> Iterator[str]:
-            prompt_tokens = completion_tokens = 0
-            try:
-                for p_index, prompt in enumerate(prompts):
-                    stream = first if p_index == 0 else self._engine.stream_complete(target, prompt, params)
-                    with stream:
-                        yield from chunks.opening(p_index, prompt)
-                        for delta in stream:
-                            yield from chunks.delta(p_index, delta)
-                    prompt_tokens += stream.prompt_tokens
-                    completion_tokens += stream.completion_tokens
-                yield from chunks.closing(prompt_tokens, completion_tokens)
-            except Exception as exc:
-                log.exception("completion stream failed")
-                yield _json(_error_chunk(exc))
-            yield DONE
-
-        return payloads()
-
-    async def complete_stream_async(
+    async def complete_stream(
         self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
     ) -> AsyncIterator[str]:
-        """`complete_stream`, admitted; the first prompt starts before this returns (see `chat_stream_async`)."""
+        """A streamed legacy completion; the first prompt starts before this returns (see `chat_stream`)."""
         prompts, params = self._completion_params(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
         first = await self._admitted(

@@ -65,9 +65,9 @@ async def answer(
     try:
         async with client_watch(request) as watch:
             if body.stream:
-                payloads = await inference.chat_stream_async(org_id, body, watch.disconnected)
+                payloads = await inference.chat_stream(org_id, body, watch.disconnected)
                 return EventSourceResponse(payloads, ping=15)
-            return await inference.chat_async(org_id, body, watch.disconnected)
+            return await inference.chat(org_id, body, watch.disconnected)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 

@@ -25,9 +25,9 @@ async def answer(
     try:
         async with client_watch(request) as watch:
             if body.stream:
-                payloads = await inference.complete_stream_async(org_id, body, watch.disconnected)
+                payloads = await inference.complete_stream(org_id, body, watch.disconnected)
                 return EventSourceResponse(payloads, ping=15)
-            return await inference.complete_async(org_id, body, watch.disconnected)
+            return await inference.complete(org_id, body, watch.disconnected)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
