@@ -42,7 +42,8 @@ RESULT_COLUMNS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
-"""The result file's columns (api-spec.md §6); also the metric names of metrics and checkpoint messages."""
+"""The result file's columns (docs/api-compatibility.md §7); also the metric names of metrics and checkpoint
+messages."""
 DPO_RESULT_COLUMNS = (
     "step",
     "train_loss",

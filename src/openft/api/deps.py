@@ -1,6 +1,6 @@
 """Request dependencies: the URL dialect, the caller's identity and the services.
 
-Three URL families reach one set of handlers (api-spec.md §1.1): `/v1/...` (OpenAI),
+Three URL families reach one set of handlers (docs/api-compatibility.md §1): `/v1/...` (OpenAI),
 `/openai/v1/...` (Azure v1; `api-version` optional, `v1` or `preview`) and `/openai/...` (Azure
 dated; `api-version=YYYY-MM-DD[-preview]` required). The dialect only changes details the Azure
 dated API defines differently (201 + Location on create); the statuses and objects are the same.

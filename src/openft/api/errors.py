@@ -43,7 +43,7 @@ ERROR_TABLE: dict[type[OpenFTError], tuple[int, str, dict[str, str]]] = {
     PermissionDenied: (403, "invalid_request_error", {}),
     ModelNotFound: (404, "invalid_request_error", {}),
     NotFound: (404, "invalid_request_error", {}),
-    # 409 is retried by the SDKs unless told not to (api-spec.md §10 decision 1)
+    # 409 is retried by the SDKs unless told not to (docs/api-compatibility.md §3)
     InvalidJobState: (409, "invalid_request_error", {"x-should-retry": "false"}),
     PayloadTooLarge: (413, "invalid_request_error", {"x-should-retry": "false"}),
     # OpenAI's type for request-rate limits; `Retry-After` is added per error (see error_response)

@@ -1,4 +1,4 @@
-"""Resolving `"auto"` hyperparameters from the data, as the hosted services do (api-spec.md §5).
+"""Resolving `"auto"` hyperparameters from the data, as the hosted services do (docs/api-compatibility.md §6).
 
 Sources (documented in README "How `auto` is resolved"):
 - n_epochs: the OpenAI cookbook's estimator (`Chat_finetuning_data_prep.ipynb`): 3 epochs, raised

@@ -1,4 +1,4 @@
-"""Chat fine-tuning data (JSONL, one example per line) as OpenAI and Azure define it (api-spec.md §4).
+"""Chat fine-tuning data (JSONL, one example per line) as OpenAI and Azure define it (docs/api-compatibility.md §5).
 
 `validate_file` finds every problem with its 1-based line number without loading the file into
 memory; `read_examples` returns the normalized examples the trainer tokenizes. Both share one parser,
@@ -25,7 +25,7 @@ MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id
 _BOM = b"\xef\xbb\xbf"
 T = TypeVar("T")
 
-# Job-level error codes (api-spec.md §10 decision 4): stable, snake_case, `invalid_` prefix.
+# Job-level error codes (docs/api-compatibility.md §5): stable, snake_case, `invalid_` prefix.
 CODE_ENCODING = "invalid_encoding"
 CODE_FORMAT = "invalid_file_format"
 CODE_N_EXAMPLES = "invalid_n_examples"

@@ -1,4 +1,5 @@
-"""Preference (DPO) fine-tuning data (JSONL, one example per line) as OpenAI and Azure define it (api-spec.md §4).
+"""Preference (DPO) fine-tuning data (JSONL, one example per line) as OpenAI and Azure define it
+(docs/api-compatibility.md §5).
 
     {"input": {"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool},
      "preferred_output": [assistant message], "non_preferred_output": [assistant message]}

@@ -1,4 +1,4 @@
-"""The job state machine: one table of legal transitions (api-spec.md §2 and decisions §10).
+"""The job state machine: one table of legal transitions (docs/api-compatibility.md §3).
 
 Every status change in the code base goes through `check_transition` (or a conditional UPDATE
 whose `WHERE status IN (…)` comes from `sources_of`), so a transition that is not in this table

@@ -1,6 +1,6 @@
 """The worker loop: validate files, claim queued jobs, run them, and carry out pause and cancel.
 
-Shaped like procrastinate's worker (style.md §7): one loop that wakes on a notification or a short
+Shaped like procrastinate's worker: one loop that wakes on a notification or a short
 poll, side duties each turn (control, recovery, expiry, queue reports), and a graceful stop that asks
 every trainer to checkpoint and puts its job back in the queue, so a restart loses no step.
 

@@ -1,7 +1,7 @@
 """Fine-tuning wire objects: the create request, the job, its events and checkpoints.
 
 Requests are strict (`extra="forbid"`): a misspelled hyperparameter is a 400 naming it. Field
-limits follow OpenAI's published schema (api-spec.md §3); the suffix is narrowed to
+limits follow OpenAI's published schema (docs/api-compatibility.md §4); the suffix is narrowed to
 `[A-Za-z0-9._-]` because it becomes part of a model name.
 """
 

@@ -27,7 +27,7 @@ class ModelList(BaseModel):
 
 
 def azure_fields(model: Model, *, base: str | None, job_id: str | None) -> dict[str, Any]:
-    """Azure dated `Model` fields (api-spec.md §1.4) for a base model, fine-tune or checkpoint."""
+    """Azure dated `Model` fields (docs/api-compatibility.md §2) for a base model, fine-tune or checkpoint."""
     return {
         "created_at": model.created,
         "status": "succeeded",

@@ -47,7 +47,7 @@ NOT_RUNNING_TRAINED_TOKENS = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobS
 
 
 def model_name_for(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
-    """`ft:{base}:{org}:{suffix}:{id8}` (api-spec.md §10 decision 7); a hub id's `/` becomes `--`."""
+    """`ft:{base}:{org}:{suffix}:{id8}` (docs/api-compatibility.md §7); a hub id's `/` becomes `--`."""
     return f"ft:{base.replace('/', '--')}:{org_name}:{suffix or ''}:{ids.short_job_id(job_id)}"
 
 
