@@ -19,7 +19,7 @@ from openft.datasets.chat import ChatExample, DataFormatError, Problem, parse_ex
 from openft.datasets.toolcalls import template_renders_tool_calls
 from openft.training import chat_encoding
 from openft.training.data import TokenizedExample, template_messages, tokenize_example
-from tests.training.conftest import chat_lines, preference_lines
+from tests.training.conftest import TOOL_TEMPLATE, chat_lines, preference_lines
 
 # The trainer's tokenization before the linear encoder, kept verbatim as the reference -----------------
 
@@ -130,14 +130,6 @@ def examples() -> list[ChatExample]:
 
 # Templates ---------------------------------------------------------------------------------------------
 
-TOOL_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTools: {{ tools | map(attribute='function.name') | join(',') }}<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-    "{% for c in m.get('tool_calls') or [] %}<call>{{ c.function.name }} {{ c.function.arguments | tojson }}"
-    "</call>{% endfor %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 LAST_MARKED = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
     "{% if loop.last and not add_generation_prompt %} (last){% endif %}<|im_end|>\n{% endfor %}"

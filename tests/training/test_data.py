@@ -22,7 +22,7 @@ from openft.training.data import (
     validation_sample,
 )
 from openft.training.recipe import linear_schedule
-from tests.training.conftest import chat_lines, preference_lines
+from tests.training.conftest import TOOL_TEMPLATE, chat_lines, preference_lines
 
 END = "<|im_end|>\n"
 
@@ -84,16 +84,6 @@ def test_tool_calls_become_json_text_when_the_template_cannot_print_them(tokeniz
     learned = targets_text(tokenizer, tokenized)
     assert learned == '{"name": "get_weather", "arguments": {"city": "Paris"}}' + END + "It is sunny in Paris." + END
     assert "sunny" + END in tokenizer.decode(tokenized.input_ids, skip_special_tokens=False)  # the tool result
-
-
-TOOL_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTools: {{ tools | map(attribute='function.name') | join(',') }}<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-    "{% for c in m.get('tool_calls') or [] %}<call>{{ c.function.name }} {{ c.function.arguments | tojson }}"
-    "</call>{% endfor %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def test_templates_that_know_tool_calls_get_them_natively_with_tools(tokenizer: Any) -> None:
