@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
-from openft.fsutil import atomic_write_text, fsync_dir
+from openft.fsutil import atomic_write_text, ensure_dir
 from openft.settings import Settings
 
 IDENTITY_FILE = "database.json"
@@ -47,9 +47,7 @@ def open_database(settings: Settings) -> OpenedDatabase:
     """Create the data folders, migrate the database and bind (or check) the folder; DataFolderMismatch if
     the folder is another database's. Every process that uses a data folder starts here."""
     for folder in (settings.data_dir, settings.files_dir, settings.jobs_dir, settings.cache_dir):
-        if not folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            fsync_dir(folder.parent)
+        ensure_dir(folder)
     engine = make_engine(settings.resolved_database_url)
     try:
         upgrade(engine)
