@@ -286,13 +286,23 @@ class TrainingRun:
             give_up=lambda: self._claim_lost,
         )
 
-    def _add_event_once(self, event: JobEventRow, fields: dict[str, Any], what: str) -> None:
-        """One event (and fenced job fields), written once however many tries it takes."""
+    def _add_event_once(
+        self,
+        event: JobEventRow,
+        fields: dict[str, Any],
+        what: str,
+        also: Callable[[Session], None] | None = None,
+    ) -> None:
+        """One event (and fenced job fields), written once however many tries it takes; `also(session)` runs in
+        the same transaction, and only in the try that adds the event."""
 
         def write(retrying: bool) -> None:
             with self._write(**fields) as session:
-                if not (retrying and repo.event_exists(session, event.id)):
-                    session.add(_fresh(event))
+                if retrying and repo.event_exists(session, event.id):
+                    return
+                if also is not None:
+                    also(session)
+                session.add(_fresh(event))
 
         self._record(write, what)
 
@@ -309,16 +319,12 @@ class TrainingRun:
                 else f"Fine-tuning resumed from the checkpoint at step {start} of {outcome.total_steps}."
             )
             data = {"start_step": start, **_pick(message, "num_threads"), "worker_id": self.worker_id}
-            started = new_event(self.job_id, text, data=data)
-
-            def write(retrying: bool) -> None:
-                with self._write(total_steps=outcome.total_steps, completed_steps=start) as session:
-                    if retrying and repo.event_exists(session, started.id):
-                        return
-                    self._reconcile(session, message)
-                    session.add(_fresh(started))
-
-            self._record(write, "the start")
+            self._add_event_once(
+                new_event(self.job_id, text, data=data),
+                {"total_steps": outcome.total_steps, "completed_steps": start},
+                "the start",
+                also=lambda session: self._reconcile(session, message),
+            )
         elif kind == "log":
             level = {"warn": "warn", "warning": "warn", "error": "error"}.get(str(message.get("level")), "info")
             self._add_event_once(new_event(self.job_id, str(message.get("message", "")), level=level), {}, "a log line")
@@ -413,17 +419,12 @@ class TrainingRun:
             self._add_event_once(new_event(self.job_id, text, data={"step": step}), {}, "a checkpoint")
             return
         text = f"Checkpoint created at step {step}: {self._checkpoint_row(message).fine_tuned_model_checkpoint}"
-        created = new_event(self.job_id, text, data={"step": step})
 
-        def write(retrying: bool) -> None:
-            with self._write() as session:
-                if retrying and repo.event_exists(session, created.id):
-                    return
-                repo.delete_checkpoint_for_step(session, self.job_id, step)  # a rerun after a crash rewrites it
-                session.add(self._checkpoint_row(message))
-                session.add(_fresh(created))
+        def replace_row(session: Session) -> None:
+            repo.delete_checkpoint_for_step(session, self.job_id, step)  # a rerun after a crash rewrites it
+            session.add(self._checkpoint_row(message))
 
-        self._record(write, "a checkpoint")
+        self._add_event_once(new_event(self.job_id, text, data={"step": step}), {}, "a checkpoint", also=replace_row)
 
     def _checkpoint_row(self, message: dict[str, Any]) -> CheckpointRow:
         step = int(message["step"])
