@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from openft.api.auth_gate import PRINCIPAL_STATE_KEY, authenticate_key, key_from_headers
+from openft.api.auth_gate import PRINCIPAL_STATE_KEY
 from openft.errors import InvalidRequest
 from openft.services.auth import Principal
 
@@ -78,20 +78,13 @@ def get_dialect(request: Request) -> Dialect:
 DialectDep = Annotated[Dialect, Depends(get_dialect)]
 
 
-def presented_key(request: Request) -> str | None:
-    """`Authorization: Bearer KEY` (OpenAI, Azure v1) or `api-key: KEY` (Azure)."""
-    return key_from_headers(dict(request.headers))
-
-
 async def get_principal(request: Request) -> Principal:
-    """The caller, as `auth_gate.AuthGate` found it from the headers before the body was read. An app built
-    without the gate still authenticates here, in the same way (off the event loop)."""
+    """The caller, as `auth_gate.AuthGate` found it from the headers before the body was read. `create_app`
+    puts the gate in front of every resource prefix, so a route reached without a principal is a wiring bug.
+    `async` so FastAPI reads it on the event loop rather than in a worker thread."""
     principal = getattr(request.state, PRINCIPAL_STATE_KEY, None)
-    if isinstance(principal, Principal):
-        return principal
-    services = request.app.state.container
-    principal = await authenticate_key(presented_key(request), services.authenticator, services.rate_limiter)
-    setattr(request.state, PRINCIPAL_STATE_KEY, principal)
+    if not isinstance(principal, Principal):
+        raise RuntimeError(f"{request.url.path} was reached without passing AuthGate; is the route under a prefix?")
     return principal
 
 
