@@ -266,6 +266,8 @@ def test_stopped_twice_resumes_exactly(scenarios: Scenarios) -> None:
     # Stopped again before training any step: the existing checkpoint is reported, none written.
     assert idle.of("checkpoint") == []
     assert idle.last == {"type": "stopped", "step": 2, "checkpoint": first.last["checkpoint"]}
+    # meta.json's epoch is the 1-based epoch of the last step trained, also for a mid-epoch checkpoint.
+    assert [(c["step"], c["epoch"]) for c in third.of("started")[0]["checkpoints"]] == [(2, 1)]
     assert third.last["step"] == 5 and [c["kind"] for c in third.of("checkpoint")] == ["epoch", "pause"]
     assert last.of("started")[0]["resumed_from"].endswith("step_000005")
     assert [m["step"] for m in last.of("metrics")] == [6]

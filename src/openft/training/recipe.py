@@ -522,10 +522,10 @@ class TrainingRecipe:
 
     def _write_checkpoint(self, kind: ckpt.CheckpointKind, epoch: int, metrics: dict[str, Any]) -> ckpt.Checkpoint:
         self.metrics_log.sync()  # the checkpoint's steps must be on disk before it is
-        epoch, position = divmod(self.step, self.steps_per_epoch)
+        next_epoch, position = divmod(self.step, self.steps_per_epoch)  # 0-based, for resume; `epoch` is 1-based
         state = ckpt.TrainingProgress(
             self.step,
-            epoch,
+            next_epoch,
             position,
             self.trained_tokens,
             self.num_threads,
