@@ -70,22 +70,21 @@ async def authenticate_key(
     key: str | None,
     authenticator: Authenticator,
     rate_limiter: RateLimiter,
-    throttle: FailedKeyThrottle | None = None,
-    client: str = "unknown",
+    throttle: FailedKeyThrottle,
+    client: str,
 ) -> Principal:
     """The caller's principal, or the domain error (401 `invalid_api_key`, 429 `rate_limit_exceeded`) to answer."""
     if key is None:
         raise Unauthorized(MISSING_KEY_MESSAGE)
     principal = await run_in_pool("key-check", KEY_CHECK_THREADS, authenticator.authenticate, key)
     if principal is None:
-        if throttle is not None:
-            wait = throttle.retry_after(client)
-            if wait is not None:
-                raise RateLimited(
-                    f"Too many requests with a wrong API key from your address; try again in {wait:.0f}s.",
-                    retry_after=wait,
-                )
-            throttle.record_failure(client)
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            raise RateLimited(
+                f"Too many requests with a wrong API key from your address; try again in {wait:.0f}s.",
+                retry_after=wait,
+            )
+        throttle.record_failure(client)
         raise Unauthorized(WRONG_KEY_MESSAGE)
     rate_limiter.admit(principal)  # 429 rate_limit_exceeded with Retry-After for a key with a limit
     return principal
