@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from openft.errors import RateLimited
 
 Disconnected = Callable[[], Awaitable[bool]]
-"""Asks whether the client that sent a request has gone (the API passes `Request.is_disconnected`)."""
+"""Asks whether the client that sent a request has gone (the API passes `routes.chat._ClientWatch.disconnected`)."""
 
 DISCONNECT_POLL_SECONDS = 0.25
 """How often a waiting or running request checks that its client is still there."""
