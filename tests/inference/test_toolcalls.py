@@ -70,16 +70,14 @@ SAMPLES = [
 
 
 @pytest.mark.parametrize("text", SAMPLES)
-def test_settled_content_only_grows_and_ends_as_the_one_shot_parse(text: str) -> None:
+def test_settled_deltas_extend_to_the_one_shot_parse(text: str) -> None:
     """Fed every prefix in turn (as a stream is), then finished at any point."""
     for end in range(len(text) + 1):
-        parser, previous = ToolCallParser({"f", "g"}), ""
+        parser, settled = ToolCallParser({"f", "g"}), ""
         for size in range(end + 1):
-            settled = parser.settled_content(text[:size])
-            assert settled.startswith(previous)
-            previous = settled
+            settled += parser.settled_delta(text[:size])
         content, calls = parser.finish(text[:end])
-        assert content.startswith(previous)
+        assert content.startswith(settled)
         assert (content, calls) == parse_tool_calls_from_text(text[:end], {"f", "g"})
 
 

@@ -107,7 +107,6 @@ class ToolCallParser:
     comes next: it holds back anything that may still turn out to be a call, and surrounding whitespace
     (the final content is stripped). `finish(full_text)` returns the whole content, which extends every
     delta given, so a stream of the deltas concatenates to exactly the one-shot content.
-    `settled_content(text)` is the same as a whole string (it costs the length of the content).
 
     Each call costs time proportional to the text added since the previous one (plus, once, the size
     of a call when it completes), not to the length of the reply: a call still forming is not rescanned
@@ -134,11 +133,6 @@ class ToolCallParser:
         """
         stop = len(text) if end is None else end
         return self._take(*self._scanner.scan(text, self._settled_at, stop, final=False))
-
-    def settled_content(self, text: str) -> str:
-        """All the content settled in `text`, a longer version of the text given last time."""
-        self.settled_delta(text)
-        return self._content.text()
 
     def finish(self, text: str) -> tuple[str, list[TextToolCall]]:
         """The content and the calls of the whole, final `text`."""
