@@ -267,6 +267,13 @@ def _running_count(org_id: Any) -> Any:
     )
 
 
+def _candidates(source: JobStatus, now: float, *, fair: bool) -> Select[tuple[str]]:
+    """Jobs in `source` a worker may claim, best first: `_fair_candidates` when `fair`, else oldest first."""
+    if fair:
+        return _fair_candidates(source, now)
+    return select(JobRow.id).where(JobRow.status == source.value, _unclaimed(now)).order_by(JobRow.seq)
+
+
 def _fair_candidates(source: JobStatus, now: float) -> Select[tuple[str]]:
     """Jobs in `source` a worker may claim, best first: the organization that has waited longest since its
     last claim goes first (round-robin; never claimed counts as longest), then its oldest job (FIFO within
@@ -308,17 +315,7 @@ def claim_next_job(
     workers claiming at once cannot both take the last slot of one organization.
     """
     now = time.time()
-    if fair:
-        candidate = _fair_candidates(source, now).limit(1).with_for_update(skip_locked=True, of=JobRow)
-    else:
-        candidate = (
-            select(JobRow.id)
-            .where(JobRow.status == source.value, _unclaimed(now))
-            .order_by(JobRow.seq)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-    job_id = session.scalar(candidate)
+    job_id = session.scalar(_candidates(source, now, fair=fair).limit(1).with_for_update(skip_locked=True, of=JobRow))
     if job_id is None:
         return None
     if fair:
@@ -369,9 +366,7 @@ def renew_leases(session: Session, worker_id: str, claims: dict[str, int], lease
 
 def has_claimable_job(session: Session, status: JobStatus, now: float, *, fair: bool = False) -> bool:
     """Whether `claim_next_job` from `status` would find a job (a cheap read before taking locks)."""
-    if fair:
-        return session.scalar(_fair_candidates(status, now).limit(1)) is not None
-    return session.scalar(select(JobRow.id).where(JobRow.status == status.value, _unclaimed(now)).limit(1)) is not None
+    return session.scalar(_candidates(status, now, fair=fair).limit(1)) is not None
 
 
 def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, now: float, **fields: Any) -> bool:
@@ -406,8 +401,7 @@ def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, n
 def queue_snapshot(session: Session, *, recent_finished: int = 10) -> tuple[list[JobRow], list[JobRow], list[JobRow]]:
     """What queue estimates need: running and pausing jobs, queued jobs in claim order (jobs/queue.py),
     and the most recently succeeded jobs (their durations, when no running job shows the speed)."""
-    active = [JobStatus.RUNNING.value, JobStatus.PAUSING.value]
-    running = list(session.scalars(select(JobRow).where(JobRow.status.in_(active)).order_by(JobRow.seq)))
+    running = list(session.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE_STATUSES)).order_by(JobRow.seq)))
     queued = list(session.scalars(select(JobRow).where(JobRow.status == JobStatus.QUEUED.value).order_by(JobRow.seq)))
     if queued:
         orgs = {job.organization_id for job in queued}
