@@ -277,9 +277,8 @@ class Worker:
                     return  # another worker is reporting right now
             latest = repo.latest_events_starting(session, [job.id for job in due], queue.REPORT_PREFIX)
             for job in due:
-                estimate = estimates[job.id]
-                if _report_due(latest.get(job.id), estimate, job.attempt, now):
-                    last = latest.get(job.id)
+                estimate, last = estimates[job.id], latest.get(job.id)
+                if _report_due(last, estimate, job.attempt, now):
                     data = queue.report_data(estimate, job.attempt, last.data if last is not None else None)
                     session.add(new_event(job.id, queue.report_message(estimate, now), data=data))
 
