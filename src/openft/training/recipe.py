@@ -608,9 +608,7 @@ def run_recipe(spec: TrainJobSpec, progress: Progress, stop: StopRequest) -> Lit
     recipe = TrainingRecipe(spec, progress, stop)
     try:
         if stop.requested:  # asked to stop before anything was loaded: nothing to save
-            newest = next(
-                (c for c in reversed(ckpt.list_checkpoints(recipe.output_dir)) if ckpt.verify(c) is None), None
-            )
+            newest = _newest_good_checkpoint(recipe.output_dir)
             progress.emit("stopped", step=newest.step if newest else 0, checkpoint=str(newest.path) if newest else None)
             return "stopped"
         try:
@@ -626,11 +624,16 @@ def run_recipe(spec: TrainJobSpec, progress: Progress, stop: StopRequest) -> Lit
         recipe.cleanup()
 
 
+def _newest_good_checkpoint(output_dir: Path) -> ckpt.Checkpoint | None:
+    """The newest checkpoint that verifies (damaged ones are left where they are), or None."""
+    return next((c for c in reversed(ckpt.list_checkpoints(output_dir)) if ckpt.verify(c) is None), None)
+
+
 def _stopped_by_full_disk(recipe: TrainingRecipe, progress: Progress, paused: DiskFullPause) -> None:
     """Say `stopped` (reason disk_full) at the newest good checkpoint, which the resume will continue from."""
     newest = recipe.last_checkpoint
     if newest is None or not newest.path.is_dir():
-        newest = next((c for c in reversed(ckpt.list_checkpoints(recipe.output_dir)) if ckpt.verify(c) is None), None)
+        newest = _newest_good_checkpoint(recipe.output_dir)
     progress.emit(
         "stopped",
         step=newest.step if newest else 0,
