@@ -93,6 +93,17 @@ def get_organization_by_name(session: Session, name: str) -> OrganizationRow | N
     return session.scalar(select(OrganizationRow).where(OrganizationRow.name == name))
 
 
+def lock_organization(session: Session, org_id: str) -> OrganizationRow | None:
+    """The organization's row read afresh and locked until the transaction ends (PostgreSQL `FOR UPDATE`;
+    SQLite's write transactions are serialized anyway): for checks of its limits that must not race."""
+    return session.scalar(
+        select(OrganizationRow)
+        .where(OrganizationRow.id == org_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
 def list_organizations(session: Session) -> Sequence[OrganizationRow]:
     return session.scalars(select(OrganizationRow).order_by(OrganizationRow.seq)).all()
 
@@ -320,12 +331,7 @@ def claim_next_job(
         return None
     if fair:
         org_id = session.scalar(select(JobRow.organization_id).where(JobRow.id == job_id))
-        organization = session.scalar(
-            select(OrganizationRow)
-            .where(OrganizationRow.id == org_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        organization = lock_organization(session, org_id)
         if organization is not None:
             limit = organization.max_running_jobs
             if limit is not None and int(session.scalar(select(_running_count(org_id))) or 0) >= limit:

@@ -76,18 +76,9 @@ def set_limits(sessions: sessionmaker[Session], org_id: str, limits: dict[str, i
         return limits_of(row)
 
 
-def _locked_organization(session: Session, org_id: str) -> OrganizationRow | None:
-    return session.scalar(
-        select(OrganizationRow)
-        .where(OrganizationRow.id == org_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-
-
 def check_queued_jobs(session: Session, org_id: str) -> None:
     """Refuse one more waiting job of `org_id` when it is at `max_queued_jobs`."""
-    organization = _locked_organization(session, org_id)
+    organization = repo.lock_organization(session, org_id)
     limit = organization.max_queued_jobs if organization is not None else None
     if limit is None:
         return
@@ -104,7 +95,7 @@ def check_queued_jobs(session: Session, org_id: str) -> None:
 
 def check_storage(session: Session, org_id: str, adding_bytes: int) -> None:
     """Refuse `adding_bytes` more stored bytes for `org_id` when they would go over `max_storage_bytes`."""
-    organization = _locked_organization(session, org_id)
+    organization = repo.lock_organization(session, org_id)
     limit = organization.max_storage_bytes if organization is not None else None
     if limit is None:
         return
