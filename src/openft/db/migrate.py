@@ -17,7 +17,7 @@ tables in place and enforces its foreign keys all along.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,7 +50,7 @@ def downgrade(engine: Engine, revision: str) -> None:
     _migrate(engine, lambda config: command.downgrade(config, revision))
 
 
-def _migrate(engine: Engine, run: object) -> None:
+def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
     config = alembic_config()
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
@@ -59,7 +59,7 @@ def _migrate(engine: Engine, run: object) -> None:
         try:
             with _foreign_keys_off(connection):
                 config.attributes["connection"] = connection
-                run(config)  # type: ignore[operator]
+                run(config)
                 connection.commit()
                 check_foreign_keys(connection)
         finally:
