@@ -444,15 +444,15 @@ class TrainingRun:
         outcome = self.outcome
         with self._sessions.begin() as session:
             job = repo.get_job(session, None, self.job_id)
-            status = JobStatus(job.status) if job is not None else None
             if job is None or job.attempt != self.attempt:
                 return
-        if status is JobStatus.CANCELLED or status is None:
+            status = JobStatus(job.status)
+        if status is JobStatus.CANCELLED:
             return
+        stopped = outcome.stopped or {}
         if code == ExitCode.COMPLETED and outcome.completed is not None:
             self._succeed(outcome.completed)
-        elif code == ExitCode.STOPPED and (outcome.stopped or {}).get("reason") == DISK_FULL_REASON:
-            stopped = outcome.stopped or {}
+        elif code == ExitCode.STOPPED and stopped.get("reason") == DISK_FULL_REASON:
             with self._sessions.begin() as session:  # paused, not queued: a retry would fill the disk again
                 record_pause(
                     session,
