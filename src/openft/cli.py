@@ -163,7 +163,7 @@ def worker(
 
 @app.command()
 def train(
-    job_file: Annotated[Path, typer.Argument(help="The job.json the worker wrote (see openft.jobspec).")],
+    job_file: Annotated[Path, typer.Argument(help="The job.json the worker wrote (see openft.trainer_contract).")],
 ) -> None:
     """Run one training job in this process: the exact command the worker starts."""
     from openft.training.entrypoint import run

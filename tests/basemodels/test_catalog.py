@@ -20,7 +20,7 @@ from openft.basemodels import (
     plan_hub_download,
     smollm2,
 )
-from openft.jobspec import BaseModelSpec
+from openft.trainer_contract import BaseModelSpec
 from tests.support.fake_hub import SHA, FakeHub, fake_hub
 
 

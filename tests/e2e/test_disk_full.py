@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from openft.jobspec import LOCK_FILE
+from openft.trainer_contract import LOCK_FILE
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.server import RunningServer, start_server

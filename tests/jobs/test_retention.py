@@ -19,7 +19,7 @@ DAY = 86_400
 
 
 def _job_folder(container: Container, status: JobStatus, finished_ago: float) -> tuple[str, Path]:
-    """A job row in `status` and a folder laid out as the trainer leaves it (jobspec.py), with one checkpoint."""
+    """A job row in `status` and a folder as the trainer leaves it (trainer_contract.py), with one checkpoint."""
     job_id = queue_job(container.sessions, container.default_org_id)
     folder = container.settings.jobs_dir / job_id
     checkpoint = folder / "checkpoints" / "step_000004"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from openft.jobspec import parse_progress_line
+from openft.trainer_contract import parse_progress_line
 from tests.support.tiny_model import build_tiny_model
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from openft.jobspec import TrainJobSpec
+from openft.trainer_contract import TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.metrics import MetricsLog, read_metrics, write_results_csv
 from tests.support.tmpfs import mounted_tmpfs

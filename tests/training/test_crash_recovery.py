@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from openft.jobspec import LOCK_FILE, ExitCode, parse_progress_line
+from openft.trainer_contract import LOCK_FILE, ExitCode, parse_progress_line
 from openft.training import checkpoint as ckpt
 from tests.training.conftest import (
     assert_same_tensors,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from openft.jobspec import ExitCode
+from openft.trainer_contract import ExitCode
 from openft.training import checkpoint as ckpt
 from openft.training.recipe import DEBUG_SIGNALS_ENV, DISK_FULL_REASON
 from tests.support.tmpfs import fill, mounted_tmpfs

@@ -6,7 +6,7 @@ import io
 import subprocess
 import sys
 
-from openft.jobspec import parse_progress_line
+from openft.trainer_contract import parse_progress_line
 from openft.training.progress import Progress
 
 SCRIPT = """

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from openft.jobspec import DPO_RESULT_COLUMNS, ExitCode, parse_progress_line
+from openft.trainer_contract import DPO_RESULT_COLUMNS, ExitCode, parse_progress_line
 from openft.training import checkpoint as ckpt
 from tests.training.conftest import (
     TrainerRun,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from openft.basemodels import BUILTIN_MODEL_NAME, ModelCatalog, smollm2
-from openft.jobspec import ExitCode
+from openft.trainer_contract import ExitCode
 from tests.training.conftest import chat_lines, run_in_process, write_job, write_jsonl
 
 pytestmark = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from openft.jobspec import ExitCode
+from openft.trainer_contract import ExitCode
 from tests.training.conftest import job_spec, run_in_process, write_job
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from openft.jobspec import ExitCode, TrainJobSpec
+from openft.trainer_contract import ExitCode, TrainJobSpec
 from openft.training import tracking
 from openft.training.tracking import RUN_ID_FILE, Tracker
 from tests.support.waiting import wait_for

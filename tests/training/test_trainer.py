@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from openft.jobspec import ExitCode
+from openft.trainer_contract import ExitCode
 from openft.training import checkpoint as ckpt
 from openft.training.packing import build_rows
 from openft.training.recipe import TrainingRecipe

@@ -31,8 +31,8 @@ from openft.basemodels import smollm2
 from openft.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
-    from openft.jobspec import BaseModelSpec
     from openft.settings import Settings
+    from openft.trainer_contract import BaseModelSpec
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 """Any one of these makes a folder's tokenizer loadable by `AutoTokenizer`."""
@@ -374,7 +374,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def materialize_spec(spec: BaseModelSpec, cache_dir: Path, *, max_hub_bytes: int | None = None) -> Path:
-    """The folder the trainer loads for a job's base model (see `openft.jobspec.BaseModelSpec`).
+    """The folder the trainer loads for a job's base model (see `openft.trainer_contract.BaseModelSpec`).
 
     `finetune` (continuing from a fine-tuned model) gives back its own `path`: a full model folder or a
     PEFT adapter folder; the trainer tells the two apart. A hub model is downloaded here, in the trainer,

@@ -176,7 +176,7 @@ def _trainable_model(model_folder: Path) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from openft.jobspec import LoraSpec
+    from openft.trainer_contract import LoraSpec
 
     hf_logging.disable_progress_bar()  # a check prints its report, not "Loading weights" bars
     device, precision = _device_and_precision()

@@ -1,6 +1,6 @@
 """Removing finished jobs' working files after `OPENFT_JOB_FOLDER_RETENTION_HOURS` (README, "Limits").
 
-A job folder (`DATA_DIR/jobs/<id>`, layout in jobspec.py) holds what training needs to resume — each
+A job folder (`DATA_DIR/jobs/<id>`, layout in trainer_contract.py) holds what training needs to resume — each
 checkpoint's `state/` (optimizer, RNG, data position: often larger than the weights), the job's copy of its
 training and validation data, `metrics.jsonl`, `train.log` — next to what a finished job is for:
 
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft.db import repositories as repo
 from openft.fsutil import remove_tree
 from openft.jobs.states import JobStatus
-from openft.jobspec import CHECKPOINTS_DIR
+from openft.trainer_contract import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
 SUCCEEDED_DISPOSABLE_FILES = ("training.jsonl", "validation.jsonl", "train.log")

@@ -1,7 +1,7 @@
 """One training process of one job attempt, and the thread that turns its progress into rows.
 
 The process is `openft train job.json` (the command a person can run by hand). Its stdout carries
-JSON-lines progress messages (openft.jobspec); its stderr goes to `train.log` in the job folder.
+JSON-lines progress messages (openft.trainer_contract); its stderr goes to `train.log` in the job folder.
 Every write is fenced by the claim's `attempt`: if another worker took the job over, the write
 is refused, and this run kills its process and stops writing.
 
@@ -41,7 +41,9 @@ from openft.db.tables import CheckpointRow, FileRow, JobEventRow
 from openft.jobs.events import new_event
 from openft.jobs.outcomes import record_failure, record_pause
 from openft.jobs.states import JobStatus
-from openft.jobspec import (
+from openft.protocol.files import RESULT_PURPOSE
+from openft.storage import BlobStore
+from openft.trainer_contract import (
     DISK_FULL_REASON,
     DPO_RESULT_COLUMNS,
     METRICS_FILE,
@@ -54,8 +56,6 @@ from openft.jobspec import (
     parse_progress_line,
     read_metrics,
 )
-from openft.protocol.files import RESULT_PURPOSE
-from openft.storage import BlobStore
 
 log = logging.getLogger(__name__)
 ETA_WINDOW = 20

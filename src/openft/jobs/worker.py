@@ -36,14 +36,14 @@ from openft.db.tables import JobEventRow, JobRow
 from openft.fsutil import atomic_write_text, commit_dir, ensure_dir, temp_sibling
 from openft.jobs import queue
 from openft.jobs.events import new_event
+from openft.jobs.job_file import PARENT_DIR, build_spec, resolve_hyperparameters
 from openft.jobs.outcomes import record_failure
 from openft.jobs.retention import sweep_finished_job_folders
 from openft.jobs.runner import TrainingRun
-from openft.jobs.spec import PARENT_DIR, build_spec, resolve_hyperparameters
 from openft.jobs.states import JobStatus
-from openft.jobspec import committed_checkpoint_steps
 from openft.settings import Settings
 from openft.storage import BlobStore
+from openft.trainer_contract import committed_checkpoint_steps
 
 log = logging.getLogger(__name__)
 EXPIRY_SWEEP_SECONDS = 60.0

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from openft.fsutil import commit_dir, ensure_dir, fsync_dir, remove_tree, temp_sibling
-from openft.jobspec import CHECKPOINTS_DIR, TrainJobSpec
+from openft.trainer_contract import CHECKPOINTS_DIR, TrainJobSpec
 
 META_FILE = "meta.json"
 STATE_DIR = "state"

@@ -20,7 +20,7 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class DpoOutput:
-    """The loss to back-propagate and the detached metrics of one batch (see `jobspec.DPO_RESULT_COLUMNS`)."""
+    """The loss to back-propagate and the detached metrics of one batch (see `trainer_contract.DPO_RESULT_COLUMNS`)."""
 
     loss: torch.Tensor
     """Mean over the batch of −log σ(β·((log πc − log πr) − (log refc − log refr)))."""

@@ -15,8 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from openft.jobspec import CHECKPOINTS_DIR, PARENT_PID_ENV, ExitCode, TrainJobSpec, committed_checkpoint_steps
 from openft.redact import redact_paths
+from openft.trainer_contract import CHECKPOINTS_DIR, PARENT_PID_ENV, ExitCode, TrainJobSpec, committed_checkpoint_steps
 from openft.training.folder_lock import FolderLock
 from openft.training.progress import Progress
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from openft.fsutil import ensure_dir
-from openft.jobspec import LOCK_FILE
+from openft.trainer_contract import LOCK_FILE
 
 POLL_SECONDS = 0.2
 REPORT_EVERY_SECONDS = 30.0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openft.fsutil import atomic_write_text
-from openft.jobspec import METRICS_FILE, RESULT_COLUMNS, read_metrics
+from openft.trainer_contract import METRICS_FILE, RESULT_COLUMNS, read_metrics
 
 RESULTS_FILE = "results.csv"
 __all__ = ["METRICS_FILE", "RESULTS_FILE", "MetricsLog", "read_metrics", "write_results_csv"]
@@ -61,7 +61,7 @@ def _cell(value: Any) -> str:
 def write_results_csv(metrics_path: Path, results_path: Path, columns: Sequence[str] = RESULT_COLUMNS) -> None:
     """The OpenAI-style result file: one row per step, empty cells where a value was not computed.
 
-    `columns`: `jobspec.RESULT_COLUMNS` (supervised) or `jobspec.DPO_RESULT_COLUMNS`.
+    `columns`: `trainer_contract.RESULT_COLUMNS` (supervised) or `trainer_contract.DPO_RESULT_COLUMNS`.
     """
     lines = [",".join(columns)]
     for row in read_metrics(metrics_path):

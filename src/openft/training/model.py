@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from openft.basemodels import BaseModelUnavailable, materialize_spec
-from openft.jobspec import LoraSpec, TrainJobSpec
+from openft.trainer_contract import LoraSpec, TrainJobSpec
 
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}"

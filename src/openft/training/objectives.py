@@ -24,7 +24,7 @@ import torch
 
 from openft.datasets.chat import read_examples
 from openft.datasets.preference import read_preference_examples
-from openft.jobspec import DPO_RESULT_COLUMNS, RESULT_COLUMNS, DpoSpec, TrainJobSpec
+from openft.trainer_contract import DPO_RESULT_COLUMNS, RESULT_COLUMNS, DpoSpec, TrainJobSpec
 from openft.training.data import PreparedData, TokenizedExample, TokenizedPair, prepare, prepare_pairs
 from openft.training.dpo_loss import dpo_loss
 from openft.training.forward import ForwardPass

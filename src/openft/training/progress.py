@@ -12,12 +12,12 @@ import os
 import sys
 from typing import Any, TextIO
 
-from openft.jobspec import ProgressType, progress_line
 from openft.redact import redact_paths
+from openft.trainer_contract import ProgressType, progress_line
 
 
 class Progress:
-    """Writes progress messages (see `openft.jobspec.ProgressType`), one flushed line each."""
+    """Writes progress messages (see `openft.trainer_contract.ProgressType`), one flushed line each."""
 
     def __init__(self, stream: TextIO):
         self._stream: TextIO | None = stream

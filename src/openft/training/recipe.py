@@ -40,7 +40,7 @@ import torch
 
 from openft.datasets.chat import CODE_FORMAT, DataFormatError
 from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
-from openft.jobspec import DISK_FULL_REASON, TrainJobSpec
+from openft.trainer_contract import DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
 from openft.training.forward import ForwardPass, check_model

@@ -58,7 +58,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from openft.fsutil import atomic_write_text, ensure_dir
-from openft.jobspec import ProgressType, TrainJobSpec
+from openft.trainer_contract import ProgressType, TrainJobSpec
 from openft.training.progress import Progress
 
 RUN_ID_FILE = "wandb_run_id"

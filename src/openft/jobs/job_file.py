@@ -14,8 +14,8 @@ from openft.basemodels import BaseModelInfo
 from openft.basemodels.catalog import GB
 from openft.datasets import auto
 from openft.db.tables import JobRow
-from openft.jobspec import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
 from openft.settings import Settings
+from openft.trainer_contract import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
 
 PARENT_DIR = "parent"
 """Sub-folder of a continued job holding its own copy of the weights it starts from."""
