@@ -224,10 +224,10 @@ def run_subprocess(job_file: Path, *, debug_signals: str = "", timeout: float = 
 def run_in_process(job_file: Path) -> TrainerRun:
     """`entrypoint.run` in this process with the messages captured (no fd juggling, no new interpreter)."""
     from openft.training.entrypoint import run
-    from openft.training.progress import Progress
+    from openft.training.progress import ProgressChannel
 
     stream = io.StringIO()
-    rc = run(job_file, progress=Progress(stream))
+    rc = run(job_file, progress=ProgressChannel(stream))
     messages, stray = _parse(stream.getvalue())
     return TrainerRun(int(rc), messages, stream.getvalue(), "", stray)
 
@@ -263,7 +263,3 @@ def assert_same_tensors(a: Path, b: Path) -> None:
     assert left.keys() == right.keys()
     different = [k for k in left if not torch.equal(left[k], right[k])]
     assert not different, f"tensors differ: {different[:5]}"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes tens of seconds (a real model); still run by default")

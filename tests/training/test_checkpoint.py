@@ -28,7 +28,7 @@ def _write(output_dir: Path, step: int, kind: ckpt.CheckpointKind = "epoch") -> 
 
     return ckpt.write_checkpoint(
         output_dir,
-        progress=ckpt.TrainingProgress(step, step // 3, step % 3, 10 * step, 1, "f" * 64),
+        loop_state=ckpt.LoopState(step, step // 3, step % 3, 10 * step, 1, "f" * 64),
         epoch=1,
         kind=kind,
         metrics={"step": step, "train_loss": 0.5},
@@ -50,8 +50,8 @@ def test_written_checkpoint_verifies_and_reads_back(tmp_path: Path) -> None:
         "state/progress.json",
         "state/trainer_state.pt",
     }
-    progress, state = ckpt.read_state(saved)
-    assert progress == ckpt.TrainingProgress(12, 4, 0, 120, 1, "f" * 64)
+    loop_state, state = ckpt.read_state(saved)
+    assert loop_state == ckpt.LoopState(12, 4, 0, 120, 1, "f" * 64)
     assert state["scheduler"] == {"last_epoch": 12}
     assert saved.weights_dir == saved.path / "adapter"
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
@@ -86,7 +86,7 @@ def test_a_failed_write_leaves_no_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         ckpt.write_checkpoint(
             tmp_path,
-            progress=ckpt.TrainingProgress(1, 0, 1, 1, 1, "x"),
+            loop_state=ckpt.LoopState(1, 0, 1, 1, 1, "x"),
             epoch=1,
             kind="pause",
             metrics={},
@@ -234,7 +234,7 @@ def test_a_full_disk_raises_disk_full_and_leaves_older_checkpoints(small_disk: P
     with pytest.raises(ckpt.DiskFull) as excinfo:
         ckpt.write_checkpoint(
             small_disk,
-            progress=ckpt.TrainingProgress(6, 2, 0, 60, 1, "f" * 64),
+            loop_state=ckpt.LoopState(6, 2, 0, 60, 1, "f" * 64),
             epoch=2,
             kind="epoch",
             metrics={"step": 6},

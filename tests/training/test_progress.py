@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 from openft.trainer_contract import parse_progress_line
-from openft.training.progress import Progress
+from openft.training.progress import ProgressChannel
 
 SCRIPT = """
 import os, sys
-from openft.training.progress import Progress
-progress = Progress.take_stdout()
+from openft.training.progress import ProgressChannel
+progress = ProgressChannel.take_stdout()
 print("a stray print")
 os.write(1, b"raw bytes on fd 1\\n")
 progress.emit("log", level="info", message="hello")
@@ -33,7 +33,7 @@ def test_take_stdout_sends_everything_else_to_stderr() -> None:
 
 def test_a_closed_channel_does_not_stop_training() -> None:
     stream = io.StringIO()
-    progress = Progress(stream)
+    progress = ProgressChannel(stream)
     stream.close()
     progress.emit("log", level="info", message="nobody listens")  # no exception
     progress.emit("log", level="info", message="still fine")

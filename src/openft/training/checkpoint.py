@@ -2,8 +2,8 @@
 
     checkpoints/step_000012/
         adapter/ or model/      servable weights (PEFT adapter folder, or a full HF model folder)
-        state/progress.json     step, epoch, position in the epoch, trained tokens, fingerprint, and the
-                                numerics a resume keeps: thread count, precision, packing
+        state/progress.json     the `LoopState`: step, epoch, position in the epoch, trained tokens,
+                                fingerprint, and the numerics a resume keeps: thread count, precision, packing
         state/trainer_state.pt  optimizer and LR-scheduler state, RNG states (python, numpy, torch CPU/CUDA)
         meta.json               step, epoch, kind, metrics, sha256 of every other file (written last)
 
@@ -41,7 +41,8 @@ from openft.trainer_contract import CHECKPOINTS_DIR, TrainJobSpec
 
 META_FILE = "meta.json"
 STATE_DIR = "state"
-PROGRESS_FILE = "progress.json"
+LOOP_STATE_FILE = "progress.json"
+"""A checkpoint's `LoopState` (the file name predates the class's; checkpoints on disk keep it)."""
 TRAINER_STATE_FILE = "trainer_state.pt"
 WEIGHT_DIRS = ("adapter", "model")
 DAMAGED_DIR = "damaged"
@@ -95,8 +96,12 @@ shutdown, worker gone); periodic: every `checkpoint_every_steps` / `_minutes`, a
 
 
 @dataclass
-class TrainingProgress:
-    """Where training stands after `step` optimizer steps (always at a step boundary)."""
+class LoopState:
+    """Where the training loop stands after `step` optimizer steps (always at a step boundary), and the
+    numerics it ran with: what a resume needs besides the optimizer, scheduler and RNG states.
+
+    Not to be confused with the progress *messages* the trainer sends the worker (`progress.ProgressChannel`).
+    """
 
     step: int
     epoch: int
@@ -184,7 +189,7 @@ def verify(checkpoint: Checkpoint) -> str | None:
     files = meta.get("files")
     if meta.get("step") != checkpoint.step or not isinstance(files, dict):
         return "meta.json does not describe this checkpoint"
-    required = {f"{STATE_DIR}/{PROGRESS_FILE}", f"{STATE_DIR}/{TRAINER_STATE_FILE}"}
+    required = {f"{STATE_DIR}/{LOOP_STATE_FILE}", f"{STATE_DIR}/{TRAINER_STATE_FILE}"}
     if not required <= set(files) or not any(name.split("/")[0] in WEIGHT_DIRS for name in files):
         return "meta.json lists no weights or no training state"
     for name, expected in files.items():
@@ -232,7 +237,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 def write_checkpoint(
     output_dir: Path,
     *,
-    progress: TrainingProgress,
+    loop_state: LoopState,
     epoch: int,
     kind: CheckpointKind,
     metrics: dict[str, Any],
@@ -242,25 +247,25 @@ def write_checkpoint(
 ) -> Checkpoint:
     """Assemble the checkpoint in a temp folder, hash it, then commit it as `step_{N:06d}`.
 
-    `epoch` is the 1-based epoch of the last step trained (what users see); `progress.epoch` is the
+    `epoch` is the 1-based epoch of the last step trained (what users see); `loop_state.epoch` is the
     0-based epoch the next step belongs to (what resume needs).
     """
-    final = checkpoint_path(output_dir, progress.step)
+    final = checkpoint_path(output_dir, loop_state.step)
     try:
         ensure_dir(final.parent)
     except OSError as exc:
         if is_disk_full(exc, output_dir):
-            raise DiskFull(progress.step, output_dir) from exc
+            raise DiskFull(loop_state.step, output_dir) from exc
         raise
     tmp = temp_sibling(final)
     try:
         tmp.mkdir()
         save_weights(tmp / weights_dir)
         (tmp / STATE_DIR).mkdir()
-        (tmp / STATE_DIR / PROGRESS_FILE).write_text(json.dumps(asdict(progress), indent=2), encoding="utf-8")
+        (tmp / STATE_DIR / LOOP_STATE_FILE).write_text(json.dumps(asdict(loop_state), indent=2), encoding="utf-8")
         torch.save(trainer_state, tmp / STATE_DIR / TRAINER_STATE_FILE)
         meta = {
-            "step": progress.step,
+            "step": loop_state.step,
             "epoch": epoch,
             "kind": kind,
             "metrics": metrics,
@@ -272,17 +277,17 @@ def write_checkpoint(
         full = isinstance(exc, Exception) and is_disk_full(exc, final.parent)  # before removing frees space
         remove_tree(tmp)
         if full:
-            raise DiskFull(progress.step, final.parent) from exc
+            raise DiskFull(loop_state.step, final.parent) from exc
         raise
-    return Checkpoint(progress.step, final)
+    return Checkpoint(loop_state.step, final)
 
 
-def read_state(checkpoint: Checkpoint) -> tuple[TrainingProgress, dict[str, Any]]:
-    """The progress record and the optimizer/scheduler/RNG state of a verified checkpoint."""
+def read_state(checkpoint: Checkpoint) -> tuple[LoopState, dict[str, Any]]:
+    """The loop state and the optimizer/scheduler/RNG state of a verified checkpoint."""
     state_dir = checkpoint.path / STATE_DIR
-    progress = TrainingProgress(**json.loads((state_dir / PROGRESS_FILE).read_text(encoding="utf-8")))
+    loop_state = LoopState(**json.loads((state_dir / LOOP_STATE_FILE).read_text(encoding="utf-8")))
     trainer_state = torch.load(state_dir / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
-    return progress, trainer_state
+    return loop_state, trainer_state
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 from openft.redact import redact_paths
 from openft.trainer_contract import CHECKPOINTS_DIR, PARENT_PID_ENV, ExitCode, TrainJobSpec, committed_checkpoint_steps
 from openft.training.folder_lock import FolderLock
-from openft.training.progress import Progress
+from openft.training.progress import ProgressChannel
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 MAX_MESSAGE = 2000
@@ -37,16 +37,16 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _fail(progress: Progress, code: str, message: str, param: str | None) -> int:
+def _fail(progress: ProgressChannel, code: str, message: str, param: str | None) -> int:
     """The `failed` message: the full text to stderr (train.log), the owner's copy without server paths."""
     print(f"failed ({code}): {message}", file=sys.stderr, flush=True)
     progress.emit("failed", code=code, message=redact_paths(message)[:MAX_MESSAGE], param=param)
     return ExitCode.FAILED
 
 
-def run(job_file: Path, *, progress: Progress | None = None) -> int:
+def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
     """Train as `job_file` says; `progress` defaults to taking over this process's stdout."""
-    progress = progress or Progress.take_stdout()
+    progress = progress or ProgressChannel.take_stdout()
     try:
         spec = TrainJobSpec.read(job_file)
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
@@ -74,9 +74,9 @@ def run(job_file: Path, *, progress: Progress | None = None) -> int:
         return ExitCode.STOPPED
     try:
         if spec.wandb is not None:  # mirror the messages into a W&B run (never raises; see tracking.py)
-            from openft.training.tracking import TrackedProgress
+            from openft.training.tracking import TrackedProgressChannel
 
-            progress = TrackedProgress.start(progress, spec)
+            progress = TrackedProgressChannel.start(progress, spec)
         from openft.basemodels import BaseModelUnavailable
         from openft.training.recipe import TrainingFailure, run_recipe
 

@@ -16,14 +16,14 @@ from openft.redact import redact_paths
 from openft.trainer_contract import ProgressType, progress_line
 
 
-class Progress:
+class ProgressChannel:
     """Writes progress messages (see `openft.trainer_contract.ProgressType`), one flushed line each."""
 
     def __init__(self, stream: TextIO):
         self._stream: TextIO | None = stream
 
     @classmethod
-    def take_stdout(cls) -> Progress:
+    def take_stdout(cls) -> ProgressChannel:
         """Claim the process's stdout for messages and send everything else written to fd 1 to stderr."""
         sys.stdout.flush()
         channel = os.dup(1)

@@ -48,7 +48,7 @@ from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, writ
 from openft.training.model import load_model, pick_device, save_weights
 from openft.training.objectives import Objective, objective_for
 from openft.training.precision import resolve_precision
-from openft.training.progress import Progress
+from openft.training.progress import ProgressChannel
 
 DEFAULT_MAX_SEQ_LEN = 2048
 LINES_SHOWN = 20
@@ -139,7 +139,7 @@ def eval_interval(total_steps: int, eval_every: int | None) -> int:
 
 
 class TrainingRecipe:
-    def __init__(self, spec: TrainJobSpec, progress: Progress, stop: StopRequest):
+    def __init__(self, spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest):
         self.spec = spec
         self.progress = progress
         self.stop = stop
@@ -275,7 +275,7 @@ class TrainingRecipe:
             )
         return found
 
-    def _pin_numerics(self, saved: ckpt.TrainingProgress | None) -> None:
+    def _pin_numerics(self, saved: ckpt.LoopState | None) -> None:
         """Thread count, precision and packing: the job's on a fresh start, the checkpoint's on resume.
 
         Each changes how floats are summed, so a resume that changed one would not continue exactly.
@@ -523,7 +523,7 @@ class TrainingRecipe:
     def _write_checkpoint(self, kind: ckpt.CheckpointKind, epoch: int, metrics: dict[str, Any]) -> ckpt.Checkpoint:
         self.metrics_log.sync()  # the checkpoint's steps must be on disk before it is
         next_epoch, position = divmod(self.step, self.steps_per_epoch)  # 0-based, for resume; `epoch` is 1-based
-        state = ckpt.TrainingProgress(
+        state = ckpt.LoopState(
             self.step,
             next_epoch,
             position,
@@ -535,7 +535,7 @@ class TrainingRecipe:
         )
         return ckpt.write_checkpoint(
             self.output_dir,
-            progress=state,
+            loop_state=state,
             epoch=epoch,
             kind=kind,
             metrics=metrics,
@@ -603,7 +603,7 @@ def _parse_debug_signals(text: str) -> dict[str, tuple[int, bool]]:
     return plan
 
 
-def run_recipe(spec: TrainJobSpec, progress: Progress, stop: StopRequest) -> Literal["completed", "stopped"]:
+def run_recipe(spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest) -> Literal["completed", "stopped"]:
     """setup → train → save → cleanup, for every method (the objective is chosen from `spec.method`)."""
     recipe = TrainingRecipe(spec, progress, stop)
     try:
@@ -629,7 +629,7 @@ def _newest_good_checkpoint(output_dir: Path) -> ckpt.Checkpoint | None:
     return next((c for c in reversed(ckpt.list_checkpoints(output_dir)) if ckpt.verify(c) is None), None)
 
 
-def _stopped_by_full_disk(recipe: TrainingRecipe, progress: Progress, paused: DiskFullPause) -> None:
+def _stopped_by_full_disk(recipe: TrainingRecipe, progress: ProgressChannel, paused: DiskFullPause) -> None:
     """Say `stopped` (reason disk_full) at the newest good checkpoint, which the resume will continue from."""
     newest = recipe.last_checkpoint
     if newest is None or not newest.path.is_dir():

@@ -1,7 +1,7 @@
 """Weights & Biases tracking of a training run (`integrations: [{type: wandb, ...}]`, `TrainJobSpec.wandb`).
 
-The recipe knows nothing of W&B: it talks to a `Progress`, and when the job asks for W&B the entry point
-hands it a `TrackedProgress` instead. That wrapper passes every message on unchanged (first, so the worker
+The recipe knows nothing of W&B: it talks to a `ProgressChannel`, and when the job asks for W&B the entry point
+hands it a `TrackedProgressChannel` instead. That wrapper passes every message on unchanged (first, so the worker
 never waits for W&B) and mirrors what it says into one W&B run through a `Tracker`:
 
     started     config: total_steps, n_examples, trainable_params, num_threads
@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 
 from openft.fsutil import atomic_write_text, ensure_dir
 from openft.trainer_contract import ProgressType, TrainJobSpec
-from openft.training.progress import Progress
+from openft.training.progress import ProgressChannel
 
 RUN_ID_FILE = "wandb_run_id"
 WANDB_DIR = "wandb"
@@ -296,15 +296,15 @@ class Tracker:
 _FINAL: dict[str, int] = {"completed": 0, "stopped": 0, "failed": 1}
 
 
-class TrackedProgress(Progress):
-    """A `Progress` that passes every message on to `inner` and mirrors it into a W&B run."""
+class TrackedProgressChannel(ProgressChannel):
+    """A `ProgressChannel` that passes every message on to `inner` and mirrors it into a W&B run."""
 
-    def __init__(self, inner: Progress, spec: TrainJobSpec):  # no super().__init__: `inner` owns the channel
+    def __init__(self, inner: ProgressChannel, spec: TrainJobSpec):  # no super().__init__: `inner` owns the channel
         self._inner = inner
         self.tracker = Tracker(spec, warn=lambda message: self.log("warn", message), info=self._info)
 
     @classmethod
-    def start(cls, inner: Progress, spec: TrainJobSpec) -> TrackedProgress:
+    def start(cls, inner: ProgressChannel, spec: TrainJobSpec) -> TrackedProgressChannel:
         """Wrap `inner` and start the job's W&B run (online, else offline; never raises)."""
         progress = cls(inner, spec)
         progress.tracker.start()
@@ -313,7 +313,7 @@ class TrackedProgress(Progress):
     def _info(self, message: str) -> None:
         self.log("info", message)
 
-    def __getattr__(self, name: str) -> Any:  # anything else a Progress has (only reached when not found here)
+    def __getattr__(self, name: str) -> Any:  # anything else a ProgressChannel has (only reached when not found here)
         if name == "_inner":
             raise AttributeError(name)
         return getattr(self._inner, name)
@@ -343,4 +343,4 @@ class TrackedProgress(Progress):
             tracker.finish(exit_code=_FINAL[kind])
 
 
-__all__ = ["RUN_ID_FILE", "TrackedProgress", "Tracker", "read_or_create_run_id", "run_config", "run_tags"]
+__all__ = ["RUN_ID_FILE", "TrackedProgressChannel", "Tracker", "read_or_create_run_id", "run_config", "run_tags"]
