@@ -67,6 +67,7 @@ LOCK_FILE = "train.lock"
 """A trainer holds an exclusive POSIX lock on this file in its output folder for as long as it runs, so a
 trainer left behind by a dead worker and the one a new worker starts never write the folder together."""
 _CHECKPOINT_NAME = re.compile(r"^step_(\d{6,})$")
+"""`step_000012`: the optimizer step, zero-padded to six digits so names sort as steps do (more digits past 999,999)."""
 
 
 class ExitCode(enum.IntEnum):
@@ -219,6 +220,22 @@ def parse_progress_line(line: str) -> dict[str, Any] | None:
 # The output folder as the worker sees it ------------------------------------------------------------
 
 
+def checkpoint_dir_name(step: int) -> str:
+    """The folder name (under `CHECKPOINTS_DIR`) of the checkpoint of `step`: `step_000012`."""
+    return f"step_{step:06d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint folder name, or None when `name` is not one (a temp or `damaged` folder)."""
+    match = _CHECKPOINT_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives in a job's output folder."""
+    return Path(output_dir) / CHECKPOINTS_DIR / checkpoint_dir_name(step)
+
+
 def committed_checkpoint_steps(output_dir: str | Path) -> list[int]:
     """Steps of the committed checkpoint folders, oldest first (not verified: the trainer does that)."""
     root = Path(output_dir) / CHECKPOINTS_DIR
@@ -226,9 +243,9 @@ def committed_checkpoint_steps(output_dir: str | Path) -> list[int]:
         return []
     steps = []
     for entry in root.iterdir():
-        match = _CHECKPOINT_NAME.match(entry.name)
-        if match and entry.is_dir():
-            steps.append(int(match.group(1)))
+        step = checkpoint_step(entry.name)
+        if step is not None and entry.is_dir():
+            steps.append(step)
     return sorted(steps)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from openft.trainer_contract import TrainJobSpec
+from openft.trainer_contract import TrainJobSpec, checkpoint_dir, checkpoint_dir_name, checkpoint_step
 from openft.training import checkpoint as ckpt
 from openft.training.metrics import MetricsLog, read_metrics, write_results_csv
 from tests.support.tmpfs import mounted_tmpfs
@@ -112,6 +112,18 @@ def test_list_prune_and_stale_temps(tmp_path: Path) -> None:
     assert ckpt.list_checkpoints(tmp_path / "nowhere") == []
 
 
+def test_checkpoint_folder_names_round_trip_and_sort_as_steps() -> None:
+    """One pair builds and parses `step_000012` for the trainer, the worker and the entry point."""
+    assert checkpoint_dir_name(12) == "step_000012"
+    assert checkpoint_dir_name(1_234_567) == "step_1234567"
+    names = [checkpoint_dir_name(step) for step in (0, 9, 10, 999_999)]
+    assert sorted(names) == names
+    assert [checkpoint_step(name) for name in names] == [0, 9, 10, 999_999]
+    for other in ("step_12", "step_x", ".tmp-step_000015-1-abc", "damaged", "step_000012.17"):
+        assert checkpoint_step(other) is None, other
+    assert checkpoint_dir(Path("/out"), 3) == Path("/out/checkpoints/step_000003")
+
+
 def test_periodic_checkpoints_count_against_keep_and_go_once_superseded(tmp_path: Path) -> None:
     for step, kind in ((3, "epoch"), (4, "periodic"), (5, "periodic")):
         _write(tmp_path, step, kind=kind)
@@ -207,7 +219,7 @@ def test_pruning_counts_only_good_checkpoints_and_sets_damaged_ones_aside(tmp_pa
 def test_pruning_trusts_the_steps_it_is_told_are_verified(tmp_path: Path) -> None:
     for step in (3, 6):
         _write(tmp_path, step)
-    (ckpt.checkpoint_path(tmp_path, 3) / "meta.json").write_text("{")  # would not verify, if it were hashed
+    (checkpoint_dir(tmp_path, 3) / "meta.json").write_text("{")  # would not verify, if it were hashed
     verified = {6}
     assert [c.step for c in ckpt.prune(tmp_path, 1, verified=verified).removed] == [3]  # beyond keep: not read
     assert verified == {6}

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from openft.trainer_contract import DPO_RESULT_COLUMNS, ExitCode, parse_progress_line
+from openft.trainer_contract import DPO_RESULT_COLUMNS, ExitCode, checkpoint_dir, parse_progress_line
 from openft.training import checkpoint as ckpt
 from tests.training.conftest import (
     TrainerRun,
@@ -203,7 +203,7 @@ def test_straight_run_writes_the_documented_layout(scenarios: Scenarios) -> None
     assert rows[1][3] != "" and rows[1][5] == "" and rows[5][3] != "" and rows[5][5] != ""
 
     for step in (3, 6):
-        folder = ckpt.checkpoint_path(out, step)
+        folder = checkpoint_dir(out, step)
         assert ckpt.verify(ckpt.Checkpoint(step, folder)) is None
         assert (folder / "adapter" / "adapter_model.safetensors").is_file()
         assert (folder / "adapter" / "adapter_config.json").is_file()
@@ -329,7 +329,7 @@ def test_dpo_run_reports_preference_metrics(scenarios: Scenarios) -> None:
     assert "full_valid_preference_accuracy" in metrics[2] and "train_mean_token_accuracy" not in metrics[0]
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert tuple(header) == DPO_RESULT_COLUMNS
-    meta = ckpt.Checkpoint(6, ckpt.checkpoint_path(out, 6)).meta()
+    meta = ckpt.Checkpoint(6, checkpoint_dir(out, 6)).meta()
     assert tuple(meta["metrics"]) == DPO_RESULT_COLUMNS
 
 
@@ -337,7 +337,7 @@ def _resume_copy_of_straight(scenarios: Scenarios, tmp: Path) -> Path:
     """The straight run's output as it stood at its first epoch checkpoint, under a new job file."""
     out = tmp / "copy"
     shutil.copytree(scenarios.outputs["straight"], out)
-    for path in (out / "model", ckpt.checkpoint_path(out, TOTAL_STEPS)):
+    for path in (out / "model", checkpoint_dir(out, TOTAL_STEPS)):
         shutil.rmtree(path)
     (out / "results.csv").unlink()
     spec = job_spec(tmp, scenarios.model_dir, scenarios.data, name="copy", **RESUME_JOB)
@@ -395,6 +395,6 @@ def test_external_signal_stops_with_a_checkpoint(
     stopped = messages[-1]
     assert stopped["type"] == "stopped" and 2 <= stopped["step"] < 600
     folder = Path(stopped["checkpoint"])
-    assert folder == ckpt.checkpoint_path(Path(spec["output_dir"]), stopped["step"])
+    assert folder == checkpoint_dir(Path(spec["output_dir"]), stopped["step"])
     assert ckpt.verify(ckpt.Checkpoint(stopped["step"], folder)) is None
     assert len(train_losses(Path(spec["output_dir"]))) == stopped["step"]

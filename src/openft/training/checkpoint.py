@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from openft.fsutil import commit_dir, ensure_dir, fsync_dir, remove_tree, temp_sibling
-from openft.trainer_contract import CHECKPOINTS_DIR, TrainJobSpec
+from openft.trainer_contract import CHECKPOINTS_DIR, TrainJobSpec, checkpoint_dir, checkpoint_step
 
 META_FILE = "meta.json"
 STATE_DIR = "state"
@@ -51,7 +50,6 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_FULL_FREE_BYTES = 4 << 20
 """A failed write with less free space than this left is taken as a full disk (torch.save reports ENOSPC as a
 bare RuntimeError without an errno)."""
-_NAME = re.compile(r"^step_(\d{6,})$")
 
 
 class DiskFull(Exception):
@@ -141,10 +139,6 @@ class Checkpoint:
         return kind if isinstance(kind, str) else None
 
 
-def checkpoint_path(output_dir: Path, step: int) -> Path:
-    return output_dir / CHECKPOINTS_DIR / f"step_{step:06d}"
-
-
 def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
     """Committed checkpoint folders, oldest first (verified or not: see `verify`)."""
     root = output_dir / CHECKPOINTS_DIR
@@ -152,9 +146,9 @@ def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
         return []
     found = []
     for entry in root.iterdir():
-        match = _NAME.match(entry.name)
-        if match and entry.is_dir():
-            found.append(Checkpoint(int(match.group(1)), entry))
+        step = checkpoint_step(entry.name)
+        if step is not None and entry.is_dir():
+            found.append(Checkpoint(step, entry))
     return sorted(found, key=lambda c: c.step)
 
 
@@ -245,12 +239,12 @@ def write_checkpoint(
     save_weights: Callable[[Path], None],
     weights_dir: Literal["adapter", "model"],
 ) -> Checkpoint:
-    """Assemble the checkpoint in a temp folder, hash it, then commit it as `step_{N:06d}`.
+    """Assemble the checkpoint in a temp folder, hash it, then commit it as `checkpoint_dir_name(step)`.
 
     `epoch` is the 1-based epoch of the last step trained (what users see); `loop_state.epoch` is the
     0-based epoch the next step belongs to (what resume needs).
     """
-    final = checkpoint_path(output_dir, loop_state.step)
+    final = checkpoint_dir(output_dir, loop_state.step)
     try:
         ensure_dir(final.parent)
     except OSError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from openft.redact import redact_paths
-from openft.trainer_contract import CHECKPOINTS_DIR, PARENT_PID_ENV, ExitCode, TrainJobSpec, committed_checkpoint_steps
+from openft.trainer_contract import PARENT_PID_ENV, ExitCode, TrainJobSpec, checkpoint_dir, committed_checkpoint_steps
 from openft.training.folder_lock import FolderLock
 from openft.training.progress import ProgressChannel
 
@@ -67,7 +67,7 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
     lock = FolderLock(Path(spec.output_dir))
     if not lock.acquire(lambda: stop.requested, lambda text: progress.log("info", text)):
         steps = committed_checkpoint_steps(spec.output_dir)
-        newest = Path(spec.output_dir) / CHECKPOINTS_DIR / f"step_{steps[-1]:06d}" if steps else None
+        newest = checkpoint_dir(spec.output_dir, steps[-1]) if steps else None
         progress.emit("stopped", step=steps[-1] if steps else 0, checkpoint=str(newest) if newest else None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
