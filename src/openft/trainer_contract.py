@@ -63,6 +63,9 @@ PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
 """Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+DEFAULT_MAX_SEQ_LEN = 2048
+"""Tokens per example when the job sets no `max_seq_len`: the model's context, but never more than this.
+The data check (`openft.datacheck`) counts "over the context" against the same cap, so it lives here."""
 LOCK_FILE = "train.lock"
 """A trainer holds an exclusive POSIX lock on this file in its output folder for as long as it runs, so a
 trainer left behind by a dead worker and the one a new worker starts never write the folder together."""
@@ -147,7 +150,9 @@ class TrainJobSpec(BaseModel):
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
-    max_seq_len: int | None = Field(default=None, description="None: the model's context, capped at 2048.")
+    max_seq_len: int | None = Field(
+        default=None, description=f"None: the model's context, capped at {DEFAULT_MAX_SEQ_LEN}."
+    )
     micro_batch_size: int = Field(default=8, ge=1, description="Examples per forward pass; batches accumulate.")
     num_threads: int | None = Field(default=None, description="torch threads; a resume uses the checkpoint's.")
     keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept on disk (newest), every kind.")

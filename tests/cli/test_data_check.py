@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from openft.cli import app
-from openft.datacheck import report as datacheck_report
 from openft.datasets import auto
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import malformed_cases, preference_examples, qa_example, valid_examples, write_jsonl
@@ -111,12 +110,6 @@ def test_cannot_check_exits_2(tmp_path: Path, models_dir: Path) -> None:
     assert unknown.exit_code == 2 and unknown.stderr.startswith("error: no base model 'nope' here")
     missing = _check(tmp_path / "absent.jsonl", models_dir, code=2)
     assert missing.stderr.startswith("error: no such file")
-
-
-def test_max_seq_len_cap_matches_the_trainer() -> None:
-    from openft.training.recipe import DEFAULT_MAX_SEQ_LEN
-
-    assert datacheck_report.DEFAULT_MAX_SEQ_LEN == DEFAULT_MAX_SEQ_LEN
 
 
 def test_a_report_cut_short_by_the_servers_budget_says_so(

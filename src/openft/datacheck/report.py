@@ -25,10 +25,9 @@ from typing import Any, Literal
 from openft.datacheck.estimate import Estimate
 from openft.datasets import auto, chat, preference
 from openft.datasets.chat import Problem
+from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN
 
 Method = Literal["supervised", "dpo"]
-DEFAULT_MAX_SEQ_LEN = 2048
-"""The trainer's `max_seq_length` cap (`openft.training.recipe.DEFAULT_MAX_SEQ_LEN`; a test keeps them equal)."""
 PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output", "preferred_completion")
 MAX_PROBLEMS = 100
 

@@ -40,7 +40,7 @@ import torch
 
 from openft.datasets.chat import CODE_FORMAT, DataFormatError
 from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
-from openft.trainer_contract import DISK_FULL_REASON, TrainJobSpec
+from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
 from openft.training.forward import ForwardPass, check_model
@@ -50,7 +50,6 @@ from openft.training.objectives import Objective, objective_for
 from openft.training.precision import resolve_precision
 from openft.training.progress import ProgressChannel
 
-DEFAULT_MAX_SEQ_LEN = 2048
 LINES_SHOWN = 20
 EVALUATIONS_PER_RUN = 10
 """Sampled validations in a run when the job does not say how often (`eval_every: null`)."""
