@@ -5,7 +5,7 @@ Stands alone: the service resolves model names to folders (`ModelTarget`) and th
 the database, the API or the trainer.
 """
 
-from openft.inference.engine import DEFAULT_MAX_TOKENS, InferenceEngine
+from openft.inference.engine import CHAT_DEFAULT_MAX_TOKENS, InferenceEngine
 from openft.inference.stream import GenerationStream
 from openft.inference.types import (
     GenerationChoice,
@@ -19,7 +19,7 @@ from openft.inference.types import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS",
+    "CHAT_DEFAULT_MAX_TOKENS",
     "GenerationChoice",
     "GenerationParams",
     "GenerationResult",

@@ -22,8 +22,9 @@ from openft.inference.registry import (
 from openft.inference.stream import GenerationStream
 from openft.inference.types import GenerationParams, GenerationResult, ModelTarget
 
-DEFAULT_MAX_TOKENS = 512
-"""Reply length when the request sets no max_tokens (further capped by the room left in the context)."""
+CHAT_DEFAULT_MAX_TOKENS = 512
+"""Reply length of a chat request that sets no max_tokens (further capped by the room left in the context).
+Legacy completions always say theirs (`openft.protocol.completions.COMPLETIONS_DEFAULT_MAX_TOKENS`)."""
 
 
 class InferenceEngine:
@@ -75,7 +76,7 @@ class InferenceEngine:
     ) -> GenerationResult:
         """Generate `params.n` assistant replies to `messages`, rendered with the model's chat template.
 
-        Each reply has at most `params.max_tokens` tokens, or, when that is None, DEFAULT_MAX_TOKENS (512);
+        Each reply has at most `params.max_tokens` tokens, or, when that is None, CHAT_DEFAULT_MAX_TOKENS (512);
         either way it is capped by the room the prompt leaves in the model's context, and a reply cut by
         that cap ends with finish_reason "length". Raises ContextLengthExceeded (param "messages") when the
         prompt leaves no room at all, and InvalidRequest for content the template or model cannot take.
@@ -247,7 +248,7 @@ def _completion_plan(prompt: str, params: GenerationParams, echo: bool) -> Calla
 
 
 def _max_new_tokens(prompt_tokens: int, context_length: int | None, requested: int | None, param: str) -> int:
-    wanted = requested if requested is not None else DEFAULT_MAX_TOKENS
+    wanted = requested if requested is not None else CHAT_DEFAULT_MAX_TOKENS
     if context_length is None:
         return wanted
     room = context_length - prompt_tokens

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt
 from openft.protocol.chat import MAX_N, CompletionUsage, SamplingRequest
 
 MAX_LEGACY_LOGPROBS = 5
-DEFAULT_MAX_TOKENS = 16
-"""OpenAI's default for legacy completions."""
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+"""OpenAI's default for legacy completions (a chat reply's is `openft.inference.CHAT_DEFAULT_MAX_TOKENS`)."""
 
 
 class CompletionRequest(SamplingRequest):

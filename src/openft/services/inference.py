@@ -53,7 +53,7 @@ from openft.protocol.chat import (
     TopLogprob,
 )
 from openft.protocol.completions import (
-    DEFAULT_MAX_TOKENS,
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -344,7 +344,7 @@ class InferenceService:
             raise InvalidRequest(f"prompts × n may be at most {MAX_COMPLETION_CHOICES}.", param="n")
         stop = [request.stop] if isinstance(request.stop, str) else request.stop
         params = GenerationParams(
-            max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+            max_tokens=request.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             n=n,
