@@ -7,6 +7,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.openft-installed
 PYTEST_ARGS ?=
+# `make test` runs pytest on this many worker processes (pytest-xdist; `auto`: one per CPU core), at most
+# PYTEST_MAX_WORKERS: the chaos file alone takes minutes on one worker, and more workers than that only add
+# trainers fighting over the same cores. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= auto
+PYTEST_MAX_WORKERS ?= 4
 
 .PHONY: setup chromium demo test lint serve clean
 
@@ -38,7 +43,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses $(PYTEST_MAX_WORKERS) $(PYTEST_ARGS)
 
 serve: setup
 	$(VENV)/bin/openft serve

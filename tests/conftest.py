@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny model (built once per session) and database URLs for both backends."""
+"""Shared fixtures: the tiny model (built once per session, i.e. once per xdist worker) and database URLs for
+both backends; and the order in which a parallel run hands out the test files."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from tests.support.tiny_model import build_tiny_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 TINY_MODEL_NAME = "tiny-llama"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a parallel run (`make test`: pytest-xdist, one file per worker at a time), start the files that hold
+    a `slow` test first, so the run does not end with one worker alone on the chaos test.
+
+    Whole files move, in their own order, so module-scoped servers still start once per file. xdist hands out
+    files in this order because the workers collect and `--no-loadscope-reorder` is set (pyproject.toml);
+    a serial run keeps pytest's order, which gives the fast tests' failures first.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
 
 
 @pytest.fixture(scope="session")

@@ -260,6 +260,7 @@ def chaos_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_kill_9_of_workers_and_server_changes_no_result(tmp_path: Path, models_dir: Path, chaos_database: str) -> None:
     backend = chaos_database.split(":", 1)[0].split("+")[0]
