@@ -41,6 +41,7 @@ lint: setup
 	$(PY) -m ruff check src tests examples scripts benchmarks
 	$(PY) -m ruff format --check src tests examples scripts benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses $(PYTEST_MAX_WORKERS) $(PYTEST_ARGS)
