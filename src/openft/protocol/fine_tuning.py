@@ -146,7 +146,12 @@ class JobHyperparameters(BaseModel):
 
 
 class FineTuningJob(BaseModel):
-    """The `fine_tuning.job` object. `status` adds `pausing` and `paused` to OpenAI's list (api-spec §10)."""
+    """The `fine_tuning.job` object: every field of OpenAI's, plus openft's documented extensions.
+
+    `status` adds `pausing` and `paused` to OpenAI's list (docs/api-compatibility.md §3). The extensions
+    (§4: `queue_position`, `estimated_start`, `completed_steps`, `total_steps`) are extra properties, which
+    OpenAI's schema and the SDKs allow, so a standard client reads the object unchanged.
+    """
 
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     id: str
@@ -177,6 +182,16 @@ class FineTuningJob(BaseModel):
     )
     estimated_start: int | None = Field(
         default=None, description="openft extension: unix seconds when a queued job should start; else null."
+    )
+    completed_steps: int | None = Field(
+        default=None,
+        description="openft extension: training steps done (0 until the first; the step of the checkpoint it "
+        "resumes from after a pause or recovery); null until the files are validated.",
+    )
+    total_steps: int | None = Field(
+        default=None,
+        description="openft extension: training steps planned (epochs × steps per epoch, known once the files "
+        "are validated); null before that and for a job that failed validation.",
     )
 
 

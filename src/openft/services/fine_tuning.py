@@ -100,6 +100,9 @@ def job_to_wire(row: JobRow, queued: QueueEstimate | None = None) -> FineTuningJ
         user_provided_suffix=row.suffix,
         queue_position=queued.position if queued is not None and status is JobStatus.QUEUED else None,
         estimated_start=queued.estimated_start if queued is not None and status is JobStatus.QUEUED else None,
+        # the plan (total_steps) is known once the files are validated; until then there is no progress to report
+        completed_steps=row.completed_steps if row.total_steps is not None else None,
+        total_steps=row.total_steps,
     )
 
 
