@@ -10,7 +10,8 @@ import pytest
 
 from openft.trainer_contract import ExitCode
 from openft.training import checkpoint as ckpt
-from openft.training.recipe import DEBUG_SIGNALS_ENV, DISK_FULL_REASON
+from openft.training.faults import DEBUG_SIGNALS_ENV
+from openft.training.recipe import DISK_FULL_REASON
 from tests.support.tmpfs import fill, mounted_tmpfs
 from tests.training.conftest import job_spec, results_rows, run_in_process, write_job
 

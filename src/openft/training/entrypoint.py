@@ -78,10 +78,11 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
 
             progress = TrackedProgressChannel.start(progress, spec)
         from openft.basemodels import BaseModelUnavailable
+        from openft.training.faults import hooks_from_environment
         from openft.training.recipe import TrainingFailure, run_recipe
 
         try:
-            outcome = run_recipe(spec, progress, stop)
+            outcome = run_recipe(spec, progress, stop, hooks_from_environment())
         except TrainingFailure as failure:
             return _fail(progress, failure.code, failure.message, failure.param)
         except BaseModelUnavailable as exc:

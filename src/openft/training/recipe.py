@@ -53,12 +53,6 @@ from openft.training.progress import ProgressChannel
 LINES_SHOWN = 20
 EVALUATIONS_PER_RUN = 10
 """Sampled validations in a run when the job does not say how often (`eval_every: null`)."""
-DEBUG_SIGNALS_ENV = "OPENFT_TRAIN_DEBUG_SIGNALS"
-"""Fault injection for tests: "3:SIGUSR1,5:SIGKILL" makes the process signal itself when it stands at step 3
-(after that step, its metrics and any checkpoint; or on starting there) and at step 5. 0 = before any step.
-`checkpoint@7:SIGKILL` fires while the checkpoint of step 7 is being written (weights saved, not committed);
-a `:parent` suffix (`checkpoint@7:SIGKILL:parent`) signals the process that started the trainer (the worker)
-instead of the trainer itself: a worker dying at exactly that moment."""
 
 
 class TrainingFailure(Exception):
@@ -102,6 +96,21 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
 
 
+class StepHooks:
+    """Two moments of the loop that code outside the recipe may act at; these do nothing.
+
+    The recipe's behaviour never depends on them: they exist so that fault injection (`faults.py`, which
+    signals the process at a chosen moment) stays out of the loop. A subclass overrides what it needs.
+    """
+
+    def at_step_boundary(self, step: int) -> None:
+        """The loop stands at `step` (after that step, its metrics and any checkpoint; or on starting there),
+        just before it looks for a stop request."""
+
+    def checkpoint_weights_saved(self, step: int) -> None:
+        """The checkpoint of `step` has its weights written and is not committed yet."""
+
+
 @dataclass
 class StepResult:
     metrics: dict[str, float]
@@ -138,15 +147,17 @@ def eval_interval(total_steps: int, eval_every: int | None) -> int:
 
 
 class TrainingRecipe:
-    def __init__(self, spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest):
+    def __init__(
+        self, spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest, hooks: StepHooks | None = None
+    ):
         self.spec = spec
         self.progress = progress
         self.stop = stop
+        self.hooks = hooks or StepHooks()
         self.output_dir = Path(spec.output_dir)
         self.device = pick_device()
         self.objective: Objective = objective_for(spec)
         self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
-        self.debug_signals = _parse_debug_signals(os.environ.get(DEBUG_SIGNALS_ENV, ""))
         self._checkpoint_clock = time.monotonic()
         self.last_checkpoint: ckpt.Checkpoint | None = None
         self.verified_steps: set[int] = set()
@@ -384,7 +395,7 @@ class TrainingRecipe:
         self._row_clock = self._message_clock = time.perf_counter()
         self._message_step = self.step
         while self.step < self.total_steps:
-            self._debug_signal(f"{self.step}")  # fault injection (tests): as if signalled right here
+            self.hooks.at_step_boundary(self.step)
             if self.stop.requested:
                 self._stop()
                 return "stopped"
@@ -430,13 +441,6 @@ class TrainingRecipe:
             return True
         minutes = spec.checkpoint_every_minutes
         return bool(minutes) and time.monotonic() - self._checkpoint_clock >= minutes * 60
-
-    def _debug_signal(self, point: str) -> None:
-        """Fault injection (DEBUG_SIGNALS_ENV): send the signal planned for `point`, if any."""
-        planned = self.debug_signals.pop(point, None)
-        if planned is not None:
-            signum, to_parent = planned
-            os.kill(os.getppid() if to_parent else os.getpid(), signum)
 
     def _validate(self, epoch_end: bool) -> dict[str, float]:
         """The sampled validation every eval_every steps (and at the last), the whole file at epoch ends."""
@@ -549,7 +553,7 @@ class TrainingRecipe:
 
     def _save_checkpoint_weights(self, dest: Path) -> None:
         save_weights(self.loaded, dest)
-        self._debug_signal(f"checkpoint@{self.step}")  # fault injection: mid-write (weights there, no commit)
+        self.hooks.checkpoint_weights_saved(self.step)
 
     def _stop(self) -> None:
         """Honour a stop request between steps: checkpoint the progress made (if any), say `stopped`."""
@@ -593,18 +597,11 @@ class TrainingRecipe:
         self.metrics_log.close()
 
 
-def _parse_debug_signals(text: str) -> dict[str, tuple[int, bool]]:
-    """ "3:SIGUSR1,checkpoint@5:SIGKILL:parent" → {"3": (SIGUSR1, False), "checkpoint@5": (SIGKILL, True)}."""
-    plan = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        point, name, *target = item.split(":")
-        plan[point.strip()] = (int(signal.Signals[name.strip().upper()]), target == ["parent"])
-    return plan
-
-
-def run_recipe(spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest) -> Literal["completed", "stopped"]:
+def run_recipe(
+    spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest, hooks: StepHooks | None = None
+) -> Literal["completed", "stopped"]:
     """setup → train → save → cleanup, for every method (the objective is chosen from `spec.method`)."""
-    recipe = TrainingRecipe(spec, progress, stop)
+    recipe = TrainingRecipe(spec, progress, stop, hooks)
     try:
         if stop.requested:  # asked to stop before anything was loaded: nothing to save
             newest = _newest_good_checkpoint(recipe.output_dir)
@@ -642,4 +639,12 @@ def _stopped_by_full_disk(recipe: TrainingRecipe, progress: ProgressChannel, pau
     )
 
 
-__all__ = ["DISK_FULL_REASON", "DiskFullPause", "StopRequest", "TrainingFailure", "TrainingRecipe", "run_recipe"]
+__all__ = [
+    "DISK_FULL_REASON",
+    "DiskFullPause",
+    "StepHooks",
+    "StopRequest",
+    "TrainingFailure",
+    "TrainingRecipe",
+    "run_recipe",
+]
