@@ -99,7 +99,9 @@ def test_demo_flow_succeeds(cli: Cli, tmp_path: Path) -> None:
     done = cli.json("jobs", "get", job["id"])
     assert done["status"] == "succeeded" and done["fine_tuned_model"].startswith(f"ft:{TINY_MODEL_NAME}:openft:cli:")
     model = done["fine_tuned_model"]
-    assert "status:            succeeded" in cli("jobs", "get", job["id"]).stdout
+    assert (done["completed_steps"], done["total_steps"]) == (6, 6)  # 12 examples / 4 × 2 epochs
+    shown = cli("jobs", "get", job["id"]).stdout
+    assert "status:            succeeded" in shown and "progress:          6/6 steps" in shown
 
     lines = cli("jobs", "follow", job["id"], "--json").stdout.splitlines()  # again, when already finished
     events = [json.loads(line) for line in lines[:-1]]
@@ -110,7 +112,8 @@ def test_demo_flow_succeeds(cli: Cli, tmp_path: Path) -> None:
 
     listed = cli.json("jobs", "list", "--metadata", "team=cli")
     assert [j["id"] for j in listed] == [job["id"]]
-    assert job["id"] in cli("jobs", "list").stdout
+    table = cli("jobs", "list").stdout
+    assert job["id"] in table and "6/6 steps" in table
     event_list = cli.json("jobs", "events", job["id"])
     assert event_list[0]["created_at"] <= event_list[-1]["created_at"] and len(event_list) == len(events)
     assert "Step 6/6: training loss=" in cli("jobs", "events", job["id"]).stdout

@@ -1,9 +1,10 @@
 """`openft jobs follow`: poll a job and its events until it ends, with a live progress bar.
 
 Each poll reads the job first and its new events second, so when the job is seen finished every event up to
-its end has been read too. `metrics` events (one per step; see `openft.jobs.runner._metrics_event`) drive the
-bar: `step`/`total_steps`, `train_loss`, and tokens/s from `trained_tokens` (cumulative) and `step_seconds`
-(wall time per step) over the last `SPEED_WINDOW` of them; the ETA is the job's own `estimated_finish`.
+its end has been read too. The bar's "step N/M" is the job's own `completed_steps`/`total_steps` (openft's
+extension fields, docs/api-compatibility.md §4) and its ETA the job's `estimated_finish`; `metrics` events
+(see `openft.jobs.runner._metrics_event`) add what the job does not hold: `train_loss`, and tokens/s from
+`trained_tokens` (cumulative) and `step_seconds` (wall time per step) over the last `SPEED_WINDOW` of them.
 Every other event is printed as it comes. Ctrl-C ends the following, never the job.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import typer
 
 from openft.client.connection import to_json
-from openft.client.jobs import format_event, newest_events
+from openft.client.jobs import format_event, job_steps, newest_events
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
 """`openft jobs follow`'s exit code per final status (README "Command line"); 130 after Ctrl-C."""
@@ -74,7 +75,7 @@ def follow_job(client: Any, job_id: str, *, interval: float, as_json: bool) -> i
     task = progress.add_task(job_id, total=None, total_text="?", loss="–", speed="–", eta="–")
     seen: set[str] = set()
     speed = Speed()
-    step, total, loss = 0, None, None
+    loss = None
     try:
         with progress:
             while True:
@@ -86,17 +87,16 @@ def follow_job(client: Any, job_id: str, *, interval: float, as_json: bool) -> i
                     if as_json:
                         typer.echo(json.dumps(to_json(event)))
                     if event.type == "metrics":
-                        step = int(data.get("step", step))
-                        total = data.get("total_steps", total)
                         loss = data.get("train_loss", loss)
                         speed.add(data)
                     elif not as_json:
                         progress.console.print(format_event(event), markup=False, highlight=False)
                 rate = speed.tokens_per_second()
+                step, total = job_steps(job)
                 progress.update(
                     task,
                     description=f"{job_id} {job.status}",
-                    completed=step,
+                    completed=step or 0,
                     total=total,
                     total_text=str(total) if total else "?",
                     loss=f"{loss:.4f}" if isinstance(loss, float) else "–",

@@ -35,6 +35,18 @@ def parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
     return metadata
 
 
+def job_steps(job: Any) -> tuple[int | None, int | None]:
+    """The job's `completed_steps` and `total_steps`: openft's extension fields (docs/api-compatibility.md §4),
+    which the SDK's `FineTuningJob` keeps as extra attributes; both null until the files are validated."""
+    return getattr(job, "completed_steps", None), getattr(job, "total_steps", None)
+
+
+def progress_text(job: Any) -> str:
+    """`7/20 steps`, or "" while the plan is unknown (files not validated yet, or they failed)."""
+    done, total = job_steps(job)
+    return f"{done or 0}/{total} steps" if total is not None else ""
+
+
 @app.command("create")
 def create(
     model: Annotated[str, typer.Option("--model", help="A base model (or a fine-tuned one to continue).")],
@@ -110,10 +122,17 @@ def list_jobs(
         print_json(jobs)
         return
     table = Table(
-        Column("id", no_wrap=True), "model", "status", Column("fine_tuned_model", no_wrap=True), Column("created (UTC)")
+        Column("id", no_wrap=True),
+        "model",
+        "status",
+        Column("progress", no_wrap=True),
+        Column("fine_tuned_model", no_wrap=True),
+        Column("created (UTC)"),
     )
     for job in jobs:
-        table.add_row(job.id, job.model, job.status, job.fine_tuned_model or "", when(job.created_at))
+        table.add_row(
+            job.id, job.model, job.status, progress_text(job), job.fine_tuned_model or "", when(job.created_at)
+        )
     console().print(table)
 
 
@@ -132,6 +151,7 @@ def get(
     rows = [
         ("id", job.id),
         ("status", job.status),
+        ("progress", progress_text(job)),
         ("model", job.model),
         ("fine_tuned_model", job.fine_tuned_model or ""),
         ("training_file", job.training_file),
