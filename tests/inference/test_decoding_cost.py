@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from openft.datasets import toolcalls
-from openft.datasets.toolcalls import ToolCallParser, parse_tool_calls_from_text
 from openft.inference import GenerationParams, InferenceEngine, ModelTarget
+from openft.inference.json_prefix import JsonObjectPrefix
 from openft.inference.stops import StopMatcher
+from openft.inference.toolcall_parser import ToolCallParser, parse_tool_calls_from_text
 
 CALL = '{"name": "f", "arguments": {"text": "' + "word " * 4000 + '"}}'
 REPLIES = {
@@ -31,13 +31,13 @@ REPLIES = {
 def json_chars_fed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Characters given to the incremental JSON checker, which the parser runs over a forming call."""
     fed = [0]
-    original = toolcalls.JsonObjectPrefix.feed
+    original = JsonObjectPrefix.feed
 
-    def counting(self: toolcalls.JsonObjectPrefix, text: str) -> tuple[bool, int | None]:
+    def counting(self: JsonObjectPrefix, text: str) -> tuple[bool, int | None]:
         fed[0] += len(text)
         return original(self, text)
 
-    monkeypatch.setattr(toolcalls.JsonObjectPrefix, "feed", counting)
+    monkeypatch.setattr(JsonObjectPrefix, "feed", counting)
     yield fed
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openft.datasets.toolcalls import JsonObjectPrefix
 from openft.errors import ContextLengthExceeded, InvalidRequest
 from openft.inference import GenerationParams, InferenceEngine, ModelTarget, ToolCall
+from openft.inference.json_prefix import JsonObjectPrefix
 from openft.inference.prompt import render_prompt
 from openft.inference.tokens import TokenVocabulary
 

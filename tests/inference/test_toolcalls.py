@@ -1,4 +1,5 @@
-"""openft.datasets.toolcalls: the text format the trainer writes is the one inference reads back."""
+"""Tool calls as text: what the trainer writes (`openft.datasets.toolcalls`) is what inference reads back
+(`openft.inference.toolcall_parser`); the JSON checker both use (`openft.inference.json_prefix`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ import random
 
 import pytest
 
-from openft.datasets.toolcalls import (
-    JsonObjectPrefix,
-    TextToolCall,
-    ToolCallParser,
-    parse_tool_calls_from_text,
-    render_tool_calls_as_text,
-)
+from openft.datasets.toolcalls import render_tool_calls_as_text
+from openft.inference.json_prefix import JsonObjectPrefix
+from openft.inference.toolcall_parser import TextToolCall, ToolCallParser, parse_tool_calls_from_text
 from openft.training.data import template_messages
 
 WEATHER = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from openft.datasets.toolcalls import JsonObjectPrefix, ToolCallParser
+from openft.inference.json_prefix import JsonObjectPrefix
 from openft.inference.sampling import TokenSampler, apply_penalties
 from openft.inference.stops import StopMatcher
 from openft.inference.tokens import IncrementalDecoder, TokenVocabulary
+from openft.inference.toolcall_parser import ToolCallParser
 from openft.inference.types import (
     FinishReason,
     GenerationChoice,

@@ -46,7 +46,7 @@ class InferenceEngine:
 
     Tools: `tool_choice` "none" hides the tools from the template and parses no calls; "auto" (the
     default with tools) passes them to the chat template and parses calls out of the reply (see
-    `openft.datasets.toolcalls`); a reply with calls ends with finish_reason "tool_calls". "required" and
+    `openft.inference.toolcall_parser`); a reply with calls ends with finish_reason "tool_calls". "required" and
     a named function are best effort: the reply is forced to open a call in the format the model knows
     (`<tool_call>\\n` when its template mentions it, else the trainer's JSON line), with the function name
     when it is named (or the only tool) and `"arguments": {`, then decoded under the JSON constraint and

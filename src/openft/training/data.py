@@ -70,7 +70,7 @@ def template_messages(messages: Sequence[dict[str, Any]], *, native_tool_calls: 
     """Normalized messages in the shape chat templates expect (no `weight`, content always a string).
 
     When the template cannot print tool calls, they are appended to the content as one JSON object per
-    line (`openft.datasets.toolcalls`, which inference uses to read them back), so the model still sees
+    line (`openft.datasets.toolcalls`, the format inference reads them back in), so the model still sees
     (and learns to produce) them.
     """
     rendered = []
