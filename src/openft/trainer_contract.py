@@ -33,6 +33,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SPEC_VERSION = 1
+TrainingMethod = Literal["supervised", "dpo"]
+"""What a job learns: supervised fine-tuning on chat data, or DPO on preference pairs (`openft.datasets.formats`)."""
 RESULT_COLUMNS = (
     "step",
     "train_loss",
@@ -141,7 +143,7 @@ class TrainJobSpec(BaseModel):
     training_file: str = Field(description="Path of the chat JSONL (a private copy the job owns).")
     validation_file: str | None = None
     output_dir: str
-    method: Literal["supervised", "dpo"] = "supervised"
+    method: TrainingMethod = "supervised"
     dpo: DpoSpec | None = Field(default=None, description="Required when method is dpo.")
     hyperparameters: ResolvedHyperparameters
     seed: int

@@ -9,7 +9,7 @@ import pytest
 
 from openft.datasets import preference
 from openft.datasets.chat import DataFormatError
-from openft.datasets.validate import validate_for_method
+from openft.datasets.formats import detect_method, validate_for_method
 from tests.support.data import jsonl_bytes, valid_examples, write_jsonl
 
 WEATHER_TOOL = {
@@ -212,3 +212,11 @@ def test_validate_for_method_picks_the_format(tmp_path: Path) -> None:
     assert validate_for_method(dpo, "dpo", min_examples=10).code == "invalid_n_examples"
     with pytest.raises(ValueError, match="method"):
         validate_for_method(dpo, "rft", min_examples=1)  # type: ignore[arg-type]
+
+
+def test_detect_method_reads_the_first_object_line(tmp_path: Path) -> None:
+    assert detect_method(write_jsonl(tmp_path / "dpo.jsonl", pairs(2))) == "dpo"
+    assert detect_method(write_jsonl(tmp_path / "sft.jsonl", valid_examples(2))) == "supervised"
+    broken_first = tmp_path / "broken.jsonl"
+    broken_first.write_bytes(b"not json\n[1]\n" + jsonl_bytes(pairs(1)))
+    assert detect_method(broken_first) == "dpo"

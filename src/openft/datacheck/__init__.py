@@ -1,9 +1,9 @@
 """`openft data check` and `GET /v1/files/{id}/check`: what a job would make of a training file, before it runs.
 
-The same validator the worker runs (`openft.datasets`), the same tokenization the trainer runs
-(`openft.training.data`, with the model's chat template) and the same "auto" rules (`openft.datasets.auto`),
-so the report predicts the job: its problems with line numbers, token statistics, hyperparameters, steps,
-and how long training would take here. Imports torch only when a check runs.
+The same validator the worker runs (`openft.datasets.formats`, which explains where data checking lives),
+the same tokenization the trainer runs (`openft.training.data`, with the model's chat template) and the same
+"auto" rules (`openft.datasets.auto`), so the report predicts the job: its problems with line numbers, token
+statistics, hyperparameters, steps, and how long training would take here. Imports torch only when a check runs.
 """
 
 from openft.datacheck.estimate import Estimate, measure_throughput, table_throughput
@@ -14,7 +14,6 @@ from openft.datacheck.report import (
     ReportProblem,
     check_file,
     default_model,
-    detect_method,
 )
 
 __all__ = [
@@ -25,7 +24,6 @@ __all__ = [
     "ReportProblem",
     "check_file",
     "default_model",
-    "detect_method",
     "measure_throughput",
     "table_throughput",
 ]

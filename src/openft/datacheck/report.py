@@ -1,7 +1,7 @@
 """The data-check report: problems with line numbers, token statistics, "auto" hyperparameters, steps, time.
 
-One pass over the file with the worker's own parsers (`openft.datasets.chat` / `.preference`, the pieces
-`validate_for_method` dispatches to) keeps every valid example, so the statistics describe what training
+One pass over the file with the worker's own parser (`openft.datasets.formats.parse_file`, what
+`validate_for_method` checks with) keeps every valid example, so the statistics describe what training
 would read even when some lines are broken (fix or drop those and this is the job). Token counts come from
 the trainer's own tokenization (`openft.training.data.tokenize_example`: the model's chat template, the
 prefix-checked masks), untruncated, so "over the context" means exactly "the trainer would cut it".
@@ -14,21 +14,19 @@ note) and covers what was checked; a job still validates and tokenizes the whole
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from openft.datacheck.estimate import Estimate
-from openft.datasets import auto, chat, preference
+from openft.datasets import auto, chat
 from openft.datasets.chat import Problem
-from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN
+from openft.datasets.formats import detect_method, parse_file
+from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, TrainingMethod
 
-Method = Literal["supervised", "dpo"]
-PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output", "preferred_completion")
 MAX_PROBLEMS = 100
 
 Sequences = list[Any]
@@ -108,7 +106,7 @@ class _Spending:
 @dataclass
 class CheckReport:
     filename: str
-    method: Method
+    method: TrainingMethod
     model: str
     problems: list[ReportProblem]
     n_problems: int
@@ -169,24 +167,6 @@ def default_model(catalog: Any) -> str | None:
     return BUILTIN_MODEL_NAME if catalog.get(BUILTIN_MODEL_NAME) is not None else None
 
 
-def detect_method(path: Path) -> Method:
-    """`dpo` when the first line that is a JSON object holds preference fields, else `supervised`.
-
-    Later lines are not looked at: a file mixing formats is then reported line by line as the wrong format,
-    exactly as a job of the detected method would fail.
-    """
-    for _line, text, problem in chat.iter_lines(Path(path)):
-        if problem is not None or text is None:
-            continue
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            return "dpo" if any(key in obj for key in PREFERENCE_KEYS) and "messages" not in obj else "supervised"
-    return "supervised"
-
-
 @functools.lru_cache(maxsize=8)
 def _tokenizer(folder: str) -> Any:
     """The tokenizer the trainer would load (with its ChatML fallback); cached, the server checks often."""
@@ -195,7 +175,7 @@ def _tokenizer(folder: str) -> Any:
     return load_tokenizer(Path(folder))[0]
 
 
-def _tokenize(tokenizer: Any, example: Any, method: Method) -> Sequences:
+def _tokenize(tokenizer: Any, example: Any, method: TrainingMethod) -> Sequences:
     """Untruncated token sequences of one example, exactly as the trainer builds them."""
     from openft.training.data import answered_example, tokenize_example
 
@@ -223,7 +203,7 @@ def check_file(
     model: str,
     tokenizer_folder: Path,
     context_length: int | None,
-    method: Method | None = None,
+    method: TrainingMethod | None = None,
     file_id: str | None = None,
     filename: str | None = None,
     n_epochs: int | str = "auto",
@@ -237,9 +217,8 @@ def check_file(
     path = Path(path)
     spending = _Spending(budget)
     method = method or detect_method(path)
-    parse = preference.parse_preference_example if method == "dpo" else chat.parse_example
     examples: list[Any] = []
-    parsed = chat.iter_parsed(path, parse, stop=spending.stop_reading)
+    parsed = parse_file(path, method, stop=spending.stop_reading)
     validation = chat.build_report(_kept(parsed, examples), min_examples=chat.MIN_EXAMPLES, max_problems=max_problems)
     read_all = spending.reason is None
     if not read_all:  # too few examples in the part read says nothing about the file

@@ -13,7 +13,7 @@ the check lock) for long. A check that cannot get the lock within one budget is 
 from __future__ import annotations
 
 import threading
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,8 +23,7 @@ from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
 from openft.storage import BlobStore
-
-Method = Literal["supervised", "dpo"]
+from openft.trainer_contract import TrainingMethod
 
 
 class DataCheckService:
@@ -42,7 +41,9 @@ class DataCheckService:
         self._lock = threading.Lock()
         self.budget = budget or CheckBudget(seconds=30.0, max_bytes=64 * 1024 * 1024)
 
-    def check(self, org_id: str | None, file_id: str, *, model: str | None, method: Method | None) -> dict[str, Any]:
+    def check(
+        self, org_id: str | None, file_id: str, *, model: str | None, method: TrainingMethod | None
+    ) -> dict[str, Any]:
         """The report of `file_id` (the caller's organization's, else 404) as training data for `model`."""
         with self._reads.begin() as session:
             row = repo.get_file(session, org_id, file_id)
