@@ -11,20 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 from openai import OpenAI
 
 from openft.api.dashboard.routes import status_actions
+from openft.protocol.fine_tuning import FineTuningJob, JobHyperparameters
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.server import RunningServer
 from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, Route
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 TRAINING = jsonl_bytes(valid_examples(24))  # 50 epochs of batch 1: 1200 steps, long enough to watch
@@ -72,6 +74,10 @@ def wait_status(page: Page, *statuses: str, timeout: float = 60) -> str:
         interval=0.1,
         what=f"job page status in {statuses}",
     )
+
+
+def progress_label(page: Page, scope: str = "section.job .summary") -> str:
+    return page.text_content(f"{scope} .progress-label") or ""
 
 
 def has_data_check(server: RunningServer) -> bool:
@@ -162,6 +168,9 @@ def test_demo_flow_upload_create_watch_pause_resume_playground(
     paused_at = points(page)
     time.sleep(1.5)
     assert points(page) == paused_at, "a paused job trains no more steps"
+    paused = client.fine_tuning.jobs.retrieve(job_id).model_extra or {}  # the SDK keeps the extension fields here
+    shown = f"{paused['completed_steps']} / {paused['total_steps']} steps"  # the page shows the job's own counts
+    wait_for(lambda: shown in progress_label(page), timeout=5, what=f"'{shown}' on the job page")
     screenshot("job-paused")
 
     # resume from the button: training continues where it stopped
@@ -253,3 +262,57 @@ def test_check_report_shows_problems_by_line_and_the_estimate(
     assert "2 min 5 s" in report and "Steps99" in report.replace(" ", "")
     assert page.query_selector("#check-report script") is None
     screenshot("check-report")
+
+
+def _running_job_at_step_7_of_20() -> dict[str, Any]:
+    """A running job whose newest metrics event (step 3) lags the job's own counts, as when its events are
+    paged out of reach: progress must come from the job, not be rebuilt from the event."""
+    return FineTuningJob(
+        id="ftjob-progress",
+        created_at=1_700_000_000,
+        error=None,
+        fine_tuned_model=None,
+        finished_at=None,
+        hyperparameters=JobHyperparameters(batch_size=2, learning_rate_multiplier=1.0, n_epochs=2),
+        model=TINY_MODEL_NAME,
+        organization_id="org-x",
+        result_files=[],
+        seed=1,
+        status="running",
+        trained_tokens=None,
+        training_file="file-x",
+        validation_file=None,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 2}}},
+        completed_steps=7,
+        total_steps=20,
+    ).model_dump(mode="json")
+
+
+def test_progress_is_the_jobs_own_step_counts(page: Page, server: RunningServer) -> None:
+    """The jobs list and the job page show `completed_steps` / `total_steps` of the job object (answered by the
+    test, with an older metrics event that says otherwise); the loss still comes from that event."""
+    job = _running_job_at_step_7_of_20()
+    metrics = {"step": 3, "total_steps": 20, "train_loss": 1.25}
+    event = {"object": "fine_tuning.job.event", "id": "ftevent-1", "created_at": 1_700_000_100, "level": "info"}
+    events = [event | {"message": "Step 3/20: training loss=1.2500", "type": "metrics", "data": metrics}]
+
+    def answer(route: Route) -> None:
+        path = urlparse(route.request.url).path.removeprefix("/v1/fine_tuning/jobs")
+        if path == "":
+            route.fulfill(json={"object": "list", "data": [job], "has_more": False})
+        elif path == f"/{job['id']}":
+            route.fulfill(json=job)
+        elif path == f"/{job['id']}/events":
+            route.fulfill(json={"object": "list", "data": events, "has_more": False})
+        else:
+            route.fulfill(json={"object": "list", "data": [], "has_more": False})
+
+    page.route("**/v1/fine_tuning/jobs**", answer)
+    sign_in(page, server.api_key)
+    row = f"#jobs-table tr[data-job='{job['id']}']"
+    page.wait_for_selector(row)
+    assert progress_label(page, row) == "7 / 20 steps (35%)"
+    page.goto(f"/#/jobs/{job['id']}")
+    page.wait_for_selector("section.job[data-status=running]")
+    assert progress_label(page) == "7 / 20 steps (35%)"
+    wait_for(lambda: page.text_content("#chart-note") == "Step 7 of 20: train loss 1.2500", what="the chart note")

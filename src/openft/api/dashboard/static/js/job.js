@@ -26,7 +26,7 @@ export function jobView(jobId, config) {
     checkpoints: h("div"),
     events: h("ol", { class: "events", id: "events" }),
     chartBox: h("div", { class: "chart", id: "loss-chart" }),
-    chartNote: h("p", { class: "muted" }, "Waiting for the first training step…"),
+    chartNote: h("p", { class: "muted", id: "chart-note" }, "Waiting for the first training step…"),
   };
   const chart = new LossChart(parts.chartBox);
   let job = null;
@@ -71,7 +71,7 @@ export function jobView(jobId, config) {
     }
   }
 
-  let lastProgress = null;
+  let lastLoss = null; // the newest metrics event's train loss: the one number here the job object lacks
   function showJob() {
     replace(parts.status, statusBadge(job.status));
     parts.root.dataset.status = job.status;
@@ -83,7 +83,7 @@ export function jobView(jobId, config) {
       parts.summary,
       ...entry("Base model", job.model),
       ...entry("Fine-tuned model", h("span", { class: "mono" }, job.fine_tuned_model || "—"), " ", playground),
-      ...entry("Progress", progressBar(job.status, lastProgress)),
+      ...entry("Progress", progressBar(job)),
       ...entry("ETA", eta(job)),
       ...entry("Trained tokens", job.trained_tokens ?? "—"),
       ...entry("Training file", job.training_file),
@@ -94,16 +94,19 @@ export function jobView(jobId, config) {
       ...(job.error ? entry("Error", h("span", { class: "error" }, `${job.error.code}: ${job.error.message}`)) : []),
     );
     replace(parts.hyper, hyperparameters(job));
+    if (lastLoss !== null && job.total_steps != null)
+      replace(parts.chartNote, `Step ${job.completed_steps} of ${job.total_steps}: train loss ${number(lastLoss)}`);
   }
 
   function showEvents(fresh, reset) {
-    if (reset) chart.clear();
+    if (reset) {
+      chart.clear();
+      lastLoss = null;
+    }
     const metrics = fresh.filter((e) => e.type === "metrics").map((e) => e.data);
     if (metrics.length) {
       chart.add(metrics);
-      const last = metrics[metrics.length - 1];
-      lastProgress = { step: last.step, total: last.total_steps };
-      replace(parts.chartNote, `Step ${last.step} of ${last.total_steps}: train loss ${number(last.train_loss)}`);
+      lastLoss = metrics[metrics.length - 1].train_loss;
     }
     const messages = feed.events.filter((e) => e.type !== "metrics").slice(0, 200);
     replace(

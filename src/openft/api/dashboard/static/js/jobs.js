@@ -3,9 +3,7 @@
 import { get } from "./api.js";
 import { errorBox, h, replace, statusBadge, time } from "./dom.js";
 import { poll } from "./poll.js";
-import { eta, latestStep, progressBar } from "./progress.js";
-
-const ACTIVE = ["running", "pausing", "paused"];
+import { eta, progressBar } from "./progress.js";
 
 export function jobsView() {
   const body = h("tbody", {}, h("tr", {}, h("td", { colspan: 7, class: "muted" }, "Loading…")));
@@ -27,13 +25,10 @@ export function jobsView() {
 
   const refresh = async () => {
     const page = await get("/fine_tuning/jobs?limit=50");
-    const progress = await Promise.all(
-      page.data.map((job) => (ACTIVE.includes(job.status) ? latestStep(job.id).catch(() => null) : null)),
-    );
     if (!page.data.length) {
       replace(body, h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs yet: upload a file to start one.")));
     } else {
-      replace(body, ...page.data.map((job, i) => row(job, progress[i])));
+      replace(body, ...page.data.map(row));
     }
     replace(message);
   };
@@ -53,7 +48,7 @@ export function jobsView() {
   return { node, dispose: stop };
 }
 
-function row(job, progress) {
+function row(job) {
   const link = h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id);
   return h(
     "tr",
@@ -67,7 +62,7 @@ function row(job, progress) {
         (job.user_provided_suffix ? h("span", { class: "muted" }, `suffix ${job.user_provided_suffix}`) : "—"),
     ),
     h("td", {}, statusBadge(job.status)),
-    h("td", {}, progressBar(job.status, progress)),
+    h("td", {}, progressBar(job)),
     h("td", {}, eta(job)),
     h("td", {}, time(job.created_at)),
   );

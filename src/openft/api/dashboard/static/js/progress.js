@@ -1,22 +1,18 @@
-// A job's progress: the newest `metrics` event carries {step, total_steps}; finished jobs need none.
+// A job's progress and ETA, read from the job object itself: `completed_steps` / `total_steps` (openft's
+// extension fields, docs/api-compatibility.md §4; null until the files are validated) and the standard
+// `estimated_finish`, or `queue_position` / `estimated_start` while it waits.
 
-import { get } from "./api.js";
 import { fromNow, h } from "./dom.js";
 
-/** {step, total} from the newest metrics event of the latest 20 (a pause and resume write ~10 messages), or null. */
-export async function latestStep(jobId) {
-  const page = await get(`/fine_tuning/jobs/${encodeURIComponent(jobId)}/events?limit=20`);
-  const metrics = page.data.find((event) => event.type === "metrics");
-  return metrics ? { step: metrics.data.step, total: metrics.data.total_steps } : null;
-}
-
-export function progressBar(status, progress) {
-  const fraction = status === "succeeded" ? 1 : progress && progress.total ? progress.step / progress.total : 0;
+export function progressBar(job) {
+  const { status, completed_steps: step, total_steps: total } = job;
+  const known = total !== null && total !== undefined && total > 0;
+  const fraction = status === "succeeded" ? 1 : known ? (step || 0) / total : 0;
   const label =
     status === "succeeded"
       ? "done"
-      : progress
-        ? `${progress.step} / ${progress.total} steps (${Math.floor(fraction * 100)}%)`
+      : known
+        ? `${step || 0} / ${total} steps (${Math.floor(fraction * 100)}%)`
         : "—";
   return h(
     "div",
