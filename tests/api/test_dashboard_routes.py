@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from openft.api.app import create_app
 from openft.api.dashboard.routes import STATIC_DIR, status_actions
-from openft.jobs.states import JobStatus, UserAction, action_sources
+from openft.domain.job_states import JobStatus, UserAction, action_sources
 from openft.settings import Settings
 
 

@@ -15,9 +15,8 @@ from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
 from openft.db.tables import CheckpointRow, FileRow, JobRow
+from openft.domain.job_states import IllegalTransition, JobStatus
 from openft.errors import InvalidRequest
-from openft.jobs.events import new_event
-from openft.jobs.states import JobStatus
 
 ORG = "org-test"
 
@@ -106,6 +105,34 @@ def test_transitions_are_compare_and_set_and_fenced(sessions: sessionmaker[Sessi
         assert row is not None and row.status == "paused" and row.completed_steps == 5
 
 
+def test_a_transition_out_of_a_claimed_status_releases_the_claim(sessions: sessionmaker[Session]) -> None:
+    job = _job(JobStatus.RUNNING)
+    job.worker_id, job.lease_expires_at = "w", time.time() + 60
+    with sessions.begin() as session:
+        session.add(job)
+    with sessions.begin() as session:
+        assert repo.transition_job(session, job.id, JobStatus.PAUSING)  # still held: the trainer checkpoints
+        row = repo.get_job(session, ORG, job.id)
+        assert row is not None and row.worker_id == "w" and row.lease_expires_at is not None
+        assert repo.transition_job(session, job.id, JobStatus.PAUSED)
+    with sessions.begin() as session:
+        row = repo.get_job(session, ORG, job.id)
+        assert row is not None and row.worker_id is None and row.lease_expires_at is None
+
+
+def test_illegal_writes_are_refused_by_the_table(sessions: sessionmaker[Session]) -> None:
+    job = _job(JobStatus.PAUSED)
+    with sessions.begin() as session:
+        session.add(job)
+    with sessions.begin() as session, pytest.raises(IllegalTransition):
+        repo.transition_job(session, job.id, JobStatus.RUNNING, sources=[JobStatus.PAUSED])
+    with sessions.begin() as session, pytest.raises(IllegalTransition):
+        repo.claim_next_job(session, JobStatus.PAUSED, JobStatus.RUNNING, worker_id="w", lease_seconds=30)
+    with sessions.begin() as session:
+        row = repo.get_job(session, ORG, job.id)
+        assert row is not None and row.status == "paused"
+
+
 def test_each_job_is_claimed_by_exactly_one_worker(sessions: sessionmaker[Session]) -> None:
     jobs = [_job() for _ in range(12)]
     with sessions.begin() as session:
@@ -157,7 +184,7 @@ def test_job_list_metadata_filter_and_events_newest_first(sessions: sessionmaker
         session.add_all([a, b, c])
         session.flush()
         for i in range(5):
-            session.add(new_event(a.id, f"event {i}"))
+            session.add(repo.new_event(a.id, f"event {i}"))
     with sessions.begin() as session:
         page = repo.list_jobs(session, ORG, after=None, limit=10, metadata={"team": "red"})
         assert [r.id for r in page.data] == [a.id]

@@ -15,7 +15,6 @@ from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
 from openft.db.tables import FileRow, JobRow
 from openft.errors import InvalidRequest
-from openft.jobs.events import new_event
 
 ORG_A, ORG_B = "org-a", "org-b"
 
@@ -85,7 +84,7 @@ def test_jobs_and_events_are_scoped_by_organization(sessions: sessionmaker[Sessi
     with sessions.begin() as session:
         session.add_all([a, b])
         session.flush()
-        session.add_all([new_event(a.id, "a1"), new_event(b.id, "b1")])
+        session.add_all([repo.new_event(a.id, "a1"), repo.new_event(b.id, "b1")])
     with sessions.begin() as session:
         assert repo.get_job(session, ORG_B, a.id) is None
         assert repo.get_job(session, None, a.id) is not None

@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, text
 
 from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
-from openft.jobs.runner import TrainingRun
-from openft.jobs.states import JobStatus
+from openft.domain.job_states import JobStatus
+from openft.jobs.recorder import Claim, ProgressRecorder
 from openft.jobs.worker import Worker
 from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container, build_container
@@ -55,7 +55,8 @@ def _worker(container: Container, **settings: float) -> Worker:
     """A worker on its own engine, whose SQLite statements wait only 0.1 s for a lock."""
     engine = make_engine(container.settings.resolved_database_url, sqlite_busy_timeout_ms=100)
     worker_settings = container.settings.model_copy(update=settings)
-    return Worker(worker_settings, make_session_factory(engine), container.store, container.catalog, worker_id="w")
+    sessions = make_session_factory(engine)
+    return Worker(worker_settings, sessions, container.files, container.catalog, worker_id="w")
 
 
 def _job(container: Container, n_examples: int, n_epochs: int) -> str:
@@ -143,9 +144,9 @@ def test_a_lock_held_mid_training_delays_the_job_but_does_not_fail_it(
     worker.start()
     try:
         wait_for(lambda: _completed_steps(container, job_id) >= 2, timeout=180, what="training to start")
-        assert worker._runs  # the lock comes while the trainer runs
+        assert worker.running_jobs()  # the lock comes while the trainer runs
         _hold_write_lock(container, 2.0)
-        assert worker._runs, "the runner gave the job up during the lock (and killed its trainer)"
+        assert worker.running_jobs(), "the runner gave the job up during the lock (and killed its trainer)"
         wait_for(
             lambda: container.fine_tuning.get(None, job_id).status in ("succeeded", "failed"),
             timeout=300,
@@ -209,7 +210,7 @@ def test_postgres_connections_killed_mid_training_do_not_fail_the_job(
         )
         container = build_container(settings, with_worker=False)
         worker_engine = make_engine(f"{url}&application_name=openft-hiccup-worker")
-        worker = Worker(settings, make_session_factory(worker_engine), container.store, container.catalog)
+        worker = Worker(settings, make_session_factory(worker_engine), container.files, container.catalog)
         killer = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
         try:
             job_id = _job(container, 80, 3)
@@ -262,22 +263,14 @@ def test_a_retried_write_lands_once_and_returns_its_connections(served: Containe
         repo.claim_next_job(
             session, JobStatus.VALIDATING_FILES, JobStatus.VALIDATING_FILES, worker_id="w", lease_seconds=60
         )
-    run = TrainingRun(
-        job_id=job_id,
-        org_id=container.default_org_id,
-        attempt=1,
-        model_name="m",
-        spec_path=container.settings.jobs_dir / job_id / "job.json",
-        sessions=sessions,
-        store=container.store,
-        db_retry_seconds=30,
-    )
+    claim = Claim(job_id, 1, "m", container.settings.jobs_dir / job_id / "job.json")
+    recorder = ProgressRecorder(claim, sessions, db_retry_seconds=30)
     holder = threading.Thread(target=_hold_write_lock, args=(container, 1.0))
     holder.start()
     time.sleep(0.2)
     gc.disable()  # a leaked session would otherwise be collected before the pool is looked at
     try:
-        run._handle({"type": "log", "level": "info", "message": "hello through the lock"})
+        recorder.handle({"type": "log", "level": "info", "message": "hello through the lock"})
         holder.join()
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:

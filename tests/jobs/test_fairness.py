@@ -16,8 +16,8 @@ from openft.db import repositories as repo
 from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
 from openft.db.tables import JobRow, OrganizationRow
+from openft.domain.job_states import JobStatus
 from openft.jobs.queue import estimate_queue
-from openft.jobs.states import JobStatus
 
 _counter = iter(range(1, 1_000_000))
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from openft.db import repositories as repo
 from openft.db.tables import JobRow
+from openft.domain.job_states import JobStatus
 from openft.jobs.queue import MAX_REPORTS_PER_STAY, QueueEstimate, estimate_queue, report_message, worth_reporting
-from openft.jobs.states import JobStatus
 from openft.services.container import Container
 from tests.jobs.test_fairness import claim, finish, queue_job
 from tests.jobs.test_worker import _job, _validate_all
@@ -90,8 +90,8 @@ def test_workers_report_the_queue_and_jobs_show_it(container: Container) -> None
         running = repo.claim_next_job(session, JobStatus.QUEUED, JobStatus.RUNNING, worker_id="w", lease_seconds=60)
         assert running is not None and running.id == ids[0]
         repo.update_job_fenced(session, running.id, running.attempt, completed_steps=0, estimated_finish=int(now + 50))
-    worker._report_queue()
-    worker._report_queue()
+    worker.report_queue()
+    worker.report_queue()
 
     def queue_events(job_id: str) -> list[Any]:
         events = container.fine_tuning.list_events(container.default_org_id, job_id, after=None, limit=50).data
@@ -118,7 +118,7 @@ def test_workers_report_the_queue_and_jobs_show_it(container: Container) -> None
 
     with container.sessions.begin() as session:  # the second one starts: the third moves up, and says so
         assert repo.claim_next_job(session, JobStatus.QUEUED, JobStatus.RUNNING, worker_id="w", lease_seconds=60)
-    worker._report_queue()
+    worker.report_queue()
     assert [e.data["queue_position"] for e in queue_events(ids[2])] == [1, 2]
 
 
@@ -129,7 +129,7 @@ def _queue_event_total(container: Container, queued: int) -> int:
     assert worker is not None
     ids = [queue_job(container.sessions, container.default_org_id) for _ in range(queued)]
     for _ in ids:
-        worker._report_queue()
+        worker.report_queue()
         job_id = claim(container.sessions)
         assert job_id is not None
         finish(container.sessions, job_id)
@@ -155,11 +155,11 @@ def test_each_job_still_hears_when_it_is_next(container: Container) -> None:
     assert worker is not None
     ids = [queue_job(container.sessions, container.default_org_id) for _ in range(30)]
     for _ in range(29):
-        worker._report_queue()
+        worker.report_queue()
         job_id = claim(container.sessions)
         assert job_id is not None
         finish(container.sessions, job_id)
-    worker._report_queue()
+    worker.report_queue()
     with container.sessions.begin() as session:
         positions = [
             e.data["queue_position"]

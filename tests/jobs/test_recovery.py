@@ -1,6 +1,6 @@
 """Several workers on one database: claims, leases, fencing, and the bookkeeping of a recovered job.
 
-No trainer runs here: a `TrainingRun` is fed the progress messages a trainer would send (`_handle`), so
+No trainer runs here: a run's recorder is fed the progress messages a trainer would send, so
 each case can stage exactly the crash it is about. Every test runs on SQLite and on PostgreSQL.
 """
 
@@ -18,8 +18,9 @@ from sqlalchemy import select, text
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.db.tables import FileRow
-from openft.jobs.runner import ClaimLost, TrainingRun
-from openft.jobs.states import JobStatus
+from openft.domain.job_states import JobStatus
+from openft.jobs.recorder import ClaimLost
+from openft.jobs.runner import TrainingRun
 from openft.jobs.worker import Worker
 from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container, build_container
@@ -49,7 +50,7 @@ def shared(tmp_path: Path, models_dir: Path, database_url: str) -> Iterator[Cont
 
 
 def _worker(container: Container, name: str) -> Worker:
-    return Worker(container.settings, container.sessions, container.store, container.catalog, worker_id=name)
+    return Worker(container.settings, container.sessions, container.files, container.catalog, worker_id=name)
 
 
 def _job(container: Container, n_examples: int = 12) -> str:
@@ -66,31 +67,21 @@ def _job(container: Container, n_examples: int = 12) -> str:
 def _validated(container: Container, worker: Worker) -> None:
     """Run validation of every waiting job to the end on `worker`."""
     for _ in range(20):
-        worker._claim_validation()
-        for _attempt, thread in list(worker._validations.values()):
-            thread.join()
-        worker._reap()
-        if not worker._validations:
+        thread = worker.claim_validation()
+        if thread is None:
             return
+        thread.join()
+        worker.reap()
 
 
 def _claimed_run(container: Container, worker: Worker) -> TrainingRun:
-    """Claim the next queued job on `worker` and give it a (not started) run, as `_claim_training` does."""
+    """Claim the next queued job on `worker` and give it a (not started) run, as `claim_training` does."""
     with container.sessions.begin() as session:
         job = repo.claim_next_job(
             session, JobStatus.QUEUED, JobStatus.RUNNING, worker_id=worker.worker_id, lease_seconds=LEASE
         )
     assert job is not None
-    spec_path = worker._write_spec(job)
-    return TrainingRun(
-        job_id=job.id,
-        org_id=job.organization_id,
-        attempt=job.attempt,
-        model_name=job.model_name,
-        spec_path=spec_path,
-        sessions=container.sessions,
-        store=container.store,
-    )
+    return worker.prepare_run(job)
 
 
 def _metrics(step: int) -> dict[str, Any]:
@@ -128,8 +119,7 @@ def test_a_job_being_validated_is_not_taken_over_while_its_lease_lives(shared: C
             session, JobStatus.VALIDATING_FILES, JobStatus.VALIDATING_FILES, worker_id="w1", lease_seconds=LEASE
         )
     assert held is not None and held.id == job_id
-    second._claim_validation()
-    assert not second._validations, "a second worker took a job whose validation lease is live"
+    assert second.claim_validation() is None, "a second worker took a job whose validation lease is live"
     time.sleep(LEASE + 0.1)  # w1 died without renewing: the job is claimable again
     _validated(shared, second)
     assert shared.fine_tuning.get(None, job_id).status == "queued"
@@ -141,10 +131,12 @@ def test_a_run_whose_claim_was_taken_over_cannot_write_anything(shared: Containe
     old_worker, new_worker = _worker(shared, "old"), _worker(shared, "new")
     _validated(shared, old_worker)
     stale = _claimed_run(shared, old_worker)
-    stale._handle({"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []})
-    stale._handle(_metrics(1))
+    stale.recorder.handle(
+        {"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []}
+    )
+    stale.recorder.handle(_metrics(1))
     time.sleep(LEASE + 0.1)  # the old worker stops renewing (a long GC pause, a lost network)
-    new_worker._recover_abandoned()
+    new_worker.recover_abandoned()
     assert shared.fine_tuning.get(None, job_id).status == "queued"
     fresh = _claimed_run(shared, new_worker)
     assert fresh.attempt > stale.attempt + 1  # recovery and the new claim each bumped it
@@ -159,10 +151,11 @@ def test_a_run_whose_claim_was_taken_over_cannot_write_anything(shared: Containe
         {"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []},
     ):
         with pytest.raises(ClaimLost):
-            stale._handle(message)
-    stale._stopped(JobStatus.RUNNING)  # graceful-stop bookkeeping: refused
-    stale._fail("training_error", "late failure", None)  # failure: refused
-    stale._requeue_killed(JobStatus.RUNNING)  # shutdown requeue: refused
+            stale.recorder.handle(message)
+    # each ending is written under the stale claim, as if its check of the attempt had raced the takeover
+    stale.end.stopped({"type": "stopped", "step": 1})  # graceful-stop bookkeeping: refused
+    stale.end.fail("training_error", "late failure", None)  # failure: refused
+    stale.end.killed()  # shutdown requeue: refused
     stale.outcome.total_steps = 6
     model = stale.output_dir / "model"
     model.mkdir()
@@ -170,7 +163,7 @@ def test_a_run_whose_claim_was_taken_over_cannot_write_anything(shared: Containe
     results = stale.output_dir / "results.csv"
     results.write_text("step,train_loss\n" + "".join(f"{s},0.5\n" for s in range(1, 7)))
     with pytest.raises(ClaimLost):  # success: refused, and its result file removed again
-        stale._succeed({"step": 6, "model_path": str(model), "results_path": str(results)})
+        stale.end.succeed({"step": 6, "model_path": str(model), "results_path": str(results)})
 
     job = shared.fine_tuning.get(None, job_id)
     assert job.status == "running" and job.error is None and job.fine_tuned_model is None
@@ -194,12 +187,14 @@ def test_a_recovered_job_has_each_step_once_and_the_folders_checkpoints(shared: 
     dead, alive = _worker(shared, "dead"), _worker(shared, "alive")
     _validated(shared, dead)
     run = _claimed_run(shared, dead)
-    run._handle({"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []})
+    run.recorder.handle({"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []})
     for step in (1, 2, 3):
-        run._handle(_metrics(step))
+        run.recorder.handle(_metrics(step))
     epoch = _write_checkpoint_folder(run.output_dir, 3, "epoch")
-    run._handle({"type": "checkpoint", "step": 3, "kind": "epoch", "path": epoch["path"], "metrics": {"step": 3}})
-    run._handle(_metrics(5))  # step 4's message was lost in the dead worker's pipe; 5 was recorded
+    run.recorder.handle(
+        {"type": "checkpoint", "step": 3, "kind": "epoch", "path": epoch["path"], "metrics": {"step": 3}}
+    )
+    run.recorder.handle(_metrics(5))  # step 4's message was lost in the dead worker's pipe; 5 was recorded
     periodic = _write_checkpoint_folder(run.output_dir, 2, "periodic")  # on disk, never a listed checkpoint
     pause = _write_checkpoint_folder(run.output_dir, 4, "pause")  # the orphaned trainer's last checkpoint
     rows = [{"step": s, "epoch": 1 + (s - 1) // 3, "train_loss": 1.0 / s} for s in range(1, 5)]
@@ -207,14 +202,14 @@ def test_a_recovered_job_has_each_step_once_and_the_folders_checkpoints(shared: 
     assert _metrics_steps(shared, job_id) == [1, 2, 3, 5]
 
     time.sleep(LEASE + 0.1)
-    alive._recover_abandoned()
+    alive.recover_abandoned()
     recovered = _events(shared, job_id)[-1]
     assert recovered.level == "warn"
     assert recovered.message == "Recovered after its worker stopped (at step 5); resuming from step 4."
     assert shared.fine_tuning.get(None, job_id).status == "queued"
 
     fresh = _claimed_run(shared, alive)
-    fresh._handle(
+    fresh.recorder.handle(
         {
             "type": "started",
             "total_steps": 6,
@@ -227,12 +222,14 @@ def test_a_recovered_job_has_each_step_once_and_the_folders_checkpoints(shared: 
     step_four = [e for e in _events(shared, job_id) if e.type == "metrics" and e.data["step"] == 4]
     assert step_four[0].data == {"step": 4, "total_steps": 6, "train_loss": 0.25}
     assert _checkpoint_steps(shared, job_id) == [3, 4]
-    fresh._handle(_metrics(5))
-    fresh._handle(_metrics(6))
+    fresh.recorder.handle(_metrics(5))
+    fresh.recorder.handle(_metrics(6))
     assert _metrics_steps(shared, job_id) == [1, 2, 3, 4, 5, 6]
 
     # a later resume after the step-3 checkpoint was pruned (its message lost too): its row goes
-    fresh._handle({"type": "started", "total_steps": 6, "start_step": 4, "steps_per_epoch": 3, "checkpoints": [pause]})
+    fresh.recorder.handle(
+        {"type": "started", "total_steps": 6, "start_step": 4, "steps_per_epoch": 3, "checkpoints": [pause]}
+    )
     assert _checkpoint_steps(shared, job_id) == [4]
     assert _metrics_steps(shared, job_id) == [1, 2, 3, 4]
 
@@ -242,9 +239,9 @@ def test_a_periodic_checkpoint_is_an_event_but_not_a_listed_checkpoint(shared: C
     worker = _worker(shared, "w")
     _validated(shared, worker)
     run = _claimed_run(shared, worker)
-    run._handle({"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []})
+    run.recorder.handle({"type": "started", "total_steps": 6, "start_step": 0, "steps_per_epoch": 3, "checkpoints": []})
     folder = _write_checkpoint_folder(run.output_dir, 2, "periodic")
-    run._handle({"type": "checkpoint", "step": 2, "kind": "periodic", "path": folder["path"], "metrics": {}})
+    run.recorder.handle({"type": "checkpoint", "step": 2, "kind": "periodic", "path": folder["path"], "metrics": {}})
     assert _checkpoint_steps(shared, job_id) == []
     assert _events(shared, job_id)[-1].message.startswith("Recovery checkpoint saved at step 2")
 
@@ -253,7 +250,7 @@ def test_a_worker_process_migrates_a_fresh_database(tmp_path: Path, models_dir: 
     settings = Settings(data_dir=tmp_path / "fresh", models_dir=models_dir, database_url=database_url)
     process = build_worker_process(settings, worker_id="first")
     try:
-        with process.worker._sessions.begin() as session:  # the schema is there: the worker can look for work
+        with process.worker.sessions.begin() as session:  # the schema is there: the worker can look for work
             assert repo.has_claimable_job(session, JobStatus.QUEUED, time.time()) is False
         assert process.worker.worker_id == "first" and settings.jobs_dir.is_dir()
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from openft.db.tables import CheckpointRow, JobRow
-from openft.jobs.states import JobStatus
+from openft.domain.job_states import JobStatus
 from openft.services.container import Container
 from tests.jobs.test_fairness import queue_job
 
@@ -75,7 +75,7 @@ def test_the_worker_removes_finished_jobs_working_files_after_the_retention(cont
     (stray / "train.log").write_text("x")
     untouched = {path: _files(path) for path in (recent_dir, running_dir, stray)}
 
-    worker._sweep_job_folders()
+    worker.sweep_job_folders()
 
     assert not failed_dir.exists() and not cancelled_dir.exists()
     with container.sessions.begin() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from openft.db import repositories as repo
-from openft.jobs.states import JobStatus
+from openft.domain.job_states import JobStatus
 from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container
 from openft.storage import LocalBlobStore
@@ -28,10 +28,10 @@ def _validate_all(container: Container) -> None:
     worker = container.worker
     assert worker is not None
     for _ in range(50):
-        worker._claim_validation()
-        for _attempt, thread in list(worker._validations.values()):
+        thread = worker.claim_validation()
+        if thread is not None:
             thread.join()
-        worker._reap()
+        worker.reap()
         with container.sessions.begin() as session:
             if not repo.jobs_with_expired_lease(session, [JobStatus.VALIDATING_FILES], time.time() + 3600):
                 return
@@ -55,8 +55,8 @@ def test_validation_resolves_auto_and_queues(container: Container) -> None:
     assert messages[0].startswith("Files validated: 40 training examples.")
     worker = container.worker
     assert worker is not None
-    worker._report_queue()  # the loop's next turn reports the job's place in the queue
-    worker._report_queue()  # … once: nothing changed since
+    worker.report_queue()  # the loop's next turn reports the job's place in the queue
+    worker.report_queue()  # … once: nothing changed since
     events = container.fine_tuning.list_events(container.default_org_id, job_id, after=None, limit=10).data
     assert [e.message for e in events[:2]] == [
         "Queued: position 1; estimated start now",
@@ -90,7 +90,7 @@ def test_abandoned_jobs_are_recovered(container: Container) -> None:
             assert claimed is not None
         repo.transition_job(session, pausing, JobStatus.PAUSING)
     time.sleep(0.05)
-    worker._recover_abandoned()
+    worker.recover_abandoned()
     assert container.fine_tuning.get(container.default_org_id, running).status == "queued"
     # a pausing job with no checkpoint yet cannot be paused: it goes back to the queue as well
     assert container.fine_tuning.get(container.default_org_id, pausing).status == "queued"

@@ -5,11 +5,11 @@ import time
 import pytest
 
 from openft.db import repositories as repo
+from openft.domain.job_states import JobStatus
+from openft.domain.model_names import fine_tuned_model_name as model_name_for
 from openft.errors import InvalidJobState, InvalidRequest, NotFound
-from openft.jobs.states import JobStatus
 from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container
-from openft.services.fine_tuning import model_name_for
 from openft.storage import LocalBlobStore
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples

@@ -12,11 +12,10 @@ import pytest
 
 from openft.api.errors import error_response
 from openft.db import repositories as repo
+from openft.domain.job_states import JobStatus
 from openft.errors import InvalidRequest, ModelNotFound
 from openft.jobs import queue
-from openft.jobs.events import new_event
-from openft.jobs.outcomes import record_failure
-from openft.jobs.states import JobStatus
+from openft.jobs.outcome import record_failure
 from openft.protocol.fine_tuning import FineTuningJobCreate
 from openft.services.container import Container
 from openft.storage import LocalBlobStore
@@ -61,11 +60,15 @@ def test_events_written_with_server_detail_are_read_without_it(container: Contai
     jobs_dir = container.settings.jobs_dir
     with container.sessions.begin() as session:
         session.add(  # as a dead worker's recovery and an older trainer wrote them
-            new_event(job_id, "Recovered after its worker stopped.", data={"worker_id": worker_id, "resume_step": 3})
+            repo.new_event(
+                job_id, "Recovered after its worker stopped.", data={"worker_id": worker_id, "resume_step": 3}
+            )
         )
-        session.add(new_event(job_id, f"Job paused at step 3; checkpoint written to {jobs_dir}/{job_id}/x."))
+        session.add(repo.new_event(job_id, f"Job paused at step 3; checkpoint written to {jobs_dir}/{job_id}/x."))
         estimate = queue.QueueEstimate(position=2, length=17, estimated_start=None, estimated_finish=None)
-        session.add(new_event(job_id, queue.report_message(estimate, time.time()), data=queue.report_data(estimate, 1)))
+        session.add(
+            repo.new_event(job_id, queue.report_message(estimate, time.time()), data=queue.report_data(estimate, 1))
+        )
     seen = _seen(container, job_id)
     assert worker_id not in seen and "4242" not in seen and str(jobs_dir) not in seen
     assert "of 17" not in seen and "queue_length" not in seen  # how many jobs other organizations have waiting

@@ -1,7 +1,9 @@
 """Queries. Services and the worker call these with a session they own (one transaction per use-case).
 
-Status changes are compare-and-set UPDATEs (`WHERE status IN sources`), and a runner's writes are
-fenced by the job's `attempt` number, so a late writer can never overwrite a newer decision.
+This is the only module that writes a job's status (docs/design.md §2): `transition_job`, `claim_next_job` and
+`release_expired_claim` are compare-and-set UPDATEs (`WHERE status IN sources`) whose sources the transition
+table (domain/job_states.py) allows, and each releases or takes the worker's claim with the status itself. A
+runner's writes are fenced by the job's `attempt` number, so a late writer can never overwrite a newer decision.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session, aliased
 
+from openft import ids
 from openft.db.tables import (
     ApiKeyRow,
     CheckpointRow,
@@ -23,9 +26,9 @@ from openft.db.tables import (
     JobRow,
     OrganizationRow,
 )
+from openft.domain.claim_order import claim_order
+from openft.domain.job_states import ACTIVE, TERMINAL, WAITING, JobStatus, check_transition, holds_claim, legal_sources
 from openft.errors import InvalidRequest
-from openft.jobs.queue import claim_order
-from openft.jobs.states import JobStatus, is_legal, sources_of
 
 Row = TypeVar("Row", FileRow, JobRow, JobEventRow, CheckpointRow)
 
@@ -234,15 +237,19 @@ def transition_job(
     attempt: int | None = None,
     **fields: Any,
 ) -> bool:
-    """Move a job to `target` if its status is one of `sources` (default: every legal source).
+    """Move a job to `target` if its status is one of `sources` (default: every legal source; an illegal one
+    raises `IllegalTransition`). A target that holds no claim (everything but running/pausing) releases the
+    worker's claim in the same UPDATE: `worker_id` and the lease are cleared here, nowhere else.
 
     Returns False, changing nothing, when the job was in another status (someone else decided
     first) or, with `attempt`, when another claim has superseded the caller's.
     """
-    allowed = set(sources_of(target) if sources is None else sources) & set(sources_of(target))
+    allowed = legal_sources(target, sources)
     conditions = [JobRow.id == job_id, JobRow.status.in_([s.value for s in allowed])]
     if attempt is not None:
         conditions.append(JobRow.attempt == attempt)
+    if not holds_claim(target):
+        fields = {"worker_id": None, "lease_expires_at": None, **fields}
     result = session.execute(
         update(JobRow).where(and_(*conditions)).values(status=target.value, updated_at=time.time(), **fields)
     )
@@ -257,9 +264,9 @@ def update_job_fenced(session: Session, job_id: str, attempt: int, **fields: Any
     return result.rowcount == 1
 
 
-ACTIVE_STATUSES = (JobStatus.RUNNING.value, JobStatus.PAUSING.value)
+ACTIVE_STATUSES = tuple(s.value for s in ACTIVE)
 """A job in these holds a training slot: it counts against its organization's `max_running_jobs`."""
-WAITING_STATUSES = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value)
+WAITING_STATUSES = tuple(s.value for s in WAITING)
 """A job in these waits for a worker: it counts against its organization's `max_queued_jobs`."""
 
 
@@ -324,7 +331,11 @@ def claim_next_job(
     `fair` (training claims): organizations take turns and their running limits hold (`_fair_candidates`).
     The organization's row is locked (PostgreSQL) and its running jobs counted again under that lock, so two
     workers claiming at once cannot both take the last slot of one organization.
+
+    `target` is `source` itself (validation claims the job where it is) or a legal transition from it.
     """
+    if target is not source:
+        check_transition(source, target)
     now = time.time()
     job_id = session.scalar(_candidates(source, now, fair=fair).limit(1).with_for_update(skip_locked=True, of=JobRow))
     if job_id is None:
@@ -382,8 +393,7 @@ def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, n
     Conditional on the status, the attempt and the lease being still expired as read: if the worker
     renewed in the meantime, or another worker recovered the job first, nothing changes (False).
     """
-    if not is_legal(JobStatus(job.status), target):
-        return False
+    check_transition(JobStatus(job.status), target)
     result = session.execute(
         update(JobRow)
         .where(
@@ -436,16 +446,9 @@ def jobs_with_expired_lease(session: Session, statuses: Iterable[JobStatus], now
     ).all()
 
 
-def queue_position(session: Session, job: JobRow) -> int:
-    """How many queued jobs are ahead of this one (0 = next)."""
-    return int(
-        session.scalar(select(func.count()).where(JobRow.status == JobStatus.QUEUED.value, JobRow.seq < job.seq)) or 0
-    )
-
-
 def finished_jobs(session: Session, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int | None]]:
     """Which of `job_ids` finished (succeeded, failed, cancelled): id → (status, finished_at)."""
-    terminal = [JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+    terminal = [s.value for s in TERMINAL]
     rows = session.execute(
         select(JobRow.id, JobRow.status, JobRow.finished_at).where(JobRow.id.in_(job_ids), JobRow.status.in_(terminal))
     )
@@ -463,8 +466,35 @@ def job_statuses(session: Session, job_ids: Iterable[str]) -> dict[str, tuple[st
 # Events ---------------------------------------------------------------------------------------
 
 
-def add_event(session: Session, row: JobEventRow) -> None:
+def new_event(
+    job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict[str, Any] | None = None
+) -> JobEventRow:
+    """An event row, built alike by every writer (service, worker, runner); a runner that must write it exactly
+    once across retries builds it first and keeps its id."""
+    return JobEventRow(
+        id=ids.event_id(),
+        job_id=job_id,
+        created_at=int(time.time()),
+        level=level,
+        message=message,
+        type=type,
+        data=data,
+    )
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEventRow:
+    """Record an event of a job in the caller's transaction."""
+    row = new_event(job_id, message, level=level, type=type, data=data)
     session.add(row)
+    return row
 
 
 def event_exists(session: Session, event_id: str) -> bool:

@@ -3,7 +3,7 @@
 The rule (README, "Running workers"):
 
 - **Order.** Organizations take turns: the next claim serves the organization that has waited longest since
-  its last claim, and its oldest job (`claim_order`; the claim query in db/repositories.py does the same).
+  its last claim, and its oldest job (domain/claim_order.py; the claim query in db/repositories.py does the same).
 - **Slots.** Jobs are claimed in that order, one per free slot. The slots are the running (and pausing) jobs
   whose lease is live: while jobs wait, every live worker is full (a worker with a free slot claims within
   a poll interval), so this count is the job slots of the workers that are alive, with no registry of
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from openft.db.tables import JobRow
-from openft.jobs.states import JobStatus
+from openft.domain.job_states import JobStatus
 
 REPORT_PREFIX = "Queued:"
 """Every queue event's message starts with this (the worker finds the last report by it)."""
@@ -86,27 +86,6 @@ def _seconds_per_example(running: Sequence[JobRow], finished: Sequence[JobRow], 
         by_model.setdefault(base, []).append(value)
         by_model.setdefault(None, []).append(value)
     return {key: sum(values) / len(values) for key, values in by_model.items()}
-
-
-def claim_order(queued: Sequence[JobRow], last_claimed: Mapping[str, float | None]) -> list[JobRow]:
-    """`queued` (oldest first) in the order claims will take them: round-robin over organizations, the one
-    whose last claim (`last_claimed`, None: never) is oldest first, FIFO within each organization."""
-    by_org: dict[str, list[JobRow]] = {}
-    for job in queued:
-        by_org.setdefault(job.organization_id, []).append(job)
-    # (claimed in this simulation?, when, oldest job's seq): simulated claims come after every real one
-    turns = [(0, last_claimed.get(org) or 0.0, jobs[0].seq or 0, org) for org, jobs in by_org.items()]
-    heapq.heapify(turns)
-    ordered: list[JobRow] = []
-    taken = {org: 0 for org in by_org}
-    while turns:
-        _simulated, _when, _seq, org = heapq.heappop(turns)
-        jobs = by_org[org]
-        ordered.append(jobs[taken[org]])
-        taken[org] += 1
-        if taken[org] < len(jobs):
-            heapq.heappush(turns, (1, float(len(ordered)), jobs[taken[org]].seq or 0, org))
-    return ordered
 
 
 def estimate_queue(

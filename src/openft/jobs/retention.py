@@ -26,8 +26,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft.db import repositories as repo
+from openft.domain.job_states import JobStatus
 from openft.fsutil import remove_tree
-from openft.jobs.states import JobStatus
 from openft.trainer_contract import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)

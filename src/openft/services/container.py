@@ -4,7 +4,7 @@ worker. The API's lifespan and the CLI both use it, so they are wired the same w
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,6 +52,22 @@ def load_or_create_api_key(settings: Settings) -> tuple[str, bool]:
     return key, True
 
 
+class OrganizationNames:
+    """An organization's name by id (it goes into fine-tuned model names), looked up once and kept: names do
+    not change while a server runs."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        self._sessions = sessions
+        self._names: dict[str, str] = {}
+
+    def __call__(self, org_id: str) -> str:
+        if org_id not in self._names:
+            with self._sessions.begin() as session:
+                row = repo.get_organization(session, org_id)
+                self._names[org_id] = row.name if row else org_id
+        return self._names[org_id]
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -71,14 +87,6 @@ class Container:
     rate_limiter: RateLimiter
     data_check: DataCheckService
     worker: Worker | None = None
-    _org_names: dict[str, str] = field(default_factory=dict)
-
-    def org_name(self, org_id: str) -> str:
-        if org_id not in self._org_names:
-            with self.sessions.begin() as session:
-                row = repo.get_organization(session, org_id)
-                self._org_names[org_id] = row.name if row else org_id
-        return self._org_names[org_id]
 
     def start(self) -> None:
         """Begin serving for the long run: sweep orphaned blobs, then start the worker (if any).
@@ -119,17 +127,24 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
     )
     model_service = ModelService(sessions, catalog, generator)
+    files = FileService(sessions, store)
     worker = None
     if settings.run_worker if with_worker is None else with_worker:
-        worker = Worker(settings, sessions, store, catalog)
-    container = Container(
+        worker = Worker(settings, sessions, files, catalog)
+    return Container(
         settings=settings,
         engine=engine,
         sessions=sessions,
         store=store,
         catalog=catalog,
-        files=FileService(sessions, store),
-        fine_tuning=None,  # type: ignore[arg-type] — set below (needs the container's org lookup)
+        files=files,
+        fine_tuning=FineTuningService(
+            sessions,
+            catalog,
+            model_service,
+            org_names=OrganizationNames(sessions),
+            notify_worker=worker.notify if worker is not None else (lambda: None),
+        ),
         inference=InferenceService(model_service, generator, settings.max_queued_requests),
         models=model_service,
         default_org_id=org_id,
@@ -144,11 +159,3 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         ),
         worker=worker,
     )
-    container.fine_tuning = FineTuningService(
-        sessions,
-        catalog,
-        model_service,
-        org_names=container.org_name,
-        notify_worker=worker.notify if worker is not None else (lambda: None),
-    )
-    return container

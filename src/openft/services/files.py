@@ -10,6 +10,7 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,11 +23,12 @@ from openft.protocol.common import DeletedObject, IdListPage
 from openft.protocol.files import (
     EXPIRES_MAX_SECONDS,
     EXPIRES_MIN_SECONDS,
+    RESULT_PURPOSE,
     UPLOAD_PURPOSES,
     FileObject,
 )
 from openft.services import quotas
-from openft.storage import BlobStore, BlobWriter
+from openft.storage import BlobStore, BlobWriter, StoredBlob
 
 MAX_FILENAME_CHARS = 255
 ORPHAN_BLOB_SECONDS = 3600
@@ -196,3 +198,51 @@ class FileService:
             repo.delete_file(session, file_id)
         self._store.delete(file_id)
         return DeletedObject(id=file_id, object="file")
+
+    # for the worker (jobs/ports.py JobFiles): a job's copy of its data, its result file, expiry ---------------
+    def snapshot(self, org_id: str, file_id: str, dest: Path) -> bool:
+        """Copy the organization's file `file_id` to `dest` (a job keeps its own copy: deleting the file later
+        cannot hurt the job); False when there is no such file any more."""
+        with self._reads.begin() as session:
+            if repo.get_file(session, org_id, file_id) is None:
+                return False
+        self._store.snapshot_to(file_id, dest)
+        return True
+
+    def put_result_file(self, path: Path) -> StoredBlob:
+        """Store a finished job's result CSV durably under a new file id; its row comes with the job's success
+        (`add_result_row`, in the same transaction), or `discard` removes the blob again."""
+        return self._store.put_file(ids.file_id(), path)
+
+    @staticmethod
+    def add_result_row(session: Session, blob: StoredBlob, *, org_id: str, project: str | None) -> str:
+        """The file row of a stored result (`results.csv`, purpose `fine-tune-results`), in the caller's
+        transaction; result files count against no quota (their job was admitted already)."""
+        session.add(
+            FileRow(
+                id=blob.key,
+                organization_id=org_id,
+                project=project,
+                filename="results.csv",
+                purpose=RESULT_PURPOSE,
+                bytes=blob.size,
+                sha256=blob.sha256,
+                created_at=int(time.time()),
+                status="processed",
+            )
+        )
+        return blob.key
+
+    def discard(self, file_id: str) -> None:
+        """Remove a stored blob whose row was never committed."""
+        self._store.delete(file_id)
+
+    def delete_expired(self) -> list[str]:
+        """Delete the files whose `expires_at` has passed (rows first, then bytes); return their ids."""
+        with self._sessions.begin() as session:
+            expired = [row.id for row in repo.expired_files(session, int(time.time()))]
+            for file_id in expired:
+                repo.delete_file(session, file_id)
+        for file_id in expired:
+            self._store.delete(file_id)
+        return expired

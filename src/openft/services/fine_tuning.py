@@ -5,7 +5,7 @@ Reads and user actions take `org_id: str | None`: the caller's organization, or 
 
 The service only records decisions in the database; the worker (jobs/worker.py) notices them and
 acts on the training process. Every status change is a compare-and-set through the one transition
-table in `jobs/states.py`, so a request racing the worker can never produce an illegal status.
+table in `domain/job_states.py`, so a request racing the worker can never produce an illegal status.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.db.tables import CheckpointRow, JobEventRow, JobRow
+from openft.domain.job_states import ACTION_TARGET, JobStatus, UserAction, action_sources
+from openft.domain.model_names import fine_tuned_model_name
 from openft.errors import InvalidJobState, InvalidRequest, ModelNotFound, NotFound
-from openft.jobs.events import new_event
 from openft.jobs.queue import QueueEstimate, estimate_queue
-from openft.jobs.states import JobStatus, UserAction, action_sources
 from openft.protocol.common import IdListPage, ListPage
 from openft.protocol.fine_tuning import (
     MAX_SEED,
@@ -44,15 +44,6 @@ from openft.services.models import ModelService
 
 HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
 NOT_RUNNING_TRAINED_TOKENS = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING}
-
-
-def model_name_for(base: str, org_name: str, suffix: str | None, job_id: str) -> str:
-    """`ft:{base}:{org}:{suffix}:{id8}` (docs/api-compatibility.md §7); a hub id's `/` becomes `--`."""
-    return f"ft:{base.replace('/', '--')}:{org_name}:{suffix or ''}:{ids.short_job_id(job_id)}"
-
-
-def checkpoint_model_name(model_name: str, step: int) -> str:
-    return f"{model_name}:ckpt-step-{step}"
 
 
 # Wire conversion ------------------------------------------------------------------------------
@@ -240,7 +231,7 @@ class FineTuningService:
                 status=JobStatus.VALIDATING_FILES.value,
                 created_at=now,
                 updated_at=time.time(),
-                model_name=model_name_for(base_model, org_name, params.suffix, job_id),
+                model_name=fine_tuned_model_name(base_model, org_name, params.suffix, job_id),
                 method=method,
                 seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
                 suffix=params.suffix,
@@ -250,8 +241,8 @@ class FineTuningService:
             )
             session.add(row)
             session.flush()
-            session.add(new_event(job_id, f"Created fine-tuning job: {job_id}"))
-            session.add(new_event(job_id, f"Validating training file: {params.training_file}"))
+            repo.add_event(session, job_id, f"Created fine-tuning job: {job_id}")
+            repo.add_event(session, job_id, f"Validating training file: {params.training_file}")
         self._notify()
         return job_to_wire(row)
 
@@ -338,14 +329,9 @@ class FineTuningService:
             fields: dict[str, Any] = {}
             if action is UserAction.CANCEL:
                 fields = {"finished_at": int(time.time()), "estimated_finish": None}
-            if action is UserAction.RESUME:
-                fields = {"worker_id": None, "lease_expires_at": None}
-            target = {UserAction.PAUSE: JobStatus.PAUSING, UserAction.RESUME: JobStatus.QUEUED}.get(
-                action, JobStatus.CANCELLED
-            )
-            if not repo.transition_job(session, job_id, target, sources=[status], **fields):
+            if not repo.transition_job(session, job_id, ACTION_TARGET[action], sources=[status], **fields):
                 raise InvalidJobState(f"The job's status changed while the {action.value} was being applied; retry.")
-            session.add(new_event(job_id, _action_message(action, row)))
+            repo.add_event(session, job_id, _action_message(action, row))
             session.flush()
             session.refresh(row)  # the UPDATE above bypassed the ORM object
             wire = job_to_wire(row, _queue_estimates(session, [row]).get(row.id))

@@ -20,11 +20,10 @@ from openft.basemodels import BaseModelUnavailable, ModelCatalog
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.db.tables import CheckpointRow, JobRow
+from openft.domain.job_states import JobStatus
 from openft.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from openft.fsutil import remove_tree
 from openft.inference import InferenceEngine, ModelTarget
-from openft.jobs.events import new_event
-from openft.jobs.states import JobStatus
 from openft.protocol.common import DeletedObject
 from openft.protocol.models import Model, ModelList, azure_fields
 
@@ -192,7 +191,7 @@ class ModelService:
             for checkpoint in checkpoints:
                 repo.delete_checkpoint_for_step(session, job.id, checkpoint.step_number)
             repo.update_job_fenced(session, job.id, job.attempt, model_deleted_at=int(time.time()))
-            session.add(new_event(job.id, f"Fine-tuned model deleted: {name}"))
+            repo.add_event(session, job.id, f"Fine-tuned model deleted: {name}")
         for weights, folder in doomed:
             self._engine.unload(weights)
             remove_tree(folder)

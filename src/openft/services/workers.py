@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from openft.basemodels import ModelCatalog
 from openft.jobs.worker import SHUTDOWN_GRACE_SECONDS, Worker
 from openft.services.data_folder import open_database
+from openft.services.files import FileService
 from openft.settings import Settings
 from openft.storage import LocalBlobStore
 
@@ -46,11 +47,6 @@ class WorkerProcess:
 def build_worker_process(settings: Settings, *, worker_id: str | None = None) -> WorkerProcess:
     """Open the data folder and its database (services/data_folder.py), and wire a worker (not started)."""
     database = open_database(settings)  # refuses a data folder that belongs to another database
-    worker = Worker(
-        settings,
-        database.sessions,
-        LocalBlobStore(settings.files_dir),
-        ModelCatalog.from_settings(settings),
-        worker_id=worker_id,
-    )
+    files = FileService(database.sessions, LocalBlobStore(settings.files_dir))
+    worker = Worker(settings, database.sessions, files, ModelCatalog.from_settings(settings), worker_id=worker_id)
     return WorkerProcess(worker=worker, engine=database.engine)

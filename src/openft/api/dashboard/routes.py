@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from openft import __version__
-from openft.jobs.states import TERMINAL, JobStatus, UserAction, action_sources
+from openft.domain.job_states import TERMINAL, JobStatus, UserAction, action_sources
 
 STATIC_DIR = Path(__file__).parent / "static"
 CSP = (
