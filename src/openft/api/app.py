@@ -19,6 +19,7 @@ from openft.api.bodies import JsonBodyLimit, parse_json_off_loop
 from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
 from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, models
+from openft.api.routes.common import OpenApiResponses
 from openft.protocol.common import ErrorResponse
 from openft.services.container import Container, build_container
 from openft.services.throttle import FailedKeyThrottle
@@ -33,7 +34,7 @@ RESOURCE_ROUTERS = (
     completions.router,
     models.router,
 )
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: OpenApiResponses = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key (`invalid_api_key`)"},
     403: {"model": ErrorResponse, "description": "The key may not do this"},
@@ -117,7 +118,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
 def _api_version_parameter(dialect: Dialect) -> dict[str, Any] | None:
     """The `api-version` query parameter the Azure dialects read (checked by `deps.DIALECT_CHECKS`)."""
     if dialect is Dialect.AZURE_DATED:
-        schema = {"type": "string", "pattern": f"^{DATED_VERSION.pattern}$", "example": "2025-04-01-preview"}
+        schema: dict[str, Any] = {
+            "type": "string",
+            "pattern": f"^{DATED_VERSION.pattern}$",
+            "example": "2025-04-01-preview",
+        }
         return {"name": "api-version", "in": "query", "required": True, "schema": schema}
     if dialect is Dialect.AZURE_V1:
         schema = {"type": "string", "enum": list(AZURE_V1_VERSIONS)}

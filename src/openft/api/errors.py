@@ -73,7 +73,7 @@ def _printable(text: str | None) -> str | None:
 def error_response(exc: OpenFTError) -> JSONResponse:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
-            status, type_, headers = ERROR_TABLE[cls]  # type: ignore[index]
+            status, type_, headers = ERROR_TABLE[cls]
             break
     else:
         status, type_, headers = 500, "server_error", {}

@@ -63,7 +63,8 @@ def check(
         raise _cannot(f"--method must be supervised or dpo, got {method!r}", "method", as_json)
     if estimate not in ("measured", "table", "none"):
         raise _cannot(f"--estimate must be measured, table or none, got {estimate!r}", "estimate", as_json)
-    settings = Settings(**{k: v for k, v in {"models_dir": models_dir, "data_dir": data_dir}.items() if v is not None})
+    folders: dict[str, Any] = {"models_dir": models_dir, "data_dir": data_dir}  # unset: the environment's
+    settings = Settings(**{name: path for name, path in folders.items() if path is not None})
     catalog = ModelCatalog.from_settings(settings)
     name = model or default_model(catalog) or BUILTIN_MODEL_NAME
     info = catalog.get(name)

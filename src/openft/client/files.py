@@ -40,7 +40,7 @@ def upload(
     existing_file(file)
     connection = connect(base_url, api_key)
     with api_errors(connection, as_json=as_json), open(file, "rb") as handle:
-        created = connection.openai().files.create(file=(file.name, handle), purpose=purpose)  # type: ignore[arg-type]
+        created = connection.openai().files.create(file=(file.name, handle), purpose=purpose)
     if as_json:
         print_json(created)
         return

@@ -92,7 +92,7 @@ def create(
             suffix=suffix or NOT_GIVEN,
             seed=seed if seed is not None else NOT_GIVEN,
             metadata=parse_metadata(metadata) or NOT_GIVEN,
-            method={"type": method, method: {"hyperparameters": hyperparameters}},  # type: ignore[misc,arg-type]
+            method={"type": method, method: {"hyperparameters": hyperparameters}},
         )
     if as_json:
         print_json(job)

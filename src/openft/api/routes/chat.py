@@ -14,12 +14,14 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from openft.api.deps import PrincipalDep
-from openft.api.routes.common import container
+from openft.api.routes.common import OpenApiResponses, container
 from openft.protocol.chat import ChatCompletion, ChatCompletionRequest
 from openft.services.admission import ClientDisconnected
 
 router = APIRouter(tags=["chat"])
-RESPONSES = {200: {"model": ChatCompletion, "description": "A chat completion, or server-sent chunks when stream=true"}}
+RESPONSES: OpenApiResponses = {
+    200: {"model": ChatCompletion, "description": "A chat completion, or server-sent chunks when stream=true"}
+}
 CLIENT_CLOSED_REQUEST = 499
 """Logged when the client left before its answer (nginx's code); nobody receives it."""
 

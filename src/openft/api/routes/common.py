@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request
 
 from openft.api.deps import Dialect
 from openft.services.container import Container
+
+OpenApiResponses = dict[int | str, dict[str, Any]]
+"""A route's extra `responses=` (status → OpenAPI response object), typed as FastAPI's parameter is: an
+unannotated literal is inferred as `dict[int, dict[str, object]]`, which that parameter does not accept."""
 
 
 def container(request: Request) -> Container:

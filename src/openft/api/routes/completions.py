@@ -10,12 +10,14 @@ from sse_starlette import EventSourceResponse
 
 from openft.api.deps import PrincipalDep
 from openft.api.routes.chat import CLIENT_CLOSED_REQUEST, client_watch
-from openft.api.routes.common import container
+from openft.api.routes.common import OpenApiResponses, container
 from openft.protocol.completions import Completion, CompletionRequest
 from openft.services.admission import ClientDisconnected
 
 router = APIRouter(tags=["completions"])
-RESPONSES = {200: {"model": Completion, "description": "A completion, or server-sent chunks when stream=true"}}
+RESPONSES: OpenApiResponses = {
+    200: {"model": Completion, "description": "A completion, or server-sent chunks when stream=true"}
+}
 
 
 async def answer(

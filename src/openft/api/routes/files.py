@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from openft.api.deps import Dialect, DialectDep, PrincipalDep
 from openft.api.multipart import read_multipart_upload
-from openft.api.routes.common import container, created_status, location
+from openft.api.routes.common import OpenApiResponses, container, created_status, location
 from openft.protocol.common import DeletedObject, ErrorResponse, IdListPage
 from openft.protocol.files import UPLOAD_PURPOSES, FileObject
 from openft.services.files import MAX_LIST_LIMIT
@@ -36,7 +36,7 @@ _UPLOAD_BODY = {
         },
     }
 }
-_TOO_LARGE = {413: {"model": ErrorResponse, "description": "File too large (`file_too_large`)"}}
+_TOO_LARGE: OpenApiResponses = {413: {"model": ErrorResponse, "description": "File too large (`file_too_large`)"}}
 
 
 @router.post("/files", openapi_extra=_UPLOAD_BODY, responses=_TOO_LARGE)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from openft.api.deps import Dialect, DialectDep, PrincipalDep
-from openft.api.routes.common import container, created_status, location
+from openft.api.routes.common import OpenApiResponses, container, created_status, location
 from openft.errors import InvalidRequest
 from openft.protocol.common import ErrorResponse, IdListPage, ListPage
 from openft.protocol.fine_tuning import (
@@ -22,7 +22,9 @@ MAX_PAGE = 100
 """Largest `limit` for jobs, events and checkpoints (documented in README)."""
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 After = Annotated[str | None, Query(max_length=64)]
-STATE_CONFLICT = {409: {"model": ErrorResponse, "description": "Not allowed in the job's status (`invalid_job_state`)"}}
+STATE_CONFLICT: OpenApiResponses = {
+    409: {"model": ErrorResponse, "description": "Not allowed in the job's status (`invalid_job_state`)"}
+}
 
 
 @router.post("/fine_tuning/jobs")
