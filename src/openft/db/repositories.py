@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, true, update
+from sqlalchemy import ColumnElement, CursorResult, Select, Update, and_, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session, aliased
 
 from openft import ids
@@ -41,7 +41,7 @@ class Page(Generic[Row]):
 
 def _paginate(
     session: Session,
-    stmt: Select[tuple[Row]],
+    stmt: Select[Row],
     model: type[Row],
     *,
     after: str | None,
@@ -145,16 +145,21 @@ def list_api_keys(session: Session, *, org_id: str | None = None, include_revoke
 
 def revoke_api_key(session: Session, key_id: str, now: int) -> bool:
     """Mark a key revoked; False when it does not exist or was already revoked (the first time is kept)."""
-    result = session.execute(
-        update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None)).values(revoked_at=now)
+    result = _update(
+        session, update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None)).values(revoked_at=now)
     )
     return result.rowcount == 1
+
+
+def _update(session: Session, stmt: Update) -> CursorResult[Any]:
+    """Run an UPDATE; its result carries `rowcount` (the compare-and-set writes decide on it)."""
+    return cast("CursorResult[Any]", session.execute(stmt))
 
 
 # Files ----------------------------------------------------------------------------------------
 
 
-def _live_files(org_id: str | None, now: int) -> Select[tuple[FileRow]]:
+def _live_files(org_id: str | None, now: int) -> Select[FileRow]:
     """Unexpired files of one organization, or of all of them (`org_id=None`: admin keys, the worker)."""
     stmt = select(FileRow).where((FileRow.expires_at.is_(None)) | (FileRow.expires_at > now))
     return stmt if org_id is None else stmt.where(FileRow.organization_id == org_id)
@@ -250,16 +255,17 @@ def transition_job(
         conditions.append(JobRow.attempt == attempt)
     if not holds_claim(target):
         fields = {"worker_id": None, "lease_expires_at": None, **fields}
-    result = session.execute(
-        update(JobRow).where(and_(*conditions)).values(status=target.value, updated_at=time.time(), **fields)
+    result = _update(
+        session, update(JobRow).where(and_(*conditions)).values(status=target.value, updated_at=time.time(), **fields)
     )
     return result.rowcount == 1
 
 
 def update_job_fenced(session: Session, job_id: str, attempt: int, **fields: Any) -> bool:
     """Write fields of a job the caller has claimed; False when the claim was taken over."""
-    result = session.execute(
-        update(JobRow).where(JobRow.id == job_id, JobRow.attempt == attempt).values(updated_at=time.time(), **fields)
+    result = _update(
+        session,
+        update(JobRow).where(JobRow.id == job_id, JobRow.attempt == attempt).values(updated_at=time.time(), **fields),
     )
     return result.rowcount == 1
 
@@ -285,14 +291,14 @@ def _running_count(org_id: Any) -> Any:
     )
 
 
-def _candidates(source: JobStatus, now: float, *, fair: bool) -> Select[tuple[str]]:
+def _candidates(source: JobStatus, now: float, *, fair: bool) -> Select[str]:
     """Jobs in `source` a worker may claim, best first: `_fair_candidates` when `fair`, else oldest first."""
     if fair:
         return _fair_candidates(source, now)
     return select(JobRow.id).where(JobRow.status == source.value, _unclaimed(now)).order_by(JobRow.seq)
 
 
-def _fair_candidates(source: JobStatus, now: float) -> Select[tuple[str]]:
+def _fair_candidates(source: JobStatus, now: float) -> Select[str]:
     """Jobs in `source` a worker may claim, best first: the organization that has waited longest since its
     last claim goes first (round-robin; never claimed counts as longest), then its oldest job (FIFO within
     the organization). An organization at its `max_running_jobs` is skipped altogether."""
@@ -341,14 +347,15 @@ def claim_next_job(
     if job_id is None:
         return None
     if fair:
-        org_id = session.scalar(select(JobRow.organization_id).where(JobRow.id == job_id))
+        org_id = session.execute(select(JobRow.organization_id).where(JobRow.id == job_id)).scalar_one()
         organization = lock_organization(session, org_id)
         if organization is not None:
             limit = organization.max_running_jobs
             if limit is not None and int(session.scalar(select(_running_count(org_id))) or 0) >= limit:
                 return None  # another worker took the organization's last slot meanwhile
             organization.last_claimed_at = now
-    result = session.execute(
+    result = _update(
+        session,
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.status == source.value, _unclaimed(now))
         .values(
@@ -357,7 +364,7 @@ def claim_next_job(
             lease_expires_at=now + lease_seconds,
             attempt=JobRow.attempt + 1,
             updated_at=now,
-        )
+        ),
     )
     if result.rowcount != 1:
         return None
@@ -371,10 +378,11 @@ def renew_leases(session: Session, worker_id: str, claims: dict[str, int], lease
     lost = set()
     until = time.time() + lease_seconds
     for job_id, attempt in claims.items():
-        result = session.execute(
+        result = _update(
+            session,
             update(JobRow)
             .where(JobRow.id == job_id, JobRow.attempt == attempt, JobRow.worker_id == worker_id)
-            .values(lease_expires_at=until)
+            .values(lease_expires_at=until),
         )
         if result.rowcount != 1:
             lost.add(job_id)
@@ -394,7 +402,8 @@ def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, n
     renewed in the meantime, or another worker recovered the job first, nothing changes (False).
     """
     check_transition(JobStatus(job.status), target)
-    result = session.execute(
+    result = _update(
+        session,
         update(JobRow)
         .where(
             JobRow.id == job.id,
@@ -409,7 +418,7 @@ def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, n
             attempt=JobRow.attempt + 1,
             updated_at=time.time(),
             **fields,
-        )
+        ),
     )
     return result.rowcount == 1
 

@@ -152,7 +152,7 @@ def report_data(estimate: QueueEstimate, attempt: int, previous: dict[str, Any] 
         "estimated_start": estimate.estimated_start,
         "estimated_finish": estimate.estimated_finish,
         "attempt": attempt,
-        "report": _reports(previous) + 1 if same_stay else 1,
+        "report": _reports(previous) + 1 if previous is not None and same_stay else 1,
     }
 
 

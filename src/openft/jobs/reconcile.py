@@ -58,10 +58,10 @@ def rows_with_folder(
             "steps_per_epoch": int(started["steps_per_epoch"]),
             "metrics_every": TrainJobSpec.read(claim.spec_path).metrics_every,
         }
-        for row in read_metrics(claim.spec_path.parent / METRICS_FILE):
-            step = int(row["step"])
+        for logged in read_metrics(claim.spec_path.parent / METRICS_FILE):
+            step = int(logged["step"])
             if step <= start and step not in seen and emits_metrics(step, **plan):
-                session.add(metrics_event(job_id, row, total))
+                session.add(metrics_event(job_id, logged, total))
     if superseded or (start > 0 and len(seen) < start):
         log.info("job %s: %d metrics events superseded on resume from step %d", job_id, len(superseded), start)
     on_disk = {int(c["step"]): c for c in started.get("checkpoints") or [] if c.get("kind") != "periodic"}

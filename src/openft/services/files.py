@@ -6,6 +6,7 @@ every organization's files. Another organization's file is the same 404 as a fil
 
 from __future__ import annotations
 
+import builtins
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -171,7 +172,7 @@ class FileService:
             row = self._row(session, org_id, file_id)
         return FileContent(filename=row.filename, size=row.bytes, chunks=self._store.iter_chunks(row.id))
 
-    def remove_orphan_blobs(self, min_age_seconds: float = ORPHAN_BLOB_SECONDS) -> list[str]:
+    def remove_orphan_blobs(self, min_age_seconds: float = ORPHAN_BLOB_SECONDS) -> builtins.list[str]:
         """Delete blobs that no file row points to and that are older than `min_age_seconds`; return their keys.
 
         The durable-write order (blob renamed into place, then its row committed) leaves such a blob when the
@@ -237,7 +238,7 @@ class FileService:
         """Remove a stored blob whose row was never committed."""
         self._store.delete(file_id)
 
-    def delete_expired(self) -> list[str]:
+    def delete_expired(self) -> builtins.list[str]:
         """Delete the files whose `expires_at` has passed (rows first, then bytes); return their ids."""
         with self._sessions.begin() as session:
             expired = [row.id for row in repo.expired_files(session, int(time.time()))]

@@ -37,7 +37,12 @@ class WorkerProcess:
             while not stop.wait(0.5):
                 pass
             log.info("worker %s stopping: asking trainers to checkpoint", self.worker.worker_id)
-            watcher = threading.Thread(target=lambda: force.wait() and self.worker.force_stop(), daemon=True)
+
+            def cut_short() -> None:
+                if force.wait():
+                    self.worker.force_stop()
+
+            watcher = threading.Thread(target=cut_short, daemon=True)
             watcher.start()
             self.worker.stop(timeout=grace)
         finally:
