@@ -108,9 +108,9 @@ def event_to_wire(row: JobEventRow) -> FineTuningJobEvent:
     return FineTuningJobEvent(
         id=row.id,
         created_at=row.created_at,
-        level=row.level,  # type: ignore[arg-type]
+        level=row.level,  # type: ignore[arg-type]  # a str column; only new_event writes it, with these literals
         message=redact_paths(row.message),  # owners read events: no server paths, hosts or pids (openft.redact)
-        type=row.type,  # type: ignore[arg-type]
+        type=row.type,  # type: ignore[arg-type]  # likewise: "message" or "metrics"
         data=tenant_event_data(row.data),
     )
 
