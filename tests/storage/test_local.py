@@ -262,7 +262,7 @@ def test_start_keeps_temp_files_of_live_writers(tmp_path: Path) -> None:
         mine = LocalBlobStore(root).writer()
         mine.write(b"mine")
         LocalBlobStore(root)  # a second store in this process, e.g. another container in tests
-        assert temp_files(root) == sorted([*theirs, mine._tmp.name])
+        assert temp_files(root) == sorted([*theirs, mine.temp_path.name])
         assert mine.commit("file-mine").size == 4
     finally:
         live.kill()
@@ -320,6 +320,6 @@ def test_host_names_that_look_alike_in_file_names_get_different_temp_prefixes(mo
     names = []
     for hostname in ("web.1", "web-1", "x" * 70, "x" * 70 + "y"):
         monkeypatch.setattr(socket, "gethostname", lambda hostname=hostname: hostname)
-        names.append(local._process_space())
+        names.append(local.process_space())
     assert len(set(names)) == 4
     assert all("." not in name and len(name) <= 51 for name in names)  # still `HOST.PID.RANDOM.part`

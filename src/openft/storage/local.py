@@ -31,7 +31,7 @@ modification time; an upload in progress writes to it all the time)."""
 _COPY_CHUNK = 1 << 20
 
 
-def _process_space() -> str:
+def process_space() -> str:
     """Who can judge this process's pids: the host name, plus a hash that tells apart machines whose names
     look alike once made file-name safe, other boots of the same machine, and containers that share a host
     name but not a pid namespace (each of those may run an unrelated process under the same pid)."""
@@ -46,7 +46,7 @@ def _process_space() -> str:
     return f"{re.sub(r'[^A-Za-z0-9-]', '-', hostname)[:40] or 'host'}-{digest}"
 
 
-_HOST = _process_space()
+_HOST = process_space()
 """The first part of this process's temp file names (no dots, so the name still splits into four parts)."""
 _OWN_TEMPS: set[str] = set()
 """File names (random, so unique) of the temp files this process is writing. A file named with this process's
@@ -89,6 +89,11 @@ class LocalBlobWriter:
         self._sha256 = hashlib.sha256()
         self._committed = False
         self.size = 0
+
+    @property
+    def temp_path(self) -> Path:
+        """Where the bytes are written until `commit` (a per-process name other processes leave alone)."""
+        return self._tmp
 
     def write(self, data: bytes) -> None:
         if self._file is None:
@@ -147,7 +152,7 @@ class LocalBlobStore:
         """Delete the temp files of writers that are gone, so a server killed mid-upload leaves nothing behind
         once it is started again.
 
-        A temp file's name says which process writes it (`HOST.PID.RANDOM.part`, HOST from `_process_space`).
+        A temp file's name says which process writes it (`HOST.PID.RANDOM.part`, HOST from `process_space`).
         Written from this host and pid namespace it is stale when that process is dead, or when the pid is
         this process's own but the file is not one this process opened (pid reuse). Worker processes and
         other servers sharing the folder keep theirs. A file from another host (or container, or boot), or
