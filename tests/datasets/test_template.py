@@ -147,3 +147,9 @@ def test_training_reports_the_line_past_a_limit(tiny_model_dir: Path) -> None:
         tokenize_example(tokenizer, example, max_seq_len=512)
     assert raised.value.problem.line == 9 and "chat template" in raised.value.problem.message
     assert raised.value.problem.code == "invalid_file_format"
+
+
+def test_the_generation_tag_renders_its_body_unchanged() -> None:
+    """transformers' `{% generation %}` (assistant-mask) tag: templates that use it render as without it."""
+    source = "{% for m in messages %}{% generation %}[{{ m }}]{% endgeneration %}{% endfor %}"
+    assert template.compile_template(source).render(messages=["a", "b"]) == "[a][b]"

@@ -256,7 +256,7 @@ class ModelCatalog:
             return _folder_info(hub_id, folder, "hub", hub_id)
         return BaseModelInfo(name=hub_id, source="hub", path=None, hub_id=hub_id)
 
-    def _cached_hub_ids(self) -> list[str]:
+    def _cached_hub_ids(self) -> Sequence[str]:
         """Allowed ids with an entry in the HF cache (`models--org--name` folders); none when none are allowed."""
         if not self.hub_models:
             return []

@@ -18,6 +18,7 @@ import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from openft.fsutil import commit_dir, remove_tree, temp_sibling
 
@@ -57,7 +58,8 @@ def convert(gguf: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Any: the quantization marker below is set by from_pretrained, not declared on the model class.
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are fp32 already; only the marker is left, and it blocks saving and training.
     model.hf_quantizer = None
     model.is_quantized = False

@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the trainer's modules import torch: only when a check measures
+    from openft.training.precision import Precision
 
 MEASURED_STEPS = 3
 MEASURE_BUDGET_SECONDS = 30.0
@@ -67,7 +70,7 @@ def approximate_parameters(config: dict[str, Any]) -> int | None:
     return layers * (4 * hidden * hidden + 3 * hidden * intermediate) + vocab * hidden
 
 
-def _device_and_precision() -> tuple[Any, str]:
+def _device_and_precision() -> tuple[Any, Precision]:
 
     from openft.training.model import pick_device
     from openft.training.precision import resolve_precision
@@ -167,7 +170,7 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _trainable_model(model_folder: Path) -> tuple[Any, Any, str]:
+def _trainable_model(model_folder: Path) -> tuple[Any, Any, Precision]:
     """The base model with the trainer's default LoRA, on the trainer's device, in train mode."""
     import warnings
 
@@ -181,7 +184,8 @@ def _trainable_model(model_folder: Path) -> tuple[Any, Any, str]:
     hf_logging.disable_progress_bar()  # a check prints its report, not "Loading weights" bars
     device, precision = _device_and_precision()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, trust_remote_code=False)
+    # Any: wrapped in a PEFT model below, which transformers' annotations do not allow for
+    model: Any = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32, trust_remote_code=False)
     lora = LoraSpec()
     config = LoraConfig(
         r=lora.r,

@@ -319,7 +319,7 @@ def iter_parsed(
             continue
         try:
             obj = json.loads(text or "")
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield line_no, None, [Problem(line_no, "invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")]
             continue
         if "\\u" in (text or "") and not _valid_unicode(obj):

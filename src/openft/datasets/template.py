@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import jinja2
 import jinja2.ext
@@ -172,7 +172,9 @@ def _limited_range(*args: int) -> range:
 class _Generation(jinja2.ext.Extension):
     """`{% generation %}…{% endgeneration %}` (transformers' assistant-mask tag): renders its body unchanged."""
 
-    tags: ClassVar[set[str]] = {"generation"}
+    def __init__(self, environment: jinja2.Environment):
+        super().__init__(environment)
+        self.tags = {"generation"}  # jinja2 declares `tags` per instance (and reads it from the instance)
 
     def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno

@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -183,7 +184,7 @@ class Generation:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,  # `ActiveModel.model`: a transformers model, or a PEFT model around one
         tokenizer: PreTrainedTokenizerBase,
         vocab: TokenVocabulary,
         plan: DecodePlan,
@@ -280,8 +281,8 @@ class Generation:
         """Log-softmax of the (penalized) logits before temperature and top_p, as OpenAI reports them."""
         logprobs = torch.log_softmax(logits, dim=-1)
         chosen = logprobs.gather(1, torch.tensor(next_ids)[:, None])[:, 0].tolist()
-        top_values, top_ids = logprobs.topk(self._params.top_logprobs, dim=-1)
-        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        best = logprobs.topk(self._params.top_logprobs, dim=-1)
+        top_values, top_ids = best.values.tolist(), best.indices.tolist()
         vocab = self._vocab
         entries: list[TokenLogprob | None] = []
         for row, choice in enumerate(choices):

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTuner
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from openft.errors import ModelNotFound
@@ -70,7 +71,9 @@ _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 class ActiveModel:
     """A model ready to run with the request's adapter active; valid only while its lease is held."""
 
-    model: torch.nn.Module
+    model: Any
+    """A transformers model, or a PEFT model around one (which forwards what it lacks to the model inside):
+    Any, because neither library's annotations cover that pairing (torch types their attributes as Tensor)."""
     tokenizer: PreTrainedTokenizerBase
     context_length: int | None
     stop_token_ids: frozenset[int]
@@ -168,7 +171,7 @@ class ModelRegistry:
             # The LoRA layers live inside the base's modules; disabling them gives back the exact base. They
             # stay disabled until an adapter request: toggling per request (PEFT's `disable_adapter()`)
             # walks every module twice, ~15 ms a request on SmolLM2-135M.
-            active.model.base_model.disable_adapter_layers()
+            _lora_tuner(active.model).disable_adapter_layers()
             slot.lora_enabled = False
         self._shrink()
         return active
@@ -289,7 +292,7 @@ class ModelRegistry:
         model, name = active.model, slot.adapters[key][0]
         assert isinstance(model, PeftModel)
         if not slot.lora_enabled:
-            model.base_model.enable_adapter_layers()
+            _lora_tuner(model).enable_adapter_layers()
             slot.lora_enabled = True
         if model.active_adapters != [name]:  # set_adapter walks every module: skip it when nothing changes
             model.set_adapter(name, inference_mode=True)
@@ -504,7 +507,14 @@ def _tokenizer_folder(target: ModelTarget) -> Path:
     return target.base_path
 
 
-def _stop_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+def _lora_tuner(model: PeftModel) -> BaseTuner:
+    """The LoRA tuner a PEFT model wraps its base in (peft annotates `base_model` as any torch Module)."""
+    tuner = model.base_model
+    assert isinstance(tuner, BaseTuner)
+    return tuner
+
+
+def _stop_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """End-of-sequence ids from the generation config (chat models often list several) and the tokenizer."""
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured])

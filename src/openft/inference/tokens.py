@@ -29,7 +29,9 @@ class IncrementalDecoder:
         self._read_offset = 0  # ids before this are in `text`
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string (a batch gives a list)
+        return text
 
     def peek(self, token_id: int) -> tuple[str, bool]:
         """(text `token_id` would add now, whether an incomplete character is left waiting) — no change."""
@@ -77,6 +79,7 @@ class TokenVocabulary:
         piece = self._tokenizer.convert_ids_to_tokens(token_id)
         if piece is None:
             return b""
+        assert isinstance(piece, str)  # one id gives one token (a list of ids gives a list)
         if self._byte_level and token_id not in self._special:
             decoder = _byte_decoder()
             if all(c in decoder for c in piece):

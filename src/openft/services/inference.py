@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 
@@ -36,6 +36,7 @@ from openft.inference import (
 )
 from openft.inference.decoding import collect
 from openft.inference.stream import StreamEnd
+from openft.inference.types import FinishReason
 from openft.protocol.chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -116,11 +117,18 @@ class _ChatChunks:
     def __init__(self, request: ChatCompletionRequest, params: GenerationParams):
         self._params = params
         self._include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        self._base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
+        self._id, self._created, self._model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model
         self._calls_seen = [0] * params.n
 
     def _chunk(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
-        payload = ChatCompletionChunk(**self._base, choices=choices, system_fingerprint=SYSTEM_FINGERPRINT, usage=usage)
+        payload = ChatCompletionChunk(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=choices,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            usage=usage,
+        )
         data = payload.model_dump()
         for choice in data["choices"]:  # a delta carries only what it adds
             choice["delta"] = {key: value for key, value in choice["delta"].items() if value is not None}
@@ -167,12 +175,18 @@ class _CompletionChunks:
         self._params = params
         self._echo = bool(request.echo)
         self._include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        self._base = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": request.model}
+        self._id, self._created, self._model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), request.model
 
     def _chunk(self, choices: list[CompletionChoice], usage: CompletionUsage | None = None) -> str:
-        data = Completion(**self._base, choices=choices, usage=usage, system_fingerprint=SYSTEM_FINGERPRINT).model_dump(
-            exclude_none=True
+        completion = Completion(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=choices,
+            usage=usage,
+            system_fingerprint=SYSTEM_FINGERPRINT,
         )
+        data = completion.model_dump(exclude_none=True)
         for choice in data["choices"]:
             choice.setdefault("finish_reason", None)
             choice.setdefault("logprobs", None)
@@ -194,7 +208,7 @@ class _CompletionChunks:
         choice = CompletionChoice(
             index=p_index * params.n + delta.index,
             text=delta.text or "",
-            finish_reason=delta.finish_reason,
+            finish_reason=_legacy_finish_reason(delta.finish_reason),
             logprobs=logprobs,
         )
         return [self._chunk([choice])]
@@ -369,7 +383,7 @@ class InferenceService:
                     CompletionChoice(
                         index=p_index * params.n + c_index,
                         text=choice.text or "",
-                        finish_reason=choice.finish_reason,
+                        finish_reason=_legacy_finish_reason(choice.finish_reason),
                         logprobs=logprobs,
                     )
                 )
@@ -506,6 +520,13 @@ async def _gather(
         prompt_tokens=stream.prompt_tokens,
         completion_tokens=stream.completion_tokens,
     )
+
+
+def _legacy_finish_reason(reason: FinishReason | None) -> Literal["stop", "length"] | None:
+    """A legacy completion's finish_reason: it takes no tools, so no reply of it ends in a tool call."""
+    if reason == "tool_calls":
+        raise AssertionError("a legacy completion ended in a tool call")
+    return reason
 
 
 def _legacy_logprobs(items: Sequence[Any] | None, top: int) -> LegacyLogprobs | None:

@@ -204,7 +204,7 @@ def verify(checkpoint: Checkpoint) -> str | None:
 
 def capture_rng() -> dict[str, Any]:
     """Every random generator training draws from. Plain types only, so `torch.load(weights_only=True)` works."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)),

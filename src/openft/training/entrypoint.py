@@ -8,6 +8,7 @@ stderr (train.log) for the operator.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -65,7 +66,7 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
     # Nothing in the job folder is touched before this: a trainer left behind by a dead worker may still be
     # finishing its step and last checkpoint there (see folder_lock.py).
     lock = FolderLock(Path(spec.output_dir))
-    if not lock.acquire(lambda: stop.requested, lambda text: progress.log("info", text)):
+    if not lock.acquire(lambda: stop.requested, functools.partial(progress.log, "info")):
         steps = committed_checkpoint_steps(spec.output_dir)
         newest = checkpoint_dir(spec.output_dir, steps[-1]) if steps else None
         progress.emit("stopped", step=steps[-1] if steps else 0, checkpoint=str(newest) if newest else None)

@@ -45,7 +45,9 @@ REFERENCE_ADAPTER = "reference"
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: Any
+    """A transformers model, or (LoRA) a PEFT model around one. Any: the two libraries' annotations do not
+    describe how they are used together (PEFT wraps, both take paths, `to` is wrapped by a decorator)."""
     tokenizer: Any
     is_lora: bool
     base_path: Path
@@ -127,7 +129,7 @@ def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> Loa
     tokenizer, notes = load_tokenizer(resume_weights if resume_weights and spec.lora is None else base_path)
     # Full fine-tuning resumes from the checkpoint's own model folder; LoRA always starts from the base.
     weights_path = resume_weights if resume_weights is not None and spec.lora is None else base_path
-    model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=torch.float32, trust_remote_code=False)
+    model: Any = AutoModelForCausalLM.from_pretrained(weights_path, dtype=torch.float32, trust_remote_code=False)
     context_length = getattr(model.config, "max_position_embeddings", None)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -166,7 +168,7 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
+    result: Any = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))  # annotated `namedtuple`
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         raise RuntimeError(

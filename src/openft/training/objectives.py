@@ -65,7 +65,7 @@ def _metrics(columns: tuple[str, ...], sums: dict[str, float], units: int, prefi
 class SupervisedObjective:
     """Next-token cross-entropy on the trainable assistant tokens, averaged over those tokens."""
 
-    columns = RESULT_COLUMNS
+    columns: tuple[str, ...] = RESULT_COLUMNS
 
     def read(self, path: Path) -> list[Any]:
         return read_examples(path)
@@ -98,7 +98,7 @@ class PreferenceObjective:
     straight one did.
     """
 
-    columns = DPO_RESULT_COLUMNS
+    columns: tuple[str, ...] = DPO_RESULT_COLUMNS
 
     def __init__(self, beta: float):
         self.beta = beta

@@ -47,7 +47,7 @@ from openft.training.forward import ForwardPass, check_model
 from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
 from openft.training.model import load_model, pick_device, save_weights
 from openft.training.objectives import Objective, objective_for
-from openft.training.precision import resolve_precision
+from openft.training.precision import Precision, resolve_precision
 from openft.training.progress import ProgressChannel
 
 LINES_SHOWN = 20
@@ -162,6 +162,10 @@ class TrainingRecipe:
         self.last_checkpoint: ckpt.Checkpoint | None = None
         self.verified_steps: set[int] = set()
         """Checkpoints known good (written or verified by this process): pruning need not hash them again."""
+        # Pinned by setup (`_pin_numerics`): the job's on a fresh start, the checkpoint's on resume.
+        self.num_threads: int
+        self.precision: Precision
+        self.packing: bool
 
     # Setup ---------------------------------------------------------------------------------------
 
@@ -235,7 +239,7 @@ class TrainingRecipe:
         # 6. Restore the checkpoint's state, random generators last (everything above may draw from them).
         self.step = 0
         self.trained_tokens = 0
-        self.last_checkpoint: ckpt.Checkpoint | None = self.resumed_from
+        self.last_checkpoint = self.resumed_from
         if resume is not None:
             saved, state = resume
             self.step, self.trained_tokens = saved.step, saved.trained_tokens
@@ -440,7 +444,7 @@ class TrainingRecipe:
         if spec.checkpoint_every_steps and self.step % spec.checkpoint_every_steps == 0:
             return True
         minutes = spec.checkpoint_every_minutes
-        return bool(minutes) and time.monotonic() - self._checkpoint_clock >= minutes * 60
+        return minutes is not None and time.monotonic() - self._checkpoint_clock >= minutes * 60
 
     def _validate(self, epoch_end: bool) -> dict[str, float]:
         """The sampled validation every eval_every steps (and at the last), the whole file at epoch ends."""

@@ -222,8 +222,8 @@ class Tracker:
             )
         self.mode = "online" if offline_reason is None else "offline"
         if self.mode == "online":
-            url = getattr(self._run, "url", None)
-            self._info(f"W&B: logging to {url or self.settings.project} (run {self.run_id})")
+            run_url = getattr(self._run, "url", None)
+            self._info(f"W&B: logging to {run_url or self.settings.project} (run {self.run_id})")
 
     def _init(self, wandb: Any, mode: str) -> Any:
         options: dict[str, Any] = {
