@@ -16,6 +16,7 @@ from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
 from openft.db.tables import CheckpointRow, FileRow, JobRow
 from openft.domain.job_states import IllegalTransition, JobStatus
+from openft.domain.model_names import checkpoint_model_name
 from openft.errors import InvalidRequest
 
 ORG = "org-test"
@@ -230,16 +231,16 @@ def test_checkpoints_by_step_and_model_name(sessions: sessionmaker[Session]) -> 
                     created_at=0,
                     step_number=step,
                     metrics={"step": step},
-                    fine_tuned_model_checkpoint=f"{job.model_name}:ckpt-step-{step}",
+                    fine_tuned_model_checkpoint=checkpoint_model_name(job.model_name, step),
                     path=f"/x/{step}",
                 )
             )
     with sessions.begin() as session:
         assert [c.step_number for c in repo.list_checkpoints(session, job.id, after=None, limit=10).data] == [9, 6, 3]
         repo.delete_checkpoint_for_step(session, job.id, 3)
-        found = repo.find_checkpoint_by_model_name(session, f"{job.model_name}:ckpt-step-6")
+        found = repo.find_checkpoint_by_model_name(session, checkpoint_model_name(job.model_name, 6))
         assert found is not None and found.path == "/x/6"
-        assert repo.checkpoint_for_step(session, job.id, 3) is None
+        assert [c.step_number for c in repo.checkpoints_of(session, job.id)] == [6, 9]
 
 
 def test_migrations_match_the_table_definitions(database_url: str, sessions: sessionmaker[Session]) -> None:

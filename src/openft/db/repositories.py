@@ -561,12 +561,6 @@ def checkpoints_of(session: Session, job_id: str) -> Sequence[CheckpointRow]:
     return session.scalars(stmt).all()
 
 
-def checkpoint_for_step(session: Session, job_id: str, step: int) -> CheckpointRow | None:
-    return session.scalar(
-        select(CheckpointRow).where(CheckpointRow.job_id == job_id, CheckpointRow.step_number == step)
-    )
-
-
 def delete_checkpoint_for_step(session: Session, job_id: str, step: int) -> None:
     session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id, CheckpointRow.step_number == step))
 

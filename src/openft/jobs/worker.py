@@ -167,10 +167,6 @@ class Worker:
         with self._lock:
             return list(self._runs)
 
-    def validating_jobs(self) -> list[str]:
-        with self._lock:
-            return list(self._validations)
-
     def reap(self) -> None:
         """Forget finished runs and validations (a finished run frees a slot: wake the loop to fill it)."""
         with self._lock:

@@ -90,11 +90,6 @@ class LocalBlobWriter:
         self._committed = False
         self.size = 0
 
-    @property
-    def temp_path(self) -> Path:
-        """Where the bytes are written until `commit` (a per-process name other processes leave alone)."""
-        return self._tmp
-
     def write(self, data: bytes) -> None:
         if self._file is None:
             raise ValueError("blob writer is already committed or aborted")
