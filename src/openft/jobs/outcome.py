@@ -152,16 +152,7 @@ class RunEnd:
                 "info",
             )
 
-        with self.sessions.begin() as session:
-            record_stop(
-                session,
-                self.claim.job_id,
-                attempt=self.claim.attempt,
-                step=step,
-                has_checkpoint=True,  # a clean stop writes its checkpoint first
-                disk_full=disk_full,
-                describe=describe,
-            )
+        self._record_stop(step, describe, has_checkpoint=True, disk_full=disk_full)  # a clean stop checkpoints first
 
     def killed(self) -> None:
         """The trainer was killed by our own shutdown: the job continues later from its last checkpoint."""
@@ -175,13 +166,18 @@ class RunEnd:
                 "warn",
             )
 
+        self._record_stop(step, describe, has_checkpoint=bool(steps))
+
+    def _record_stop(self, step: int, describe: Describe, *, has_checkpoint: bool, disk_full: bool = False) -> None:
         with self.sessions.begin() as session:
+            claim = self.claim
             record_stop(
                 session,
-                self.claim.job_id,
-                attempt=self.claim.attempt,
+                claim.job_id,
+                attempt=claim.attempt,
                 step=step,
-                has_checkpoint=bool(steps),
+                has_checkpoint=has_checkpoint,
+                disk_full=disk_full,
                 describe=describe,
             )
 

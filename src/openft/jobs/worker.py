@@ -247,14 +247,7 @@ class Worker:
         """Claim one job waiting in `validating_files` and validate it on a thread (returned); one at a time."""
         if self._validations or not self._claimable(JobStatus.VALIDATING_FILES):
             return None
-        with self.sessions.begin() as session:
-            job = repo.claim_next_job(
-                session,
-                JobStatus.VALIDATING_FILES,
-                JobStatus.VALIDATING_FILES,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
-            )
+        job = self._claim(JobStatus.VALIDATING_FILES, JobStatus.VALIDATING_FILES)
         if job is None:
             return None
         thread = threading.Thread(target=self._validate, args=(job,), name=f"validate-{job.id}", daemon=True)
@@ -274,27 +267,34 @@ class Worker:
                 self._validation.fail(job, "validation_error", f"Validating the files failed unexpectedly: {exc}", None)
         self._wake.set()
 
-    # training ---------------------------------------------------------------------------------
+    # claims -----------------------------------------------------------------------------------
+    def _claim(self, source: JobStatus, target: JobStatus) -> JobRow | None:
+        """Take the next job in `source` under a lease (training claims are fair: organizations take turns and
+        their running limits hold, db/repositories.py); a training job's first claim stamps `started_at`."""
+        with self.sessions.begin() as session:
+            job = repo.claim_next_job(
+                session,
+                source,
+                target,
+                worker_id=self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                fair=source is JobStatus.QUEUED,
+            )
+            if job is not None and target is JobStatus.RUNNING and job.started_at is None:
+                repo.update_job_fenced(session, job.id, job.attempt, started_at=int(time.time()))
+        return job
+
     def _claimable(self, status: JobStatus) -> bool:
         """A read before the claim: most turns find nothing, and then need no write lock."""
         with self._reads.begin() as session:
             return repo.has_claimable_job(session, status, time.time(), fair=status is JobStatus.QUEUED)
 
+    # training ---------------------------------------------------------------------------------
     def claim_training(self) -> bool:
         """Claim the next queued job (organizations take turns) and start its trainer; False when none."""
         if not self._claimable(JobStatus.QUEUED):
             return False
-        with self.sessions.begin() as session:
-            job = repo.claim_next_job(
-                session,
-                JobStatus.QUEUED,
-                JobStatus.RUNNING,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
-                fair=True,  # organizations take turns; running limits hold (db/repositories.py)
-            )
-            if job is not None and job.started_at is None:
-                repo.update_job_fenced(session, job.id, job.attempt, started_at=int(time.time()))
+        job = self._claim(JobStatus.QUEUED, JobStatus.RUNNING)
         if job is None:
             return False
         try:
