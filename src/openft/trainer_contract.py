@@ -64,6 +64,8 @@ DPO_RESULT_COLUMNS = (
 PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
 """Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_STATE_DIR = "state"
+"""A checkpoint's resume state (optimizer, scheduler, RNG, data position); its weights sit next to it."""
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_MAX_SEQ_LEN = 2048
 """Tokens per example when the job sets no `max_seq_len`: the model's context, but never more than this.

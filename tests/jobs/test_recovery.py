@@ -27,6 +27,7 @@ from openft.services.container import Container, build_container
 from openft.services.workers import build_worker_process
 from openft.settings import Settings
 from openft.storage import LocalBlobStore
+from openft.trainer_contract import checkpoint_dir
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 
@@ -90,7 +91,7 @@ def _metrics(step: int) -> dict[str, Any]:
 
 def _write_checkpoint_folder(job_dir: Path, step: int, kind: str) -> dict[str, Any]:
     """A committed checkpoint folder as the trainer leaves it (only what the worker looks at)."""
-    folder = job_dir / "checkpoints" / f"step_{step:06d}"
+    folder = checkpoint_dir(job_dir, step)
     (folder / "adapter").mkdir(parents=True)
     meta = {"step": step, "epoch": 1, "kind": kind, "metrics": {"step": step, "train_loss": 1.0 / step}}
     (folder / "meta.json").write_text(json.dumps(meta))

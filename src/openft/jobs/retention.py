@@ -28,13 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft.db import repositories as repo
 from openft.domain.job_states import JobStatus
 from openft.fsutil import remove_tree
-from openft.trainer_contract import CHECKPOINTS_DIR
+from openft.trainer_contract import CHECKPOINT_STATE_DIR, CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
 SUCCEEDED_DISPOSABLE_FILES = ("training.jsonl", "validation.jsonl", "train.log")
 """Files of a succeeded job's folder that nothing reads once it finished (`metrics.jsonl` is small and stays)."""
-STATE_DIR = "state"
-"""A checkpoint's resume state (optimizer, scheduler, RNG, data position); weights sit next to it."""
 BATCH = 500
 
 
@@ -78,7 +76,7 @@ def _strip_succeeded(folder: Path) -> bool:
             removed = True
     checkpoints = folder / CHECKPOINTS_DIR
     if checkpoints.is_dir():
-        for state in checkpoints.glob(f"*/{STATE_DIR}"):
+        for state in checkpoints.glob(f"*/{CHECKPOINT_STATE_DIR}"):
             if state.is_dir():
                 shutil.rmtree(state, ignore_errors=True)
                 removed = True

@@ -36,10 +36,9 @@ import numpy as np
 import torch
 
 from openft.fsutil import commit_dir, ensure_dir, fsync_dir, remove_tree, temp_sibling
-from openft.trainer_contract import CHECKPOINTS_DIR, TrainJobSpec, checkpoint_dir, checkpoint_step
+from openft.trainer_contract import CHECKPOINT_STATE_DIR, CHECKPOINTS_DIR, TrainJobSpec, checkpoint_dir, checkpoint_step
 
 META_FILE = "meta.json"
-STATE_DIR = "state"
 LOOP_STATE_FILE = "progress.json"
 """A checkpoint's `LoopState` (the file name predates the class's; checkpoints on disk keep it)."""
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -183,7 +182,7 @@ def verify(checkpoint: Checkpoint) -> str | None:
     files = meta.get("files")
     if meta.get("step") != checkpoint.step or not isinstance(files, dict):
         return "meta.json does not describe this checkpoint"
-    required = {f"{STATE_DIR}/{LOOP_STATE_FILE}", f"{STATE_DIR}/{TRAINER_STATE_FILE}"}
+    required = {f"{CHECKPOINT_STATE_DIR}/{LOOP_STATE_FILE}", f"{CHECKPOINT_STATE_DIR}/{TRAINER_STATE_FILE}"}
     if not required <= set(files) or not any(name.split("/")[0] in WEIGHT_DIRS for name in files):
         return "meta.json lists no weights or no training state"
     for name, expected in files.items():
@@ -255,9 +254,10 @@ def write_checkpoint(
     try:
         tmp.mkdir()
         save_weights(tmp / weights_dir)
-        (tmp / STATE_DIR).mkdir()
-        (tmp / STATE_DIR / LOOP_STATE_FILE).write_text(json.dumps(asdict(loop_state), indent=2), encoding="utf-8")
-        torch.save(trainer_state, tmp / STATE_DIR / TRAINER_STATE_FILE)
+        state = tmp / CHECKPOINT_STATE_DIR
+        state.mkdir()
+        (state / LOOP_STATE_FILE).write_text(json.dumps(asdict(loop_state), indent=2), encoding="utf-8")
+        torch.save(trainer_state, state / TRAINER_STATE_FILE)
         meta = {
             "step": loop_state.step,
             "epoch": epoch,
@@ -278,7 +278,7 @@ def write_checkpoint(
 
 def read_state(checkpoint: Checkpoint) -> tuple[LoopState, dict[str, Any]]:
     """The loop state and the optimizer/scheduler/RNG state of a verified checkpoint."""
-    state_dir = checkpoint.path / STATE_DIR
+    state_dir = checkpoint.path / CHECKPOINT_STATE_DIR
     loop_state = LoopState(**json.loads((state_dir / LOOP_STATE_FILE).read_text(encoding="utf-8")))
     trainer_state = torch.load(state_dir / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
     return loop_state, trainer_state
