@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from openft.trainer_contract import TrainingMethod
+
 
 class DataCheckProblem(BaseModel):
     line: int | None = Field(description="1-based line of the file; null for whole-file problems.")
@@ -50,7 +52,7 @@ class DataCheckReport(BaseModel):
     object: Literal["openft.data_check"] = "openft.data_check"
     file: str | None = Field(description="The file's id; null for a local file (`openft data check`).")
     filename: str
-    method: Literal["supervised", "dpo"]
+    method: TrainingMethod
     model: str
     ok: bool = Field(description="True when a job would accept the file (the part checked, when truncated).")
     problems: list[DataCheckProblem] = Field(description="Sorted by line; at most 100 (n_problems counts all).")

@@ -11,7 +11,7 @@ them: beyond, a check is answered 429 with `Retry-After`.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Literal
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -20,6 +20,7 @@ from openft.api.deps import PrincipalDep
 from openft.api.routes.common import container
 from openft.errors import RateLimited
 from openft.protocol.data_check import DataCheckReport
+from openft.trainer_contract import TrainingMethod
 
 router = APIRouter(tags=["files"])
 MAX_WAITING_CHECKS = 8
@@ -43,9 +44,7 @@ async def check_file(
         str | None,
         Query(max_length=256, description="A base model; default: the models dir's first, else the built-in one."),
     ] = None,
-    method: Annotated[
-        Literal["supervised", "dpo"] | None, Query(description="Default: detected from the first valid line.")
-    ] = None,
+    method: Annotated[TrainingMethod | None, Query(description="Default: detected from the first valid line.")] = None,
 ) -> DataCheckReport:
     """Validate an uploaded file as fine-tuning data: problems by line, token statistics on the model's
     tokenizer, the "auto" hyperparameters, steps and an estimated training time (throughput table).
