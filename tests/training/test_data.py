@@ -11,8 +11,6 @@ import torch
 
 from openft.datasets.chat import ChatExample, DataFormatError, parse_example
 from openft.training.data import (
-    IGNORE_INDEX,
-    collate,
     epoch_order,
     micro_batches,
     prepare,
@@ -156,22 +154,6 @@ def test_truncation_and_skipping(tokenizer: Any) -> None:
     assert prepared.skipped_lines == [3]
     assert [e.line for e in prepared.examples] == [1, 2]
     assert len(prepared.examples[1].input_ids) == 40 and prepared.examples[1].n_targets > 0
-
-
-def test_collate_right_pads_and_masks(tokenizer: Any) -> None:
-    lines = chat_lines(2)
-    items = prepare(tokenizer, [example(x, i + 1) for i, x in enumerate(lines)], max_seq_len=512).examples
-    batch = collate(items, pad_id=tokenizer.pad_token_id)
-    lengths = [len(i.input_ids) for i in items]
-    assert batch["input_ids"].shape == (2, max(lengths))
-    for row, item in enumerate(items):
-        n = len(item.input_ids)
-        assert batch["input_ids"][row, :n].tolist() == item.input_ids
-        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
-        assert (batch["input_ids"][row, n:] == tokenizer.pad_token_id).all()
-        labels = batch["labels"][row].tolist()
-        assert labels[n:] == [IGNORE_INDEX] * (max(lengths) - n)
-        assert [x != IGNORE_INDEX for x in labels[:n]] == item.target_mask
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch() -> None:

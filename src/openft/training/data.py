@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 
 from openft.datasets.chat import ChatExample, DataFormatError, Problem
 from openft.datasets.preference import PreferenceExample
 from openft.datasets.template import TemplateLimitError
 from openft.datasets.toolcalls import template_renders_tool_calls, with_tool_calls_for_template
 from openft.training.chat_encoding import TemplateRefused, encode_conversation
-from openft.training.packing import IGNORE_INDEX
 
 VALIDATION_SAMPLE_STREAM = 2**63
 """The second seed word of the validation sample's generator; epoch orders use the epoch there (always smaller)."""
@@ -172,18 +170,3 @@ def validation_sample(seed: int, n_examples: int, size: int) -> list[int]:
 
 def micro_batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def collate(items: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded `input_ids`, `attention_mask` and `labels` (IGNORE_INDEX where not trained)."""
-    width = max(len(item.input_ids) for item in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    for row, item in enumerate(items):
-        n = len(item.input_ids)
-        ids = torch.tensor(item.input_ids, dtype=torch.long)
-        input_ids[row, :n] = ids
-        attention_mask[row, :n] = 1
-        labels[row, :n] = torch.where(torch.tensor(item.target_mask), ids, IGNORE_INDEX)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
