@@ -165,7 +165,7 @@ def training_lines(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run_openft(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Path) -> dict[str, Any]:
     from openft.training.entrypoint import run
-    from openft.training.progress import Progress
+    from openft.training.progress import ProgressChannel
 
     spec = {
         "job_id": "ftjob-bench",
@@ -189,7 +189,7 @@ def run_openft(args: argparse.Namespace, model_dir: Path, train_file: Path, work
     job = work / "job.json"
     job.write_text(json.dumps(spec), encoding="utf-8")
     stream = io.StringIO()
-    rc = run(job, progress=Progress(stream))
+    rc = run(job, progress=ProgressChannel(stream))
     messages = [json.loads(line) for line in stream.getvalue().splitlines()]
     if rc != 0:
         raise SystemExit(f"openft failed: {messages[-1]}")
@@ -212,7 +212,8 @@ def run_hf(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Pa
     from transformers import set_seed as hf_set_seed
 
     from openft.datasets.chat import read_examples
-    from openft.training.data import collate, epoch_order, prepare
+    from openft.training.data import epoch_order, prepare
+    from openft.training.packing import IGNORE_INDEX
     from openft.training.recipe import linear_schedule
 
     torch.set_num_threads(args.threads)
@@ -276,11 +277,27 @@ def run_hf(args: argparse.Namespace, model_dir: Path, train_file: Path, work: Pa
         disable_tqdm=True,
     )
     pad_id = tokenizer.pad_token_id
+
+    def collate(batch: list[Any]) -> dict[str, Any]:
+        """The baseline's collator: right-padded `input_ids`, `attention_mask` and `labels` (IGNORE_INDEX where
+        not trained), the layout HF's `DataCollatorForSeq2Seq` makes."""
+        width = max(len(item.input_ids) for item in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        for row, item in enumerate(batch):
+            n = len(item.input_ids)
+            ids = torch.tensor(item.input_ids, dtype=torch.long)
+            input_ids[row, :n] = ids
+            attention_mask[row, :n] = 1
+            labels[row, :n] = torch.where(torch.tensor(item.target_mask), ids, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
     trainer = OrderedTrainer(
         model=model,
         args=training_args,
         train_dataset=ordered,
-        data_collator=lambda batch: collate(batch, pad_id),
+        data_collator=collate,
         optimizers=(optimizer, scheduler),
         callbacks=[Recorder()],
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from openft.training.packing import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
