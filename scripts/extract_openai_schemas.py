@@ -1,8 +1,9 @@
 """Extract the OpenAI schemas openft's tests validate against from OpenAI's published OpenAPI document.
 
-The full document (../shared/reference/openapi/openai-openapi.yaml, MIT licence, 3 MB) is not part of
-this repository; this script copies the named schemas and everything they reference into
-tests/fixtures/openai-schemas.json, which the tests load. `tests/test_openapi_fixture.py` re-runs the
+The full document (OpenAI's `openapi.yaml` from github.com/openai/openai-openapi, MIT licence, 3 MB) is not
+part of this repository (give its path; by default it is looked for next to the checkout); this script
+copies the named schemas and everything they reference into tests/fixtures/openai-schemas.json, which the
+tests load. `tests/test_openapi_fixture.py` re-runs the
 extraction when the reference document is present and fails if the fixture has drifted.
 
     python scripts/extract_openai_schemas.py [path/to/openai-openapi.yaml]

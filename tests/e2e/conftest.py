@@ -22,7 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 
 def make_client(server: RunningServer, dialect: str) -> OpenAI:
-    """The three ways users point the official SDK at openft (api-spec.md §1.1 and §8)."""
+    """The three ways users point the official SDK at openft (docs/api-compatibility.md §1)."""
     if dialect == "openai":
         return OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)
     if dialect == "azure-v1":

@@ -43,6 +43,7 @@ from openai import OpenAI
 from safetensors.torch import load_file
 from sqlalchemy import create_engine, text
 
+from openft.trainer_contract import checkpoint_dir
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.test_pause_resume import _trainer_pids
 from tests.support.data import jsonl_bytes, valid_examples
@@ -381,7 +382,7 @@ def test_kill_9_of_workers_and_server_changes_no_result(tmp_path: Path, models_d
             theirs = load_file(references[job_id] / "model" / "adapter_model.safetensors")
             assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
             for checkpoint in client.fine_tuning.jobs.checkpoints.list(job_id):
-                folder = tmp_path / "data" / "jobs" / job_id / "checkpoints" / f"step_{checkpoint.step_number:06d}"
+                folder = checkpoint_dir(tmp_path / "data" / "jobs" / job_id, checkpoint.step_number)
                 assert folder.is_dir(), f"{checkpoint.fine_tuned_model_checkpoint} is listed but gone"
         for file_id, content in uploads.items():
             assert client.files.content(file_id).content == content, f"upload {file_id} lost or damaged"

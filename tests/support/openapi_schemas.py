@@ -5,7 +5,7 @@ scripts/extract_openai_schemas.py (tests/test_openapi_fixture.py guards against 
 once; `validate(instance, "FineTuningJob")` checks an object against `#/components/schemas/FineTuningJob`
 with every `$ref` resolved. The document's OpenAPI-3.0 leftovers are translated to JSON Schema 2020-12
 (boolean exclusive bounds become numbers, `nullable: true` a null alternative). Our documented extension
-statuses (`pausing`, `paused`; api-spec.md §10) are added to the job status enum; nothing else is relaxed.
+statuses (`pausing`, `paused`; docs/api-compatibility.md §3) are added to the job status enum; nothing else is relaxed.
 """
 
 from __future__ import annotations
