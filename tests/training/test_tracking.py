@@ -347,10 +347,18 @@ class _BrokenRun:
         self.finished.append(exit_code)
 
 
-def test_a_logging_error_warns_once_and_stops_tracking(tmp_path: Path) -> None:
+def test_a_logging_error_warns_once_and_stops_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    offline_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(tracking, "can_reach", lambda url: True)
+    broken = _BrokenRun()
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: broken)  # the run starts online, then its connection breaks
     warnings: list[str] = []
     tracker = Tracker(_spec(tmp_path), warn=warnings.append)
-    broken = tracker._run = _BrokenRun()
+    tracker.start()
+    assert tracker.active
     for step in (1, 2, 3):
         tracker.log({"train_loss": 1.0}, step=step)
     tracker.summarize({"status": "completed"})
