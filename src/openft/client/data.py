@@ -15,9 +15,12 @@ from typing import Annotated, Any
 import typer
 
 from openft.client.connection import JsonOption
+from openft.trainer_contract import TrainingMethod
 
 app = typer.Typer(help="Check training data locally, with the server's own validator.", no_args_is_help=True)
 CANNOT_CHECK = 2
+METHODS: dict[str, TrainingMethod] = {"supervised": "supervised", "dpo": "dpo"}
+"""What `--method` accepts."""
 
 
 def _cannot(message: str, param: str, as_json: bool) -> typer.Exit:
@@ -59,7 +62,7 @@ def check(
 
     if not file.is_file():
         raise _cannot(f"no such file: {file}", "file", as_json)
-    if method not in (None, "supervised", "dpo"):
+    if method is not None and method not in METHODS:
         raise _cannot(f"--method must be supervised or dpo, got {method!r}", "method", as_json)
     if estimate not in ("measured", "table", "none"):
         raise _cannot(f"--estimate must be measured, table or none, got {estimate!r}", "estimate", as_json)
@@ -81,7 +84,7 @@ def check(
         model=name,
         tokenizer_folder=folder,
         context_length=info.context_length,
-        method=method,  # type: ignore[arg-type]
+        method=METHODS[method] if method is not None else None,
         n_epochs=n_epochs or "auto",
         batch_size=batch_size or "auto",
         throughput=throughput(folder) if throughput else None,

@@ -245,7 +245,8 @@ class Generation:
                     constrained = self._constrained(choice, logits[row])
                     if constrained is None:
                         choice.finish("length")  # nothing keeps the JSON valid: end with what is there
-                        yield choice.delta()  # type: ignore[misc]
+                        if (delta := choice.delta()) is not None:
+                            yield delta
                         continue
                     next_ids[row] = constrained
             logprobs = self._logprobs(logits, next_ids, choices) if params.logprobs else [None] * params.n
@@ -263,7 +264,8 @@ class Generation:
         for choice in choices:
             if not choice.done:
                 choice.finish("length")
-                yield choice.delta()  # type: ignore[misc]
+                if (delta := choice.delta()) is not None:
+                    yield delta
 
     def _constrained(self, choice: _Choice, logits: torch.Tensor) -> int | None:
         """The sampler's pick among tokens that keep the JSON valid: its most likely candidates first, then

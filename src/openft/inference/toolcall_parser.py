@@ -168,6 +168,10 @@ class _Scanner:
 
     def __init__(self, names: Collection[str] | None):
         self._names = names
+        self._forget()
+
+    def _forget(self) -> None:
+        """Start over, as a new scanner (the text is not a longer version of the one scanned)."""
         self._open = _Finder(HERMES_OPEN)
         self._close = _Finder(HERMES_CLOSE)
         self._blank_run = (-1, -1)  # (start, reached): text[start:reached] is spaces and tabs only
@@ -186,7 +190,7 @@ class _Scanner:
         on the whole text. `start` must be a position an earlier scan of a prefix of `text` returned.
         """
         if end < self._seen:  # not a longer version of the text: forget what was learnt
-            self.__init__(self._names)  # type: ignore[misc]
+            self._forget()
         self._seen = end
         pieces: list[str | TextToolCall] = []
         piece_start = position = start
