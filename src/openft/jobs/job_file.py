@@ -7,6 +7,7 @@ starts from, copied into the job folder), integrations and the server's settings
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ from openft.settings import Settings
 from openft.trainer_contract import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
 
 PARENT_DIR = "parent"
+
+
+def train_threads(settings: Settings) -> int | None:
+    """torch threads for a trainer: `OPENFT_TRAIN_THREADS` when set; else, on a worker that runs several jobs at
+    once, its CPUs shared between them (two trainers with a thread per core each oversubscribe the cores, and
+    torch's spinning threads then make both several times slower); else None: torch's default."""
+    if settings.train_threads is not None or settings.max_jobs == 1:
+        return settings.train_threads
+    return max(1, len(os.sched_getaffinity(0)) // settings.max_jobs)
+
+
 """Sub-folder of a continued job holding its own copy of the weights it starts from."""
 DEFAULT_BETA = 0.1
 """DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
@@ -97,7 +109,7 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         max_seq_len=options.get("max_seq_length"),
         packing=options.get("packing", True),
         precision=options.get("precision") or "auto",
-        num_threads=settings.train_threads,
+        num_threads=train_threads(settings),
         keep_checkpoints=settings.keep_checkpoints,
         checkpoint_every_steps=settings.checkpoint_every_steps or None,
         checkpoint_every_minutes=settings.checkpoint_every_minutes or None,
