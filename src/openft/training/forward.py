@@ -6,7 +6,9 @@ a [rows, width, vocab] tensor that is then upcast to fp32 for the loss. Only tar
 assistant's reply, often a third of the tokens or less) enter the loss, so this module runs the
 model's body (`get_decoder()`), picks the hidden states of the target positions, and applies the head
 (`get_output_embeddings()`) to those alone: the same numbers for the positions that count, without the
-head's matrix products, the fp32 logits and their backward for the others.
+head's matrix products, the fp32 logits and their backward for the others. Where the head is a plain
+`nn.Linear`, `head_loss` applies it in chunks of tokens and vocabulary, so even the target positions' logits
+never exist as one [targets × vocab] fp32 tensor.
 
 Not every model is a plain "body, then a linear head" (some scale or soft-cap their logits after the
 head, some ignore position ids when given no attention mask), so `check_model` compares the fast paths
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from openft.training.head_loss import chunked_target_logprobs
 from openft.training.packing import IGNORE_INDEX, Rows, Tokens, TokenSequence, build_rows
 from openft.training.precision import Precision, autocast
 
@@ -87,8 +90,12 @@ def score_targets(model: Any, rows: Rows, *, split_head: bool) -> TargetScores:
         inputs["position_ids"] = rows.position_ids
     if split_head:
         lm = causal_lm(model)
-        hidden = lm.get_decoder()(**inputs).last_hidden_state
-        logits = lm.get_output_embeddings()(hidden[is_target])
+        hidden = lm.get_decoder()(**inputs).last_hidden_state[is_target]
+        head = lm.get_output_embeddings()
+        if type(head) is torch.nn.Linear:  # exactly `x @ W.T + b`; a subclass may compute something else
+            logprobs, correct = chunked_target_logprobs(hidden, head.weight, head.bias, wanted)
+            return TargetScores(logprobs, correct, rows.sequence_index[is_target], rows.n_sequences)
+        logits = head(hidden)
     else:
         logits = model(**inputs).logits[is_target]
     logits = logits.float()  # the softmax in fp32, also under bf16 autocast
