@@ -169,6 +169,9 @@ class TrainJobSpec(BaseModel):
     metrics_every: int = Field(default=1, ge=1, description="Emit a metrics message every N steps.")
     packing: bool = Field(default=True, description="Pack short examples of a micro-batch into shared rows.")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto: decided per device.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        default="auto", description="Recompute activations in the backward pass; auto: when they would not fit."
+    )
     eval_every: int | None = Field(default=None, ge=1, description="Sampled valid_loss every N steps; None: auto.")
     eval_samples: int = Field(default=64, ge=1, description="Validation examples in the sampled valid_loss.")
     wandb: WandbSpec | None = None

@@ -92,6 +92,7 @@ def test_lora_settings_and_full_fine_tuning(client: OpenAI, server: RunningServe
             "max_seq_length": 64,
             "packing": False,
             "precision": "fp32",
+            "gradient_checkpointing": True,
         },
     )
     config = json.loads((server.data_dir / "jobs" / lora.id / "model" / "adapter_config.json").read_text())
@@ -99,6 +100,9 @@ def test_lora_settings_and_full_fine_tuning(client: OpenAI, server: RunningServe
     assert lora.method.supervised.hyperparameters.lora_rank == 4  # the documented extension is echoed back
     spec = json.loads((server.data_dir / "jobs" / lora.id / "job.json").read_text())
     assert spec["precision"] == "fp32" and spec["packing"] is False and spec["max_seq_len"] == 64
+    assert spec["gradient_checkpointing"] is True
+    events = [e.message for e in client.fine_tuning.jobs.list_events(lora.id, limit=100)]
+    assert any(m.startswith("Forward pass") and m.endswith("gradient checkpointing on") for m in events)
     full = _train(client, training, hyperparameters={"fine_tuning_mode": "full"})
     model_dir = server.data_dir / "jobs" / full.id / "model"
     assert (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists()

@@ -109,6 +109,7 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         max_seq_len=options.get("max_seq_length"),
         packing=options.get("packing", True),
         precision=options.get("precision") or "auto",
+        gradient_checkpointing=options.get("gradient_checkpointing", "auto"),
         num_threads=train_threads(settings),
         keep_checkpoints=settings.keep_checkpoints,
         checkpoint_every_steps=settings.checkpoint_every_steps or None,

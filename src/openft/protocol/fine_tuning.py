@@ -42,7 +42,8 @@ class TrainingOptions(StrictModel):
 
     Defaults: LoRA r=16, alpha=32, dropout 0.05 on all linear layers; sequences up to the model's context
     (capped at 2048 tokens); packing on; precision "auto" (bf16 autocast on CUDA and on CPUs with native bf16,
-    else fp32 — see training/precision.py).
+    else fp32 — see training/precision.py); gradient checkpointing "auto" (on when a micro-batch's activations
+    would not fit — see training/memory.py).
     """
 
     fine_tuning_mode: Literal["lora", "full"] | None = None
@@ -55,6 +56,7 @@ class TrainingOptions(StrictModel):
     max_seq_length: Annotated[StrictInt, Field(ge=16, le=32768)] | None = None
     packing: StrictBool | None = None
     precision: Literal["auto", "fp32", "bf16"] | None = None
+    gradient_checkpointing: Literal["auto"] | StrictBool | None = None
 
     @model_validator(mode="after")
     def _lora_options_need_lora(self) -> TrainingOptions:

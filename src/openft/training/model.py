@@ -228,3 +228,13 @@ def build_reference(loaded: LoadedModel, spec: TrainJobSpec) -> Reference:
     frozen.eval()
     frozen.requires_grad_(False)
     return Reference(loaded.model, frozen_copy=frozen)
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    Non-reentrant checkpointing (torch's recommended kind): the recomputed forward replays the random state of
+    the first one, so dropout draws the same masks and the results are those of a run without it; nothing needs
+    the inputs to require grad, so frozen embeddings (LoRA) need no workaround."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

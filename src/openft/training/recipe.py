@@ -43,9 +43,10 @@ from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
 from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
-from openft.training.forward import ForwardPass, check_model
+from openft.training.forward import ForwardPass, causal_lm, check_model
+from openft.training.memory import estimate_activations, free_memory, needs_checkpointing
 from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
-from openft.training.model import load_model, pick_device, save_weights
+from openft.training.model import enable_gradient_checkpointing, load_model, pick_device, save_weights
 from openft.training.objectives import Objective, objective_for
 from openft.training.precision import Precision, resolve_precision
 from openft.training.progress import ProgressChannel
@@ -219,10 +220,14 @@ class TrainingRecipe:
             self.packing = False
             self.progress.log("info", "packing is off: this model does not keep packed examples apart")
         self.forward = ForwardPass(pad_id, self.packing, support.split_head, self.device, self.precision)
+        checkpointing = self._gradient_checkpointing()
+        if checkpointing:
+            enable_gradient_checkpointing(self.loaded.model)
         self.progress.log(
             "info",
             f"Forward pass: {self.precision}, packing {'on' if self.packing else 'off'}, LM head "
-            f"{'at target tokens only' if support.split_head else 'at every token'}",
+            f"{'at target tokens only' if support.split_head else 'at every token'}, gradient checkpointing "
+            f"{'on' if checkpointing else 'off'}",
         )
 
         # 5. Plan: steps per epoch (the last batch of an epoch may be smaller), LR schedule, validation cadence.
@@ -314,6 +319,17 @@ class TrainingRecipe:
                 f"using the checkpoint's precision ({saved.precision}) and packing "
                 f"({'on' if saved.packing else 'off'}): other settings would change the results",
             )
+
+    def _gradient_checkpointing(self) -> bool:
+        """The job's choice, or ("auto") on when the largest micro-batch's activations would not fit
+        (training/memory.py). It changes memory and time, not results: the recomputation is exact."""
+        wanted = self.spec.gradient_checkpointing
+        if wanted != "auto":
+            return bool(wanted)
+        config = causal_lm(self.loaded.model).config
+        tokens = self.spec.micro_batch_size * self.max_seq_len
+        estimate = estimate_activations(config, tokens, bytes_per_value=2 if self.precision == "bf16" else 4)
+        return needs_checkpointing(estimate, free_memory(self.device))
 
     def _find_resume_checkpoint(self) -> ckpt.Checkpoint | None:
         for candidate in reversed(ckpt.list_checkpoints(self.output_dir)):
