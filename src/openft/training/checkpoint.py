@@ -112,6 +112,8 @@ class LoopState:
     """The forward's precision; the default is what checkpoints written before this field trained with."""
     packing: bool = False
     """Whether micro-batches were packed (see `packing`); likewise defaults to what older checkpoints did."""
+    frozen_weights: Literal["fp32", "bf16"] = "fp32"
+    """The dtype LoRA's frozen base weights were kept in (`model.frozen_dtype`); older checkpoints: fp32."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Load the base model and tokenizer, attach LoRA (or train every weight), and save servable weights.
 
-Weights stay in fp32 (bf16 autocast, where `precision.py` picks it, changes only the arithmetic of the
-forward): with fp32 weights, gradients and optimizer state a resumed run on a CPU is bit-identical to a
-straight one. A LoRA run saves a PEFT adapter folder (what
-`PeftModel.from_pretrained` loads); a full fine-tune saves a whole HF model folder. Both carry the
-tokenizer, so the chat template used in training travels with the weights to inference.
+Trained weights stay in fp32 (bf16 autocast, where `precision.py` picks it, changes only the arithmetic of
+the forward): with fp32 trained weights, gradients and optimizer state a resumed run on a CPU is
+bit-identical to a straight one. LoRA's frozen base is kept in bf16 when the job runs in bf16
+(`frozen_dtype`): it never changes, so it needs no fp32 master copy, and it is half the memory.
+A LoRA run saves a PEFT adapter folder (what `PeftModel.from_pretrained` loads); a full fine-tune saves a
+whole HF model folder. Both carry the tokenizer, so the chat template used in training travels with the
+weights to inference.
 
 DPO also needs the *reference* policy, the model as it was before this job trained it (`Reference`):
 - LoRA from a base model: the same model with its adapter switched off (`disable_adapter`), no copy.
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -116,7 +118,16 @@ def _lora_config(lora: LoraSpec) -> Any:
     )
 
 
-def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> LoadedModel:
+def frozen_dtype(spec: TrainJobSpec, precision: Literal["fp32", "bf16"]) -> Literal["fp32", "bf16"]:
+    """The dtype of the weights training does not change: with LoRA under bf16 the frozen base is stored in bf16
+    (half the memory; it never changes, so resume stays exact), adapters and their optimizer state stay fp32.
+    Full fine-tuning keeps every weight fp32 (they are the master weights)."""
+    return "bf16" if spec.lora is not None and precision == "bf16" else "fp32"
+
+
+def load_model(
+    spec: TrainJobSpec, *, resume_weights: Path | None = None, frozen: Literal["fp32", "bf16"] = "fp32"
+) -> LoadedModel:
     """The model to train, on the training device, in train mode.
 
     `resume_weights` is a checkpoint's adapter/ or model/ folder: the model is built exactly as at the
@@ -129,7 +140,8 @@ def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> Loa
     tokenizer, notes = load_tokenizer(resume_weights if resume_weights and spec.lora is None else base_path)
     # Full fine-tuning resumes from the checkpoint's own model folder; LoRA always starts from the base.
     weights_path = resume_weights if resume_weights is not None and spec.lora is None else base_path
-    model: Any = AutoModelForCausalLM.from_pretrained(weights_path, dtype=torch.float32, trust_remote_code=False)
+    dtype = torch.bfloat16 if frozen == "bf16" else torch.float32  # loaded straight in it: no fp32 copy at peak
+    model: Any = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dtype, trust_remote_code=False)
     context_length = getattr(model.config, "max_position_embeddings", None)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -146,6 +158,9 @@ def load_model(spec: TrainJobSpec, *, resume_weights: Path | None = None) -> Loa
             with warnings.catch_warnings():  # peft asks a deprecated transformers property; not ours to fix
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 model = get_peft_model(model, _lora_config(spec.lora))
+        for parameter in model.parameters():  # the trained weights stay fp32 whatever the frozen ones are
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
         if resume_weights is not None:
             load_adapter_weights(model, resume_weights)
     elif adapter is not None and resume_weights is None:

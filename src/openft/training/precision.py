@@ -1,8 +1,9 @@
 """Numeric precision of the forward pass: fp32, or bf16 autocast over fp32 master weights.
 
-Either way the weights, their gradients and the optimizer state stay fp32; "bf16" runs the matrix
-products of the forward (and so of the backward) in bfloat16 under `torch.autocast`, and the loss's
-softmax in fp32. `precision: auto` decides per device:
+Either way the trained weights, their gradients and the optimizer state stay fp32 (LoRA's frozen base is
+stored in bf16 under "bf16": `model.frozen_dtype`); "bf16" runs the matrix products of the forward (and
+so of the backward) in bfloat16 under `torch.autocast`, and the loss's softmax in fp32. `precision: auto`
+decides per device:
 
 - CUDA: bf16 where the GPU supports it (Ampere and newer), else fp32.
 - CPU: bf16 where the CPU has bf16 instructions (AVX512-BF16 or AMX), else fp32 (emulated bf16 is slow).

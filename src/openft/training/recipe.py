@@ -46,7 +46,7 @@ from openft.training.data import PreparedData, epoch_order, micro_batches, valid
 from openft.training.forward import ForwardPass, causal_lm, check_model
 from openft.training.memory import estimate_activations, free_memory, needs_checkpointing
 from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
-from openft.training.model import enable_gradient_checkpointing, load_model, pick_device, save_weights
+from openft.training.model import enable_gradient_checkpointing, frozen_dtype, load_model, pick_device, save_weights
 from openft.training.objectives import Objective, objective_for
 from openft.training.precision import Precision, resolve_precision
 from openft.training.progress import ProgressChannel
@@ -167,6 +167,7 @@ class TrainingRecipe:
         self.num_threads: int
         self.precision: Precision
         self.packing: bool
+        self.frozen_weights: Precision
 
     # Setup ---------------------------------------------------------------------------------------
 
@@ -195,7 +196,8 @@ class TrainingRecipe:
 
         # 3. Model. Seeded first: LoRA's initialisation draws from torch's generator.
         seed_everything(spec.seed)
-        self.loaded = load_model(spec, resume_weights=self.resumed_from.weights_dir if self.resumed_from else None)
+        resume_weights = self.resumed_from.weights_dir if self.resumed_from else None
+        self.loaded = load_model(spec, resume_weights=resume_weights, frozen=self.frozen_weights)
         self.objective.attach(self.loaded, spec)  # DPO: the reference policy
         for note in self.loaded.notes:
             self.progress.log("info", note)
@@ -203,7 +205,7 @@ class TrainingRecipe:
             "info",
             f"Loaded base model {spec.base_model.name} ({self.loaded.n_params:,} params, "
             f"{self.loaded.n_trainable:,} trainable, {'LoRA' if self.loaded.is_lora else 'full fine-tuning'}, "
-            f"{spec.method}, {self.device.type}, {self.num_threads} threads)",
+            f"{spec.method}, {self.device.type}, {self.num_threads} threads, frozen weights {self.frozen_weights})",
         )
         self.max_seq_len = self._max_seq_len()
         self.train_data = self._tokenize(train_examples, "training_file").examples
@@ -295,7 +297,8 @@ class TrainingRecipe:
         return found
 
     def _pin_numerics(self, saved: ckpt.LoopState | None) -> None:
-        """Thread count, precision and packing: the job's on a fresh start, the checkpoint's on resume.
+        """Thread count, precision, packing and the frozen weights' dtype: the job's on a fresh start, the
+        checkpoint's on resume.
 
         Each changes how floats are summed, so a resume that changed one would not continue exactly.
         """
@@ -304,8 +307,10 @@ class TrainingRecipe:
         if saved is None:
             self.num_threads = spec.num_threads or torch.get_num_threads()
             self.precision, self.packing = precision, spec.packing
+            self.frozen_weights = frozen_dtype(spec, precision)
             return
         self.num_threads, self.precision, self.packing = saved.num_threads, saved.precision, saved.packing
+        self.frozen_weights = saved.frozen_weights  # the base the adapters were trained against, rounded alike
         if spec.num_threads is not None and spec.num_threads != saved.num_threads:
             self.progress.log(
                 "warn",
@@ -555,6 +560,7 @@ class TrainingRecipe:
             self.fingerprint,
             precision=self.precision,
             packing=self.packing,
+            frozen_weights=self.frozen_weights,
         )
         return ckpt.write_checkpoint(
             self.output_dir,
