@@ -1,0 +1,139 @@
+"""Peak memory of LoRA training steps on a Qwen2.5-1.5B-shaped model: the default (bf16 frozen base, on a CPU
+with native bf16) against `precision: "fp32"` (every weight fp32, what openft did before), measured in the
+same run.
+
+    python benchmarks/lora_memory.py                  # Qwen2.5-1.5B shape (random weights), 2 steps each
+    python benchmarks/lora_memory.py --layers 4       # a quicker, smaller check of the same thing
+
+Each configuration is a real trainer process (`python -m openft train job.json`); its peak resident set is
+the kernel's `ru_maxrss` of that child. The weights are random (no download) in the model's real shape:
+memory depends on the shapes, not on the values. Prints the figures and the ratio (goal: ≤ 0.6×).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_model(dest: Path, layers: int) -> Path:
+    """A random-init Qwen2.5-1.5B-shaped model (hidden 1536, 12 heads / 2 KV heads, MLP 8960, vocab 151,936,
+    tied embeddings), stored in bf16, with the tiny test model's tokenizer (the vocabulary size of the
+    tokenizer does not matter for memory)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support.tiny_model import build_tiny_model
+
+    tokenizer_dir = build_tiny_model(dest.parent / "tokenizer-source")
+    config = Qwen2Config(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        max_position_embeddings=32_768,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    model.save_pretrained(dest)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (tokenizer_dir / name).exists():
+            (dest / name).write_bytes((tokenizer_dir / name).read_bytes())
+    return dest
+
+
+def train_once(model_dir: Path, work: Path, precision: str, steps: int) -> dict[str, Any]:
+    lines = [
+        {"messages": [{"role": "user", "content": f"question {i} " * 20}, {"role": "assistant", "content": "a " * 60}]}
+        for i in range(steps)
+    ]
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    spec = {
+        "job_id": "ftjob-memory",
+        "base_model": {"name": "qwen-shape", "source": "local", "path": str(model_dir)},
+        "cache_dir": str(work / "cache"),
+        "training_file": str(data),
+        "output_dir": str(work / "out"),
+        "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0},
+        "seed": 0,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "base_learning_rate": 2e-4,
+        "max_seq_len": 256,
+        "micro_batch_size": 1,
+        "keep_checkpoints": 1,
+        "precision": precision,
+    }
+    job = work / "job.json"
+    job.write_text(json.dumps(spec), encoding="utf-8")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "openft", "train", str(job)], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if result.returncode != 0:
+        raise SystemExit(f"{precision}: the trainer failed ({result.returncode}): {result.stdout[-2000:]}")
+    if peak_kib <= before:
+        raise SystemExit("ru_maxrss of children did not grow: run each configuration in a fresh process")
+    loaded = next(
+        json.loads(line)["message"]
+        for line in result.stdout.splitlines()
+        if line.startswith("{") and "Loaded base model" in line
+    )
+    return {"precision": precision, "peak_rss_mib": peak_kib / 1024, "seconds": seconds, "note": loaded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=28, help="decoder layers (Qwen2.5-1.5B: 28)")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], help="run only this one (in this process)")
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lora-memory-") as tmp:
+        root = Path(tmp)
+        model_dir = args.model_dir or build_model(root / "model", args.layers)
+        if args.precision:  # one configuration per process: ru_maxrss of children is a high-water mark
+            work = root / args.precision
+            work.mkdir()
+            print(json.dumps(train_once(model_dir, work, args.precision, args.steps)))
+            return
+        reports = []
+        for precision in ("bf16", "fp32"):
+            command = [sys.executable, __file__, "--precision", precision, "--steps", str(args.steps)]
+            command += ["--model-dir", str(model_dir)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    bf16, fp32 = reports
+    ratio = bf16["peak_rss_mib"] / fp32["peak_rss_mib"]
+    print(f"Qwen2.5-1.5B shape ({args.layers} layers), LoRA r16, {args.steps} steps, one trainer process each")
+    for report in reports:
+        print(f"  {report['precision']:>5}: peak RSS {report['peak_rss_mib']:8.0f} MiB, {report['seconds']:.0f} s")
+        print(f"         {report['note']}")
+    print(f"  ratio bf16 / fp32 peak RSS: {ratio:.2f}× (goal ≤ 0.6×)")
+    if args.json:
+        args.json.write_text(json.dumps({"reports": reports, "ratio": ratio}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
