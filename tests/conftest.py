@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openft.jobs.job_file import usable_cpus
 from openft.services.container import Container, build_container
 from openft.settings import Settings
 from tests.support.databases import postgres_available, postgres_schema_url, sqlite_url
@@ -21,7 +22,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # A parallel run (`make test`): the workers share the cores, as a worker's jobs do (jobs/job_file.py
     # train_threads). Without this every trainer and in-process model takes a thread per core, and the
     # oversubscribed torch threads make the training tests several times slower (README: Configuration).
-    _share = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _share = str(max(1, usable_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     os.environ.setdefault("OPENFT_TRAIN_THREADS", _share)  # trainers started by servers and workers
     os.environ.setdefault("OMP_NUM_THREADS", _share)  # torch in the servers and workers the tests start
     torch.set_num_threads(int(os.environ["OPENFT_TRAIN_THREADS"]))  # and in this process

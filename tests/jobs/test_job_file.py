@@ -33,3 +33,10 @@ def test_the_operators_setting_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert train_threads(_settings(tmp_path, max_jobs=4, train_threads=8)) == 8
     assert train_threads(_settings(tmp_path, max_jobs=1, train_threads=2)) == 2
+
+
+def test_without_an_affinity_call_the_machines_cpus_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENFT_TRAIN_THREADS", raising=False)
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert train_threads(_settings(tmp_path, max_jobs=2)) == 4

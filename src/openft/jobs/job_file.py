@@ -27,7 +27,15 @@ def train_threads(settings: Settings) -> int | None:
     torch's spinning threads then make both several times slower); else None: torch's default."""
     if settings.train_threads is not None or settings.max_jobs == 1:
         return settings.train_threads
-    return max(1, len(os.sched_getaffinity(0)) // settings.max_jobs)
+    return max(1, usable_cpus() // settings.max_jobs)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity on Linux; the machine's count where there is no such call,
+    e.g. macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 """Sub-folder of a continued job holding its own copy of the weights it starts from."""
