@@ -172,6 +172,14 @@ class TrainJobSpec(BaseModel):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         default="auto", description="Recompute activations in the backward pass; auto: when they would not fit."
     )
+    quantization: Literal["nf4"] | None = Field(
+        default=None, description="nf4: the frozen base is loaded 4-bit NF4 with double quantization (QLoRA)."
+    )
+    compile: bool = Field(default=False, description="torch.compile the model's decoder layers.")
+    workers: int = Field(default=1, ge=1, description="Trainer processes (torchrun ranks on one machine).")
+    gpus_per_worker: int | None = Field(
+        default=None, ge=0, description="GPUs each rank uses; 0: the CPU (gloo); None: 1 where there is a GPU, else 0."
+    )
     eval_every: int | None = Field(default=None, ge=1, description="Sampled valid_loss every N steps; None: auto.")
     eval_samples: int = Field(default=64, ge=1, description="Validation examples in the sampled valid_loss.")
     wandb: WandbSpec | None = None

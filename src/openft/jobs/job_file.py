@@ -19,6 +19,7 @@ from openft.settings import Settings
 from openft.trainer_contract import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
 
 PARENT_DIR = "parent"
+"""Sub-folder of a continued job holding its own copy of the weights it starts from."""
 
 
 def train_threads(settings: Settings) -> int | None:
@@ -38,7 +39,14 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-"""Sub-folder of a continued job holding its own copy of the weights it starts from."""
+def visible_gpus() -> int:
+    """CUDA devices this machine offers its trainers (0 without torch's CUDA build or without a GPU).
+
+    torch is imported here only when asked: the API process needs it just for a job that says `compute`."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
 DEFAULT_BETA = 0.1
 """DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
 METRICS_EVENTS_BUDGET = 2000
@@ -71,7 +79,7 @@ def resolve_hyperparameters(job: JobRow, n_examples: int) -> dict[str, Any]:
 
 def _lora(options: dict[str, Any]) -> LoraSpec | None:
     if options.get("fine_tuning_mode") == "full":
-        return None
+        return None  # qlora is LoRA on a quantized base (`quantization`)
     defaults = LoraSpec()
     return LoraSpec(
         r=options.get("lora_rank", defaults.r),
@@ -96,6 +104,7 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
             hub_id=base.hub_id,
         )
     lora = _lora(options)
+    compute = options.get("compute") or {}
     wandb = next((i["wandb"] for i in job.integrations or [] if i.get("type") == "wandb"), None)
     return TrainJobSpec(
         job_id=job.id,
@@ -118,6 +127,10 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         packing=options.get("packing", True),
         precision=options.get("precision") or "auto",
         gradient_checkpointing=options.get("gradient_checkpointing", "auto"),
+        quantization="nf4" if options.get("fine_tuning_mode") == "qlora" else None,
+        compile=bool(options.get("compile", False)),
+        workers=compute.get("workers", 1),
+        gpus_per_worker=compute.get("gpus_per_worker"),
         num_threads=train_threads(settings),
         keep_checkpoints=settings.keep_checkpoints,
         checkpoint_every_steps=settings.checkpoint_every_steps or None,

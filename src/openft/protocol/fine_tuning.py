@@ -35,6 +35,19 @@ class Hyperparameters(StrictModel):
 
 
 ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,64}$")]
+MAX_WORKERS = 64
+MAX_GPUS_PER_WORKER = 16
+
+
+class ComputeOptions(StrictModel):
+    """`compute`: how many trainer processes a job runs (torchrun on one machine) and GPUs per process.
+
+    `gpus_per_worker` defaults to 1 on a machine with GPUs and 0 elsewhere (the worker decides: it knows the
+    machine); whether the machine can hold the job is checked when the job is created (a 400 naming `compute`).
+    """
+
+    workers: Annotated[StrictInt, Field(ge=1, le=MAX_WORKERS)] = 1
+    gpus_per_worker: Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_PER_WORKER)] | None = None
 
 
 class TrainingOptions(StrictModel):
@@ -43,10 +56,11 @@ class TrainingOptions(StrictModel):
     Defaults: LoRA r=16, alpha=32, dropout 0.05 on all linear layers; sequences up to the model's context
     (capped at 2048 tokens); packing on; precision "auto" (bf16 autocast on CUDA and on CPUs with native bf16,
     else fp32 — see training/precision.py); gradient checkpointing "auto" (on when a micro-batch's activations
-    would not fit — see training/memory.py).
+    would not fit — see training/memory.py); `fine_tuning_mode: "qlora"` loads the base 4-bit NF4 (bitsandbytes)
+    under LoRA; `compile` off; `compute` one worker.
     """
 
-    fine_tuning_mode: Literal["lora", "full"] | None = None
+    fine_tuning_mode: Literal["lora", "qlora", "full"] | None = None
     lora_rank: Annotated[StrictInt, Field(ge=1, le=512)] | None = None
     lora_alpha: Annotated[StrictFloat | StrictInt, Field(gt=0, le=4096)] | None = None
     lora_dropout: Annotated[StrictFloat | StrictInt, Field(ge=0, lt=1)] | None = None
@@ -57,6 +71,8 @@ class TrainingOptions(StrictModel):
     packing: StrictBool | None = None
     precision: Literal["auto", "fp32", "bf16"] | None = None
     gradient_checkpointing: Literal["auto"] | StrictBool | None = None
+    compile: StrictBool | None = None
+    compute: ComputeOptions | None = None
 
     @model_validator(mode="after")
     def _lora_options_need_lora(self) -> TrainingOptions:
