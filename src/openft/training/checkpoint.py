@@ -354,8 +354,8 @@ _FINGERPRINT_FIELDS = (
     "max_seq_len",
     "micro_batch_size",
 )
-"""Spec fields that change what training computes (and `dpo`, when set). Paths, thread count, precision,
-packing, checkpoint, metrics and validation settings are left out: changing them does not change the
+"""Spec fields that change what training computes (and `dpo` and `quantization`, when set). Paths, thread count,
+precision, packing, checkpoint, metrics and validation settings are left out: changing them does not change the
 weights (threads, precision and packing are pinned by the checkpoint; validation draws no random numbers)."""
 
 
@@ -370,5 +370,7 @@ def fingerprint(spec: TrainJobSpec) -> str:
     fields["base_model"].pop("path", None)  # the same model may live at another path after a move
     if spec.dpo is not None:  # only then: checkpoints of jobs without it keep their fingerprint
         fields["dpo"] = spec.dpo.model_dump(mode="json")
+    if spec.quantization is not None:  # QLoRA trains against a rounded base; LoRA jobs keep their fingerprint
+        fields["quantization"] = spec.quantization
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()

@@ -80,6 +80,7 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
             progress = TrackedProgressChannel.start(progress, spec)
         from openft.basemodels import BaseModelUnavailable
         from openft.training.faults import hooks_from_environment
+        from openft.training.quantization import QuantizationUnavailable
         from openft.training.recipe import TrainingFailure, run_recipe
 
         try:
@@ -88,6 +89,8 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
             return _fail(progress, failure.code, failure.message, failure.param)
         except BaseModelUnavailable as exc:
             return _fail(progress, "model_not_found", f"the base model is not available: {exc}", "model")
+        except QuantizationUnavailable as exc:  # QLoRA where bitsandbytes cannot run
+            return _fail(progress, exc.code, str(exc), f"method.{spec.method}.hyperparameters.fine_tuning_mode")
         return ExitCode.STOPPED if outcome == "stopped" else ExitCode.COMPLETED
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)

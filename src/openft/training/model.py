@@ -3,7 +3,9 @@
 Trained weights stay in fp32 (bf16 autocast, where `precision.py` picks it, changes only the arithmetic of
 the forward): with fp32 trained weights, gradients and optimizer state a resumed run on a CPU is
 bit-identical to a straight one. LoRA's frozen base is kept in bf16 when the job runs in bf16
-(`frozen_dtype`): it never changes, so it needs no fp32 master copy, and it is half the memory.
+(`frozen_dtype`): it never changes, so it needs no fp32 master copy, and it is half the memory. QLoRA
+(`spec.quantization`) loads the base's linear layers 4-bit NF4 instead (`quantization.py`); the adapter it saves
+names the unquantized base and carries no quantization settings, so serving and `export --merged` use that base.
 A LoRA run saves a PEFT adapter folder (what `PeftModel.from_pretrained` loads); a full fine-tune saves a
 whole HF model folder. Both carry the tokenizer, so the chat template used in training travels with the
 weights to inference.
@@ -30,6 +32,7 @@ import torch
 
 from openft.basemodels import BaseModelUnavailable, materialize_spec
 from openft.trainer_contract import LoraSpec, TrainJobSpec
+from openft.training.quantization import QuantizationUnavailable, describe, load_quantized, logical_numel
 
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -61,7 +64,7 @@ class LoadedModel:
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(logical_numel(p) for p in self.model.parameters())  # a 4-bit weight packs two per byte
 
     @property
     def n_trainable(self) -> int:
@@ -140,8 +143,15 @@ def load_model(
     tokenizer, notes = load_tokenizer(resume_weights if resume_weights and spec.lora is None else base_path)
     # Full fine-tuning resumes from the checkpoint's own model folder; LoRA always starts from the base.
     weights_path = resume_weights if resume_weights is not None and spec.lora is None else base_path
-    dtype = torch.bfloat16 if frozen == "bf16" else torch.float32  # loaded straight in it: no fp32 copy at peak
-    model: Any = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dtype, trust_remote_code=False)
+    model: Any
+    if spec.quantization is not None:  # QLoRA: the base's linear layers 4-bit NF4, the rest in `frozen`
+        if spec.lora is None:
+            raise QuantizationUnavailable("a 4-bit base trains only LoRA adapters (fine_tuning_mode qlora)")
+        model = load_quantized(weights_path, pick_device(), frozen)
+        notes.append(describe(frozen))
+    else:
+        dtype = torch.bfloat16 if frozen == "bf16" else torch.float32  # loaded straight in it: no fp32 copy at peak
+        model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dtype, trust_remote_code=False)
     context_length = getattr(model.config, "max_position_embeddings", None)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
