@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -70,6 +73,10 @@ def test_option_errors_are_400_with_param(client: OpenAI) -> None:
             {"type": "supervised", "supervised": {"hyperparameters": {"precision": "fp16"}}},
             "method.supervised.hyperparameters.precision",
         ),
+        (
+            {"type": "supervised", "supervised": {"hyperparameters": {"fine_tuning_mode": "qlora4"}}},
+            "method.supervised.hyperparameters.fine_tuning_mode",
+        ),
         ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}, "method.dpo.hyperparameters.beta"),
         ({"type": "dpo", "supervised": {}}, "method.supervised"),
     ]
@@ -108,6 +115,40 @@ def test_lora_settings_and_full_fine_tuning(client: OpenAI, server: RunningServe
     assert (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists()
     assert isinstance(_chat(client, full.fine_tuned_model), str)
     assert _chat(client, lora.fine_tuned_model) is not None
+
+
+@pytest.mark.e2e
+def test_qlora_job_is_served_and_exported_on_the_unquantized_base(
+    client: OpenAI, server: RunningServer, models_dir: Path, tmp_path: Path
+) -> None:
+    """A QLoRA job trains against a 4-bit base; chat and `export --merged` use the plain base with its adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    training = _upload(client, valid_examples(12))
+    job = _train(client, training, hyperparameters={"fine_tuning_mode": "qlora", "lora_rank": 4, "n_epochs": 1})
+    assert job.method.supervised.hyperparameters.fine_tuning_mode == "qlora"
+    events = [e.message for e in all_events(client, job.id)]
+    assert any("4-bit NF4 with double quantization" in m for m in events)
+    adapter = server.data_dir / "jobs" / job.id / "model"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 4 and Path(config["base_model_name_or_path"]).name == TINY_MODEL_NAME
+    assert "quantization" not in json.dumps(config)
+    assert isinstance(_chat(client, job.fine_tuned_model), str)  # served: the base from the catalog + adapter
+
+    out = tmp_path / "merged"
+    command = [sys.executable, "-m", "openft", "export", job.fine_tuned_model, "--out", str(out), "--merged"]
+    command += ["--data-dir", str(server.data_dir), "--models-dir", str(models_dir)]
+    subprocess.run(command, check=True, capture_output=True)
+    merged_config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in merged_config
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}  # full-precision weights, nothing 4-bit
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models_dir / TINY_MODEL_NAME), adapter)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, plain(ids).logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.e2e

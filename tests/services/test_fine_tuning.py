@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -100,3 +101,20 @@ def test_pause_needs_a_completed_step_and_wire_nulls_follow_the_status(container
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     with pytest.raises(InvalidJobState, match="cancelled"):
         container.fine_tuning.cancel(container.default_org_id, job.id)
+
+
+@pytest.mark.parametrize("kind", ["supervised", "dpo"])
+def test_qlora_without_bitsandbytes_is_a_400_naming_the_option(
+    container: Container, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    file_id = _upload(container, jsonl_bytes(valid_examples(12)))
+    method = {"type": kind, kind: {"hyperparameters": {"fine_tuning_mode": "qlora", "lora_rank": 8}}}
+    accepted = container.fine_tuning.create(container.default_org_id, _params(training_file=file_id, method=method))
+    assert accepted.method[kind]["hyperparameters"]["fine_tuning_mode"] == "qlora"  # LoRA options go with it
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(InvalidRequest) as excinfo:
+        container.fine_tuning.create(container.default_org_id, _params(training_file=file_id, method=method))
+    assert excinfo.value.param == f"method.{kind}.hyperparameters.fine_tuning_mode"
+    assert "bitsandbytes" in str(excinfo.value)
+    lora = {"type": kind, kind: {"hyperparameters": {"fine_tuning_mode": "lora"}}}
+    assert container.fine_tuning.create(container.default_org_id, _params(training_file=file_id, method=lora)).id

@@ -10,6 +10,7 @@ table in `domain/job_states.py`, so a request racing the worker can never produc
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import time
 from collections.abc import Callable
@@ -163,6 +164,25 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
     return {"type": kind, kind: {"hyperparameters": values}}
 
 
+def _refuse_unavailable_qlora(method: dict[str, Any]) -> None:
+    """`fine_tuning_mode: "qlora"` needs bitsandbytes where the trainers run (this server's environment; they
+    share it): without it the job could only fail later, so it is a 400 now. Whether bitsandbytes can run on the
+    training device is only known to the trainer (`quantization_unavailable`)."""
+    kind = method["type"]
+    if method[kind]["hyperparameters"].get("fine_tuning_mode") != "qlora":
+        return
+    try:
+        installed = importlib.util.find_spec("bitsandbytes") is not None  # looks; imports nothing
+    except (ImportError, ValueError):  # marked unimportable in sys.modules
+        installed = False
+    if not installed:
+        raise InvalidRequest(
+            "fine_tuning_mode 'qlora' needs the bitsandbytes package, which this server does not have; "
+            "use 'lora' (or ask the operator to install openft's dependencies).",
+            param=f"method.{kind}.hyperparameters.fine_tuning_mode",
+        )
+
+
 def _refuse_wandb_entity(params: FineTuningJobCreate) -> None:
     """W&B runs are written with the operator's key (the server's environment); tenants have none of their own
     here. A job choosing the `entity` would make that key write into any team it can reach, so it is refused;
@@ -200,6 +220,7 @@ class FineTuningService:
         _refuse_wandb_entity(params)
         base_model, parent_weights = self._starting_point(org_id, params.model)
         method = _requested_method(params)
+        _refuse_unavailable_qlora(method)
         job_id = ids.job_id()
         now = int(time.time())
         org_name = self._org_names(org_id)  # before the transaction: never nest sessions (SQLite write lock)
