@@ -37,6 +37,11 @@ QUANT_TYPE = "nf4"
 """The 4-bit data type (QLoRA's NormalFloat)."""
 FAILURE_CODE = "quantization_unavailable"
 
+# On x86 CPUs with bf16 instructions bitsandbytes looks for an optional hub kernel when it is imported (peft imports
+# it for every LoRA job once it is installed) and logs a warning suggesting `pip install kernels` when that is absent;
+# its built-in CPU kernels serve instead. Nothing for an operator to act on: said once here, not in every job's log.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 
 class QuantizationUnavailable(Exception):
     """bitsandbytes is not installed, or cannot run 4-bit NF4 layers on this device. The message says which."""
@@ -65,9 +70,6 @@ def quantization_config(frozen: Literal["fp32", "bf16"]) -> Any:
 def require(device: torch.device) -> None:
     """Raise `QuantizationUnavailable` unless bitsandbytes can quantize, dequantize and multiply through an NF4
     layer on `device` (a 64×64 probe, milliseconds): better a clear failure now than a traceback mid-load."""
-    # On x86 CPUs with bf16 instructions bitsandbytes looks for an optional hub kernel at import and logs a warning
-    # suggesting `pip install kernels` when it is absent; its built-in CPU kernels are used instead. Not for users.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes as bnb
     except Exception as exc:  # ImportError, or a native library that fails to load
