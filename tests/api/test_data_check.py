@@ -69,6 +69,9 @@ def test_report_of_a_valid_file_on_every_dialect(served: tuple[TestClient, Conta
     assert report["stats"]["examples"] == 12 and report["stats"]["tokens"]["min"] > 0
     assert set(report["auto"]) == {"n_epochs", "batch_size", "learning_rate_multiplier"} and report["steps"] > 0
     assert report["estimate"]["source"] == "table" and report["estimate"]["seconds"] > 0
+    memory = report["memory"]
+    assert memory["fine_tuning_mode"] == "lora" and memory["fits"] is True and memory["peak_bytes"] > 0
+    assert memory["fits_on"] == ["cpu", "24 GB", "80 GB"]
 
 
 def test_same_report_as_the_cli(served: tuple[TestClient, Container], tmp_path: Path, models_dir: Path) -> None:
@@ -96,6 +99,9 @@ def test_same_report_as_the_cli(served: tuple[TestClient, Container], tmp_path: 
     assert served_report["problems"] == local["problems"] and served_report["problems"][0]["line"] == 11
     for key in ("method", "model", "ok", "n_problems", "stats", "auto", "steps", "notes"):
         assert served_report[key] == local[key], key
+    changing = ("available_bytes", "detail")  # this machine's free memory, read at each check
+    for name, value in served_report["memory"].items():
+        assert name in changing or value == local["memory"][name], name
     assert (served_report["file"], local["file"]) == (file_id, None)
 
 
@@ -111,6 +117,18 @@ def test_method_is_detected_or_given(served: tuple[TestClient, Container]) -> No
     }
     bad = _check(client, pairs, "method=ppo")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "method"
+
+
+def test_the_memory_estimate_is_for_the_mode_asked(served: tuple[TestClient, Container]) -> None:
+    client, _container = served
+    file_id = _upload(client, jsonl_bytes(valid_examples(12)))
+    lora = _check(client, file_id).json()["memory"]
+    qlora = _check(client, file_id, "fine_tuning_mode=qlora").json()["memory"]
+    full = _check(client, file_id, "fine_tuning_mode=full").json()["memory"]
+    assert [m["fine_tuning_mode"] for m in (lora, qlora, full)] == ["lora", "qlora", "full"]
+    assert len({m["peak_bytes"] for m in (lora, qlora, full)}) == 3
+    bad = _check(client, file_id, "fine_tuning_mode=int8")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "fine_tuning_mode"
 
 
 def test_unknown_model_is_400_and_another_organizations_file_404(served: tuple[TestClient, Container]) -> None:
@@ -135,7 +153,7 @@ def test_documented_in_openapi(served: tuple[TestClient, Container]) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/v1/files/{file_id}/check", "/openai/v1/files/{file_id}/check", "/openai/files/{file_id}/check"):
         operation = paths[path]["get"]
-        assert {p["name"] for p in operation["parameters"]} >= {"file_id", "model", "method"}
+        assert {p["name"] for p in operation["parameters"]} >= {"file_id", "model", "method", "fine_tuning_mode"}
         assert "200" in operation["responses"] and "404" in operation["responses"]
 
 

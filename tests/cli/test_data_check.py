@@ -133,3 +133,72 @@ def test_a_report_cut_short_by_the_servers_budget_says_so(
     assert "checked only part of the file" in out and "stopped early" in out
     whole = check_file(path, model=TINY_MODEL_NAME, tokenizer_folder=models_dir / TINY_MODEL_NAME, context_length=512)
     assert whole.to_json()["truncated"] is False and whole.to_json()["checked_examples"] is None
+
+
+def _planned_peak(models_dir: Path, memory: dict[str, Any], *, batch_size: int, mode: str, dpo: bool = False) -> int:
+    """The peak the trainer's planner gives for the report's choice (the check must not have its own estimate)."""
+    import torch
+
+    from openft.training import memory_plan as mp
+    from openft.training.precision import resolve_precision
+
+    config = json.loads((models_dir / TINY_MODEL_NAME / "config.json").read_text(encoding="utf-8"))
+    shape = mp.ModelShape.from_config(config)
+    assert shape is not None
+    setup = mp.TrainingSetup(
+        mode=mode,  # type: ignore[arg-type]
+        precision=resolve_precision("auto", torch.device("cpu")),
+        seq_len=memory["max_seq_length"],
+        batch_size=batch_size,
+        dpo=dpo,
+    )
+    return mp.estimate(shape, setup, memory["micro_batch_size"], memory["gradient_checkpointing"]).peak_bytes
+
+
+def test_memory_estimate_and_where_it_fits(tmp_path: Path, models_dir: Path) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", valid_examples(40))
+    report = _report(path, models_dir, "--estimate", "none", "--batch-size", "4")
+    memory = report["memory"]
+    assert (memory["fine_tuning_mode"], memory["max_seq_length"]) == ("lora", report["stats"]["context_length"])
+    assert (memory["micro_batch_size"], memory["gradient_checkpointing"], memory["fits"]) == (4, False, True)
+    assert memory["fits_on"] == ["cpu", "24 GB", "80 GB"] and memory["device"] == "cpu"
+    assert memory["peak_bytes"] == _planned_peak(models_dir, memory, batch_size=4, mode="lora")
+    assert 0 < memory["peak_bytes"] < memory["available_bytes"] and "available" in memory["detail"]
+    full = _report(path, models_dir, "--estimate", "none", "--batch-size", "4", "--mode", "full")["memory"]
+    assert full["fine_tuning_mode"] == "full" and full["peak_bytes"] != memory["peak_bytes"]
+    assert full["peak_bytes"] == _planned_peak(models_dir, full, batch_size=4, mode="full")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_examples(12))
+    dpo = _report(pairs, models_dir, "--estimate", "none", "--batch-size", "4")["memory"]
+    assert dpo["peak_bytes"] == _planned_peak(models_dir, dpo, batch_size=4, mode="lora", dpo=True)
+
+    text = _check(path, models_dir, "--estimate", "none", "--batch-size", "4").stdout
+    gib = memory["peak_bytes"] / 2**30
+    line = f"memory              ~{gib:.1f} GiB peak (LoRA, {memory['max_seq_length']} tokens, micro-batch 4)"
+    assert f"{line} — fits on: cpu, 24 GB, 80 GB" in text
+    bad = _check(path, models_dir, "--mode", "int8", code=2)
+    assert bad.stderr.startswith("error: --mode must be lora, qlora or full")
+
+
+def test_memory_that_does_not_fit_here_says_what_would(tmp_path: Path, models_dir: Path) -> None:
+    """With the trainer's memory capped below any job's needs (`OPENFT_TRAIN_MEMORY_GB`), this machine is out."""
+    path = write_jsonl(tmp_path / "train.jsonl", valid_examples(12))
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "check",
+            str(path),
+            "--model",
+            TINY_MODEL_NAME,
+            "--models-dir",
+            str(models_dir),
+            "--json",
+            "--estimate",
+            "none",
+        ],
+        env={"OPENFT_DATA_DIR": str(tmp_path / "data"), "OPENFT_TRAIN_MEMORY_GB": "0.5"},
+    )
+    memory = json.loads(result.stdout)["memory"]
+    assert memory["fits"] is False and memory["fits_on"] == ["24 GB", "80 GB"]
+    assert memory["available_bytes"] == 2**29
+    assert "the job needs ~" in memory["detail"] and "512 MiB available on cpu" in memory["detail"]

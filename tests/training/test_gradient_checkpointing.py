@@ -1,15 +1,14 @@
-"""Gradient checkpointing changes memory and time, never results; "auto" turns it on only when needed."""
+"""Gradient checkpointing changes memory and time, never results; "auto" turns it on only when needed (when it is
+needed: tests/training/test_memory_plan.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from openft.trainer_contract import ExitCode
-from openft.training.memory import SAFETY_FRACTION, estimate_activations, needs_checkpointing
 from tests.training.conftest import assert_same_tensors, job_spec, run_in_process, train_losses, write_job
 
 
@@ -39,27 +38,6 @@ def test_auto_stays_off_for_a_small_model(make_job: Any) -> None:
     assert run.rc == ExitCode.COMPLETED
     [line] = [m["message"] for m in run.of("log") if m["message"].startswith("Forward pass")]
     assert line.endswith("gradient checkpointing off")
-
-
-QWEN_7B = SimpleNamespace(hidden_size=3584, num_hidden_layers=28, intermediate_size=18944)
-
-
-def test_activations_grow_with_tokens_and_checkpointing_keeps_far_less() -> None:
-    small = estimate_activations(QWEN_7B, 1024, bytes_per_value=2)
-    large = estimate_activations(QWEN_7B, 8 * 4096, bytes_per_value=2)
-    assert large.kept_bytes == 32 * small.kept_bytes
-    assert large.kept_bytes > 100 * 2**30  # 8 × 4096 tokens of a 7B model: far beyond one 80 GB GPU
-    assert large.checkpointed_bytes < large.kept_bytes / 10
-    fp32 = estimate_activations(QWEN_7B, 1024, bytes_per_value=4)
-    assert fp32.kept_bytes == 2 * small.kept_bytes
-
-
-def test_auto_turns_on_only_past_the_free_memory_share() -> None:
-    estimate = estimate_activations(QWEN_7B, 8 * 1024, bytes_per_value=2)
-    just_enough = int(estimate.kept_bytes / SAFETY_FRACTION) + 1
-    assert not needs_checkpointing(estimate, just_enough)
-    assert needs_checkpointing(estimate, just_enough - 2)
-    assert not needs_checkpointing(estimate, None)  # unknown: what every trainer does by default
 
 
 def test_checkpointing_really_recomputes_the_layers(tiny_model_dir: Path) -> None:

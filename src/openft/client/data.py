@@ -1,9 +1,10 @@
 """`openft data check FILE`: what a job would make of a training file, checked on this machine (no server).
 
 Prints every problem with its line number, then statistics with the model's tokenizer (examples, tokens
-per example, examples over the context), the "auto" hyperparameters, the steps, and an estimated training
+per example, examples over the context), the "auto" hyperparameters, the steps, an estimated training
 time — by default from a short measured run of the real model here (`--estimate table` looks it up
-instead, `--estimate none` skips it). Exit code: 0 no problems, 1 problems found, 2 nothing could be
+instead, `--estimate none` skips it) — and the memory a job would need (`--mode lora|qlora|full`) and the
+devices it fits. Exit code: 0 no problems, 1 problems found, 2 nothing could be
 checked (no such file or model).
 """
 
@@ -16,11 +17,14 @@ import typer
 
 from openft.client.connection import JsonOption
 from openft.trainer_contract import TrainingMethod
+from openft.training.memory_plan import Mode
 
 app = typer.Typer(help="Check training data locally, with the server's own validator.", no_args_is_help=True)
 CANNOT_CHECK = 2
 METHODS: dict[str, TrainingMethod] = {"supervised": "supervised", "dpo": "dpo"}
 """What `--method` accepts."""
+MODES: dict[str, Mode] = {"lora": "lora", "qlora": "qlora", "full": "full"}
+"""What `--mode` accepts (a job's `fine_tuning_mode`)."""
 
 
 def _cannot(message: str, param: str, as_json: bool) -> typer.Exit:
@@ -47,6 +51,9 @@ def check(
     estimate: Annotated[
         str, typer.Option("--estimate", help="measured (a few real steps here), table, or none.")
     ] = "measured",
+    mode: Annotated[
+        str, typer.Option("--mode", help="The job's fine_tuning_mode the memory estimate is for: lora, qlora or full.")
+    ] = "lora",
     models_dir: Annotated[
         Path | None, typer.Option("--models-dir", help="Folder of base models (env OPENFT_MODELS_DIR).")
     ] = None,
@@ -55,7 +62,7 @@ def check(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Check a training file: problems by line, token statistics, "auto" hyperparameters, steps, time."""
+    """Check a training file: problems by line, token statistics, "auto" hyperparameters, steps, time, memory."""
     from openft.basemodels import BUILTIN_MODEL_NAME, BaseModelUnavailable, ModelCatalog
     from openft.datacheck import check_file, default_model, measure_throughput, table_throughput
     from openft.settings import Settings
@@ -66,6 +73,8 @@ def check(
         raise _cannot(f"--method must be supervised or dpo, got {method!r}", "method", as_json)
     if estimate not in ("measured", "table", "none"):
         raise _cannot(f"--estimate must be measured, table or none, got {estimate!r}", "estimate", as_json)
+    if mode not in MODES:
+        raise _cannot(f"--mode must be lora, qlora or full, got {mode!r}", "mode", as_json)
     folders: dict[str, Any] = {"models_dir": models_dir, "data_dir": data_dir}  # unset: the environment's
     settings = Settings(**{name: path for name, path in folders.items() if path is not None})
     catalog = ModelCatalog.from_settings(settings)
@@ -88,6 +97,7 @@ def check(
         n_epochs=n_epochs or "auto",
         batch_size=batch_size or "auto",
         throughput=throughput(folder) if throughput else None,
+        fine_tuning_mode=MODES[mode],
     )
     if as_json:
         import json
@@ -151,6 +161,10 @@ def print_report(report: dict[str, Any]) -> None:
                 f"({estimate['source']}: {estimate['detail']})",
             )
         )
+    if report.get("memory") is not None:
+        from openft.datacheck.memory import summary
+
+        rows.append(("memory", summary(report["memory"])))
     for label, value in rows:  # plain aligned columns: no trailing padding in logs and pipes
         out.print(f"  {label:<20}{value}", markup=False, highlight=False, soft_wrap=True)
 

@@ -1,4 +1,4 @@
-"""The data-check report: problems with line numbers, token statistics, "auto" hyperparameters, steps, time.
+"""The data-check report: problems with line numbers, token statistics, "auto" hyperparameters, steps, time, memory.
 
 One pass over the file with the worker's own parser (`openft.datasets.formats.parse_file`, what
 `validate_for_method` checks with) keeps every valid example, so the statistics describe what training
@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from openft.datacheck.estimate import Estimate
+from openft.datacheck.memory import MemoryReport, memory_report
 from openft.datasets import auto, chat
 from openft.datasets.chat import Problem
 from openft.datasets.formats import detect_method, parse_file
 from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, TrainingMethod
+from openft.training.memory_plan import Mode
 
 MAX_PROBLEMS = 100
 
@@ -115,6 +117,8 @@ class CheckReport:
     auto: auto.Resolved | None = None
     steps: int | None = None
     estimate: Estimate | None = None
+    memory: MemoryReport | None = None
+    """The memory planner's estimate for a job on this file (`openft.datacheck.memory`)."""
     notes: list[str] = field(default_factory=list)
     truncated: bool = False
     """A budget cut the check short: problems and statistics cover only the part checked."""
@@ -149,6 +153,7 @@ class CheckReport:
             ),
             "steps": self.steps,
             "estimate": self.estimate.to_json() if self.estimate else None,
+            "memory": self.memory.to_json() if self.memory else None,
             "notes": self.notes,
             "truncated": self.truncated,
             "checked_examples": self.checked_examples,
@@ -210,10 +215,12 @@ def check_file(
     batch_size: int | str = "auto",
     learning_rate_multiplier: float | str = "auto",
     throughput: Throughput | None = None,
+    fine_tuning_mode: Mode | None = "lora",
     max_problems: int = MAX_PROBLEMS,
     budget: CheckBudget | None = None,
 ) -> CheckReport:
-    """Check `path` as a `method` job's training file on `model` (its tokenizer in `tokenizer_folder`)."""
+    """Check `path` as a `method` job's training file on `model` (its tokenizer and config in `tokenizer_folder`);
+    the memory a `fine_tuning_mode` job would need (None: not estimated)."""
     path = Path(path)
     spending = _Spending(budget)
     method = method or detect_method(path)
@@ -263,6 +270,14 @@ def check_file(
         n, n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
     )
     report.steps = report.auto.steps(n)
+    if fine_tuning_mode is not None:
+        report.memory = memory_report(
+            tokenizer_folder,
+            method=method,
+            batch_size=report.auto.batch_size,
+            seq_len=max_seq_len,
+            mode=fine_tuning_mode,
+        )
     if throughput is not None:
         truncated = [[_cut(s, max_seq_len) for s in seqs] for seqs in tokenized]
         measured = throughput(truncated, report.auto.batch_size)

@@ -48,6 +48,19 @@ class DataCheckEstimate(BaseModel):
     detail: str
 
 
+class DataCheckMemory(BaseModel):
+    fine_tuning_mode: Literal["lora", "qlora", "full"]
+    max_seq_length: int = Field(description="Tokens per example the estimate is for (the check's context_length).")
+    micro_batch_size: int = Field(description="Examples per forward pass the trainer would pick on this machine.")
+    gradient_checkpointing: bool = Field(description="Whether the trainer would recompute activations here.")
+    peak_bytes: int = Field(description="Estimated peak memory of a training step on this machine's device.")
+    device: str = Field(description="This machine's training device (cpu, or cuda and the GPU's name).")
+    available_bytes: int | None = Field(description="Memory free on that device (null: unknown).")
+    fits: bool | None = Field(description="Whether a job fits that device (null: its free memory is unknown).")
+    fits_on: list[str] = Field(description='Devices a job fits: "cpu" (this machine\'s RAM), "24 GB", "80 GB" GPUs.')
+    detail: str = Field(description="The largest parts of the estimate; what would fit when nothing does here.")
+
+
 class DataCheckReport(BaseModel):
     object: Literal["openft.data_check"] = "openft.data_check"
     file: str | None = Field(description="The file's id; null for a local file (`openft data check`).")
@@ -61,6 +74,9 @@ class DataCheckReport(BaseModel):
     auto: DataCheckAuto | None
     steps: int | None
     estimate: DataCheckEstimate | None
+    memory: DataCheckMemory | None = Field(
+        default=None, description="The memory planner's estimate for a job on this file; null when no example is valid."
+    )
     notes: list[str]
     truncated: bool = Field(
         default=False,

@@ -24,6 +24,7 @@ from openft.db.engine import read_only_sessions
 from openft.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
 from openft.storage import BlobStore
 from openft.trainer_contract import TrainingMethod
+from openft.training.memory_plan import Mode
 
 
 class DataCheckService:
@@ -42,9 +43,16 @@ class DataCheckService:
         self.budget = budget or CheckBudget(seconds=30.0, max_bytes=64 * 1024 * 1024)
 
     def check(
-        self, org_id: str | None, file_id: str, *, model: str | None, method: TrainingMethod | None
+        self,
+        org_id: str | None,
+        file_id: str,
+        *,
+        model: str | None,
+        method: TrainingMethod | None,
+        fine_tuning_mode: Mode = "lora",
     ) -> dict[str, Any]:
-        """The report of `file_id` (the caller's organization's, else 404) as training data for `model`."""
+        """The report of `file_id` (the caller's organization's, else 404) as training data for `model`, with the
+        memory a `fine_tuning_mode` job would need."""
         with self._reads.begin() as session:
             row = repo.get_file(session, org_id, file_id)
             if row is None:
@@ -84,6 +92,7 @@ class DataCheckService:
                 file_id=file_id,
                 filename=filename,
                 throughput=table_throughput(folder),
+                fine_tuning_mode=fine_tuning_mode,
                 budget=self.budget,
             )
         finally:

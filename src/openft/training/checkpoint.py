@@ -3,7 +3,8 @@
     checkpoints/step_000012/
         adapter/ or model/      servable weights (PEFT adapter folder, or a full HF model folder)
         state/progress.json     the `LoopState`: step, epoch, position in the epoch, trained tokens,
-                                fingerprint, and the numerics a resume keeps: thread count, precision, packing
+                                fingerprint, and the numerics a resume keeps: thread count, precision, packing,
+                                frozen weights' dtype, micro-batch size
         state/trainer_state.pt  optimizer and LR-scheduler state, RNG states (python, numpy, torch CPU/CUDA)
         meta.json               step, epoch, kind, metrics, sha256 of every other file (written last)
 
@@ -114,6 +115,9 @@ class LoopState:
     """Whether micro-batches were packed (see `packing`); likewise defaults to what older checkpoints did."""
     frozen_weights: Literal["fp32", "bf16"] = "fp32"
     """The dtype LoRA's frozen base weights were kept in (`model.frozen_dtype`); older checkpoints: fp32."""
+    micro_batch_size: int | None = None
+    """Examples per forward pass, as the memory planner picked it (`memory_plan`): it changes how the loss's floats
+    are summed, so a resume keeps it. None (checkpoints written before the planner): the job's `micro_batch_size`."""
 
 
 @dataclass(frozen=True)

@@ -1,58 +1,26 @@
-"""How much memory a micro-batch's activations take, and how much the device has: what
-`gradient_checkpointing: "auto"` decides on.
+"""How much memory a trainer may plan for: what is free on its device, or less where the operator says so.
 
-Activations kept for the backward pass grow with tokens × hidden size × layers; the weights do not depend on
-the batch. The estimate follows Korthikanti et al. (2022, "Reducing Activation Recomputation in Large
-Transformer Models"): about 34·h bytes per token and layer in 16-bit arithmetic for the tensors a transformer
-layer saves (attention scores excluded: SDPA does not keep them), doubled for fp32, plus the MLP's wider
-intermediate where the config says how wide it is. With checkpointing only each layer's input is kept (h
-values per token and layer) and one layer's activations are recomputed at a time.
-
-An estimate, on purpose on the safe side: checkpointing costs about a third more compute, running out of
-memory mid-run costs the job.
+The planner (`memory_plan.py`) decides the micro-batch and gradient checkpointing against this figure before the
+model is loaded. On CUDA it is the driver's free count (the CUDA context already taken); on a CPU the kernel's
+`MemAvailable` (free memory plus the page cache it can drop, which is where a model's mmapped weight files sit).
+`OPENFT_TRAIN_MEMORY_GB` caps it: several jobs sharing one GPU, or a test that needs a job not to fit.
+Imports torch only to ask CUDA, so the data check can call `available_ram` without it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-SAFETY_FRACTION = 0.5
-"""Activations may take at most this share of the memory free before training (weights, optimizer state,
-the allocator's slack and everything else live in the rest)."""
-
-
-@dataclass(frozen=True)
-class ActivationEstimate:
-    tokens: int
-    """Tokens in the largest micro-batch (rows × width)."""
-    kept_bytes: int
-    """Activations kept for the backward pass without checkpointing."""
-    checkpointed_bytes: int
-    """With checkpointing: each layer's input, plus one layer recomputed at a time."""
+MEMORY_ENV = "OPENFT_TRAIN_MEMORY_GB"
+"""GiB one trainer may plan to use at most (a float); unset: whatever is free on its device when it starts."""
 
 
-def estimate_activations(config: Any, tokens: int, *, bytes_per_value: int) -> ActivationEstimate:
-    """Activation memory of a decoder-only transformer for `tokens` tokens in one forward pass."""
-    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
-    layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 0)
-    intermediate = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
-    # per token and layer, in values: 17·h for attention and norms (34 bytes at 2 bytes a value), and the MLP's
-    # gate/up/activation outputs (3 × intermediate) where the MLP is gated (Llama, Qwen, Mistral)
-    per_token_layer = 17 * hidden + 3 * intermediate
-    kept = tokens * layers * per_token_layer * bytes_per_value
-    checkpointed = tokens * layers * hidden * bytes_per_value + tokens * per_token_layer * bytes_per_value
-    return ActivationEstimate(tokens, kept, checkpointed)
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free on `device` now (CUDA: the driver's count; CPU: MemAvailable); None when unknown."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+def available_ram() -> int | None:
+    """Bytes of RAM available to a new allocation (`MemAvailable`; else free pages); None when unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
@@ -62,11 +30,41 @@ def free_memory(device: torch.device) -> int | None:
         pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError):
+    except (ValueError, OSError, AttributeError):
         return None
 
 
-def needs_checkpointing(estimate: ActivationEstimate, free_bytes: int | None) -> bool:
-    """Whether "auto" turns gradient checkpointing on: the kept activations would take more than
-    `SAFETY_FRACTION` of the free memory. Unknown free memory: off (the default of every trainer)."""
-    return free_bytes is not None and estimate.kept_bytes > SAFETY_FRACTION * free_bytes
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` now (CUDA: the driver's count; CPU: `available_ram`); None when unknown."""
+    if device.type == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return available_ram()
+
+
+class BadMemoryCap(ValueError):
+    pass
+
+
+def operator_cap() -> int | None:
+    """`OPENFT_TRAIN_MEMORY_GB` in bytes, or None when unset (BadMemoryCap when it is not a positive number)."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise BadMemoryCap(f"{MEMORY_ENV} must be a positive number of GiB, got {raw!r}")
+    return int(value * (1 << 30))
+
+
+def memory_budget(device: torch.device) -> int | None:
+    """What a trainer on `device` plans for: the free memory, at most the operator's cap (None: unknown)."""
+    free, cap = free_memory(device), operator_cap()
+    if cap is None:
+        return free
+    return cap if free is None else min(free, cap)

@@ -1,6 +1,7 @@
 """Fine-tuning (supervised or DPO; LoRA or full) of a causal LM on chat data: the recipe, read top to bottom.
 
-    setup()   find a checkpoint to resume from, pin threads, precision and packing, seed, load data and
+    setup()   find a checkpoint to resume from, pin threads, precision and packing, load data, plan memory
+              (micro-batch, checkpointing: `memory_plan`; a job that cannot fit fails here), seed, load the
               model, build the optimizer and LR schedule, restore the checkpoint's state, say `started`
     train()   the loop: one optimizer step per batch, metrics every step, a sampled validation every
               `eval_every` steps, a full one and a checkpoint at each epoch end, a periodic checkpoint
@@ -24,6 +25,7 @@ bit-identical to a straight one.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -42,11 +44,19 @@ from openft.datasets.chat import CODE_FORMAT, DataFormatError
 from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
 from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
+from openft.training import memory_plan
 from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
-from openft.training.forward import ForwardPass, causal_lm, check_model
-from openft.training.memory import estimate_activations, free_memory, needs_checkpointing
+from openft.training.forward import ForwardPass, check_model
+from openft.training.memory import BadMemoryCap, memory_budget
 from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
-from openft.training.model import enable_gradient_checkpointing, frozen_dtype, load_model, pick_device, save_weights
+from openft.training.model import (
+    enable_gradient_checkpointing,
+    frozen_dtype,
+    load_model,
+    pick_device,
+    resolve_base,
+    save_weights,
+)
 from openft.training.objectives import Objective, objective_for
 from openft.training.precision import Precision, resolve_precision
 from openft.training.progress import ProgressChannel
@@ -168,6 +178,10 @@ class TrainingRecipe:
         self.precision: Precision
         self.packing: bool
         self.frozen_weights: Precision
+        self.pinned_micro_batch: int | None
+        # Chosen by the memory plan (`_plan_memory`) before the model is loaded; the micro-batch is pinned too.
+        self.micro_batch_size: int
+        self.gradient_checkpointing: bool
 
     # Setup ---------------------------------------------------------------------------------------
 
@@ -193,6 +207,9 @@ class TrainingRecipe:
         # 2. Data, read before the (slow) model load so a bad file fails fast.
         train_examples = self._read(spec.training_file, "training_file")
         valid_examples = self._read(spec.validation_file, "validation_file") if spec.validation_file else None
+
+        # 2b. Memory: planned from the config alone, before the model is loaded; a job that cannot fit fails here.
+        self._plan_memory()
 
         # 3. Model. Seeded first: LoRA's initialisation draws from torch's generator.
         seed_everything(spec.seed)
@@ -222,7 +239,7 @@ class TrainingRecipe:
             self.packing = False
             self.progress.log("info", "packing is off: this model does not keep packed examples apart")
         self.forward = ForwardPass(pad_id, self.packing, support.split_head, self.device, self.precision)
-        checkpointing = self._gradient_checkpointing()
+        checkpointing = self.gradient_checkpointing
         if checkpointing:
             enable_gradient_checkpointing(self.loaded.model)
         self.progress.log(
@@ -297,8 +314,8 @@ class TrainingRecipe:
         return found
 
     def _pin_numerics(self, saved: ckpt.LoopState | None) -> None:
-        """Thread count, precision, packing and the frozen weights' dtype: the job's on a fresh start, the
-        checkpoint's on resume.
+        """Thread count, precision, packing, the frozen weights' dtype and the micro-batch: the job's on a fresh
+        start (the micro-batch then comes from the memory plan), the checkpoint's on resume.
 
         Each changes how floats are summed, so a resume that changed one would not continue exactly.
         """
@@ -308,8 +325,10 @@ class TrainingRecipe:
             self.num_threads = spec.num_threads or torch.get_num_threads()
             self.precision, self.packing = precision, spec.packing
             self.frozen_weights = frozen_dtype(spec, precision)
+            self.pinned_micro_batch = None
             return
         self.num_threads, self.precision, self.packing = saved.num_threads, saved.precision, saved.packing
+        self.pinned_micro_batch = saved.micro_batch_size or spec.micro_batch_size  # None: written before the planner
         self.frozen_weights = saved.frozen_weights  # the base the adapters were trained against, rounded alike
         if spec.num_threads is not None and spec.num_threads != saved.num_threads:
             self.progress.log(
@@ -325,16 +344,39 @@ class TrainingRecipe:
                 f"({'on' if saved.packing else 'off'}): other settings would change the results",
             )
 
-    def _gradient_checkpointing(self) -> bool:
-        """The job's choice, or ("auto") on when the largest micro-batch's activations would not fit
-        (training/memory.py). It changes memory and time, not results: the recomputation is exact."""
-        wanted = self.spec.gradient_checkpointing
-        if wanted != "auto":
-            return bool(wanted)
-        config = causal_lm(self.loaded.model).config
-        tokens = self.spec.micro_batch_size * self.max_seq_len
-        estimate = estimate_activations(config, tokens, bytes_per_value=2 if self.precision == "bf16" else 4)
-        return needs_checkpointing(estimate, free_memory(self.device))
+    def _plan_memory(self) -> None:
+        """Pick the micro-batch and gradient checkpointing that fit this device (`memory_plan`), from the base's
+        config.json alone, or fail with `out_of_memory` saying what would fit. A resumed job keeps its checkpoint's
+        micro-batch (it changes the float sums); checkpointing changes memory and time, never results (the
+        recomputation is exact), so it is planned anew. A config the planner cannot read: the job's micro-batch,
+        and checkpointing only where the job asks for it."""
+        spec = self.spec
+        base, adapter = resolve_base(spec)
+        config = _read_json(base / "config.json")
+        shape = memory_plan.ModelShape.from_config(config) if config is not None else None
+        if shape is None:
+            self.micro_batch_size = self.pinned_micro_batch or spec.micro_batch_size
+            self.gradient_checkpointing = spec.gradient_checkpointing is True
+            self.progress.log("info", "Memory plan: none (the model's config.json does not say its shape)")
+            return
+        setup = memory_plan.job_setup(
+            spec,
+            precision=self.precision,
+            frozen=self.frozen_weights,
+            seq_len=memory_plan.sequence_length(spec.max_seq_len, shape.context),
+            cuda=self.device.type == "cuda",
+            adapter_config=_read_json(adapter / "adapter_config.json") if adapter is not None else None,
+        )
+        try:
+            budget = memory_budget(self.device)
+        except BadMemoryCap as exc:
+            raise TrainingFailure("training_error", str(exc)) from exc
+        plan = memory_plan.plan(shape, setup, budget, micro_batch_size=self.pinned_micro_batch)
+        if plan.fits is False:
+            where = "this GPU" if self.device.type == "cuda" else "this machine"
+            raise TrainingFailure("out_of_memory", memory_plan.failure_message(plan, setup, where))
+        self.micro_batch_size, self.gradient_checkpointing = plan.micro_batch_size, plan.gradient_checkpointing
+        self.progress.log("info", memory_plan.describe(plan, setup))
 
     def _find_resume_checkpoint(self) -> ckpt.Checkpoint | None:
         for candidate in reversed(ckpt.list_checkpoints(self.output_dir)):
@@ -498,7 +540,7 @@ class TrainingRecipe:
         objective, model = self.objective, self.loaded.model
         units = sum(objective.units(item) for item in batch)
         totals: dict[str, torch.Tensor] = {}
-        for micro in micro_batches(batch, self.spec.micro_batch_size):
+        for micro in micro_batches(batch, self.micro_batch_size):
             sums = objective.sums(model, micro, self.forward)
             (sums["loss"] / units).backward()
             for name, value in sums.items():
@@ -524,7 +566,7 @@ class TrainingRecipe:
         model.eval()
         totals: dict[str, float] = {}
         try:
-            for micro in micro_batches(items, self.spec.micro_batch_size):
+            for micro in micro_batches(items, self.micro_batch_size):
                 for name, value in self.objective.sums(model, micro, self.forward).items():
                     totals[name] = totals.get(name, 0.0) + value.item()
         finally:
@@ -561,6 +603,7 @@ class TrainingRecipe:
             precision=self.precision,
             packing=self.packing,
             frozen_weights=self.frozen_weights,
+            micro_batch_size=self.micro_batch_size,
         )
         return ckpt.write_checkpoint(
             self.output_dir,
@@ -644,6 +687,15 @@ def run_recipe(
         return outcome
     finally:
         recipe.cleanup()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _newest_good_checkpoint(output_dir: Path) -> ckpt.Checkpoint | None:

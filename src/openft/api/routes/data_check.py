@@ -21,6 +21,7 @@ from openft.api.routes.common import container
 from openft.errors import RateLimited
 from openft.protocol.data_check import DataCheckReport
 from openft.trainer_contract import TrainingMethod
+from openft.training.memory_plan import Mode
 
 router = APIRouter(tags=["files"])
 MAX_WAITING_CHECKS = 8
@@ -45,9 +46,13 @@ async def check_file(
         Query(max_length=256, description="A base model; default: the models dir's first, else the built-in one."),
     ] = None,
     method: Annotated[TrainingMethod | None, Query(description="Default: detected from the first valid line.")] = None,
+    fine_tuning_mode: Annotated[
+        Mode, Query(description="The job's fine_tuning_mode the memory estimate (`memory`) is for.")
+    ] = "lora",
 ) -> DataCheckReport:
     """Validate an uploaded file as fine-tuning data: problems by line, token statistics on the model's
-    tokenizer, the "auto" hyperparameters, steps and an estimated training time (throughput table).
+    tokenizer, the "auto" hyperparameters, steps, an estimated training time (throughput table) and the memory
+    a job would need, with the devices it fits.
     A check that runs past its budget reports `truncated: true` and covers the part it checked."""
     service = container(request).data_check
     limiter = _limiter(request)
@@ -55,6 +60,8 @@ async def check_file(
         raise RateLimited(
             "Too many data checks are waiting; try again shortly.", retry_after=service.budget.seconds or 30
         )
-    check = functools.partial(service.check, principal.scope, file_id, model=model, method=method)
+    check = functools.partial(
+        service.check, principal.scope, file_id, model=model, method=method, fine_tuning_mode=fine_tuning_mode
+    )
     report = await anyio.to_thread.run_sync(check, limiter=limiter)
     return DataCheckReport.model_validate(report)
