@@ -302,7 +302,7 @@ def run_openft(args: argparse.Namespace, model_dir: Path, train_file: Path, work
     cumulative = [0, *(m["trained_tokens"] for m in metrics)]
     logs = [m["message"] for m in messages if m["type"] == "log"]
     loaded = next((m for m in logs if m.startswith("Loaded base model")), "")
-    forward = next(m for m in logs if m.startswith("Forward"))
+    forward = next((m for m in logs if m.startswith("Forward")), "openft")
     return {
         "losses": [m["train_loss"] for m in metrics],
         "seconds": [m["step_seconds"] for m in metrics],
