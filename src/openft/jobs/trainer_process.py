@@ -3,7 +3,9 @@ kill it (docs/design.md §3).
 
 The process is `openft train job.json` (the command a person can run by hand). Its stdout carries JSON-lines
 progress messages (openft.trainer_contract); its stderr goes to `train.log` in the job folder. It runs in its
-own session, so Ctrl-C on the server reaches it only through us.
+own session, so Ctrl-C on the server reaches it only through us. A job with `compute.workers` > 1 is the same
+command: it becomes the launcher of that many trainer processes (training/launcher.py), which stay in its
+process group and behind its stdout, exit code and signals, so nothing here changes but the kill (the group).
 """
 
 from __future__ import annotations
@@ -98,10 +100,18 @@ class TrainerProcess:
                 self._process.send_signal(signal.SIGUSR1)
 
     def kill(self) -> None:
-        """No checkpoint is needed (cancel, a lost claim, a shutdown out of time): free the process now."""
+        """No checkpoint is needed (cancel, a lost claim, a shutdown out of time): free the process now.
+
+        Its whole process group: a job with several workers is a launcher and its ranks, all in the group the
+        trainer leads (it starts its own session). The ranks would also exit once the launcher is gone
+        (training/launcher.py), but a kill should not wait for them to notice.
+        """
         if self._process is not None and self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
 
     def wait(self) -> int:
         assert self._process is not None

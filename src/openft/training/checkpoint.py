@@ -115,6 +115,8 @@ class LoopState:
     """Whether micro-batches were packed (see `packing`); likewise defaults to what older checkpoints did."""
     frozen_weights: Literal["fp32", "bf16"] = "fp32"
     """The dtype LoRA's frozen base weights were kept in (`model.frozen_dtype`); older checkpoints: fp32."""
+    workers: int = 1
+    """Trainer processes (ranks) that wrote it (`distributed.py`); a resume needs as many (older checkpoints: 1)."""
     micro_batch_size: int | None = None
     """Examples per forward pass, as the memory planner picked it (`memory_plan`): it changes how the loss's floats
     are summed, so a resume keeps it. None (checkpoints written before the planner): the job's `micro_batch_size`."""
@@ -243,11 +245,14 @@ def write_checkpoint(
     trainer_state: dict[str, Any],
     save_weights: Callable[[Path], None],
     weights_dir: Literal["adapter", "model"],
+    shared_state: Callable[[Path], None] | None = None,
 ) -> Checkpoint:
     """Assemble the checkpoint in a temp folder, hash it, then commit it as `checkpoint_dir_name(step)`.
 
     `epoch` is the 1-based epoch of the last step trained (what users see); `loop_state.epoch` is the
-    0-based epoch the next step belongs to (what resume needs).
+    0-based epoch the next step belongs to (what resume needs). `shared_state`, with several ranks, writes
+    what every rank writes into the temp folder's state/ before anything else (`distributed.write_checkpoint`):
+    it is hashed and committed with the rest.
     """
     final = checkpoint_dir(output_dir, loop_state.step)
     try:
@@ -259,9 +264,11 @@ def write_checkpoint(
     tmp = temp_sibling(final)
     try:
         tmp.mkdir()
-        save_weights(tmp / weights_dir)
         state = tmp / CHECKPOINT_STATE_DIR
-        state.mkdir()
+        if shared_state is not None:
+            shared_state(state)
+        save_weights(tmp / weights_dir)
+        state.mkdir(exist_ok=True)
         (state / LOOP_STATE_FILE).write_text(json.dumps(asdict(loop_state), indent=2), encoding="utf-8")
         torch.save(trainer_state, state / TRAINER_STATE_FILE)
         meta = {
@@ -358,9 +365,9 @@ _FINGERPRINT_FIELDS = (
     "max_seq_len",
     "micro_batch_size",
 )
-"""Spec fields that change what training computes (and `dpo` and `quantization`, when set). Paths, thread count,
-precision, packing, checkpoint, metrics and validation settings are left out: changing them does not change the
-weights (threads, precision and packing are pinned by the checkpoint; validation draws no random numbers)."""
+"""Spec fields that change what training computes (and `dpo`, `quantization` and `compile`, when set). Paths,
+thread count, precision, packing, checkpoint, metrics and validation settings are left out: changing them does not
+change the weights (threads, precision and packing are pinned by the checkpoint; validation draws no random numbers)."""
 
 
 def fingerprint(spec: TrainJobSpec) -> str:
@@ -376,5 +383,7 @@ def fingerprint(spec: TrainJobSpec) -> str:
         fields["dpo"] = spec.dpo.model_dump(mode="json")
     if spec.quantization is not None:  # QLoRA trains against a rounded base; LoRA jobs keep their fingerprint
         fields["quantization"] = spec.quantization
+    if spec.compile:  # compiled kernels round differently (compile.py); uncompiled jobs keep their fingerprint
+        fields["compile"] = True
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()

@@ -27,9 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -44,9 +42,11 @@ from openft.datasets.chat import CODE_FORMAT, DataFormatError
 from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
 from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
-from openft.training import memory_plan
-from openft.training.data import PreparedData, epoch_order, micro_batches, validation_sample
-from openft.training.forward import ForwardPass, check_model
+from openft.training import distributed, memory_plan
+from openft.training.attention import pick_attention
+from openft.training.compile import compile_layers
+from openft.training.data import PreparedData, epoch_order, validation_sample
+from openft.training.forward import ForwardPass, causal_lm, check_model
 from openft.training.memory import BadMemoryCap, memory_budget
 from openft.training.metrics import METRICS_FILE, RESULTS_FILE, MetricsLog, write_results_csv
 from openft.training.model import (
@@ -60,6 +60,7 @@ from openft.training.model import (
 from openft.training.objectives import Objective, objective_for
 from openft.training.precision import Precision, resolve_precision
 from openft.training.progress import ProgressChannel
+from openft.training.stop import StopRequest
 
 LINES_SHOWN = 20
 EVALUATIONS_PER_RUN = 10
@@ -84,27 +85,6 @@ class DiskFullPause(Exception):
     def __init__(self, what: str):
         super().__init__(what)
         self.what = what
-
-
-class StopRequest:
-    """Set from a signal handler, or when the worker that started us is gone; looked at between optimizer
-    steps only. An orphaned trainer must not keep writing checkpoints that a new worker will also write, so
-    it stops at the next step boundary (with a checkpoint) when its parent process changes."""
-
-    def __init__(self, parent_pid: int | None = None) -> None:
-        self._requested = False
-        self.signal_name: str | None = None
-        self.parent_pid = parent_pid
-
-    @property
-    def requested(self) -> bool:
-        if not self._requested and self.parent_pid is not None and os.getppid() != self.parent_pid:
-            self._requested, self.signal_name = True, "the exit of the worker that started it"
-        return self._requested
-
-    def __call__(self, signum: int, _frame: Any) -> None:
-        self._requested = True
-        self.signal_name = signal.Signals(signum).name
 
 
 class StepHooks:
@@ -168,7 +148,8 @@ class TrainingRecipe:
         self.output_dir = Path(spec.output_dir)
         self.device = pick_device()
         self.objective: Objective = objective_for(spec)
-        self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
+        self.ranks = distributed.current()  # one process, or this one's rank among several (distributed.py)
+        self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE) if self.ranks.is_main else distributed.NoMetrics()
         self._checkpoint_clock = time.monotonic()
         self.last_checkpoint: ckpt.Checkpoint | None = None
         self.verified_steps: set[int] = set()
@@ -179,7 +160,7 @@ class TrainingRecipe:
         self.packing: bool
         self.frozen_weights: Precision
         self.pinned_micro_batch: int | None
-        # Chosen by the memory plan (`_plan_memory`) before the model is loaded; the micro-batch is pinned too.
+        # Chosen by the memory plan (`_plan_memory`, `_fit_memory_to_data`); a resume keeps the micro-batch.
         self.micro_batch_size: int
         self.gradient_checkpointing: bool
 
@@ -188,13 +169,21 @@ class TrainingRecipe:
     def setup(self) -> None:
         spec = self.spec
         ensure_dir(self.output_dir)
-        ckpt.remove_stale_temps(self.output_dir)
+        if self.ranks.is_main:  # with several ranks, rank 0 alone changes the folder; the others follow it
+            ckpt.remove_stale_temps(self.output_dir)
         self.fingerprint = ckpt.fingerprint(spec)
 
         # 1. Resume point: the newest checkpoint that verifies (a damaged one is reported and removed).
         #    Threads, precision and packing are then pinned: the checkpoint's win over the job's.
-        self.resumed_from = self._find_resume_checkpoint()
+        self.resumed_from = self.ranks.on_main(self._find_resume_checkpoint)
         resume = ckpt.read_state(self.resumed_from) if self.resumed_from is not None else None
+        if resume is not None and resume[0].workers != self.ranks.world_size:
+            raise TrainingFailure(
+                "checkpoint_mismatch",
+                f"the checkpoint at step {resume[0].step} was written by {resume[0].workers} worker process(es); "
+                f"resume it with compute.workers {resume[0].workers} (how the batch is split across processes "
+                "changes the results)",
+            )
         if resume is not None and resume[0].fingerprint != self.fingerprint:
             raise TrainingFailure(
                 "checkpoint_mismatch",
@@ -208,14 +197,18 @@ class TrainingRecipe:
         train_examples = self._read(spec.training_file, "training_file")
         valid_examples = self._read(spec.validation_file, "validation_file") if spec.validation_file else None
 
-        # 2b. Memory: planned from the config alone, before the model is loaded; a job that cannot fit fails here.
+        # 2b. Memory, from the config alone: a job that cannot fit fails here, before the model is loaded.
         self._plan_memory()
 
         # 3. Model. Seeded first: LoRA's initialisation draws from torch's generator.
         seed_everything(spec.seed)
         resume_weights = self.resumed_from.weights_dir if self.resumed_from else None
-        self.loaded = load_model(spec, resume_weights=resume_weights, frozen=self.frozen_weights)
+        attn = pick_attention(self.device, self.precision)  # the kernel packed rows are described for (attention.py)
+        self.loaded = load_model(
+            spec, resume_weights=resume_weights, frozen=self.frozen_weights, attn_implementation=attn
+        )
         self.objective.attach(self.loaded, spec)  # DPO: the reference policy
+        self.ranks.seed(spec.seed)  # several ranks: each its own dropout masks from here (distributed.py)
         for note in self.loaded.notes:
             self.progress.log("info", note)
         self.progress.log(
@@ -231,6 +224,7 @@ class TrainingRecipe:
         if self.valid_data:
             picked = validation_sample(spec.seed, len(self.valid_data), spec.eval_samples)
             self.valid_sample = [self.valid_data[i] for i in picked]
+        self._fit_memory_to_data()
 
         # 4. How the model runs: the fast paths this model was checked to support (eval mode, no RNG).
         pad_id = self.loaded.tokenizer.pad_token_id
@@ -238,14 +232,19 @@ class TrainingRecipe:
         if self.packing and not support.packing:
             self.packing = False
             self.progress.log("info", "packing is off: this model does not keep packed examples apart")
-        self.forward = ForwardPass(pad_id, self.packing, support.split_head, self.device, self.precision)
+        split_head = support.split_head and not self.ranks.will_shard(self.loaded)  # FSDP2: see distributed.py
+        self.forward = ForwardPass(pad_id, self.packing, split_head, self.device, self.precision)
         checkpointing = self.gradient_checkpointing
         if checkpointing:
             enable_gradient_checkpointing(self.loaded.model)
+        compiled = compile_layers(self.loaded.model) if spec.compile else 0  # after LoRA and checkpointing: compile.py
+        self.ranks.shard(self.loaded)  # full fine-tuning with several ranks: FSDP2, before the optimizer is built
         self.progress.log(
             "info",
-            f"Forward pass: {self.precision}, packing {'on' if self.packing else 'off'}, LM head "
-            f"{'at target tokens only' if support.split_head else 'at every token'}, gradient checkpointing "
+            f"Forward pass: {self.precision}, packing {'on' if self.packing else 'off'}, attention "
+            f"{causal_lm(self.loaded.model).config._attn_implementation}, LM head "
+            f"{'at target tokens only' if split_head else 'at every token'}, "
+            f"{f'{compiled} decoder layers compiled, ' if compiled else ''}gradient checkpointing "
             f"{'on' if checkpointing else 'off'}",
         )
 
@@ -269,9 +268,15 @@ class TrainingRecipe:
             self.step, self.trained_tokens = saved.step, saved.trained_tokens
             if self.step > self.total_steps or (saved.epoch, saved.position) != divmod(self.step, self.steps_per_epoch):
                 raise TrainingFailure("checkpoint_mismatch", "the checkpoint does not fit this job's training plan")
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ranks.distributed:  # each rank's part through torch.distributed.checkpoint, its own RNG state
+                assert self.resumed_from is not None
+                model, optimizer = self.loaded.model, self.optimizer
+                rng = distributed.read_checkpoint(self.ranks, self.resumed_from, state, model, optimizer)
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+                rng = state["rng"]
             self.scheduler.load_state_dict(state["scheduler"])
-            ckpt.restore_rng(state["rng"])
+            ckpt.restore_rng(rng)
         self.start_step = self.step
         with self._disk_full_pauses(f"preparing to resume at step {self.step}"):
             self.metrics_log.restart_after(self.step)  # each step exactly once, even after a kill -9
@@ -345,18 +350,18 @@ class TrainingRecipe:
             )
 
     def _plan_memory(self) -> None:
-        """Pick the micro-batch and gradient checkpointing that fit this device (`memory_plan`), from the base's
-        config.json alone, or fail with `out_of_memory` saying what would fit. A resumed job keeps its checkpoint's
-        micro-batch (it changes the float sums); checkpointing changes memory and time, never results (the
-        recomputation is exact), so it is planned anew. A config the planner cannot read: the job's micro-batch,
-        and checkpointing only where the job asks for it."""
+        """Whether the job can fit this device at all, from the base's config.json alone (`memory_plan`), before the
+        model is loaded: with every example taken as max_seq_len tokens long, a job that cannot fit even so fails
+        now, with `out_of_memory` and what would fit. A config the planner cannot read: no plan (the job's
+        micro-batch, checkpointing only where the job asks for it)."""
         spec = self.spec
+        self.memory: tuple[memory_plan.ModelShape, memory_plan.TrainingSetup, int | None] | None = None
+        self.micro_batch_size = self.pinned_micro_batch or spec.micro_batch_size
+        self.gradient_checkpointing = spec.gradient_checkpointing is True
         base, adapter = resolve_base(spec)
         config = _read_json(base / "config.json")
         shape = memory_plan.ModelShape.from_config(config) if config is not None else None
         if shape is None:
-            self.micro_batch_size = self.pinned_micro_batch or spec.micro_batch_size
-            self.gradient_checkpointing = spec.gradient_checkpointing is True
             self.progress.log("info", "Memory plan: none (the model's config.json does not say its shape)")
             return
         setup = memory_plan.job_setup(
@@ -368,13 +373,28 @@ class TrainingRecipe:
             adapter_config=_read_json(adapter / "adapter_config.json") if adapter is not None else None,
         )
         try:
-            budget = memory_budget(self.device)
+            free = memory_budget(self.device)
         except BadMemoryCap as exc:
             raise TrainingFailure("training_error", str(exc)) from exc
+        known = [b for b in self.ranks.gather(free) if b is not None]  # every rank must fit, and agree on the plan
+        sharing = self.ranks.world_size if self.device.type == "cpu" else 1  # ranks on a CPU share its memory
+        budget = min(known) // sharing if known else None
         plan = memory_plan.plan(shape, setup, budget, micro_batch_size=self.pinned_micro_batch)
         if plan.fits is False:
             where = "this GPU" if self.device.type == "cuda" else "this machine"
             raise TrainingFailure("out_of_memory", memory_plan.failure_message(plan, setup, where))
+        self.memory = (shape, setup, budget)
+
+    def _fit_memory_to_data(self) -> None:
+        """The micro-batch and gradient checkpointing for the data as tokenized (a micro-batch holds at most its size
+        × the longest example's tokens), against the memory measured before the load. A resumed job keeps its
+        checkpoint's micro-batch (it changes the float sums); checkpointing changes memory and time, never results
+        (the recomputation is exact), so it is planned anew."""
+        if self.memory is None:
+            return
+        shape, setup, budget = self.memory
+        setup = memory_plan.for_examples(setup, max(self.objective.n_tokens(item) for item in self.train_data))
+        plan = memory_plan.plan(shape, setup, budget, micro_batch_size=self.pinned_micro_batch)
         self.micro_batch_size, self.gradient_checkpointing = plan.micro_batch_size, plan.gradient_checkpointing
         self.progress.log("info", memory_plan.describe(plan, setup))
 
@@ -463,7 +483,7 @@ class TrainingRecipe:
         self._message_step = self.step
         while self.step < self.total_steps:
             self.hooks.at_step_boundary(self.step)
-            if self.stop.requested:
+            if self.ranks.agree_to_stop(self.stop):  # several ranks: all stop after the same step
                 self._stop()
                 return "stopped"
             epoch, position = divmod(self.step, self.steps_per_epoch)
@@ -491,7 +511,7 @@ class TrainingRecipe:
                 self._emit_metrics(row, now)
             if epoch_end:
                 self._checkpoint("epoch")
-            elif self._periodic_checkpoint_due():
+            elif self.ranks.agree(self._periodic_checkpoint_due()):  # the wall clock may differ between ranks
                 self._checkpoint("periodic")
         return "completed"  # a stop asked for during the last step: finishing costs less than pausing
 
@@ -540,18 +560,24 @@ class TrainingRecipe:
         objective, model = self.objective, self.loaded.model
         units = sum(objective.units(item) for item in batch)
         totals: dict[str, torch.Tensor] = {}
-        for micro in micro_batches(batch, self.micro_batch_size):
-            sums = objective.sums(model, micro, self.forward)
-            (sums["loss"] / units).backward()
+        plan = self.ranks.micro_batches(batch, self.micro_batch_size)  # this rank's share: all of it in one process
+        for i, (micro, counts) in enumerate(plan):
+            with self.ranks.gradient_sync(model, last=i == len(plan) - 1):
+                sums = objective.sums(model, micro, self.forward)
+                (sums["loss"] / units if counts else sums["loss"] * 0.0).backward()  # FSDP2's filler adds 0
+            if not counts:
+                continue
             for name, value in sums.items():
                 totals[name] = totals[name] + value.detach() if name in totals else value.detach()
         values = {name: value.item() for name, value in totals.items()}  # host-device sync point
+        values = self.ranks.sum_values(values)  # several ranks: the whole batch's sums
         loss = values["loss"] / units
         if not math.isfinite(loss):
             raise TrainingFailure(
                 "training_diverged",
                 f"the training loss became {loss} at step {self.step + 1}; try a lower learning_rate_multiplier",
             )
+        self.ranks.sum_gradients(self.optimizer.param_groups[0]["params"])  # several ranks: the batch's gradient
         if self.spec.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.spec.max_grad_norm)
         self.optimizer.step()
@@ -566,11 +592,13 @@ class TrainingRecipe:
         model.eval()
         totals: dict[str, float] = {}
         try:
-            for micro in micro_batches(items, self.micro_batch_size):
-                for name, value in self.objective.sums(model, micro, self.forward).items():
+            for micro, counts in self.ranks.micro_batches(items, self.micro_batch_size):
+                sums = self.objective.sums(model, micro, self.forward)
+                for name, value in sums.items() if counts else ():
                     totals[name] = totals.get(name, 0.0) + value.item()
         finally:
             model.train()
+        totals = self.ranks.sum_values(totals)
         return self.objective.metrics(totals, sum(self.objective.units(item) for item in items), prefix)
 
     def _checkpoint(self, kind: ckpt.CheckpointKind) -> ckpt.Checkpoint:
@@ -583,7 +611,11 @@ class TrainingRecipe:
         self.verified_steps.add(saved.step)  # hashed as it was written
         self._checkpoint_clock = time.monotonic()
         self.progress.emit("checkpoint", step=self.step, epoch=epoch, path=str(saved.path), kind=kind, metrics=metrics)
-        pruned = ckpt.prune(self.output_dir, self.spec.keep_checkpoints, verified=self.verified_steps)
+        pruned = (
+            ckpt.prune(self.output_dir, self.spec.keep_checkpoints, verified=self.verified_steps)
+            if self.ranks.is_main
+            else ckpt.Pruned()
+        )
         for checkpoint, problem, aside in pruned.set_aside:
             self._report_damaged(checkpoint, problem, aside, "not counted as one of the checkpoints kept")
         for removed in [*pruned.removed, *(c for c, _, _ in pruned.set_aside)]:
@@ -604,7 +636,21 @@ class TrainingRecipe:
             packing=self.packing,
             frozen_weights=self.frozen_weights,
             micro_batch_size=self.micro_batch_size,
+            workers=self.ranks.world_size,
         )
+        if self.ranks.distributed:
+            return distributed.write_checkpoint(
+                self.ranks,
+                self.output_dir,
+                loop_state=state,
+                epoch=epoch,
+                kind=kind,
+                metrics=metrics,
+                scheduler=self.scheduler.state_dict(),
+                loaded=self.loaded,
+                optimizer=self.optimizer,
+                weights_saved=lambda: self.hooks.checkpoint_weights_saved(self.step),
+            )
         return ckpt.write_checkpoint(
             self.output_dir,
             loop_state=state,
@@ -640,10 +686,13 @@ class TrainingRecipe:
         """The final weights (output_dir/model/) and results.csv, then `completed`."""
         final = self.output_dir / "model"
         results = self.output_dir / RESULTS_FILE
+        if not self.ranks.is_main:  # rank 0 writes; with FSDP2 the others help gather the whole weights first
+            distributed.save_weights(self.ranks, self.loaded, None)
+            return
         with self._disk_full_pauses(f"writing the final model at step {self.step}"):
             tmp = temp_sibling(final)
             try:
-                save_weights(self.loaded, tmp)
+                distributed.save_weights(self.ranks, self.loaded, tmp)
                 commit_dir(tmp, final)
             except BaseException as exc:
                 full = isinstance(exc, Exception) and ckpt.is_disk_full(exc, self.output_dir)
@@ -672,7 +721,7 @@ def run_recipe(
     """setup → train → save → cleanup, for every method (the objective is chosen from `spec.method`)."""
     recipe = TrainingRecipe(spec, progress, stop, hooks)
     try:
-        if stop.requested:  # asked to stop before anything was loaded: nothing to save
+        if distributed.current().agree_to_stop(stop):  # asked to stop before anything was loaded: nothing to save
             newest = _newest_good_checkpoint(recipe.output_dir)
             progress.emit("stopped", step=newest.step if newest else 0, checkpoint=str(newest.path) if newest else None)
             return "stopped"
