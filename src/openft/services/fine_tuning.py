@@ -26,6 +26,7 @@ from openft.db.tables import CheckpointRow, JobEventRow, JobRow
 from openft.domain.job_states import ACTION_TARGET, JobStatus, UserAction, action_sources
 from openft.domain.model_names import fine_tuned_model_name
 from openft.errors import InvalidJobState, InvalidRequest, ModelNotFound, NotFound
+from openft.jobs.job_file import usable_cpus, visible_gpus
 from openft.jobs.queue import QueueEstimate, estimate_queue
 from openft.protocol.common import IdListPage, ListPage
 from openft.protocol.fine_tuning import (
@@ -183,6 +184,31 @@ def _refuse_unavailable_qlora(method: dict[str, Any]) -> None:
         )
 
 
+def _refuse_compute_beyond_machine(method: dict[str, Any]) -> None:
+    """`compute` asking for more than this machine holds is a 400 now rather than a job that fails later: more
+    workers than usable CPUs (CPU ranks, each at least a core), more workers × GPUs per worker than visible GPUs,
+    or GPUs on a machine without one. The trainers share this machine's environment (and the check is repeated
+    where they start, `compute_unavailable`). torch is imported for it only when a job says `compute`."""
+    kind = method["type"]
+    compute = method[kind]["hyperparameters"].get("compute")
+    if compute is None:
+        return
+    workers, asked = compute.get("workers", 1), compute.get("gpus_per_worker")
+    if workers == 1 and not asked:
+        return  # one process, on the GPU if there is one: what every job does
+    gpus = visible_gpus() if asked != 0 else 0
+    per_worker = asked if asked is not None else min(1, gpus)  # the default: 1 on a GPU machine, else 0
+    problem = None
+    if per_worker == 0 and workers > usable_cpus():
+        problem = f"{workers} workers on the CPU need {workers} CPUs; this server has {usable_cpus()}"
+    elif per_worker > 0 and gpus == 0:
+        problem = f"gpus_per_worker {per_worker} needs a GPU, and this server has none; use gpus_per_worker 0"
+    elif workers * per_worker > gpus:
+        problem = f"{workers} workers × {per_worker} GPU(s) need {workers * per_worker} GPUs; this server has {gpus}"
+    if problem is not None:
+        raise InvalidRequest(f"compute: {problem}.", param=f"method.{kind}.hyperparameters.compute")
+
+
 def _refuse_wandb_entity(params: FineTuningJobCreate) -> None:
     """W&B runs are written with the operator's key (the server's environment); tenants have none of their own
     here. A job choosing the `entity` would make that key write into any team it can reach, so it is refused;
@@ -221,6 +247,7 @@ class FineTuningService:
         base_model, parent_weights = self._starting_point(org_id, params.model)
         method = _requested_method(params)
         _refuse_unavailable_qlora(method)
+        _refuse_compute_beyond_machine(method)
         job_id = ids.job_id()
         now = int(time.time())
         org_name = self._org_names(org_id)  # before the transaction: never nest sessions (SQLite write lock)
