@@ -1,7 +1,7 @@
 """The ranks of a job trained by several processes (`compute.workers` > 1), as the recipe sees them.
 
 `launcher.py` starts the processes; this module joins them into a process group and holds everything the
-recipe does differently with more than one (docs/design.md §3.7, §4.13). With one process (`current()` before
+recipe does differently with more than one (docs/design.md §3.7, §4.14). With one process (`current()` before
 any `join`) every method here is the identity, so the recipe reads the same either way.
 
 - **Backend.** gloo on the CPU (`gpus_per_worker` 0), NCCL with GPUs, rank r on GPU r × gpus_per_worker.
