@@ -134,6 +134,17 @@ def test_the_base_is_4bit_nf4_with_double_quantization_and_the_adapters_fp32(
     assert any(note.startswith("QLoRA: the base's linear layers are 4-bit NF4") for note in loaded.notes)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_the_checkpoint_is_read_not_left_mapped(
+    tmp_path: Path, tiny_model_dir: Path, data_files: dict[str, Path]
+) -> None:
+    """Mapped, the whole bf16 file would stay resident beside its 4-bit copy (its unquantized tensors are views of
+    the mapping); fp32 here so the tiny model's tensors need no conversion, as a bf16 file under bf16 would not."""
+    loaded = load_model(_spec(tmp_path, tiny_model_dir, data_files, precision="fp32"), frozen="fp32")
+    assert loaded.n_trainable > 0
+    assert str(tiny_model_dir / "model.safetensors") not in Path("/proc/self/maps").read_text()
+
+
 def test_an_eval_pass_leaves_the_training_gradients_alone(
     tmp_path: Path, tiny_model_dir: Path, data_files: dict[str, Path]
 ) -> None:

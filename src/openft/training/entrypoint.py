@@ -114,6 +114,7 @@ def _train(spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest, ran
     from openft.basemodels import BaseModelUnavailable
     from openft.training.distributed import ComputeUnavailable
     from openft.training.faults import hooks_from_environment
+    from openft.training.quantization import QuantizationUnavailable
     from openft.training.recipe import TrainingFailure, run_recipe
 
     try:
@@ -126,6 +127,8 @@ def _train(spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest, ran
                 return _fail(progress, failure.code, failure.message, failure.param)
             except BaseModelUnavailable as exc:
                 return _fail(progress, "model_not_found", f"the base model is not available: {exc}", "model")
+            except QuantizationUnavailable as exc:  # QLoRA where bitsandbytes cannot run
+                return _fail(progress, exc.code, str(exc), f"method.{spec.method}.hyperparameters.fine_tuning_mode")
             return ExitCode.STOPPED if outcome == "stopped" else ExitCode.COMPLETED
     except ComputeUnavailable as exc:
         return _fail(progress, "compute_unavailable", str(exc), "compute")

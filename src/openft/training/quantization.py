@@ -28,6 +28,8 @@ fails with `quantization_unavailable` instead of a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,11 @@ import torch
 QUANT_TYPE = "nf4"
 """The 4-bit data type (QLoRA's NormalFloat)."""
 FAILURE_CODE = "quantization_unavailable"
+BLOCK_SIZE = 64
+"""Weights per NF4 block (bitsandbytes' default for 4-bit), each block with its own absmax scale."""
+NF4_BYTES_PER_WEIGHT = 0.5 + 1 / BLOCK_SIZE + 4 / (BLOCK_SIZE * 256)
+"""Memory of one weight of a 4-bit linear layer: half a byte, plus its block's absmax in 8 bits (double
+quantization) and, per 256 blocks, one fp32 scale of those: about 0.516 bytes (a memory estimate's figure)."""
 
 # On x86 CPUs with bf16 instructions bitsandbytes looks for an optional hub kernel when it is imported (peft imports
 # it for every LoRA job once it is installed) and logs a warning suggesting `pip install kernels` when that is absent;
@@ -103,15 +110,47 @@ def load_quantized(path: Path, device: torch.device, frozen: Literal["fp32", "bf
     from transformers import AutoModelForCausalLM
 
     require(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        quantization_config=quantization_config(frozen),
-        dtype=compute_dtype(frozen),
-        device_map={"": str(device)},
-        trust_remote_code=False,  # never run a model's own code
-    )
+    with _read_not_mapped():
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=quantization_config(frozen),
+            dtype=compute_dtype(frozen),
+            device_map={"": str(device)},
+            trust_remote_code=False,  # never run a model's own code
+        )
     keep_one_kernel(model)
     return model
+
+
+@contextmanager
+def _read_not_mapped() -> Iterator[None]:
+    """Have transformers read the checkpoint's tensors with `pread` instead of memory-mapping the file.
+
+    transformers maps a safetensors file and, on CPU, keeps its unquantized tensors (the embeddings) as views of
+    that mapping, so the whole file stays mapped for the life of the process, and every page read while
+    quantizing stays resident: a Qwen2.5-1.5B-shaped trainer kept its 3 GB bf16 file in its resident set, more
+    than the 4-bit model itself (`benchmarks/lora_memory.py`). Read with `pread`, each tensor is a buffer of its
+    own, freed once quantized. transformers does this itself on Windows and MPS; it has no option for it, so its
+    call to safetensors' `safe_open` is given `backend="pread"` while the model loads (only where it passes a
+    backend, i.e. where that safetensors supports one)."""
+    import transformers.modeling_utils
+
+    loader: Any = transformers.modeling_utils  # Any: its `safe_open` is a class, replaced here by a function
+    original = getattr(loader, "safe_open", None)
+    if original is None:  # another transformers layout: keep its own loading
+        yield
+        return
+
+    def read_with_pread(*args: Any, **kwargs: Any) -> Any:
+        if "backend" in kwargs:
+            kwargs["backend"] = "pread"
+        return original(*args, **kwargs)
+
+    loader.safe_open = read_with_pread
+    try:
+        yield
+    finally:
+        loader.safe_open = original
 
 
 def keep_one_kernel(model: Any) -> None:
