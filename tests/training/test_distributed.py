@@ -91,6 +91,7 @@ class Scenarios:
             "lora_two": lambda: self.chain("lora_two", [("", {**TWO, **NO_DROPOUT})]),
             "full_two": lambda: self.chain("full_two", [("", {**TWO, **FULL})]),
             "peer_killed": self.kill_a_peer,
+            "worker_killed": self.kill_the_worker,
         }
         with ThreadPoolExecutor(max_workers=2) as pool:
             for future in [pool.submit(run) for run in chains.values()]:
@@ -124,6 +125,36 @@ class Scenarios:
         self.peer_kill["ended_after"] = time.monotonic() - self.peer_kill["killed_at"]
         reader.join(timeout=10)
         self.runs["peer_killed"] = [TrainerRun(launcher.returncode, messages, "", "".join(stderr))]
+
+    def kill_the_worker(self) -> None:
+        """The process that started the launcher (the worker) killed after step 1: the launcher has the ranks stop
+        at the next step boundary with a checkpoint, as a lone trainer does, and all of them exit."""
+        job = self.job(
+            "worker_killed", **TWO, hyperparameters={"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 1.0}
+        )
+        worker = (
+            "import os, subprocess, sys; os.environ['OPENFT_TRAIN_PARENT_PID'] = str(os.getpid()); "
+            "subprocess.run([sys.executable, '-m', 'openft.training.entrypoint', sys.argv[1]])"
+        )
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENFT_TRAIN_DEBUG_SIGNALS": ""}
+        command = [sys.executable, "-c", worker, str(job)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stderr: list[str] = []
+        reader = threading.Thread(target=lambda: stderr.extend(process.stderr or []), daemon=True)
+        reader.start()
+        messages = []
+        assert process.stdout is not None
+        for line in process.stdout:  # the launcher and the ranks keep the pipe open until they exit
+            message = parse_progress_line(line)
+            if message is not None:
+                messages.append(message)
+                if message["type"] == "metrics" and message["step"] == 1:
+                    process.kill()
+        process.wait()
+        reader.join(timeout=10)
+        text = "".join(stderr)
+        self.leftover_ranks += [pid for pid in _rank_pids(text) if _alive(pid)]
+        self.runs["worker_killed"] = [TrainerRun(-9, messages, "", text)]
 
 
 def _rank_pids(stderr: str) -> list[int]:
@@ -253,6 +284,17 @@ def test_a_rank_killed_mid_run_fails_the_job_at_once_naming_it(scenarios: Scenar
     assert failed["message"].startswith("training process 1 of 2 was killed by SIGKILL"), failed
     assert [m["type"] for m in run.messages].count("failed") == 1
     assert scenarios.peer_kill["ended_after"] < 20  # gloo sees the lost peer; nobody waits for a timeout
+
+
+def test_ranks_stop_at_a_checkpoint_when_the_worker_is_gone(scenarios: Scenarios) -> None:
+    run = scenarios.runs["worker_killed"][0]
+    stopped = run.last
+    assert stopped["type"] == "stopped" and stopped["checkpoint"], run.stderr[-4000:]
+    assert 1 <= stopped["step"] < 48 and [c["kind"] for c in run.of("checkpoint")][-1] == "pause"
+    assert any(m["message"].startswith("stopped by the exit of the worker that started it") for m in run.of("log"))
+    folder = Path(stopped["checkpoint"])
+    assert ckpt.verify(ckpt.Checkpoint(stopped["step"], folder)) is None
+    assert scenarios.leftover_ranks == []
 
 
 def test_ranks_listen_on_loopback_only(scenarios: Scenarios) -> None:
