@@ -129,9 +129,14 @@ def frozen_dtype(spec: TrainJobSpec, precision: Literal["fp32", "bf16"]) -> Lite
 
 
 def load_model(
-    spec: TrainJobSpec, *, resume_weights: Path | None = None, frozen: Literal["fp32", "bf16"] = "fp32"
+    spec: TrainJobSpec,
+    *,
+    resume_weights: Path | None = None,
+    frozen: Literal["fp32", "bf16"] = "fp32",
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """The model to train, on the training device, in train mode.
+    """The model to train, on the training device, in train mode, with `attn_implementation`'s attention
+    kernel (`attention.pick_attention`; None: transformers' default, SDPA where the model has it).
 
     `resume_weights` is a checkpoint's adapter/ or model/ folder: the model is built exactly as at the
     start (same code path, so parameters come in the same order for the optimizer state) and the
@@ -147,11 +152,13 @@ def load_model(
     if spec.quantization is not None:  # QLoRA: the base's linear layers 4-bit NF4, the rest in `frozen`
         if spec.lora is None:
             raise QuantizationUnavailable("a 4-bit base trains only LoRA adapters (fine_tuning_mode qlora)")
-        model = load_quantized(weights_path, pick_device(), frozen)
+        model = load_quantized(weights_path, pick_device(), frozen, attn_implementation)
         notes.append(describe(frozen))
     else:
         dtype = torch.bfloat16 if frozen == "bf16" else torch.float32  # loaded straight in it: no fp32 copy at peak
-        model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dtype, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            weights_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
+        )
     context_length = getattr(model.config, "max_position_embeddings", None)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

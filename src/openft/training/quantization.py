@@ -102,8 +102,11 @@ def require(device: torch.device) -> None:
         ) from exc
 
 
-def load_quantized(path: Path, device: torch.device, frozen: Literal["fp32", "bf16"]) -> Any:
-    """The causal LM at `path` with its linear layers in 4-bit NF4 on `device`, everything else in `frozen`.
+def load_quantized(
+    path: Path, device: torch.device, frozen: Literal["fp32", "bf16"], attn_implementation: str | None = None
+) -> Any:
+    """The causal LM at `path` with its linear layers in 4-bit NF4 on `device`, everything else in `frozen`, with
+    `attn_implementation`'s attention kernel (None: transformers' default), as `model.load_model` loads the others.
 
     Each weight is quantized as it is read (on the device it is placed on), so the full-precision model never
     exists in memory at once."""
@@ -116,6 +119,7 @@ def load_quantized(path: Path, device: torch.device, frozen: Literal["fp32", "bf
             quantization_config=quantization_config(frozen),
             dtype=compute_dtype(frozen),
             device_map={"": str(device)},
+            attn_implementation=attn_implementation,
             trust_remote_code=False,  # never run a model's own code
         )
     keep_one_kernel(model)
