@@ -176,7 +176,7 @@ class TrainJobSpec(BaseModel):
         default=None, description="nf4: the frozen base is loaded 4-bit NF4 with double quantization (QLoRA)."
     )
     compile: bool = Field(default=False, description="torch.compile the model's decoder layers.")
-    workers: int = Field(default=1, ge=1, description="Trainer processes (torchrun ranks on one machine).")
+    workers: int = Field(default=1, ge=1, description="Trainer processes (ranks on one machine; training/launcher.py).")
     gpus_per_worker: int | None = Field(
         default=None, ge=0, description="GPUs each rank uses; 0: the CPU (gloo); None: 1 where there is a GPU, else 0."
     )

@@ -40,7 +40,7 @@ MAX_GPUS_PER_WORKER = 16
 
 
 class ComputeOptions(StrictModel):
-    """`compute`: how many trainer processes a job runs (torchrun on one machine) and GPUs per process.
+    """`compute`: how many trainer processes a job runs (ranks on one machine: training/launcher.py), GPUs each.
 
     `gpus_per_worker` defaults to 1 on a machine with GPUs and 0 elsewhere (the worker decides: it knows the
     machine); whether the machine can hold the job is checked when the job is created (a 400 naming `compute`).
