@@ -38,11 +38,6 @@ import torch
 QUANT_TYPE = "nf4"
 """The 4-bit data type (QLoRA's NormalFloat)."""
 FAILURE_CODE = "quantization_unavailable"
-BLOCK_SIZE = 64
-"""Weights per NF4 block (bitsandbytes' default for 4-bit), each block with its own absmax scale."""
-NF4_BYTES_PER_WEIGHT = 0.5 + 1 / BLOCK_SIZE + 4 / (BLOCK_SIZE * 256)
-"""Memory of one weight of a 4-bit linear layer: half a byte, plus its block's absmax in 8 bits (double
-quantization) and, per 256 blocks, one fp32 scale of those: about 0.516 bytes (a memory estimate's figure)."""
 
 # On x86 CPUs with bf16 instructions bitsandbytes looks for an optional hub kernel when it is imported (peft imports
 # it for every LoRA job once it is installed) and logs a warning suggesting `pip install kernels` when that is absent;
