@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +182,6 @@ class Ranks:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
     # The model --------------------------------------------------------------------------------------
 
     def seed(self, seed: int) -> None:
@@ -216,8 +213,6 @@ class Ranks:
 
 
 def _reason_code(reason: str | None) -> int:
-    import signal
-
     try:
         return int(signal.Signals[reason or ""])
     except KeyError:
@@ -225,8 +220,6 @@ def _reason_code(reason: str | None) -> int:
 
 
 def _reason(code: int) -> str:
-    import signal
-
     return WORKER_GONE if code == _OTHER_REASON else signal.Signals(code).name
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from openft.redact import redact_paths
 from openft.trainer_contract import PARENT_PID_ENV, ExitCode, TrainJobSpec, checkpoint_dir, committed_checkpoint_steps
 from openft.training.folder_lock import FolderLock
-from openft.training.launcher import PeerProgress, RankEnv, watch_launcher
+from openft.training.launcher import PeerProgress, RankEnv, launch, watch_launcher
 from openft.training.progress import ProgressChannel
 from openft.training.stop import StopRequest
 
@@ -73,8 +73,7 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
     stop = StopRequest(parent_pid=int(parent) if parent.isdigit() and rank is None else None)
     previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     if rank is not None:
-        watch_launcher(stop)
-        print(f"training process {rank.rank} of {rank.world_size}: pid {os.getpid()}", file=sys.stderr, flush=True)
+        watch_launcher(stop)  # the launcher printed this process's pid and rank into train.log
         try:
             return _train(spec, progress, stop, rank)
         finally:
@@ -99,8 +98,6 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
 
             progress = TrackedProgressChannel.start(progress, spec)
         if spec.workers > 1:
-            from openft.training.launcher import launch
-
             return launch(job_file, spec, progress, stop)
         return _train(spec, progress, stop, None)
     finally:
