@@ -170,8 +170,8 @@ def test_packed_run_matches_unpacked_run(make_job: Any, monkeypatch: pytest.Monk
 
     layouts: list[tuple[int, int]] = []  # (rows, sequences) of every forward pass
 
-    def spy(sequences: Any, pad_id: int, *, packed: bool) -> Any:
-        rows = build_rows(sequences, pad_id, packed=packed)
+    def spy(sequences: Any, pad_id: int, *, packed: bool, one_row: bool = False) -> Any:
+        rows = build_rows(sequences, pad_id, packed=packed, one_row=one_row)
         layouts.append((rows.input_ids.shape[0], rows.n_sequences))
         return rows
 

@@ -7,15 +7,18 @@ the mask hides, so wider rows trade a little less padding for much more attentio
 SmolLM2-135M LoRA (CPU, 8 chat examples of 60-80 tokens): rows of up to max_seq_len put all 8 into one
 row of ~530 tokens and trained at 0.63× the speed of one example per row. Rows no wider than the longest
 example cost at most what padding costs, and when no two sequences share a row the rows are built
-exactly as unpacked ones (so packing then changes nothing at all).
+exactly as unpacked ones (so packing then changes nothing at all). With a variable-length attention kernel
+(flash-attention's varlen, or flex attention with a block mask: `attention.py`, on CUDA) a row's attention
+costs the sum of its sequences' squares instead, so there the whole micro-batch goes in one row, end to end,
+without any padding (`one_row`).
 
 In a shared row the model must treat every sequence as if it were alone: positions restart at 0 for
 each one, and attention must not cross from one to another. Both follow from the position ids alone:
 with no 2D attention mask, transformers 5 (checked: 5.17 and 5.24) reads a restart of the positions as a
-new sequence and builds a block-diagonal causal mask for eager and sdpa attention (flash-attention takes
-the same position ids as variable-length boundaries). Older code or custom models may ignore that, so
-`forward.check_model` tries it on the model before training and the recipe packs only where the packed
-forward equals the unpacked one.
+new sequence and builds a block-diagonal causal mask for eager and sdpa attention; the variable-length
+kernels get the sequences' boundaries (`Rows.segments`) or a block mask instead (`attention.py`). Older code
+or custom models may ignore that, so `forward.check_model` tries it on the model before training and the
+recipe packs only where the packed forward equals the unpacked one.
 
 Targets come already shifted: `targets[r, t]` is the token that position t must predict (the next token
 of the same sequence), or IGNORE_INDEX. So the last token of one sequence never predicts the first
@@ -67,6 +70,9 @@ class Rows:
     sequence_index: torch.Tensor
     """Which input sequence each position belongs to (-1 for padding)."""
     n_sequences: int
+    segments: tuple[int, ...] = ()
+    """Packed: the length of each run of restarting positions, row after row (a row's padding is one run), so a
+    variable-length kernel can find each sequence in the flattened rows. Empty when unpacked."""
 
     def to(self, device: torch.device) -> Rows:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -79,6 +85,7 @@ class Rows:
             self.targets.to(device, non_blocking=True),
             self.sequence_index.to(device, non_blocking=True),
             self.n_sequences,
+            self.segments,
         )
 
 
@@ -103,10 +110,11 @@ def layout(lengths: Sequence[int], capacity: int, *, packed: bool) -> list[list[
     return rows
 
 
-def build_rows(sequences: Sequence[TokenSequence], pad_id: int, *, packed: bool) -> Rows:
-    """Lay `sequences` out in rows no wider than the longest of them (see `layout`), right-padded."""
+def build_rows(sequences: Sequence[TokenSequence], pad_id: int, *, packed: bool, one_row: bool = False) -> Rows:
+    """Lay `sequences` out in rows no wider than the longest of them (see `layout`), right-padded; or, packed
+    with `one_row` (for variable-length attention), all in one row, longest first, without padding."""
     lengths = [len(s.input_ids) for s in sequences]
-    rows = layout(lengths, max(lengths), packed=packed)
+    rows = layout(lengths, sum(lengths) if one_row else max(lengths), packed=packed)
     packed = any(len(row) > 1 for row in rows)  # else the plain padded layout, exactly as unpacked
     width = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), width)
@@ -115,6 +123,7 @@ def build_rows(sequences: Sequence[TokenSequence], pad_id: int, *, packed: bool)
     sequence_index = torch.full(shape, -1, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     attention_mask = torch.zeros(shape, dtype=torch.long)
+    segments: list[int] = []
     for r, row in enumerate(rows):
         start = 0
         for i in row:
@@ -126,9 +135,12 @@ def build_rows(sequences: Sequence[TokenSequence], pad_id: int, *, packed: bool)
             sequence_index[r, start : start + n] = i
             position_ids[r, start : start + n] = torch.arange(n)
             attention_mask[r, start : start + n] = 1
+            segments.append(n)
             start += n
         # Padding forms one more "sequence" of its own, so no query row is left with nothing to attend to.
         position_ids[r, start:] = torch.arange(width - start)
+        if start < width:
+            segments.append(width - start)
     if packed:
-        return Rows(input_ids, position_ids, None, targets, sequence_index, len(sequences))
+        return Rows(input_ids, position_ids, None, targets, sequence_index, len(sequences), tuple(segments))
     return Rows(input_ids, None, attention_mask, targets, sequence_index, len(sequences))
