@@ -72,9 +72,18 @@ def test_gpus_on_a_machine_without_one_are_a_400(client: TestClient, monkeypatch
 
 def test_workers_times_gpus_must_fit_the_visible_gpus(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fine_tuning, "visible_gpus", lambda: 4)  # a machine with 4 GPUs
-    assert _create(client, {"workers": 2, "gpus_per_worker": 2}).status_code == 200
+    assert _create(client, {"workers": 4, "gpus_per_worker": 1}).status_code == 200
     assert _create(client, {"workers": 4}).status_code == 200  # one GPU each by default
-    refused = _create(client, {"workers": 3, "gpus_per_worker": 2})
+    refused = _create(client, {"workers": 5, "gpus_per_worker": 1})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == PARAM
-    assert "need 6 GPUs; this server has 4" in refused.json()["error"]["message"]
+    assert "need 5 GPUs; this server has 4" in refused.json()["error"]["message"]
     assert _create(client, {"workers": 5}).status_code == 400
+
+
+def test_more_than_one_gpu_per_worker_is_a_400(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank drives one device (no tensor parallelism): a second GPU per worker would sit idle, so it is refused
+    with the equivalent that works."""
+    monkeypatch.setattr(fine_tuning, "visible_gpus", lambda: 4)
+    refused = _create(client, {"workers": 2, "gpus_per_worker": 2})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == PARAM
+    assert "use workers 4 instead" in refused.json()["error"]["message"]
