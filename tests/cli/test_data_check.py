@@ -148,7 +148,7 @@ def _planned_peak(models_dir: Path, memory: dict[str, Any], *, batch_size: int, 
     setup = mp.TrainingSetup(
         mode=mode,  # type: ignore[arg-type]
         precision=resolve_precision("auto", torch.device("cpu")),
-        seq_len=memory["max_seq_length"],
+        seq_len=memory["longest_sequence"],
         batch_size=batch_size,
         dpo=dpo,
     )
@@ -160,6 +160,7 @@ def test_memory_estimate_and_where_it_fits(tmp_path: Path, models_dir: Path) -> 
     report = _report(path, models_dir, "--estimate", "none", "--batch-size", "4")
     memory = report["memory"]
     assert (memory["fine_tuning_mode"], memory["max_seq_length"]) == ("lora", report["stats"]["context_length"])
+    assert memory["longest_sequence"] == report["stats"]["tokens"]["max"]  # planned for the file's longest example
     assert (memory["micro_batch_size"], memory["gradient_checkpointing"], memory["fits"]) == (4, False, True)
     assert memory["fits_on"] == ["cpu", "24 GB", "80 GB"] and memory["device"] == "cpu"
     assert memory["peak_bytes"] == _planned_peak(models_dir, memory, batch_size=4, mode="lora")
@@ -173,7 +174,8 @@ def test_memory_estimate_and_where_it_fits(tmp_path: Path, models_dir: Path) -> 
 
     text = _check(path, models_dir, "--estimate", "none", "--batch-size", "4").stdout
     gib = memory["peak_bytes"] / 2**30
-    line = f"memory              ~{gib:.1f} GiB peak (LoRA, {memory['max_seq_length']} tokens, micro-batch 4)"
+    tokens = memory["longest_sequence"]
+    line = f"memory              ~{gib:.1f} GiB peak (LoRA, sequences of up to {tokens} tokens, micro-batch 4)"
     assert f"{line} — fits on: cpu, 24 GB, 80 GB" in text
     bad = _check(path, models_dir, "--mode", "int8", code=2)
     assert bad.stderr.startswith("error: --mode must be lora, qlora or full")

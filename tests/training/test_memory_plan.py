@@ -437,7 +437,8 @@ def test_the_plan_is_logged_and_the_jobs_micro_batch_kept_when_it_fits(make_job:
     assert run.rc == ExitCode.COMPLETED
     [line] = _plan_logs(run)
     assert line.startswith("Memory plan: micro-batch 2 (2 per step of batch 4), gradient checkpointing off; ~")
-    assert "peak estimated for LoRA, 96 tokens, fp32" in line and "available" in line
+    # the data's longest example (one is cut at max_seq_len) is what micro-batches are planned for
+    assert "peak estimated for LoRA, sequences of up to 96 tokens, fp32" in line and "available" in line
 
 
 def test_a_smaller_micro_batch_when_memory_is_short_trains_as_that_micro_batch_does(
@@ -456,6 +457,34 @@ def test_a_smaller_micro_batch_when_memory_is_short_trains_as_that_micro_batch_d
     assert_same_tensors(tmp_path / "short" / "model", tmp_path / "ones" / "model")
 
 
+def test_micro_batches_are_planned_for_the_datas_longest_example(
+    make_job: Any, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the load the plan takes every example as max_seq_len long (here 512 tokens: only micro-batch 1 would
+    fit); once the data is tokenized, its longest example (well under 512) leaves room for the job's 2."""
+    job = make_job("long-cap", max_seq_len=512, gradient_checkpointing=False)
+    spec = TrainJobSpec.read(job)
+    setup = mp.job_setup(spec, precision="fp32", frozen="fp32", seq_len=512, cuda=False)
+    shape = shape_of(json.loads((tiny_model_dir / "config.json").read_text()))
+    cap = mp.estimate(shape, setup, 1, False).peak_bytes
+    assert mp.estimate(shape, setup, 2, False).peak_bytes > cap
+    _cap(monkeypatch, cap)
+    run = run_in_process(job)
+    assert run.rc == ExitCode.COMPLETED
+    [line] = _plan_logs(run)
+    assert line.startswith("Memory plan: micro-batch 2 (2 per step of batch 4)")
+    tokens = int(line.split("sequences of up to ")[1].split()[0])
+    assert tokens < 256
+
+
+def test_for_examples_bounds_the_tokens_of_a_micro_batch() -> None:
+    setup = gpu_setup(seq_len=2048)
+    assert mp.for_examples(setup, 77).seq_len == 77
+    assert mp.for_examples(setup, 5000).seq_len == 2048  # never past max_seq_len
+    pairs = mp.for_examples(replace(setup, dpo=True), 151)  # both answers of the longest pair: 151 tokens
+    assert pairs.seq_len == 76 and pairs.seq_len * pairs.sequences_per_example >= 151
+
+
 def test_a_job_that_cannot_fit_fails_before_the_model_is_loaded(
     make_job: Any, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -467,7 +496,7 @@ def test_a_job_that_cannot_fit_fails_before_the_model_is_loaded(
     assert run.rc == ExitCode.FAILED
     failed = run.last
     assert (failed["type"], failed["code"]) == ("failed", "out_of_memory")
-    assert failed["message"].startswith("the job needs ~1.0 GiB (LoRA, 96 tokens, micro-batch 1")
+    assert failed["message"].startswith("the job needs ~1.0 GiB (LoRA, sequences of up to 96 tokens, micro-batch 1")
     assert "512 MiB available on this machine" in failed["message"]
     assert not any(m["message"].startswith("Loaded base model") for m in run.of("log"))
 

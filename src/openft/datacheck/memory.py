@@ -26,7 +26,9 @@ DEFAULT_MICRO_BATCH: int = TrainJobSpec.model_fields["micro_batch_size"].default
 @dataclass(frozen=True)
 class MemoryReport:
     mode: Mode
-    seq_len: int
+    max_seq_len: int
+    setup: TrainingSetup
+    """As planned: for the file's longest example (`memory_plan.for_examples`)."""
     plan: memory_plan.MemoryPlan
     device: str
     fits_on: list[str]
@@ -35,7 +37,8 @@ class MemoryReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "fine_tuning_mode": self.mode,
-            "max_seq_length": self.seq_len,
+            "max_seq_length": self.max_seq_len,
+            "longest_sequence": self.setup.seq_len,
             "micro_batch_size": self.plan.micro_batch_size,
             "gradient_checkpointing": self.plan.gradient_checkpointing,
             "peak_bytes": self.plan.peak_bytes,
@@ -74,10 +77,18 @@ def model_shape(model_folder: Path) -> ModelShape | None:
 
 
 def memory_report(
-    model_folder: Path, *, method: TrainingMethod, batch_size: int, seq_len: int, mode: Mode = "lora"
+    model_folder: Path,
+    *,
+    method: TrainingMethod,
+    batch_size: int,
+    max_seq_len: int,
+    longest_example: int,
+    mode: Mode = "lora",
 ) -> MemoryReport | None:
-    """The plan on this machine's training device and the devices a job fits (None: the config has no shape the
-    planner knows)."""
+    """The plan on this machine's training device and the devices a job fits, as the trainer decides them: whether
+    the job fits at all with every example `max_seq_len` tokens long (before its model is loaded), then the
+    micro-batch and checkpointing for the longest example's tokens (`longest_example`: both answers of a pair).
+    None: the config has no shape the planner knows."""
     import torch
 
     from openft.training.memory import BadMemoryCap, free_memory, memory_budget
@@ -96,14 +107,18 @@ def memory_report(
             return free_memory(device)
 
     device = pick_device()
-    here = _setup(mode, method, batch_size, seq_len, resolve_precision("auto", device), device.type == "cuda")
-    plan = memory_plan.plan(shape, here, budget(device))
+    here = _setup(mode, method, batch_size, max_seq_len, resolve_precision("auto", device), device.type == "cuda")
+    available = budget(device)
+    plan = memory_plan.plan(shape, here, available)
+    if plan.fits is not False:
+        here = memory_plan.for_examples(here, longest_example)
+        plan = memory_plan.plan(shape, here, available)
 
     cpu_device = torch.device("cpu")
-    cpu = _setup(mode, method, batch_size, seq_len, resolve_precision("auto", cpu_device), False)
+    cpu = _setup(mode, method, batch_size, max_seq_len, resolve_precision("auto", cpu_device), False)
     ram = budget(cpu_device)
     fits_on = [CPU] if ram is not None and memory_plan.fits(shape, cpu, ram) else []
-    gpu = _setup(mode, method, batch_size, seq_len, "bf16", True)
+    gpu = _setup(mode, method, batch_size, max_seq_len, "bf16", True)
     fits_on += [name for name, size in GPU_SIZES.items() if memory_plan.fits(shape, gpu, size)]
 
     where = CPU if device.type == "cpu" else f"cuda ({torch.cuda.get_device_name(device)})"
@@ -112,13 +127,13 @@ def memory_report(
         detail += "; " + memory_plan.failure_message(plan, here, where)
     elif plan.budget_bytes is not None:
         detail += f"; {memory_plan.gib(plan.budget_bytes)} available"
-    return MemoryReport(mode, seq_len, plan, where, fits_on, detail)
+    return MemoryReport(mode, max_seq_len, here, plan, where, fits_on, detail)
 
 
 def summary(memory: dict[str, Any]) -> str:
-    """The CLI's line: `~5.1 GiB peak (LoRA, 2048 tokens, micro-batch 8) — fits on: cpu, 24 GB, 80 GB`."""
-    mode, tokens, micro = memory["fine_tuning_mode"], memory["max_seq_length"], memory["micro_batch_size"]
-    how = f"{MODE_NAMES[mode]}, {tokens} tokens, micro-batch {micro}"
+    """The CLI's line: `~5.1 GiB peak (LoRA, sequences of up to 77 tokens, micro-batch 8) — fits on: cpu, 24 GB`."""
+    mode, tokens, micro = memory["fine_tuning_mode"], memory["longest_sequence"], memory["micro_batch_size"]
+    how = f"{MODE_NAMES[mode]}, sequences of up to {tokens} tokens, micro-batch {micro}"
     if memory["gradient_checkpointing"]:
         how += ", gradient checkpointing"
     where = ", ".join(memory["fits_on"]) or f"none of {CPU}, {', '.join(GPU_SIZES)}"

@@ -270,16 +270,17 @@ def check_file(
         n, n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=learning_rate_multiplier
     )
     report.steps = report.auto.steps(n)
+    truncated = [[_cut(s, max_seq_len) for s in seqs] for seqs in tokenized]
     if fine_tuning_mode is not None:
         report.memory = memory_report(
             tokenizer_folder,
             method=method,
             batch_size=report.auto.batch_size,
-            seq_len=max_seq_len,
+            max_seq_len=max_seq_len,
+            longest_example=max(sum(len(s.input_ids) for s in seqs) for seqs in truncated),
             mode=fine_tuning_mode,
         )
     if throughput is not None:
-        truncated = [[_cut(s, max_seq_len) for s in seqs] for seqs in tokenized]
         measured = throughput(truncated, report.auto.batch_size)
         trained = sum(len(s.input_ids) for seqs in truncated for s in seqs) * n / len(tokenized)
         report.estimate = measured.over(round(trained) * report.auto.n_epochs)

@@ -50,7 +50,13 @@ class DataCheckEstimate(BaseModel):
 
 class DataCheckMemory(BaseModel):
     fine_tuning_mode: Literal["lora", "qlora", "full"]
-    max_seq_length: int = Field(description="Tokens per example the estimate is for (the check's context_length).")
+    max_seq_length: int = Field(
+        description="The job's sequence cap (the check's context_length): whether it fits at all."
+    )
+    longest_sequence: int = Field(
+        description="Tokens of the file's longest sequence (cut at max_seq_length; DPO: per answer): what the "
+        "micro-batch and peak are planned for."
+    )
     micro_batch_size: int = Field(description="Examples per forward pass the trainer would pick on this machine.")
     gradient_checkpointing: bool = Field(description="Whether the trainer would recompute activations here.")
     peak_bytes: int = Field(description="Estimated peak memory of a training step on this machine's device.")

@@ -287,6 +287,13 @@ def sequence_length(max_seq_len: int | None, context: int | None) -> int:
     return min(wanted, context) if context else wanted
 
 
+def for_examples(setup: TrainingSetup, longest_example: int) -> TrainingSetup:
+    """`setup` for data whose longest example has `longest_example` tokens (both answers of a DPO pair together):
+    a micro-batch then holds at most its size × that many tokens, however they are packed into rows."""
+    per_sequence = -(-longest_example // setup.sequences_per_example)
+    return replace(setup, seq_len=max(1, min(setup.seq_len, per_sequence)))
+
+
 def job_setup(
     spec: TrainJobSpec,
     *,
@@ -546,6 +553,10 @@ def largest_parts(estimate: MemoryEstimate, n: int = 4) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {gib(b)}" for name, b in big)
 
 
+def _job(setup: TrainingSetup) -> str:
+    return f"{MODE_NAMES[setup.mode]}, sequences of up to {setup.seq_len} tokens"
+
+
 def describe(plan: MemoryPlan, setup: TrainingSetup) -> str:
     """One line for a `log` event: what was picked, the estimate and what it was checked against."""
     e = plan.estimate
@@ -555,14 +566,14 @@ def describe(plan: MemoryPlan, setup: TrainingSetup) -> str:
     return (
         f"Memory plan: micro-batch {e.micro_batch_size} ({steps} per step of batch {plan.batch_size}), gradient "
         f"checkpointing {'on' if e.gradient_checkpointing else 'off'}; ~{gib(e.peak_bytes)} peak estimated for "
-        f"{MODE_NAMES[setup.mode]}, {setup.seq_len} tokens, {setup.precision} ({parts}); {budget}"
+        f"{_job(setup)}, {setup.precision} ({parts}); {budget}"
     )
 
 
 def failure_message(plan: MemoryPlan, setup: TrainingSetup, where: str) -> str:
     """The `out_of_memory` message of a job that cannot fit: what it needs, what there is, what would fit."""
     e = plan.estimate
-    how = f"{MODE_NAMES[setup.mode]}, {setup.seq_len} tokens, micro-batch {e.micro_batch_size}"
+    how = f"{_job(setup)}, micro-batch {e.micro_batch_size}"
     if e.gradient_checkpointing:
         how += ", gradient checkpointing"
     budget = plan.budget_bytes or 0
