@@ -1,10 +1,13 @@
 """The memory planner: the peak memory of a training step, from the model's config alone, and the micro-batch and
 gradient checkpointing that make a job fit its device.
 
-The trainer runs it before loading the model (`recipe.TrainingRecipe._plan_memory`: config.json is enough) and
-fails at once with `out_of_memory` and what would fit, instead of crashing an hour in; the data check (`openft data
-check`, `GET /v1/files/{id}/check`) runs it for this machine and for 24 GB and 80 GB GPUs. Pure functions over a
-config (a dict read from config.json, or a transformers config object): no torch, no model, no I/O.
+The trainer runs it twice. Before loading the model (`recipe.TrainingRecipe._plan_memory`: config.json is enough),
+with every example taken as max_seq_len tokens long, a job that cannot fit fails at once with `out_of_memory` and
+what would fit, instead of crashing an hour in; once the data is tokenized (`_fit_memory_to_data`), it picks the
+micro-batch and checkpointing for the longest example (`for_examples`). The data check (`openft data check`,
+`GET /v1/files/{id}/check`) runs the same two steps for this machine, and the first for 24 GB and 80 GB GPUs.
+Pure functions over a config (a dict read from config.json, or a transformers config object): no torch, no model,
+no I/O.
 
 What a training process holds at its peak, in bytes (`estimate`):
 
@@ -19,7 +22,7 @@ What a training process holds at its peak, in bytes (`estimate`):
   hooks on a Llama-shaped model (fp32 and bf16; tests/training/test_memory_plan.py measures again), plus, with LoRA
   dropout, the dropped-out copy of each adapted layer's input and its mask. With gradient checkpointing only each
   layer's input is kept (4 B per value) and one layer at a time is recomputed. A micro-batch holds at most
-  micro_batch_size × max_seq_length tokens (twice that for DPO: both answers of a pair).
+  micro_batch_size × `seq_len` tokens (twice that for DPO: both answers of a pair).
 - the backward's working memory: the gradients of one layer's activations (counted as one more layer's activations),
   autocast's bf16 copies of trained weights (full fine-tuning under bf16: 2 B per weight of the decoder's linear
   layers, kept for the backward), QLoRA's dequantized weight of one layer.
@@ -27,8 +30,9 @@ What a training process holds at its peak, in bytes (`estimate`):
   weight; with a frozen head (LoRA) the per-target fp32 gradient of the log-probability in the hidden state (targets
   × hidden × 4 B, kept for the backward); with a trained head (full fine-tuning) its fp32 gradient (vocab × hidden ×
   4 B), twice: computed, then added to the accumulated one.
-- the optimizer step: on CUDA AdamW's multi-tensor path makes one fp32 temporary the size of the trained weights;
-  activations are gone by then, so only what exceeds the forward/backward's transient memory adds to the peak.
+- the optimizer step: on CUDA AdamW's multi-tensor path makes one fp32 temporary the size of the trained weights,
+  on a CPU its single-tensor path two the size of the largest trained tensor; activations are gone by then, so
+  only what exceeds the forward/backward's transient memory adds to the peak.
 - a fixed `FIXED_OVERHEAD_BYTES` (CUDA context and cuBLAS workspaces, or the interpreter's libraries and the data on
   a CPU) and `SLACK_FRACTION` of the rest (the allocator's fragmentation).
 
@@ -410,7 +414,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, micro_batch_size: int, che
         largest = max(n_in * n_out for _, n_in, n_out, _ in shape.linears())
         working += 2 * bpv * largest  # one layer's weight dequantized, forward or backward
     forward_backward = activations + head + working
-    step = 4 * trained // shards if setup.cuda else 4 * _largest_trained(shape, setup)  # AdamW's temporaries
+    step = 4 * trained // shards if setup.cuda else 8 * _largest_trained(shape, setup)  # AdamW's temporaries
 
     parts = {
         "weights": weights,
