@@ -238,6 +238,19 @@ CHECK_REPORT = {
     "auto": {"n_epochs": 11, "batch_size": 1, "learning_rate_multiplier": 1.0},
     "steps": 99,
     "estimate": {"seconds": 125.0, "tokens_per_second": 250.0, "source": "table", "device": "cpu"},
+    "memory": {
+        "fine_tuning_mode": "lora",
+        "max_seq_length": 2048,
+        "longest_sequence": 90,
+        "micro_batch_size": 1,
+        "gradient_checkpointing": False,
+        "peak_bytes": 1_610_612_736,
+        "device": "cpu",
+        "available_bytes": 8 << 30,
+        "fits": True,
+        "fits_on": ["cpu", "24 GB", "80 GB"],
+        "detail": "cpu, bf16: overhead 1.0 GiB, weights 275 MiB",
+    },
 }
 
 
@@ -260,6 +273,7 @@ def test_check_report_shows_problems_by_line_and_the_estimate(
     report = page.text_content("#check-report") or ""
     assert "2 problem(s)" in report and "min 20, mean 41.5, max 90" in report
     assert "2 min 5 s" in report and "Steps99" in report.replace(" ", "")
+    assert "~1.5 GiB peak (lora, sequences of up to 90 tokens, micro-batch 1) — fits on: cpu, 24 GB, 80 GB" in report
     assert page.query_selector("#check-report script") is None
     screenshot("check-report")
 

@@ -187,6 +187,8 @@ def test_files_check_asks_the_server(cli: Cli, tmp_path: Path) -> None:
     assert f"line {line}: not valid JSON" in cli("files", "check", file_id, code=1).stdout
     good = _upload(cli, write_jsonl(tmp_path / "good.jsonl", valid_examples(12)))
     assert cli.json("files", "check", good, "--method", "supervised")["ok"] is True
+    assert cli.json("files", "check", good, "--mode", "full")["memory"]["fine_tuning_mode"] == "full"
+    assert "fits on: cpu, 24 GB, 80 GB" in cli("files", "check", good).stdout  # the memory planner's line
     unknown = cli("files", "check", good, "--model", "nope", code=1)
     assert unknown.stderr.startswith("error: The model 'nope' is not a base model")
     assert unknown.stderr.endswith("(param: model, code: model_not_found)\n")

@@ -199,6 +199,9 @@ def check(
     file_id: FileId,
     model: Annotated[str | None, typer.Option("--model", help="Base model (the server's default).")] = None,
     method: Annotated[str | None, typer.Option("--method", help="supervised or dpo (detected).")] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="The fine_tuning_mode the memory estimate is for (lora).")
+    ] = None,
     as_json: JsonOption = False,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
@@ -211,7 +214,8 @@ def check(
     from openft.client.data import print_report
 
     connection = connect(base_url, api_key)
-    params = {name: value for name, value in (("model", model), ("method", method)) if value is not None}
+    asked = (("model", model), ("method", method), ("fine_tuning_mode", mode))
+    params = {name: value for name, value in asked if value is not None}
     with api_errors(connection, as_json=as_json), connection.http() as http:
         response = http.get(f"files/{file_id}/check", params=params)
         if response.status_code != 200:

@@ -147,6 +147,12 @@ function checkReport(r) {
     const { seconds, tokens_per_second: speed, device, source } = r.estimate;
     facts.push(["Estimated time", `${duration(seconds)} (${speed} tokens/s on ${device}, ${source})`]);
   }
+  if (r.memory) {
+    const m = r.memory;
+    const peak = `~${(m.peak_bytes / 2 ** 30).toFixed(1)} GiB peak`;
+    const how = `${m.fine_tuning_mode}, sequences of up to ${m.longest_sequence} tokens, micro-batch ${m.micro_batch_size}`;
+    facts.push(["Memory", `${peak} (${how}) — fits on: ${m.fits_on.join(", ") || "none of cpu, 24 GB, 80 GB"}`]);
+  }
   return h(
     "div",
     { class: "report", "data-ok": String(r.ok) },
