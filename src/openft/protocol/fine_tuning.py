@@ -56,7 +56,7 @@ class TrainingOptions(StrictModel):
     Defaults: LoRA r=16, alpha=32, dropout 0.05 on all linear layers; sequences up to the model's context
     (capped at 2048 tokens); packing on; precision "auto" (bf16 autocast on CUDA and on CPUs with native bf16,
     else fp32 — see training/precision.py); gradient checkpointing "auto" (on when a micro-batch's activations
-    would not fit — see training/memory.py); `fine_tuning_mode: "qlora"` loads the base 4-bit NF4 (bitsandbytes)
+    would not fit — see training/memory_plan.py); `fine_tuning_mode: "qlora"` loads the base 4-bit NF4 (bitsandbytes)
     under LoRA; `compile` off; `compute` one worker.
     """
 
