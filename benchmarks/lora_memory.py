@@ -1,13 +1,15 @@
 """Peak memory of LoRA training steps on a Qwen2.5-1.5B-shaped model: the default (bf16 frozen base, on a CPU
-with native bf16) against `precision: "fp32"` (every weight fp32, what openft did before), measured in the
-same run.
+with native bf16) and QLoRA (`fine_tuning_mode: "qlora"`: the base's linear layers 4-bit NF4, computing in bf16)
+against `precision: "fp32"` (every weight fp32, what openft did before), measured in the same run.
 
     python benchmarks/lora_memory.py                  # Qwen2.5-1.5B shape (random weights), 2 steps each
     python benchmarks/lora_memory.py --layers 4       # a quicker, smaller check of the same thing
+    python benchmarks/lora_memory.py --configs qlora fp32   # only these
 
 Each configuration is a real trainer process (`python -m openft train job.json`); its peak resident set is
 the kernel's `ru_maxrss` of that child. The weights are random (no download) in the model's real shape:
-memory depends on the shapes, not on the values. Prints the figures and the ratio (goal: ≤ 0.6×).
+memory depends on the shapes, not on the values. Prints the figures, each one's mean step time and the ratios
+to fp32 (goals: LoRA bf16 ≤ 0.6×, QLoRA ≤ 0.35×).
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS: dict[str, dict[str, Any]] = {
+    "bf16": {"precision": "bf16"},
+    "fp32": {"precision": "fp32"},
+    "qlora": {"precision": "bf16", "quantization": "nf4"},
+}
+"""What each configuration adds to the job: LoRA on a bf16 frozen base, on an fp32 one, and on a 4-bit NF4 one."""
+GOALS = {"bf16": 0.6, "qlora": 0.35}
+"""Issue 13's goals for each configuration's peak RSS as a fraction of fp32's."""
 
 
 def build_model(dest: Path, layers: int) -> Path:
@@ -50,6 +60,7 @@ def build_model(dest: Path, layers: int) -> Path:
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
+    model.tie_weights()  # `to_empty` gave the LM head its own tensor: share the embeddings' again, as Qwen2.5-1.5B does
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter, std=0.02)
     model.save_pretrained(dest)
@@ -59,7 +70,7 @@ def build_model(dest: Path, layers: int) -> Path:
     return dest
 
 
-def train_once(model_dir: Path, work: Path, precision: str, steps: int) -> dict[str, Any]:
+def train_once(model_dir: Path, work: Path, config: str, steps: int) -> dict[str, Any]:
     lines = [
         {"messages": [{"role": "user", "content": f"question {i} " * 20}, {"role": "assistant", "content": "a " * 60}]}
         for i in range(steps)
@@ -79,7 +90,7 @@ def train_once(model_dir: Path, work: Path, precision: str, steps: int) -> dict[
         "max_seq_len": 256,
         "micro_batch_size": 1,
         "keep_checkpoints": 1,
-        "precision": precision,
+        **CONFIGS[config],
     }
     job = work / "job.json"
     job.write_text(json.dumps(spec), encoding="utf-8")
@@ -91,15 +102,19 @@ def train_once(model_dir: Path, work: Path, precision: str, steps: int) -> dict[
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if result.returncode != 0:
-        raise SystemExit(f"{precision}: the trainer failed ({result.returncode}): {result.stdout[-2000:]}")
+        raise SystemExit(f"{config}: the trainer failed ({result.returncode}): {result.stdout[-2000:]}")
     if peak_kib <= before:
         raise SystemExit("ru_maxrss of children did not grow: run each configuration in a fresh process")
-    loaded = next(
-        json.loads(line)["message"]
-        for line in result.stdout.splitlines()
-        if line.startswith("{") and "Loaded base model" in line
-    )
-    return {"precision": precision, "peak_rss_mib": peak_kib / 1024, "seconds": seconds, "note": loaded}
+    messages = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    loaded = next(m["message"] for m in messages if m["type"] == "log" and "Loaded base model" in m["message"])
+    step_seconds = [m["step_seconds"] for m in messages if m["type"] == "metrics"]
+    return {
+        "config": config,
+        "peak_rss_mib": peak_kib / 1024,
+        "seconds": seconds,
+        "step_seconds": step_seconds,
+        "note": loaded,
+    }
 
 
 def main() -> None:
@@ -107,32 +122,41 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=28, help="decoder layers (Qwen2.5-1.5B: 28)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], help="run only this one (in this process)")
+    parser.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), help="which to run (default: all)"
+    )
+    parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)  # one, in this process
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lora-memory-") as tmp:
         root = Path(tmp)
         model_dir = args.model_dir or build_model(root / "model", args.layers)
-        if args.precision:  # one configuration per process: ru_maxrss of children is a high-water mark
-            work = root / args.precision
+        if args.config:  # one configuration per process: ru_maxrss of children is a high-water mark
+            work = root / args.config
             work.mkdir()
-            print(json.dumps(train_once(model_dir, work, args.precision, args.steps)))
+            print(json.dumps(train_once(model_dir, work, args.config, args.steps)))
             return
-        reports = []
-        for precision in ("bf16", "fp32"):
-            command = [sys.executable, __file__, "--precision", precision, "--steps", str(args.steps)]
+        reports: dict[str, dict[str, Any]] = {}
+        for config in args.configs:
+            command = [sys.executable, __file__, "--config", config, "--steps", str(args.steps)]
             command += ["--model-dir", str(model_dir)]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            reports.append(json.loads(out.strip().splitlines()[-1]))
-    bf16, fp32 = reports
-    ratio = bf16["peak_rss_mib"] / fp32["peak_rss_mib"]
+            reports[config] = json.loads(out.strip().splitlines()[-1])
     print(f"Qwen2.5-1.5B shape ({args.layers} layers), LoRA r16, {args.steps} steps, one trainer process each")
-    for report in reports:
-        print(f"  {report['precision']:>5}: peak RSS {report['peak_rss_mib']:8.0f} MiB, {report['seconds']:.0f} s")
+    ratios: dict[str, float] = {}
+    for config, report in reports.items():
+        steps = ", ".join(f"{s:.1f}" for s in report["step_seconds"])
+        peak, seconds = report["peak_rss_mib"], report["seconds"]
+        print(f"  {config:>5}: peak RSS {peak:8.0f} MiB, {seconds:.0f} s in all (steps: {steps} s)")
         print(f"         {report['note']}")
-    print(f"  ratio bf16 / fp32 peak RSS: {ratio:.2f}× (goal ≤ 0.6×)")
+    if "fp32" in reports:
+        for config, goal in GOALS.items():
+            if config in reports:
+                ratios[config] = reports[config]["peak_rss_mib"] / reports["fp32"]["peak_rss_mib"]
+                print(f"  ratio {config} / fp32 peak RSS: {ratios[config]:.2f}× (goal ≤ {goal}×)")
     if args.json:
-        args.json.write_text(json.dumps({"reports": reports, "ratio": ratio}, indent=2), encoding="utf-8")
+        figures = {"reports": list(reports.values()), "ratios": ratios}
+        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
