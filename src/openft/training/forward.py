@@ -62,7 +62,8 @@ class ModelSupport:
     split_head: bool
     """Apply the LM head at target positions only."""
     packing: bool
-    """Several sequences per row, kept apart by position ids."""
+    """Several sequences per row, kept apart by the model's attention kernel (restarting position ids, and the
+    sequences' boundaries or a block mask for a variable-length kernel: `attention.py`)."""
 
 
 @dataclass(frozen=True)
