@@ -47,6 +47,7 @@ def visible_gpus() -> int:
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
+
 DEFAULT_BETA = 0.1
 """DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
 METRICS_EVENTS_BUDGET = 2000

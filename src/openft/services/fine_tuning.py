@@ -188,8 +188,8 @@ def _refuse_compute_beyond_machine(method: dict[str, Any]) -> None:
     """`compute` asking for more than this machine holds is a 400 now rather than a job that fails later: more
     workers than usable CPUs (CPU ranks, each at least a core), more workers × GPUs per worker than visible GPUs,
     or GPUs on a machine without one; and more than one GPU per worker (a rank drives one device: openft has no
-    tensor parallelism, so a second GPU would sit idle). The trainers share this machine's environment (and the check is repeated
-    where they start, `compute_unavailable`). torch is imported for it only when a job says `compute`."""
+    tensor parallelism, so a second GPU would sit idle). The trainers share this machine's environment (and the
+    check is repeated where they start, `compute_unavailable`). torch is imported only when a job says `compute`."""
     kind = method["type"]
     compute = method[kind]["hyperparameters"].get("compute")
     if compute is None:
@@ -201,7 +201,7 @@ def _refuse_compute_beyond_machine(method: dict[str, Any]) -> None:
     per_worker = asked if asked is not None else min(1, gpus)  # the default: 1 on a GPU machine, else 0
     problem = None
     if per_worker > 1:  # a rank drives one device; several per rank would need tensor parallelism
-        problem = f"gpus_per_worker {per_worker}: each worker uses one GPU; use workers {workers * per_worker} instead"
+        problem = f"gpus_per_worker {per_worker}: a worker uses one GPU; use workers {workers * per_worker} instead"
     elif per_worker == 0 and workers > usable_cpus():
         problem = f"{workers} workers on the CPU need {workers} CPUs; this server has {usable_cpus()}"
     elif per_worker > 0 and gpus == 0:
