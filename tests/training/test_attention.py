@@ -70,6 +70,26 @@ def test_the_operator_can_force_a_kernel_on_cuda(monkeypatch: pytest.MonkeyPatch
         pick_attention(torch.device("cuda"), "bf16")
 
 
+def test_a_resume_keeps_the_checkpoints_kernel_where_it_can_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels round differently: a resume loads the checkpoint's, and says so when it cannot."""
+    monkeypatch.delenv(attention.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: False)
+    # Written with SDPA (or before the choice existed): SDPA again, even where flex would be picked today.
+    assert attention.resume_attention(None, cuda, "bf16") == (None, None)
+    assert attention.resume_attention("sdpa", cuda, "bf16") == ("sdpa", None)
+    assert attention.resume_attention("flex_attention", cuda, "bf16") == ("flex_attention", None)
+    # flash-attn uninstalled since: today's pick, with a warning that the rounding changes.
+    kernel, warning = attention.resume_attention("flash_attention_2", cuda, "bf16")
+    assert kernel == "flex_attention" and warning is not None and "flash_attention_2" in warning
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: True)
+    assert attention.resume_attention("flash_attention_2", cuda, "bf16") == ("flash_attention_2", None)
+    # A GPU checkpoint resumed on a CPU: the dense path.
+    kernel, warning = attention.resume_attention("flex_attention", cpu, "bf16")
+    assert kernel is None and warning is not None
+
+
 def test_kernels_and_their_layouts() -> None:
     class Config:
         _attn_implementation = "flash_attention_2"

@@ -112,6 +112,25 @@ def pick_attention(device: torch.device, precision: Precision) -> str | None:
     return None
 
 
+def resume_attention(saved: str | None, device: torch.device, precision: Precision) -> tuple[str | None, str | None]:
+    """The kernel a resumed run loads with, and a warning when it cannot be the checkpoint's.
+
+    Kernels round differently, so a resume keeps the checkpoint's (`LoopState.attention`; None is transformers'
+    default, what every run on a CPU and every checkpoint written before this choice used). Where that kernel is
+    not available any more (flash-attn uninstalled, a GPU checkpoint resumed on a CPU), today's choice is used
+    and the warning says the results will differ from a straight run's."""
+    if saved is None or saved == SDPA:
+        return saved, None
+    available = device.type == "cuda" and (saved != FLASH or flash_attn_installed())
+    if available:
+        return saved, None
+    picked = pick_attention(device, precision)
+    return picked, (
+        f"the checkpoint trained with the {saved} attention kernel, which this machine cannot run; using "
+        f"{picked or SDPA}: the steps from here round differently from a straight run's"
+    )
+
+
 def packed_inputs(
     kernel: Kernel, position_ids: torch.Tensor, sequence_index: torch.Tensor, segments: Sequence[int]
 ) -> dict[str, Any]:

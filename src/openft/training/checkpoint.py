@@ -117,6 +117,9 @@ class LoopState:
     """The dtype LoRA's frozen base weights were kept in (`model.frozen_dtype`); older checkpoints: fp32."""
     workers: int = 1
     """Trainer processes (ranks) that wrote it (`distributed.py`); a resume needs as many (older checkpoints: 1)."""
+    attention: str | None = None
+    """The attention kernel (`attention.pick_attention`; None: transformers' default, as every CPU run and every
+    checkpoint written before the choice): kernels round differently, so a resume keeps it."""
     micro_batch_size: int | None = None
     """Examples per forward pass, as the memory planner picked it (`memory_plan`): it changes how the loss's floats
     are summed, so a resume keeps it. None (checkpoints written before the planner): the job's `micro_batch_size`."""

@@ -255,8 +255,9 @@ def build_reference(loaded: LoadedModel, spec: TrainJobSpec) -> Reference:
     """The reference for this job (see the module docstring). Draws from no random generator it leaves changed."""
     if loaded.is_lora:
         return Reference(loaded.model, adapter=REFERENCE_ADAPTER if loaded.continued_adapter else None)
+    kernel = getattr(loaded.model.config, "_attn_implementation", None)  # the policy's, so both round alike
     with torch.random.fork_rng(devices=[]):  # loading must not move the training RNG (exact resume)
-        frozen = load_model(spec).model
+        frozen = load_model(spec, attn_implementation=kernel).model
     frozen.eval()
     frozen.requires_grad_(False)
     return Reference(loaded.model, frozen_copy=frozen)

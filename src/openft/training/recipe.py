@@ -43,7 +43,7 @@ from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
 from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training import distributed, memory_plan
-from openft.training.attention import pick_attention
+from openft.training.attention import pick_attention, resume_attention
 from openft.training.compile import compile_layers
 from openft.training.data import PreparedData, epoch_order, validation_sample
 from openft.training.forward import ForwardPass, causal_lm, check_model
@@ -156,6 +156,7 @@ class TrainingRecipe:
         """Checkpoints known good (written or verified by this process): pruning need not hash them again."""
         # Pinned by setup (`_pin_numerics`): the job's on a fresh start, the checkpoint's on resume.
         self.num_threads: int
+        self.attention: str | None
         self.precision: Precision
         self.packing: bool
         self.frozen_weights: Precision
@@ -203,9 +204,8 @@ class TrainingRecipe:
         # 3. Model. Seeded first: LoRA's initialisation draws from torch's generator.
         seed_everything(spec.seed)
         resume_weights = self.resumed_from.weights_dir if self.resumed_from else None
-        attn = pick_attention(self.device, self.precision)  # the kernel packed rows are described for (attention.py)
-        self.loaded = load_model(
-            spec, resume_weights=resume_weights, frozen=self.frozen_weights, attn_implementation=attn
+        self.loaded = load_model(  # `attention`: the kernel packed rows are described for (attention.py)
+            spec, resume_weights=resume_weights, frozen=self.frozen_weights, attn_implementation=self.attention
         )
         self.objective.attach(self.loaded, spec)  # DPO: the reference policy
         self.ranks.seed(spec.seed)  # several ranks: each its own dropout masks from here (distributed.py)
@@ -319,8 +319,8 @@ class TrainingRecipe:
         return found
 
     def _pin_numerics(self, saved: ckpt.LoopState | None) -> None:
-        """Thread count, precision, packing, the frozen weights' dtype and the micro-batch: the job's on a fresh
-        start (the micro-batch then comes from the memory plan), the checkpoint's on resume.
+        """Thread count, precision, packing, the frozen weights' dtype, the attention kernel and the micro-batch:
+        the job's on a fresh start (the micro-batch then comes from the memory plan), the checkpoint's on resume.
 
         Each changes how floats are summed, so a resume that changed one would not continue exactly.
         """
@@ -331,10 +331,14 @@ class TrainingRecipe:
             self.precision, self.packing = precision, spec.packing
             self.frozen_weights = frozen_dtype(spec, precision)
             self.pinned_micro_batch = None
+            self.attention = pick_attention(self.device, precision)
             return
         self.num_threads, self.precision, self.packing = saved.num_threads, saved.precision, saved.packing
         self.pinned_micro_batch = saved.micro_batch_size or spec.micro_batch_size  # None: written before the planner
         self.frozen_weights = saved.frozen_weights  # the base the adapters were trained against, rounded alike
+        self.attention, problem = resume_attention(saved.attention, self.device, saved.precision)
+        if problem is not None:
+            self.progress.log("warn", problem)
         if spec.num_threads is not None and spec.num_threads != saved.num_threads:
             self.progress.log(
                 "warn",
@@ -637,6 +641,7 @@ class TrainingRecipe:
             frozen_weights=self.frozen_weights,
             micro_batch_size=self.micro_batch_size,
             workers=self.ranks.world_size,
+            attention=self.attention,
         )
         if self.ranks.distributed:
             return distributed.write_checkpoint(
