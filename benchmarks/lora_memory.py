@@ -106,7 +106,9 @@ def train_once(model_dir: Path, work: Path, config: str, steps: int) -> dict[str
     if peak_kib <= before:
         raise SystemExit("ru_maxrss of children did not grow: run each configuration in a fresh process")
     messages = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    loaded = next(m["message"] for m in messages if m["type"] == "log" and "Loaded base model" in m["message"])
+    logs = [m["message"] for m in messages if m["type"] == "log"]
+    loaded = next(line for line in logs if line.startswith("Loaded base model"))
+    how = [line for line in logs if line.startswith(("Forward pass", "Memory plan"))]  # what the trainer chose
     step_seconds = [m["step_seconds"] for m in messages if m["type"] == "metrics"]
     return {
         "config": config,
@@ -114,6 +116,7 @@ def train_once(model_dir: Path, work: Path, config: str, steps: int) -> dict[str
         "seconds": seconds,
         "step_seconds": step_seconds,
         "note": loaded,
+        "how": how,
     }
 
 
@@ -148,7 +151,8 @@ def main() -> None:
         steps = ", ".join(f"{s:.1f}" for s in report["step_seconds"])
         peak, seconds = report["peak_rss_mib"], report["seconds"]
         print(f"  {config:>5}: peak RSS {peak:8.0f} MiB, {seconds:.0f} s in all (steps: {steps} s)")
-        print(f"         {report['note']}")
+        for line in [report["note"], *report["how"]]:
+            print(f"         {line}")
     if "fp32" in reports:
         for config, goal in GOALS.items():
             if config in reports:
