@@ -22,46 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qwen_shape import build_model  # a sibling: benchmarks run as scripts from this folder
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, dict[str, Any]] = {
     "lora-bf16": {"precision": "bf16", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, "tokens": 512, "micro": 4},
     "full-fp32": {"precision": "fp32", "lora": None, "tokens": 256, "micro": 2},
 }
 PLAN = re.compile(r"~([0-9.]+) (GiB|MiB) peak estimated")
-
-
-def build_model(dest: Path, layers: int) -> Path:
-    """Qwen2.5-1.5B's shape (hidden 1536, 12 heads / 2 KV heads, MLP 8960, vocab 151,936, tied embeddings) with
-    `layers` decoder layers, random bf16 weights, and the tiny test model's tokenizer."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    sys.path.insert(0, str(ROOT))
-    from tests.support.tiny_model import build_tiny_model
-
-    tokenizer_dir = build_tiny_model(dest.parent / "tokenizer-source")
-    config = Qwen2Config(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=layers,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151_936,
-        max_position_embeddings=32_768,
-        tie_word_embeddings=True,
-    )
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    model.tie_weights()  # to_empty gives the head its own storage: saved untied, it would load as a second matrix
-    torch.manual_seed(0)
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.02)
-    model.save_pretrained(dest)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (tokenizer_dir / name).exists():
-            (dest / name).write_bytes((tokenizer_dir / name).read_bytes())
-    return dest
 
 
 def train_once(model_dir: Path, work: Path, config: str) -> dict[str, Any]:
