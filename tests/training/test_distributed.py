@@ -270,7 +270,9 @@ def test_paused_and_resumed_ends_bit_identical(scenarios: Scenarios) -> None:
 def test_a_killed_launcher_leaves_no_rank_and_resumes_bit_identical(scenarios: Scenarios) -> None:
     killed, resumed = scenarios.runs["killed"]
     assert killed.rc == -signal.SIGKILL
-    assert [m["step"] for m in killed.of("metrics")] == [1, 2, 3, 4]
+    # Killed at the boundary after step 4: step 4's metrics line may still have been in the launcher's pipe (the
+    # worker makes its records match the trainer's files after a crash), never a step beyond it.
+    assert [m["step"] for m in killed.of("metrics")] in ([1, 2, 3], [1, 2, 3, 4])
     assert scenarios.leftover_ranks == []
     assert resumed.of("started")[0]["start_step"] == 3  # the epoch checkpoint
     _assert_identical(scenarios, "killed")
