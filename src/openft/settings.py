@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes of a file one `GET /v1/files/{id}/check` reads (its parsed examples are held in memory).",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Also serve `GET /metrics` without a key on 127.0.0.1 at this port (a local Prometheus or "
+        "sidecar scrapes it); 0: any free port (logged). Unset: only `/metrics` on the API port, admin keys only.",
+    )
     db_retry_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -18,7 +18,7 @@ from openft.api.auth_gate import AuthGate
 from openft.api.bodies import JsonBodyLimit, parse_json_off_loop
 from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
-from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, models
+from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, metrics, models
 from openft.api.routes.common import OpenApiResponses
 from openft.protocol.common import ErrorResponse
 from openft.services.container import Container, build_container
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(dashboard.router)  # the web page at `/`; not in /openapi.json
+    app.include_router(metrics.router)  # GET /metrics for admin keys; not in /openapi.json
     for router in RESOURCE_ROUTERS:
         parse_json_off_loop(router)  # JSON bodies parsed and checked for lone surrogates in a worker thread
     for dialect, prefix in PREFIXES.items():
@@ -101,7 +102,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.add_middleware(JsonBodyLimit)
     # Outside JsonBodyLimit: the key is checked from the headers before anything reads the body.
     throttle = FailedKeyThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
-    app.add_middleware(AuthGate, prefixes=tuple(PREFIXES.values()), throttle=throttle)
+    gated = (*PREFIXES.values(), metrics.METRICS_PATH)
+    app.add_middleware(AuthGate, prefixes=gated, throttle=throttle)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

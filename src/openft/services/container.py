@@ -30,6 +30,7 @@ from openft.services.data_folder import open_database
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
+from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
 from openft.settings import Settings
 from openft.storage import LocalBlobStore
@@ -86,6 +87,7 @@ class Container:
     keys: KeyService
     rate_limiter: RateLimiter
     data_check: DataCheckService
+    metrics: Metrics
     worker: Worker | None = None
 
     def start(self) -> None:
@@ -97,12 +99,14 @@ class Container:
         """
         if swept := self.files.remove_orphan_blobs():
             log.warning("removed %d stored file(s) that no file row points to: %s", len(swept), ", ".join(swept))
+        self.metrics.start()  # the loopback /metrics listener, if OPENFT_METRICS_PORT is set
         if self.worker is not None:
             self.worker.start()
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        self.metrics.stop()
         self.engine.dispose()
 
 
@@ -157,5 +161,6 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         data_check=DataCheckService(
             sessions, store, catalog, budget=CheckBudget(settings.data_check_seconds, settings.data_check_max_bytes)
         ),
+        metrics=Metrics(engine_stats=generator.stats, job_counts=job_counts_from(sessions), port=settings.metrics_port),
         worker=worker,
     )
