@@ -88,9 +88,8 @@ def counts(stats: dict[str, int]) -> dict[str, int]:
 
 
 def loaded_adapter_names(registry: ModelRegistry, target: ModelTarget) -> set[str]:
-    with registry.use(ModelTarget(base_path=target.base_path, full_model_path=target.full_model_path)) as active:
-        config = getattr(active.model, "peft_config", {})
-        return set(config)
+    with registry.use(ModelTarget(base_path=target.base_path, full_model_path=target.full_model_path)):
+        return {path.name for path in registry.loaded_adapters(target.weights_path)}
 
 
 def test_adapters_are_bounded_by_count_over_all_bases(

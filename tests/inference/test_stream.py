@@ -175,7 +175,7 @@ def run_with_timeout(call: Any, seconds: float) -> Any:
 def test_a_failure_mid_stream_comes_after_the_deltas_before_it(
     monkeypatch: pytest.MonkeyPatch, engine: InferenceEngine, base: ModelTarget
 ) -> None:
-    original = decoding_module._Choice.add
+    original = decoding_module.ChoiceState.add
     calls = {"n": 0}
 
     def failing_add(self: Any, token_id: int, logprob: Any) -> None:
@@ -184,7 +184,7 @@ def test_a_failure_mid_stream_comes_after_the_deltas_before_it(
             raise RuntimeError("boom")
         original(self, token_id, logprob)
 
-    monkeypatch.setattr(decoding_module._Choice, "add", failing_add)
+    monkeypatch.setattr(decoding_module.ChoiceState, "add", failing_add)
     stream = engine.stream_chat(base, MESSAGES, GenerationParams(temperature=0, max_tokens=30))
     received = []
     with pytest.raises(RuntimeError, match="boom"):
@@ -192,7 +192,7 @@ def test_a_failure_mid_stream_comes_after_the_deltas_before_it(
             received.append(delta)
     assert len(received) >= 3 and all(d.finish_reason is None for d in received)
     assert list(stream) == []
-    monkeypatch.setattr(decoding_module._Choice, "add", original)
+    monkeypatch.setattr(decoding_module.ChoiceState, "add", original)
     assert run_with_timeout(lambda: engine.chat(base, MESSAGES, GenerationParams(max_tokens=3)), 10)
 
 

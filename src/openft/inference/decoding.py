@@ -1,23 +1,22 @@
-"""The token-by-token generation loop over `n` copies of one prompt, as a stream of deltas.
+"""Token choices for one request's `n` copies of one prompt, step by step, as a stream of deltas.
 
-A plain loop rather than `model.generate`: it samples with a private RNG (see `TokenSampler`), applies
+Its own code rather than `model.generate` (the forward passes are run by the batch scheduler,
+`openft.inference.scheduler`, over many requests at once): it samples with a private RNG (see `TokenSampler`), applies
 OpenAI's penalties, constrains tokens for json_object, ends each choice on its own stop strings, and
 yields text as soon as it is certain. A non-streamed reply is the concatenation of the same deltas,
 so streamed and non-streamed replies are equal by construction, not by two implementations agreeing.
 
-The `n` rows share one prompt: it is run once, and its KV cache copied to the `n` rows.
+The `n` rows share one prompt: the scheduler runs it once and copies its KV cache to the `n` rows.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from openft.inference.json_prefix import JsonObjectPrefix
 from openft.inference.sampling import TokenSampler, apply_penalties
@@ -67,7 +66,7 @@ class _Token:
     logprob: TokenLogprob
 
 
-class _Choice:
+class ChoiceState:
     """One row of the batch: its text so far, what has been sent of it, and why it ended."""
 
     def __init__(self, index: int, plan: DecodePlan, tokenizer: PreTrainedTokenizerBase, vocab: TokenVocabulary):
@@ -179,95 +178,116 @@ class _Choice:
         return taken
 
 
-class Generation:
-    """One request's generation on a model that the caller holds (see `ModelRegistry.acquire`)."""
+class RequestDecoder:
+    """One request's token choices, step by step: the batch scheduler runs the forward passes and hands
+    each step's logits for this request's `n` rows to `advance`, which samples, constrains and feeds every
+    choice and returns the deltas that became certain.
 
-    def __init__(
-        self,
-        model: Any,  # `ActiveModel.model`: a transformers model, or a PEFT model around one
-        tokenizer: PreTrainedTokenizerBase,
-        vocab: TokenVocabulary,
-        plan: DecodePlan,
-    ):
-        self._model = model
+    The request's own state (sampler RNG, penalty counts, choices) lives here, apart from every other
+    request in the batch: a request's tokens do not depend on what it is batched with (greedy output equals
+    the output alone; a seeded request draws from its own generator).
+    """
+
+    def __init__(self, plan: DecodePlan, tokenizer: PreTrainedTokenizerBase, vocab: TokenVocabulary):
         self._vocab = vocab
         self._plan = plan
-        self._params = self.params = plan.params
+        self.params = plan.params
         self._sampler = TokenSampler(
-            temperature=self._params.temperature, top_p=self._params.top_p, seed=self._params.seed
+            temperature=self.params.temperature, top_p=self.params.top_p, seed=self.params.seed
         )
-        self._choices = [_Choice(i, plan, tokenizer, vocab) for i in range(self._params.n)]
+        self._choices = [ChoiceState(i, plan, tokenizer, vocab) for i in range(self.params.n)]
+        self._counts: torch.Tensor | None = None  # per row and token: times generated (for the penalties)
+        self._steps = 0
+        self._limit = plan.max_new_tokens - len(plan.forced_ids)
+        self.next_ids: list[int] = []
+        """The token each row feeds to the next forward pass (rows that finished keep riding along)."""
+        self.done = self._limit <= 0
+
+    @property
+    def rows(self) -> int:
+        return self.params.n
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """What the first forward pass runs: the prompt and the forced opening, once for all `n` rows."""
+        return self._plan.prompt_ids + self._plan.forced_ids
 
     @property
     def prompt_tokens(self) -> int:
         return len(self._plan.prompt_ids)
 
     @property
+    def max_new_tokens(self) -> int:
+        """Forward passes after the prompt's at most (what the KV cache must hold beyond the prompt)."""
+        return max(0, self._limit)
+
+    @property
+    def steps_left(self) -> int:
+        return max(0, self._limit - self._steps)
+
+    @property
     def completion_tokens(self) -> int:
         """Tokens generated so far over all choices (forced ones and end-of-sequence tokens included)."""
         return sum(choice.generated for choice in self._choices)
 
-    @torch.inference_mode()
-    def run(self, cancel: threading.Event | None = None) -> Iterator[StreamDelta]:
-        """Generate, yielding each choice's deltas as they become certain; stops early once `cancel` is set.
+    def opening(self) -> list[StreamDelta]:
+        """Deltas before any token (legacy completions' echo)."""
+        return [delta for choice in self._choices if (delta := choice.opening()) is not None]
 
-        Rows that finished early keep riding along in the batch (their new tokens are ignored) until every
-        row is done, which keeps the KV cache a plain rectangle.
-        """
-        plan, params, choices = self._plan, self._params, self._choices
-        for choice in choices:
-            if (opening := choice.opening()) is not None:
-                yield opening
-        cache = DynamicCache(config=self._model.config)
-        input_ids = torch.tensor([plan.prompt_ids + plan.forced_ids], dtype=torch.long)
-        counts: torch.Tensor | None = None  # per row and token: times generated (for the penalties)
-        for step in range(plan.max_new_tokens - len(plan.forced_ids)):
-            if cancel is not None and cancel.is_set():
-                return
-            # logits_to_keep=1: only the last position's logits are needed (the prompt's would be len×vocab).
-            logits = self._model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-            if step == 0:  # the prompt ran once; every choice continues from its cache
-                if params.n > 1:
-                    cache.batch_repeat_interleave(params.n)
-                logits = logits.expand(params.n, -1)
-                if params.penalized:
-                    counts = torch.zeros((params.n, logits.shape[-1]))
-            logits = logits.float()
-            if counts is not None:
-                logits = apply_penalties(
-                    logits, counts, presence=params.presence_penalty, frequency=params.frequency_penalty
-                )
-            next_ids = self._sampler(logits).tolist()
-            for row, choice in enumerate(choices):
-                if choice.done:
-                    continue
-                if choice.json is not None and not choice.acceptable(next_ids[row]):
-                    constrained = self._constrained(choice, logits[row])
-                    if constrained is None:
-                        choice.finish("length")  # nothing keeps the JSON valid: end with what is there
-                        if (delta := choice.delta()) is not None:
-                            yield delta
-                        continue
-                    next_ids[row] = constrained
-            logprobs = self._logprobs(logits, next_ids, choices) if params.logprobs else [None] * params.n
-            for row, choice in enumerate(choices):
-                if choice.done:
-                    continue
-                choice.add(next_ids[row], logprobs[row])
-                if counts is not None:
-                    counts[row, next_ids[row]] += 1
-                if (delta := choice.delta()) is not None:
-                    yield delta
-            if all(choice.done for choice in choices):
-                return
-            input_ids = torch.tensor(next_ids, dtype=torch.long)[:, None]
-        for choice in choices:
+    def finish_now(self) -> list[StreamDelta]:
+        """End every unfinished choice with "length" (no room for a token at all)."""
+        deltas = []
+        for choice in self._choices:
             if not choice.done:
                 choice.finish("length")
                 if (delta := choice.delta()) is not None:
-                    yield delta
+                    deltas.append(delta)
+        self.done = True
+        return deltas
 
-    def _constrained(self, choice: _Choice, logits: torch.Tensor) -> int | None:
+    @torch.inference_mode()
+    def advance(self, logits: torch.Tensor) -> list[StreamDelta]:
+        """Take one step's logits — `(1, vocab)` after the prompt (shared by the `n` rows) or `(n, vocab)` —
+        and return the deltas it settles; sets `next_ids` and `done`."""
+        params, choices = self.params, self._choices
+        deltas: list[StreamDelta] = []
+        logits = logits.float().expand(params.n, -1) if logits.shape[0] == 1 else logits.float()
+        if params.penalized:
+            if self._counts is None:
+                self._counts = torch.zeros((params.n, logits.shape[-1]))
+            logits = apply_penalties(
+                logits, self._counts, presence=params.presence_penalty, frequency=params.frequency_penalty
+            )
+        next_ids = self._sampler(logits).tolist()
+        for row, choice in enumerate(choices):
+            if choice.done:
+                continue
+            if choice.json is not None and not choice.acceptable(next_ids[row]):
+                constrained = self._constrained(choice, logits[row])
+                if constrained is None:
+                    choice.finish("length")  # nothing keeps the JSON valid: end with what is there
+                    if (delta := choice.delta()) is not None:
+                        deltas.append(delta)
+                    continue
+                next_ids[row] = constrained
+        logprobs = self._logprobs(logits, next_ids, choices) if params.logprobs else [None] * params.n
+        for row, choice in enumerate(choices):
+            if choice.done:
+                continue
+            choice.add(next_ids[row], logprobs[row])
+            if self._counts is not None:
+                self._counts[row, next_ids[row]] += 1
+            if (delta := choice.delta()) is not None:
+                deltas.append(delta)
+        self._steps += 1
+        self.next_ids = next_ids
+        if all(choice.done for choice in choices):
+            self.done = True
+        elif self._steps >= self._limit:
+            deltas += self.finish_now()
+        return deltas
+
+    def _constrained(self, choice: ChoiceState, logits: torch.Tensor) -> int | None:
         """The sampler's pick among tokens that keep the JSON valid: its most likely candidates first, then
         every single-character token (some of them always continues a JSON prefix)."""
         order = self._sampler.ranked(logits)
@@ -279,11 +299,13 @@ class Generation:
         fallback = sorted(self._vocab.single_character_ids, key=lambda token_id: int(rank[token_id]))
         return next((token_id for token_id in fallback if choice.acceptable(token_id)), None)
 
-    def _logprobs(self, logits: torch.Tensor, next_ids: list[int], choices: list[_Choice]) -> list[TokenLogprob | None]:
+    def _logprobs(
+        self, logits: torch.Tensor, next_ids: list[int], choices: list[ChoiceState]
+    ) -> list[TokenLogprob | None]:
         """Log-softmax of the (penalized) logits before temperature and top_p, as OpenAI reports them."""
         logprobs = torch.log_softmax(logits, dim=-1)
         chosen = logprobs.gather(1, torch.tensor(next_ids)[:, None])[:, 0].tolist()
-        best = logprobs.topk(self._params.top_logprobs, dim=-1)
+        best = logprobs.topk(self.params.top_logprobs, dim=-1)
         top_values, top_ids = best.values.tolist(), best.indices.tolist()
         vocab = self._vocab
         entries: list[TokenLogprob | None] = []

@@ -10,16 +10,17 @@ from typing import Any
 
 from openft.datasets.toolcalls import HERMES_OPEN
 from openft.errors import ContextLengthExceeded, InvalidRequest
-from openft.inference.decoding import DecodePlan, Generation, collect
+from openft.inference.decoding import DecodePlan, RequestDecoder, collect
 from openft.inference.prompt import render_prompt
 from openft.inference.registry import (
+    DEFAULT_KV_CACHE_BYTES,
     ActiveModel,
-    Lease,
     ModelRegistry,
     default_max_model_bytes,
     read_context_length,
 )
-from openft.inference.stream import GenerationStream
+from openft.inference.scheduler import DEFAULT_MAX_BATCH_ROWS, BatchRequest, KvBudgetExceeded
+from openft.inference.stream import GenerationStream, StreamChannel
 from openft.inference.types import GenerationParams, GenerationResult, ModelTarget
 
 CHAT_DEFAULT_MAX_TOKENS = 512
@@ -28,10 +29,12 @@ Legacy completions always say theirs (`openft.protocol.completions.COMPLETIONS_D
 
 
 class InferenceEngine:
-    """Answers chat and completion requests on the CPU with Hugging Face models, loading them on first use.
+    """Answers chat and completion requests with Hugging Face models, loading them on first use.
 
-    Thread-safe: call it from several threads. Requests on the same base run one at a time (they share
-    its weights and its active adapter); requests on different bases run in parallel.
+    Thread-safe: call it from several threads. Requests on the same model — with any of its LoRA adapters,
+    or none — are decoded together in one continuously changing batch (`openft.inference.scheduler`);
+    requests on different models run in parallel. `org` (the caller's organization) is the key of the
+    round-robin turns of waiting requests.
 
     Everything a request can get wrong (bad tools or tool_choice, a template that rejects the messages,
     a prompt that fills the context, a folder without a model) raises from the call itself, before a
@@ -55,17 +58,33 @@ class InferenceEngine:
     call); "required" with several tools gives a call only if the model writes one of their names.
     """
 
-    def __init__(self, max_adapters: int = 8, max_adapter_bytes: int | None = None, max_model_bytes: int | None = None):
+    def __init__(
+        self,
+        max_adapters: int = 8,
+        max_adapter_bytes: int | None = None,
+        max_model_bytes: int | None = None,
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    ):
         """`max_adapters`, `max_adapter_bytes`: LoRA adapters (and bytes of their weights) kept loaded over
         all bases; the least recently used are unloaded beyond either. None: no byte limit.
 
         `max_model_bytes`: memory budget of every loaded model (bases, full fine-tunes, checkpoints) and
         adapter together; the least recently used idle models are unloaded beyond it (see
         `openft.inference.registry`). None: half of this machine's memory (`default_max_model_bytes`).
+
+        `kv_cache_bytes`, `max_batch_rows`: bounds of each model's running batch (its KV cache, its rows);
+        requests beyond them wait for room.
         """
         if max_model_bytes is None:
             max_model_bytes = default_max_model_bytes()
-        self._registry = ModelRegistry(max_adapters, max_adapter_bytes, max_model_bytes)
+        self._registry = ModelRegistry(
+            max_adapters,
+            max_adapter_bytes,
+            max_model_bytes,
+            kv_cache_bytes=kv_cache_bytes,
+            max_batch_rows=max_batch_rows,
+        )
 
     def chat(
         self,
@@ -73,6 +92,8 @@ class InferenceEngine:
         messages: list[dict[str, Any]],
         params: GenerationParams,
         tools: list[dict[str, Any]] | None = None,
+        *,
+        org: str | None = None,
     ) -> GenerationResult:
         """Generate `params.n` assistant replies to `messages`, rendered with the model's chat template.
 
@@ -81,7 +102,7 @@ class InferenceEngine:
         that cap ends with finish_reason "length". Raises ContextLengthExceeded (param "messages") when the
         prompt leaves no room at all, and InvalidRequest for content the template or model cannot take.
         """
-        return self._run(*self._start(target, params, _chat_plan(messages, params, tools)))
+        return _gather(self.stream_chat(target, messages, params, tools, org=org), params)
 
     def stream_chat(
         self,
@@ -89,29 +110,53 @@ class InferenceEngine:
         messages: list[dict[str, Any]],
         params: GenerationParams,
         tools: list[dict[str, Any]] | None = None,
+        *,
+        org: str | None = None,
     ) -> GenerationStream:
-        """`chat`, streamed: its deltas concatenate to exactly what `chat` returns for the same seed."""
-        return GenerationStream(*self._start(target, params, _chat_plan(messages, params, tools)))
+        """`chat`, streamed: its deltas concatenate to exactly what `chat` returns for the same seed.
+
+        Returns once the request is queued for its model's batch (`stream.started` says when it joined)."""
+        return self._submit(target, _chat_plan(messages, params, tools), org)
 
     def complete(
-        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False
+        self,
+        target: ModelTarget,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        echo: bool = False,
+        org: str | None = None,
     ) -> GenerationResult:
         """Legacy completions: continue `prompt` as it is (no chat template); `echo` puts it before each reply.
 
         The prompt is tokenized with the tokenizer's own special tokens (e.g. a BOS). Tools and tool_choice
         do not apply. ContextLengthExceeded names param "prompt".
         """
-        return self._run(*self._start(target, params, _completion_plan(prompt, params, echo)))
+        return _gather(self.stream_complete(target, prompt, params, echo=echo, org=org), params)
 
     def stream_complete(
-        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False
+        self,
+        target: ModelTarget,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        echo: bool = False,
+        org: str | None = None,
     ) -> GenerationStream:
         """`complete`, streamed; with `echo` the first delta of each choice is the prompt."""
-        return GenerationStream(*self._start(target, params, _completion_plan(prompt, params, echo)))
+        return self._submit(target, _completion_plan(prompt, params, echo), org)
 
     def context_length(self, target: ModelTarget) -> int | None:
         """The target's context window in tokens, read from its config; None when the config has none."""
         return read_context_length(target)
+
+    def waiting(self, target: ModelTarget) -> int:
+        """Requests on the target's model that wait for room in its batch."""
+        return self._registry.waiting(target)
+
+    def close(self) -> None:
+        """Unload every model; requests still running end with an error."""
+        self._registry.close()
 
     def unload(self, path: Path) -> bool:
         """Drop the adapter, full model or base at `path` from memory (e.g. its model was deleted).
@@ -122,31 +167,41 @@ class InferenceEngine:
 
     def stats(self) -> dict[str, int]:
         """`bases_loaded`, `full_models_loaded`, `adapters_loaded`, `adapter_bytes` (weights of loaded adapters),
-        `model_bytes` (loaded models), `memory_bytes` (both: what the budget counts), `models_evicted`."""
+        `model_bytes` (loaded models), `memory_bytes` (both: what the budget counts), `models_evicted`, and the
+        batches' `requests_waiting`, `requests_running`, `rows_running`, `batch_steps_total`, `batch_rows_total`,
+        `tokens_generated_total`, `kv_cache_bytes_used`, `kv_cache_bytes_limit` (summed over models)."""
         return self._registry.stats()
 
-    def _start(
-        self, target: ModelTarget, params: GenerationParams, plan_for: Callable[[ActiveModel], DecodePlan]
-    ) -> tuple[Lease, Generation]:
-        """Hold the base and settle the whole request; on any error the base is released and it raises."""
+    def _submit(
+        self, target: ModelTarget, plan_for: Callable[[ActiveModel], DecodePlan], org: str | None
+    ) -> GenerationStream:
+        """Hold the model, settle the whole request and queue it for the model's batch; on any error the
+        model is given back and it raises (so bad input is still a plain 4xx)."""
         lease = self._registry.acquire(target)
         try:
             active = lease.active
-            return lease, Generation(active.model, active.tokenizer, active.vocab, plan_for(active))
+            with active.tokenizer_lock:
+                decoder = RequestDecoder(plan_for(active), active.tokenizer, active.vocab)
+            try:
+                lease.scheduler.check_fits(decoder)
+            except KvBudgetExceeded as exc:
+                raise InvalidRequest(str(exc), param="max_tokens") from None
+            channel = StreamChannel()
+            stream = GenerationStream(channel, decoder.prompt_tokens)
+            lease.scheduler.submit(BatchRequest(decoder, channel, lease.adapter_id, org, on_done=lease.release))
         except BaseException:
             lease.release()
             raise
+        return stream
 
-    @staticmethod
-    def _run(lease: Lease, generation: Generation) -> GenerationResult:
-        params = generation.params
-        try:
-            choices = lease.run(lambda: collect(generation.run(), params.n, params.logprobs))
-        finally:
-            lease.release()
-        return GenerationResult(
-            choices=choices, prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens
-        )
+
+def _gather(stream: GenerationStream, params: GenerationParams) -> GenerationResult:
+    """A whole stream, read here, as one result."""
+    with stream:
+        choices = collect(stream, params.n, params.logprobs)
+    return GenerationResult(
+        choices=choices, prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens
+    )
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,33 @@
-"""Loaded models: one copy of each base in memory, with LoRA adapters swapped in and out on top of it.
+"""Loaded models: one copy of each base in memory, its LoRA adapters in a per-row bank, one batch scheduler each.
 
-Each base (or full fine-tuned model) is a slot with its own lock. A request holds that lock (a
-`Lease`) from choosing its adapter until its last token, so no request ever runs with another
-request's adapter active; requests on different bases run in parallel. Loading happens lazily, under
-the slot's lock, so a base is loaded once even when its first requests arrive together.
+Each base (or full fine-tuned model) is a slot with its own `BatchScheduler` and thread: every request on
+that model, whatever its adapter, joins the same running batch (`openft.inference.scheduler`), and the
+adapter of each row is applied per row (`openft.inference.multi_lora`). All of a model's torch work —
+loading it, loading and deleting adapters, every forward pass — runs on that thread, between steps: with
+libgomp each thread that runs torch ops gets its own OpenMP team, and once the process has more team
+threads than cores every parallel op pays for it (measured on SmolLM2-135M, 2 cores: ~15% slower for good
+once a second thread had run a forward pass).
 
-All of a base's torch work (loading, adapter switches, every generation, streamed or not) runs on that
-base's own thread (`Lease.run`/`Lease.submit`). With libgomp, each thread that runs torch ops gets its
-own OpenMP team, and once the process has more team threads than cores every parallel op pays for it:
-measured on SmolLM2-135M (2 cores), a forward pass got ~15% slower for good as soon as a second thread
-had run one. The HTTP layer calls from many pool threads, so without this every request could add a
-team. Requests on one base are serialized by its lock anyway, so one thread per base costs nothing.
+A request holds a `Lease` from choosing its model until its last token: it counts as a user of the slot
+and of its adapter, so neither is unloaded under it. Leases are shared (many requests run on one model at
+once); nothing a request holds is a lock, so a slow reader never blocks another request.
 
-Adapters are kept in one least-recently-used order across all bases, bounded by count and by the
-bytes of their weights. Evicting an adapter needs its base's lock; when another request holds it, the
-adapter is only marked, and deleted when that request releases the base (or the next one takes it).
-So a base's lock is never awaited while another is held, and the bounds can be exceeded only by
-adapters whose base is busy at that moment.
+Adapters are kept in one least-recently-used order across all bases, bounded by count and by the bytes of
+their weights. An adapter over the bounds is marked, and deleted (on its model's thread) as soon as no
+request uses it; a request that asks for it again before then takes it back. So the bounds can be exceeded
+only by adapters in use at that moment.
 
 Whole models (bases, full fine-tunes, checkpoints' full weights) are bounded too, by memory: one
 least-recently-used order over every loaded model, and a byte budget (`max_model_bytes`) that counts each
 model's parameters and buffers plus the weights of every loaded adapter. Before a model is loaded (from
-its safetensors headers), after it is loaded (measured), after an adapter is loaded and whenever a
-request gives a model back, the least recently used models are unloaded, with their adapters, until the
-total fits. Never the most recently used one, and never one a request holds (its lock is taken without
-waiting, so a busy model is skipped and goes when it is released, if still over): a model larger than the
-whole budget is still served, alone, and the budget is exceeded only while requests hold what is over it.
+its safetensors headers), after it is loaded (measured), after an adapter is loaded and whenever a request
+gives a model back, the least recently used idle models are unloaded, with their adapters, until the total
+fits. Never the most recently used one, and never one a request holds: a model larger than the whole
+budget is still served, alone, and the budget is exceeded only while requests hold what is over it.
+
+Devices: on a machine with CUDA, models load on the GPU in bf16 (SDPA attention); elsewhere on the CPU in
+fp32. `OPENFT_INFERENCE_DEVICE` (`cpu`, `cuda`, `cuda:N`) overrides the choice. The model budget and the KV
+cache budget are per device (one device serves all models of this process).
 """
 
 from __future__ import annotations
@@ -37,19 +39,18 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTuner
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from openft.errors import ModelNotFound
+from openft.inference.multi_lora import LoraBank
+from openft.inference.scheduler import BatchScheduler
 from openft.inference.tokens import TokenVocabulary
 from openft.inference.types import ModelTarget
 
@@ -57,63 +58,77 @@ _LOAD_LOCK = threading.Lock()
 """Serialises every model and adapter load in the process. While `from_pretrained` runs, transformers
 patches process-wide state (`PreTrainedModel.tie_weights`, the default dtype, `torch.linspace`) and
 restores it afterwards; two loads at once can restore each other's patch and leave tied weights on the
-meta device ("Cannot copy out of meta tensor"). Always taken after a slot's lock, never before."""
-
-T = TypeVar("T")
+meta device ("Cannot copy out of meta tensor")."""
 
 _CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-_LOADED_DTYPE_BYTES = 4
-"""Models are loaded in fp32 whatever their files hold."""
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
+"""KV cache of one model's batch when `OPENFT_KV_CACHE_GB` is unset (per device)."""
+
+
+def inference_device() -> torch.device:
+    """Where models are served: `OPENFT_INFERENCE_DEVICE`, else the first GPU when CUDA works, else the CPU."""
+    chosen = os.environ.get("OPENFT_INFERENCE_DEVICE", "").strip()
+    if chosen:
+        return torch.device(chosen)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (half the memory, the GPU's native speed); fp32 on the CPU, where bf16 matmuls are slower
+    on most CPUs and outputs should match what training evaluated."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """A model ready to run with the request's adapter active; valid only while its lease is held."""
+    """A loaded model and what requests need of it; valid while a lease on it is held."""
 
     model: Any
-    """A transformers model, or a PEFT model around one (which forwards what it lacks to the model inside):
-    Any, because neither library's annotations cover that pairing (torch types their attributes as Tensor)."""
+    """A transformers model (Any: its forward takes keyword arguments torch's annotations do not cover)."""
     tokenizer: PreTrainedTokenizerBase
     context_length: int | None
     stop_token_ids: frozenset[int]
     vocab: TokenVocabulary
+    tokenizer_lock: threading.Lock
+    """Held while the tokenizer renders a prompt: fast tokenizers are not safe to call from several threads."""
 
 
 class Lease:
-    """Exclusive use of one base with the request's adapter active, until `release()`.
+    """A request's use of one model and adapter, until `release()` (idempotent, from any thread)."""
 
-    May be released from another thread than the one that acquired it (a stream's generation thread
-    does), which is why the slot lock is a plain `threading.Lock`, not an RLock.
-    """
-
-    def __init__(self, active: ActiveModel, on_release: ExitStack, worker: ThreadPoolExecutor):
+    def __init__(
+        self, registry: ModelRegistry, slot: _Slot, active: ActiveModel, adapter: Path | None, adapter_id: int | None
+    ):
         self.active = active
-        self._on_release = on_release
-        self._worker = worker
+        self.adapter_id = adapter_id
+        """The adapter's id in the model's `LoraBank`; None: the bare model."""
+        self.scheduler = slot.scheduler
+        self._registry, self._slot, self._adapter = registry, slot, adapter
         self._released = False
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run `fn(*args)` on the base's own thread (see the module docstring)."""
-        return self._worker.submit(fn, *args)
-
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`submit` and wait for the result (or the exception)."""
-        return self.submit(fn, *args).result()
+        self._lock = threading.Lock()
 
     def release(self) -> None:
-        """Give the base back (idempotent)."""
-        if not self._released:
+        with self._lock:
+            if self._released:
+                return
             self._released = True
-            self._on_release.close()
+        self._registry._release(self._slot, self._adapter)
 
 
 class ModelRegistry:
     """Owns every loaded model and adapter (see the module docstring for the eviction rules)."""
 
-    def __init__(self, max_adapters: int, max_adapter_bytes: int | None = None, max_model_bytes: int | None = None):
+    def __init__(
+        self,
+        max_adapters: int,
+        max_adapter_bytes: int | None = None,
+        max_model_bytes: int | None = None,
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        max_batch_rows: int = 64,
+    ):
         """`max_model_bytes`: memory budget of loaded models and adapters together (see the module docstring);
-        None: no budget."""
+        None: no budget. `kv_cache_bytes`: KV cache of each model's running batch."""
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
         if max_adapter_bytes is not None and max_adapter_bytes < 0:
@@ -123,7 +138,10 @@ class ModelRegistry:
         self._max_adapters = max_adapters
         self._max_adapter_bytes = max_adapter_bytes
         self._max_model_bytes = max_model_bytes
-        self._lock = threading.Lock()  # guards the dicts below and every slot's `doomed`; held only briefly
+        self._kv_cache_bytes = kv_cache_bytes
+        self._max_batch_rows = max_batch_rows
+        self.device = inference_device()
+        self._lock = threading.Condition()  # guards every slot's bookkeeping; held only briefly
         self._slots: OrderedDict[Path, _Slot] = OrderedDict()  # least recently used first
         self._lru: OrderedDict[tuple[Path, Path], int] = OrderedDict()  # (slot, adapter) → bytes, oldest first
         self._lru_bytes = 0
@@ -131,7 +149,7 @@ class ModelRegistry:
 
     @contextmanager
     def use(self, target: ModelTarget) -> Iterator[ActiveModel]:
-        """Hold the target's base exclusively, with the target's adapter (or none) active."""
+        """Hold the target's model (and adapter) while the block runs."""
         lease = self.acquire(target)
         try:
             yield lease.active
@@ -139,47 +157,27 @@ class ModelRegistry:
             lease.release()
 
     def acquire(self, target: ModelTarget) -> Lease:
-        """Wait for the target's base, load what is missing, and activate the target's adapter.
+        """Load what is missing of the target (on its model's thread) and hold it.
 
-        Raises ModelNotFound when a folder holds no model or adapter (the base is released then).
+        Raises ModelNotFound when a folder holds no model or adapter.
         """
         if not (target.weights_path / "config.json").is_file():
             raise ModelNotFound("The model's weights are missing on this server.", param="model")
         if target.adapter_path is not None and not (target.adapter_path / "adapter_config.json").is_file():
             raise ModelNotFound("The model's adapter is missing on this server.", param="model")
-        slot = self._locked_slot(target)
-        release = ExitStack()
-        release.callback(self._shrink)  # runs last: a model that was busy during a shrink may go now
-        release.callback(slot.lock.release)
-        release.callback(self._delete_doomed, slot)  # adapters evicted while this request ran
+        adapter = target.adapter_path.resolve() if target.adapter_path is not None else None
+        slot = self._held_slot(target, adapter)
         try:
-            active = slot.worker.submit(self._activate, slot, target).result()
+            active, adapter_id = slot.scheduler.call(self._activate, slot, adapter).result()
         except BaseException:
-            release.close()
+            self._release(slot, adapter)
             raise
-        return Lease(active, release, slot.worker)
-
-    def _activate(self, slot: _Slot, target: ModelTarget) -> ActiveModel:
-        """On the slot's thread, with its lock held: load what is missing, activate the target's adapter."""
-        self._delete_doomed(slot)
-        if slot.loaded is None:
-            self._shrink(incoming=estimate_model_bytes(slot.weights_path))  # make room before, not after
-        active = slot.load()
-        if target.adapter_path is not None:
-            active = self._activate_adapter(slot, active, target.adapter_path.resolve())
-        elif isinstance(active.model, PeftModel) and slot.lora_enabled:
-            # The LoRA layers live inside the base's modules; disabling them gives back the exact base. They
-            # stay disabled until an adapter request: toggling per request (PEFT's `disable_adapter()`)
-            # walks every module twice, ~15 ms a request on SmolLM2-135M.
-            _lora_tuner(active.model).disable_adapter_layers()
-            slot.lora_enabled = False
-        self._shrink()
-        return active
+        return Lease(self, slot, active, adapter, adapter_id)
 
     def unload(self, path: Path) -> bool:
         """Drop a base or full model (with its adapters), or an adapter, from memory; False if not loaded.
 
-        Waits for the request using it to finish. A later request for it loads it again.
+        Waits for the requests using it to finish. A later request for it loads it again.
         """
         key = path.resolve()
         with self._lock:
@@ -189,25 +187,32 @@ class ModelRegistry:
             holders = []
             for slot_key, adapter_key in [e for e in self._lru if e[1] == key]:
                 self._forget(slot_key, adapter_key)
-                holders.append(self._slots[slot_key])
-                self._slots[slot_key].doomed.add(key)
+                holder = self._slots[slot_key]
+                holder.doomed.add(key)
+                holders.append(holder)
+            for holder in holders:
+                while holder.adapter_users.get(key, 0) and not holder.detached:
+                    self._lock.wait()
+            if slot is not None:
+                while slot.users:
+                    self._lock.wait()
         for holder in holders:
-            with holder.lock:
-                self._delete_doomed(holder)
+            if not holder.detached:
+                holder.scheduler.call(self._delete_doomed, holder).result()
         found = bool(holders)
         if slot is not None:
-            with slot.lock:
-                found = found or slot.loaded is not None
-                slot.close()
-            gc.collect()  # PEFT wrappers hold reference cycles; free the weights now, not at some later GC
+            found = found or slot.loaded is not None
+            slot.close()
+            gc.collect()  # free the weights now, not at some later GC
         return found
 
     def stats(self) -> dict[str, int]:
         """What is in memory: loaded bases and full models, adapters and the bytes of their weights, the
-        bytes the memory budget counts (`memory_bytes`: models and adapters) and how many models it unloaded."""
+        bytes the memory budget counts (`memory_bytes`: models and adapters), how many models it unloaded,
+        and the batches' figures summed over models (`openft.inference.scheduler.BatchScheduler.stats`)."""
         with self._lock:
             loaded = [slot for slot in self._slots.values() if slot.loaded is not None]
-            return {
+            totals = {
                 "bases_loaded": sum(not slot.full_model for slot in loaded),
                 "full_models_loaded": sum(slot.full_model for slot in loaded),
                 "adapters_loaded": len(self._lru),
@@ -216,70 +221,83 @@ class ModelRegistry:
                 "memory_bytes": self._memory_bytes(),
                 "models_evicted": self._models_evicted,
             }
+            schedulers = [slot.scheduler for slot in self._slots.values()]
+        for scheduler in schedulers:
+            for name, value in scheduler.stats().items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def waiting(self, target: ModelTarget) -> int:
+        """Requests on the target's model not yet admitted into its batch."""
+        with self._lock:
+            slot = self._slots.get(target.weights_path.resolve())
+        return slot.scheduler.waiting() if slot is not None else 0
+
+    def loaded_adapters(self, weights_path: Path) -> set[Path]:
+        """The adapter folders loaded on the model at `weights_path` (marked ones not yet deleted included)."""
+        with self._lock:
+            slot = self._slots.get(weights_path.resolve())
+            return set(slot.adapters) if slot is not None else set()
 
     def loaded_models(self) -> list[Path]:
         """The folders of the loaded models (bases and full models), least recently used first."""
         with self._lock:
             return [key for key, slot in self._slots.items() if slot.loaded is not None]
 
+    def close(self) -> None:
+        """Unload everything (the server is stopping)."""
+        with self._lock:
+            slots = list(self._slots.values())
+            for slot in slots:
+                self._detach(slot)
+        for slot in slots:
+            slot.close()
+
     # Internals ---------------------------------------------------------------------------------------
 
-    def _locked_slot(self, target: ModelTarget) -> _Slot:
-        """The target's slot, with its lock held (retrying if it was unloaded while we waited)."""
+    def _held_slot(self, target: ModelTarget, adapter: Path | None) -> _Slot:
+        """The target's slot, counted as used by one more request (so it is not unloaded meanwhile)."""
         key = target.weights_path.resolve()
-        while True:
-            with self._lock:
-                slot = self._slots.get(key)
-                if slot is None:
-                    slot = self._slots[key] = _Slot(key, target)
-            slot.lock.acquire()
-            with self._lock:
-                if not slot.detached:
-                    self._slots.move_to_end(key)  # the most recently used: the last to be unloaded
-                    return slot
-            slot.lock.release()
-
-    def _detach(self, slot: _Slot) -> None:
-        """Take the slot out of the registry (its adapters are no longer counted, nor can new ones be);
-        the caller holds the registry's lock and then closes the slot."""
-        slot.detached = True
-        self._slots.pop(slot.key, None)
-        for entry in [e for e in self._lru if e[0] == slot.key]:
-            self._forget(*entry)
-
-    def _memory_bytes(self) -> int:
-        """What the memory budget counts; the caller holds the registry's lock."""
-        return sum(slot.model_bytes for slot in self._slots.values() if slot.loaded is not None) + self._lru_bytes
-
-    def _shrink(self, incoming: int = 0) -> None:
-        """Unload least recently used idle models until the loaded ones and `incoming` more bytes fit the budget.
-
-        Never the most recently used model, nor one whose lock is held (a request uses it, or it is being
-        loaded): that lock is only tried, so no lock is ever awaited here.
-        """
-        if self._max_model_bytes is None:
-            return
-        victims: list[_Slot] = []
         with self._lock:
-            for slot in list(self._slots.values())[:-1]:
-                if self._memory_bytes() + incoming <= self._max_model_bytes:
-                    break
-                if slot.loaded is None or not slot.lock.acquire(blocking=False):
-                    continue
-                self._detach(slot)
-                self._models_evicted += 1
-                victims.append(slot)
-        for slot in victims:
-            slot.close()
-            slot.lock.release()  # a request waiting for it finds it detached and loads a fresh copy
-        if victims:
-            gc.collect()  # PEFT wrappers hold reference cycles; free the weights now, not at some later GC
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(key, target, self)
+            self._slots.move_to_end(key)  # the most recently used: the last to be unloaded
+            slot.users += 1
+            if adapter is not None:
+                slot.adapter_users[adapter] = slot.adapter_users.get(adapter, 0) + 1
+            return slot
 
-    def _activate_adapter(self, slot: _Slot, active: ActiveModel, key: Path) -> ActiveModel:
-        """Make the adapter at `key` the active one, loading it (and evicting old ones) if needed."""
+    def _release(self, slot: _Slot, adapter: Path | None) -> None:
+        delete_now = False
+        with self._lock:
+            slot.users -= 1
+            if adapter is not None:
+                slot.adapter_users[adapter] -= 1
+                if not slot.adapter_users[adapter]:
+                    del slot.adapter_users[adapter]
+                    delete_now = adapter in slot.doomed
+            self._lock.notify_all()
+        if delete_now and not slot.detached:
+            slot.scheduler.call(self._delete_doomed, slot)  # on its thread, between steps; not awaited
+        self._shrink()
+
+    def _activate(self, slot: _Slot, adapter: Path | None) -> tuple[ActiveModel, int | None]:
+        """On the slot's thread: load what is missing, make sure the adapter is in its bank."""
+        self._delete_doomed(slot)
+        if slot.loaded is None:
+            self._shrink(incoming=estimate_model_bytes(slot.weights_path, self.device))  # make room first
+        active = slot.load()
+        adapter_id = None
+        if adapter is not None:
+            adapter_id = self._activate_adapter(slot, adapter)
+        self._shrink()
+        return active, adapter_id
+
+    def _activate_adapter(self, slot: _Slot, key: Path) -> int:
         entry = (slot.key, key)
         if key not in slot.adapters:
-            active = slot.load_adapter(key)
+            slot.load_adapter(key)
             with self._lock:
                 self._remember(slot, key)
         else:
@@ -289,20 +307,13 @@ class ModelRegistry:
                     self._remember(slot, key)
                 elif entry in self._lru:
                     self._lru.move_to_end(entry)
-        model, name = active.model, slot.adapters[key][0]
-        assert isinstance(model, PeftModel)
-        if not slot.lora_enabled:
-            _lora_tuner(model).enable_adapter_layers()
-            slot.lora_enabled = True
-        if model.active_adapters != [name]:  # set_adapter walks every module: skip it when nothing changes
-            model.set_adapter(name, inference_mode=True)
-        self._evict(keep=entry, current=slot)
-        return active
+        self._evict(keep=entry)
+        return slot.adapters[key][0]
 
-    def _evict(self, *, keep: tuple[Path, Path], current: _Slot) -> None:
-        """Mark least recently used adapters (never `keep`) until the bounds hold, and delete those whose
-        base is free now; the others go when their base is released."""
-        affected: dict[Path, _Slot] = {}
+    def _evict(self, *, keep: tuple[Path, Path]) -> None:
+        """Mark least recently used adapters (never `keep`) until the bounds hold; those no request uses are
+        deleted on their model's thread, the others when their last request ends."""
+        affected: set[_Slot] = set()
         with self._lock:
             for entry in list(self._lru):
                 if not self._over_bounds():
@@ -310,16 +321,11 @@ class ModelRegistry:
                 if entry == keep:
                     continue
                 self._forget(*entry)
-                affected[entry[0]] = self._slots[entry[0]]
-                affected[entry[0]].doomed.add(entry[1])
-        for slot in affected.values():
-            if slot is current:
-                self._delete_doomed(slot)
-            elif slot.lock.acquire(blocking=False):
-                try:
-                    self._delete_doomed(slot)
-                finally:
-                    slot.lock.release()
+                slot = self._slots[entry[0]]
+                slot.doomed.add(entry[1])
+                affected.add(slot)
+        for slot in affected:
+            slot.scheduler.call(self._delete_doomed, slot)  # this thread's own calls run before its next step
 
     def _over_bounds(self) -> bool:
         too_big = self._max_adapter_bytes is not None and self._lru_bytes > self._max_adapter_bytes
@@ -336,11 +342,48 @@ class ModelRegistry:
         self._lru_bytes -= self._lru.pop((slot_key, adapter_key))
 
     def _delete_doomed(self, slot: _Slot) -> None:
-        """Delete the slot's adapters marked for eviction; the caller holds the slot's lock."""
+        """On the slot's thread: delete its adapters marked for eviction that no request uses."""
         with self._lock:
-            doomed, slot.doomed = slot.doomed, set()
-        for key in doomed:
+            idle = {key for key in slot.doomed if not slot.adapter_users.get(key)}
+            slot.doomed -= idle
+        for key in idle:
             slot.delete_adapter(key)
+
+    def _detach(self, slot: _Slot) -> None:
+        """Take the slot out of the registry (its adapters are no longer counted, nor can new requests find
+        it); the caller holds the registry's lock and later closes the slot."""
+        slot.detached = True
+        if self._slots.get(slot.key) is slot:
+            del self._slots[slot.key]
+        for entry in [e for e in self._lru if e[0] == slot.key]:
+            self._forget(*entry)
+        self._lock.notify_all()
+
+    def _memory_bytes(self) -> int:
+        """What the memory budget counts; the caller holds the registry's lock."""
+        return sum(slot.model_bytes for slot in self._slots.values() if slot.loaded is not None) + self._lru_bytes
+
+    def _shrink(self, incoming: int = 0) -> None:
+        """Unload least recently used idle models until the loaded ones and `incoming` more bytes fit the budget.
+
+        Never the most recently used model, nor one a request holds.
+        """
+        if self._max_model_bytes is None:
+            return
+        victims: list[_Slot] = []
+        with self._lock:
+            for slot in list(self._slots.values())[:-1]:
+                if self._memory_bytes() + incoming <= self._max_model_bytes:
+                    break
+                if slot.loaded is None or slot.users:
+                    continue
+                self._detach(slot)
+                self._models_evicted += 1
+                victims.append(slot)
+        for slot in victims:
+            slot.close()
+        if victims:
+            gc.collect()
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -349,10 +392,11 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def estimate_model_bytes(folder: Path) -> int:
+def estimate_model_bytes(folder: Path, device: torch.device | None = None) -> int:
     """What loading the model in `folder` will take, before loading it: the tensors its safetensors headers
-    list, in fp32 (a few small reads, no weights). Without safetensors, the size of its PyTorch files. 0 when
-    nothing can be read (the measurement after loading then decides)."""
+    list, in the dtype models load in on `device` (a few small reads, no weights). Without safetensors, the
+    size of its PyTorch files. 0 when nothing can be read (the measurement after loading then decides)."""
+    element = torch.finfo(inference_dtype(device or torch.device("cpu"))).bits // 8
     total = 0
     for path in sorted(folder.glob("*.safetensors")):
         try:
@@ -365,7 +409,7 @@ def estimate_model_bytes(folder: Path) -> int:
             continue
         for name, entry in header.items() if isinstance(header, dict) else ():
             if name != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("shape"), list):
-                total += math.prod(entry["shape"]) * _LOADED_DTYPE_BYTES
+                total += math.prod(entry["shape"]) * element
     if total == 0:
         total = sum(path.stat().st_size for path in folder.glob("*.bin") if path.is_file())
     return total
@@ -404,25 +448,29 @@ def read_context_length(target: ModelTarget) -> int | None:
 
 
 class _Slot:
-    """One set of base weights in memory (fp32, CPU, eval mode) and the adapters loaded onto it.
+    """One set of weights in memory (eval mode, on the serving device), its adapters' bank and its scheduler.
 
-    Every method expects the caller to hold `lock`; `doomed` is guarded by the registry's lock.
+    `load`, `load_adapter` and `delete_adapter` run on the scheduler's thread; `users`, `adapter_users`,
+    `doomed` and `detached` are guarded by the registry's lock.
     """
 
-    def __init__(self, key: Path, target: ModelTarget):
+    def __init__(self, key: Path, target: ModelTarget, registry: ModelRegistry):
         self.key = key
-        self.lock = threading.Lock()
         self.full_model = target.full_model_path is not None
-        self.detached = False  # unloaded: no longer in the registry (set under the registry's lock)
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"openft-{key.name}")
-        self.loaded: ActiveModel | None = None  # its model becomes a PeftModel once an adapter is loaded
-        self.adapters: dict[Path, tuple[str, int]] = {}  # folder → (peft adapter name, bytes of its weights)
+        self.detached = False  # unloaded: no longer in the registry
+        self.users = 0  # requests holding this model
+        self.adapter_users: dict[Path, int] = {}  # adapter folder → requests using it
+        self.loaded: ActiveModel | None = None
+        self.bank: LoraBank | None = None
+        self.adapters: dict[Path, tuple[int, int]] = {}  # folder → (bank id, bytes of its weights)
         self.doomed: set[Path] = set()
-        self.lora_enabled = True  # PEFT's LoRA layers on; off while serving the plain base (see `_activate`)
         self.weights_path = target.weights_path
         self.model_bytes = 0  # parameters and buffers of the loaded model (its adapters are counted apart)
+        self.device = registry.device
         self._tokenizer_path = _tokenizer_folder(target)
-        self._adapters_loaded = 0
+        self.scheduler = BatchScheduler(
+            key.name, kv_limit_bytes=registry._kv_cache_bytes, max_rows=registry._max_batch_rows
+        )
 
     def load(self) -> ActiveModel:
         if self.loaded is None:
@@ -430,56 +478,43 @@ class _Slot:
             with _LOAD_LOCK:
                 # Never run code shipped with a model (`auto_map` in its config): only transformers' own classes.
                 model = AutoModelForCausalLM.from_pretrained(
-                    self.weights_path, dtype=torch.float32, trust_remote_code=False
+                    self.weights_path, dtype=inference_dtype(self.device), trust_remote_code=False
                 )
                 tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path, trust_remote_code=False)
+            if self.device.type != "cpu":
+                model = torch.nn.Module.to(model, self.device)
             model.eval().requires_grad_(False)
             self.model_bytes = module_bytes(model)
+            self.bank = LoraBank(model)
+            self.scheduler.attach(model, self.bank)
             self.loaded = ActiveModel(
                 model=model,
                 tokenizer=tokenizer,
                 context_length=context_length_of(model.config),
                 stop_token_ids=_stop_token_ids(model, tokenizer),
                 vocab=TokenVocabulary(tokenizer),
+                tokenizer_lock=threading.Lock(),
             )
         return self.loaded
 
-    def load_adapter(self, key: Path) -> ActiveModel:
-        loaded = self.load()
-        model = loaded.model
-        name = f"adapter{self._adapters_loaded}"  # peft names must not contain dots, so not the path
-        self._adapters_loaded += 1
+    def load_adapter(self, key: Path) -> None:
+        self.load()
+        assert self.bank is not None
         with _LOAD_LOCK:
-            if isinstance(model, PeftModel):
-                model.load_adapter(key, adapter_name=name)
-            else:
-                model = PeftModel.from_pretrained(model, key, adapter_name=name)
-                self.loaded = loaded = replace(loaded, model=model)
-        model.requires_grad_(False)
-        size = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if f".{name}." in n)
-        self.adapters[key] = (name, size)
-        return loaded
+            adapter_id = self.bank.load(key)
+        self.adapters[key] = (adapter_id, self.bank.nbytes(adapter_id))
 
     def delete_adapter(self, key: Path) -> None:
         entry = self.adapters.pop(key, None)
-        if entry is None or self.loaded is None:
-            return
-        model = self.loaded.model
-        assert isinstance(model, PeftModel)
-        if not self.adapters:
-            # PEFT cannot run with no adapter at all; taking the LoRA layers out gives back the plain base.
-            self.loaded = replace(self.loaded, model=model.unload())
-            self.lora_enabled = True  # as a new PeftModel starts
-            return
-        if entry[0] in model.active_adapters:
-            model.set_adapter(next(iter(self.adapters.values()))[0])
-        model.delete_adapter(entry[0])
+        if entry is not None and self.bank is not None:
+            self.bank.unload(entry[0])
 
     def close(self) -> None:
-        """Forget the model: its memory goes once no request holds it any more."""
+        """Stop the scheduler and forget the model: its memory goes with the last reference."""
+        self.scheduler.stop()
         self.loaded = None
+        self.bank = None
         self.adapters.clear()
-        self.worker.shutdown(wait=False)
 
 
 def _refuse_custom_code(folder: Path) -> None:
@@ -505,13 +540,6 @@ def _tokenizer_folder(target: ModelTarget) -> Path:
     if target.full_model_path is not None and (target.full_model_path / "tokenizer_config.json").is_file():
         return target.full_model_path
     return target.base_path
-
-
-def _lora_tuner(model: PeftModel) -> BaseTuner:
-    """The LoRA tuner a PEFT model wraps its base in (peft annotates `base_model` as any torch Module)."""
-    tuner = model.base_model
-    assert isinstance(tuner, BaseTuner)
-    return tuner
 
 
 def _stop_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

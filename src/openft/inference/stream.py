@@ -1,17 +1,22 @@
-"""`GenerationStream`: a generation running on a worker thread, read delta by delta from any thread.
+"""`GenerationStream`: one request's deltas, produced by a batch scheduler's thread and read from any thread.
 
-The HTTP layer reads a stream from a thread pool: successive `next()` calls may run on different
-threads, and a client that disconnects leaves the stream closed or simply dropped. So the generation
-does not run inside `next()`: it runs on the base's own thread (see `registry`), which holds the
-base's lease, runs the token loop and puts deltas on a queue.
+The HTTP layer reads a stream from a thread pool or an event loop, and a client that disconnects leaves
+the stream closed or simply dropped. So generation never runs inside `next()`: a producer (the base's
+batch scheduler, `openft.inference.scheduler`, or the vLLM bridge) holds the stream's `StreamChannel` and
+puts deltas on it; the reader only takes them off.
 
-The queue is unbounded on purpose: a slow reader then never keeps the base (and every other request
-on it) waiting; it cannot grow past the request's own `n × max_tokens` deltas. `close()` or `cancel()`
-(or dropping the stream) sets a flag that the loop checks before every token, so the base is released
-within one forward pass.
+A request goes through two moments the reader can wait for: `started` (it was admitted into a running
+batch: its prompt was accepted and its first forward pass is under way, or it failed before that and
+`started` raises the error, which the API still answers as a plain 4xx/5xx) and `finished` (generation
+stopped and every resource it held was given back).
 
-An event loop reads the same stream with `async for`: the generation thread wakes the loop when it puts
-a delta, so a waiting reader holds no thread at all (a server thread pool is never filled by readers).
+The queue is unbounded on purpose: a slow reader then never keeps the batch (and every other request in
+it) waiting; it cannot grow past the request's own `n × max_tokens` deltas. `close()` or `cancel()` (or
+dropping the stream) sets a flag that the producer checks before every step, so the request leaves its
+batch (or its line) within one forward pass.
+
+An event loop reads the same stream with `async for`: the producer wakes the loop when it puts a delta,
+so a waiting reader holds no thread at all.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 
-from openft.inference.decoding import Generation
-from openft.inference.registry import Lease
 from openft.inference.types import StreamDelta
+
+
+class GenerationCancelled(Exception):
+    """The request was cancelled (its reader left) before it was admitted into a batch."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +47,60 @@ class StreamEnd:
     error: BaseException | None = None
 
 
-class _Deltas:
-    """The queue from the generation thread to the reader, waking an event loop that reads asynchronously."""
+class StreamChannel:
+    """The producer's half of a stream: it holds no reference to the `GenerationStream`, so a reader that
+    drops its stream is collected and that cancels the request (see `GenerationStream.__init__`)."""
 
     def __init__(self) -> None:
         self.items: queue.SimpleQueue[tuple[StreamDelta, int] | StreamEnd] = queue.SimpleQueue()
         self.wake: Callable[[], None] | None = None
+        self.started: Future[None] = Future()
+        self.finished: Future[StreamEnd] = Future()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._on_cancel: Callable[[], None] | None = None
 
-    def put(self, item: tuple[StreamDelta, int] | StreamEnd) -> None:
+    # producer side --------------------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        """The reader asked to stop: leave the batch (or the line) before the next step."""
+        return self._cancel.is_set()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the cancelling thread) when the reader cancels, e.g. to wake an idle producer."""
+        with self._lock:
+            self._on_cancel = callback
+        if self._cancel.is_set():
+            callback()
+
+    def admit(self) -> None:
+        """The request joined a batch: `started` resolves (idempotent)."""
+        if not self.started.done():
+            self.started.set_result(None)
+
+    def put(self, delta: StreamDelta, completion_tokens: int) -> None:
+        self._put((delta, completion_tokens))
+
+    def end(self, completion_tokens: int, error: BaseException | None = None) -> StreamEnd:
+        """The last call of a producer: the end marker, `started` (with the error if it never started) and
+        `finished`, after the request gave back what it held."""
+        end = StreamEnd(completion_tokens, self._cancel.is_set(), error)
+        if not self.started.done():
+            self.started.set_exception(error if error is not None else GenerationCancelled())
+        self._put(end)
+        if not self.finished.done():
+            self.finished.set_result(end)
+        return end
+
+    # reader side ----------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        self._cancel.set()
+        with self._lock:
+            callback = self._on_cancel
+        if callback is not None:
+            callback()
+
+    def _put(self, item: tuple[StreamDelta, int] | StreamEnd) -> None:
         self.items.put(item)
         wake = self.wake
         if wake is not None:
@@ -60,41 +113,40 @@ class GenerationStream(Iterator[StreamDelta]):
     `next()` after the deltas produced before it. Use as a context manager, or call `close()` (or
     `cancel()`, which does not wait), to stop early. Read it from one thread or one event loop."""
 
-    def __init__(self, lease: Lease, generation: Generation):
-        self.prompt_tokens = generation.prompt_tokens
+    def __init__(self, channel: StreamChannel, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self._channel = channel
         self._completion_tokens = 0
-        self._queue = _Deltas()
-        self._cancel = threading.Event()
         self._finished = False
         self._ready: asyncio.Event | None = None
-        try:
-            self._job = lease.submit(_produce, lease, generation, self._queue, self._cancel)
-        except BaseException:  # e.g. the interpreter is shutting down
-            lease.release()
-            raise
-        # The thread holds no reference to this object, so a dropped stream is collected and cancels it.
-        self._finalizer = weakref.finalize(self, self._cancel.set)
+        # The producer holds only the channel, so a dropped stream is collected and cancels its request.
+        self._finalizer = weakref.finalize(self, channel.cancel)
 
     @property
     def completion_tokens(self) -> int:
         """Tokens generated so far over all choices (final once the stream is exhausted)."""
         return self._completion_tokens
 
-    def __iter__(self) -> GenerationStream:
-        return self
+    @property
+    def started(self) -> Future[None]:
+        """Done once the request is in a batch; raises its error if it failed (or was cancelled) before."""
+        return self._channel.started
 
     @property
     def finished(self) -> Future[StreamEnd]:
-        """Done once generation has stopped (finished, failed or cancelled) and the base is released.
+        """Done once generation has stopped (finished, failed or cancelled) and its resources are released.
 
         A callback on it must not hold the stream: a dropped stream is what cancels an abandoned generation.
         """
-        return self._job
+        return self._channel.finished
+
+    def __iter__(self) -> GenerationStream:
+        return self
 
     def __next__(self) -> StreamDelta:
         if self._finished:
             raise StopIteration
-        delta = self._take(self._queue.items.get())
+        delta = self._take(self._channel.items.get())
         if delta is None:
             raise StopIteration
         return delta
@@ -109,13 +161,13 @@ class GenerationStream(Iterator[StreamDelta]):
         if self._ready is None:
             loop, ready = asyncio.get_running_loop(), asyncio.Event()
             self._ready = ready  # the wake-up holds the event and the loop, never the stream (see __init__)
-            self._queue.wake = lambda: _call_soon(loop, ready.set)
+            self._channel.wake = lambda: _call_soon(loop, ready.set)
         while True:
             self._ready.clear()
             try:
-                item = self._queue.items.get_nowait()
+                item = self._channel.items.get_nowait()
             except queue.Empty:
-                await self._ready.wait()  # set by the generation thread's next put
+                await self._ready.wait()  # set by the producer's next put
                 continue
             delta = self._take(item)
             if delta is None:
@@ -134,15 +186,15 @@ class GenerationStream(Iterator[StreamDelta]):
         return delta
 
     def cancel(self) -> None:
-        """Ask the generation to stop before its next token, without waiting (see `finished`); a no-op once
+        """Ask the generation to stop before its next step, without waiting (see `finished`); a no-op once
         the reader has seen its end."""
         if not self._finished:
-            self._cancel.set()
+            self._channel.cancel()
 
     def close(self) -> None:
-        """Stop generating and wait (one forward pass at most) until the base is released."""
+        """Stop generating and wait (one forward pass at most) until its resources are released."""
         self.cancel()
-        self._job.result()  # _produce never raises: its errors go on the queue
+        self._channel.finished.result()
         self._finished = True
 
     def __enter__(self) -> GenerationStream:
@@ -157,19 +209,3 @@ class GenerationStream(Iterator[StreamDelta]):
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading any more
         loop.call_soon_threadsafe(callback)
-
-
-def _produce(lease: Lease, generation: Generation, out: _Deltas, cancel: threading.Event) -> StreamEnd:
-    """The generation thread: deltas onto the queue, then the end marker, after the base is released."""
-    try:
-        try:
-            for delta in generation.run(cancel):
-                out.put((delta, generation.completion_tokens))
-        finally:
-            lease.release()
-    except BaseException as exc:  # handed to the reader, who raises it from next()
-        end = StreamEnd(generation.completion_tokens, cancel.is_set(), exc)
-    else:
-        end = StreamEnd(generation.completion_tokens, cancel.is_set())
-    out.put(end)
-    return end
