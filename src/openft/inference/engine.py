@@ -65,6 +65,8 @@ class InferenceEngine:
         max_model_bytes: int | None = None,
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        device: str | None = None,
+        on_step: Callable[[int], None] | None = None,
     ):
         """`max_adapters`, `max_adapter_bytes`: LoRA adapters (and bytes of their weights) kept loaded over
         all bases; the least recently used are unloaded beyond either. None: no byte limit.
@@ -74,7 +76,9 @@ class InferenceEngine:
         `openft.inference.registry`). None: half of this machine's memory (`default_max_model_bytes`).
 
         `kv_cache_bytes`, `max_batch_rows`: bounds of each model's running batch (its KV cache, its rows);
-        requests beyond them wait for room.
+        requests beyond them wait for room. `device`: where models are served (`cpu`, `cuda`, `cuda:1`);
+        None: the first GPU if CUDA works, else the CPU. `on_step(rows)`: called after every forward pass
+        (operators' metrics).
         """
         if max_model_bytes is None:
             max_model_bytes = default_max_model_bytes()
@@ -84,6 +88,8 @@ class InferenceEngine:
             max_model_bytes,
             kv_cache_bytes=kv_cache_bytes,
             max_batch_rows=max_batch_rows,
+            device=device,
+            on_step=on_step,
         )
 
     def chat(

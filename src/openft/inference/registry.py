@@ -26,8 +26,8 @@ fits. Never the most recently used one, and never one a request holds: a model l
 budget is still served, alone, and the budget is exceeded only while requests hold what is over it.
 
 Devices: on a machine with CUDA, models load on the GPU in bf16 (SDPA attention); elsewhere on the CPU in
-fp32. `OPENFT_INFERENCE_DEVICE` (`cpu`, `cuda`, `cuda:N`) overrides the choice. The model budget and the KV
-cache budget are per device (one device serves all models of this process).
+fp32. `OPENFT_INFERENCE_DEVICE` (`cpu`, `cuda`, `cuda:N`; the `device` argument) overrides the choice. The
+model budget and the KV cache budget are per device (one device serves all models of this process).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +66,9 @@ DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
 """KV cache of one model's batch when `OPENFT_KV_CACHE_GB` is unset (per device)."""
 
 
-def inference_device() -> torch.device:
-    """Where models are served: `OPENFT_INFERENCE_DEVICE`, else the first GPU when CUDA works, else the CPU."""
-    chosen = os.environ.get("OPENFT_INFERENCE_DEVICE", "").strip()
+def inference_device(chosen: str | None = None) -> torch.device:
+    """Where models are served: `chosen` (`OPENFT_INFERENCE_DEVICE`), else the first GPU when CUDA works, else
+    the CPU."""
     if chosen:
         return torch.device(chosen)
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -126,6 +126,8 @@ class ModelRegistry:
         max_model_bytes: int | None = None,
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         max_batch_rows: int = 64,
+        device: str | None = None,
+        on_step: Callable[[int], None] | None = None,
     ):
         """`max_model_bytes`: memory budget of loaded models and adapters together (see the module docstring);
         None: no budget. `kv_cache_bytes`: KV cache of each model's running batch."""
@@ -140,7 +142,8 @@ class ModelRegistry:
         self._max_model_bytes = max_model_bytes
         self._kv_cache_bytes = kv_cache_bytes
         self._max_batch_rows = max_batch_rows
-        self.device = inference_device()
+        self._on_step = on_step
+        self.device = inference_device(device)
         self._lock = threading.Condition()  # guards every slot's bookkeeping; held only briefly
         self._slots: OrderedDict[Path, _Slot] = OrderedDict()  # least recently used first
         self._lru: OrderedDict[tuple[Path, Path], int] = OrderedDict()  # (slot, adapter) → bytes, oldest first
@@ -469,7 +472,10 @@ class _Slot:
         self.device = registry.device
         self._tokenizer_path = _tokenizer_folder(target)
         self.scheduler = BatchScheduler(
-            key.name, kv_limit_bytes=registry._kv_cache_bytes, max_rows=registry._max_batch_rows
+            key.name,
+            kv_limit_bytes=registry._kv_cache_bytes,
+            max_rows=registry._max_batch_rows,
+            on_step=registry._on_step,
         )
 
     def load(self) -> ActiveModel:

@@ -89,12 +89,22 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 class BatchScheduler:
     """Runs every request of one model in one continuously changing batch (see the module docstring)."""
 
-    def __init__(self, name: str, *, kv_limit_bytes: int, max_rows: int = DEFAULT_MAX_BATCH_ROWS):
+    def __init__(
+        self,
+        name: str,
+        *,
+        kv_limit_bytes: int,
+        max_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        on_step: Callable[[int], None] | None = None,
+    ):
+        """`on_step(rows)` is called after every forward pass (prefill: the request's rows; decode: the
+        batch's), on this thread: for operators' metrics; it must be quick and must not raise."""
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
         self._name = name
         self.kv_limit_bytes = kv_limit_bytes
         self._max_rows = max_rows
+        self._on_step = on_step
         self._cond = threading.Condition()
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]] = deque()
         self._waiting: OrderedDict[Hashable, deque[BatchRequest]] = OrderedDict()  # org → its line, in turn order
@@ -278,6 +288,7 @@ class BatchScheduler:
             input_ids = torch.tensor([decoder.prompt_ids], dtype=torch.long, device=self._device)
             with self.bank.rows([request.adapter]):
                 logits = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+            self._observe(1)
             self._put(request, decoder.advance(logits[:, -1, :]))
         except Exception as exc:
             log.exception("%s: prefill failed", self._name)
@@ -334,6 +345,7 @@ class BatchScheduler:
         self._mask, self._positions = mask, self._positions + 1
         self.steps_total += 1
         self.rows_total += rows
+        self._observe(rows)
         start = 0
         for running in self._running:
             decoder = running.request.decoder
@@ -400,6 +412,13 @@ class BatchScheduler:
         self._reset_batch()
         for entry in running:
             self._finish(entry.request, exc)
+
+    def _observe(self, rows: int) -> None:
+        if self._on_step is not None:
+            try:
+                self._on_step(rows)
+            except Exception:  # metrics never break serving
+                log.exception("%s: the step observer failed", self._name)
 
     @staticmethod
     def _put(request: BatchRequest, deltas: list[StreamDelta]) -> None:

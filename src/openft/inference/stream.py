@@ -27,7 +27,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -75,7 +75,7 @@ class StreamChannel:
 
     def admit(self) -> None:
         """The request joined a batch: `started` resolves (idempotent)."""
-        if not self.started.done():
+        with contextlib.suppress(InvalidStateError):  # already resolved (or cancelled by a waiter)
             self.started.set_result(None)
 
     def put(self, delta: StreamDelta, completion_tokens: int) -> None:
@@ -85,10 +85,10 @@ class StreamChannel:
         """The last call of a producer: the end marker, `started` (with the error if it never started) and
         `finished`, after the request gave back what it held."""
         end = StreamEnd(completion_tokens, self._cancel.is_set(), error)
-        if not self.started.done():
+        with contextlib.suppress(InvalidStateError):
             self.started.set_exception(error if error is not None else GenerationCancelled())
         self._put(end)
-        if not self.finished.done():
+        with contextlib.suppress(InvalidStateError):
             self.finished.set_result(end)
         return end
 
