@@ -87,6 +87,10 @@ class ContextLengthExceeded(InvalidRequest):
 
 
 class ServiceUnavailable(OpenFTError):
-    """The service cannot answer right now; try again."""
+    """The service cannot answer right now; try again (after `retry_after` seconds, when it is known)."""
 
     code = "service_unavailable"
+
+    def __init__(self, message: str | None = None, *, param: str | None = None, retry_after: float | None = None):
+        super().__init__(message, param=param)
+        self.retry_after = retry_after

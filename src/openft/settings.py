@@ -53,8 +53,34 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         default=64,
         ge=0,
-        description="Chat/completion requests that may wait for one model while it serves another; more get 429 "
+        description="Chat/completion requests that may wait for room in one model's batch; more get 429 "
         "`rate_limit_exceeded` with `Retry-After`.",
+    )
+    kv_cache_gb: float = Field(
+        default=2.0,
+        gt=0,
+        description="KV cache (GiB) of each loaded model's running batch, on its device; requests that would not fit "
+        "wait for room, one that could not fit even alone gets 400.",
+    )
+    max_batch_rows: int = Field(
+        default=64, ge=1, description="Rows (requests × n) one model decodes together at most; more wait."
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A chat/completion request still waiting for room in its model's batch after this long gets 503 "
+        "`service_unavailable` with `Retry-After`.",
+    )
+    inference_engine: str = Field(
+        default="own",
+        pattern="^(own|vllm|auto)$",
+        description="`own` (openft's batching engine), `vllm` (needs `pip install openft[vllm]` and a GPU) or `auto` "
+        "(vLLM when it imports and a GPU is present, else own).",
+    )
+    inference_device: str | None = Field(
+        default=None,
+        description="Where the own engine serves models (`cpu`, `cuda`, `cuda:1`); unset: the first GPU if CUDA "
+        "works, else the CPU.",
     )
     hub_models: str = Field(
         default="",

@@ -1,5 +1,9 @@
-"""Admission control for inference, on a real server: a bounded line per model (429 past it), other routes
-never wait behind generation, and a client that leaves stops its generation or leaves the line.
+"""Admission control for inference, on a real server: a bounded line per model (429 past it), 503 for a request
+that waited too long, other routes never wait behind generation, and a client that leaves stops its generation
+or leaves the line.
+
+The servers here decode one row at a time (`OPENFT_MAX_BATCH_ROWS=1`), so a running request fills the batch
+and the others wait in line, as they do on any server once its batch is full.
 
 A "long" tiny model (context raised to 40k tokens; greedy decoding writes newlines and never ends) keeps
 the model busy for as long as a test needs: its generations end only when their client leaves. Clients are
@@ -40,7 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(
         tmp_path_factory.mktemp("data"),
         models,
-        extra_env={"OPENFT_MAX_QUEUED_REQUESTS": str(MAX_QUEUED)},
+        extra_env={"OPENFT_MAX_QUEUED_REQUESTS": str(MAX_QUEUED), "OPENFT_MAX_BATCH_ROWS": "1"},
         extra_args=["--no-worker"],
     )
     yield running
@@ -220,3 +224,46 @@ def test_a_streamed_legacy_completion_of_several_prompts_takes_a_turn_per_prompt
                     texts[choice["index"]] += choice["text"]
     assert texts == [choice["text"] for choice in plain["choices"]]
     assert texts[0].startswith("The fox") and texts[1].startswith("The dog")
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server whose requests wait at most 2 s for room in their model's batch."""
+    models = tmp_path_factory.mktemp("models")
+    folder = build_tiny_model(models / MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 40000
+    (folder / "config.json").write_text(json.dumps(config))
+    running = start_server(
+        tmp_path_factory.mktemp("data"),
+        models,
+        extra_env={"OPENFT_MAX_BATCH_ROWS": "1", "OPENFT_REQUEST_TIMEOUT_SECONDS": "2"},
+        extra_args=["--no-worker"],
+    )
+    yield running
+    running.stop()
+
+
+@pytest.mark.e2e
+def test_a_request_that_waits_too_long_gets_503_with_retry_after(impatient_server: RunningServer) -> None:
+    server = impatient_server
+    holder = RawClient(server, "/v1/chat/completions", {**ENDLESS, "stream": True})
+    holder.wait_for(b'"content":"\\n')
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    for stream in (False, True):
+        reply = httpx.post(
+            f"{server.url}/v1/chat/completions", json={**SHORT, "stream": stream}, headers=headers, timeout=60
+        )
+        assert reply.status_code == 503, reply.text
+        assert int(reply.headers["retry-after"]) >= 1
+        assert reply.json()["error"]["code"] == "service_unavailable"
+    assert b"[DONE]" not in holder.received  # the running request was not disturbed
+    holder.close()
+    wait_for(lambda: log_lines(server, "stopped after"), timeout=60, what="the stream to stop")
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=SHORT, headers=headers, timeout=60)
+    assert reply.status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics", headers=headers, timeout=30).text
+    assert 'openft_requests_total{endpoint="chat",outcome="timeout"} 2.0' in metrics
+    assert 'openft_requests_total{endpoint="chat",outcome="ok"} 1.0' in metrics
+    assert 'openft_requests_total{endpoint="chat",outcome="cancelled"} 1.0' in metrics  # the holder's client left
+    assert "openft_time_to_first_token_seconds_count" in metrics

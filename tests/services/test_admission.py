@@ -1,4 +1,4 @@
-"""The per-model line in front of inference: first come first served, bounded, and left by cancelled waiters."""
+"""Waiting for a request while watching its client: the work is given up as soon as the client leaves."""
 
 from __future__ import annotations
 
@@ -6,78 +6,45 @@ import asyncio
 
 import pytest
 
-from openft.errors import RateLimited
-from openft.services.admission import ClientDisconnected, ModelLines, Ticket, unless_disconnected
+from openft.services.admission import ClientDisconnected, unless_disconnected
 
 
-def test_one_turn_at_a_time_in_arrival_order_and_429_past_the_line() -> None:
+def test_work_that_finishes_first_is_returned() -> None:
     async def scenario() -> None:
-        lines = ModelLines(max_queued=2)
-        first = await lines.enter("m")
-        order: list[str] = []
+        async def work() -> str:
+            await asyncio.sleep(0.01)
+            return "done"
 
-        async def wait(name: str) -> Ticket:
-            ticket = await lines.enter("m")
-            order.append(name)
-            return ticket
+        async def still_there() -> bool:
+            return False
 
-        second, third = asyncio.ensure_future(wait("second")), asyncio.ensure_future(wait("third"))
-        await asyncio.sleep(0)
-        assert lines.waiting("m") == 2
-        with pytest.raises(RateLimited) as refused:
-            await lines.enter("m")
-        assert refused.value.code == "rate_limit_exceeded" and refused.value.retry_after >= 1
-        other = await lines.enter("another model")  # lines are per model
-        other.release()
-        first.release()
-        (await second).release()
-        (await third).release()
-        assert order == ["second", "third"] and lines.waiting("m") == 0
-        (await lines.enter("m")).release()  # free again: no wait
+        assert await unless_disconnected(work(), still_there) == "done"
+        assert await unless_disconnected(work(), None) == "done"
 
     asyncio.run(scenario())
 
 
-def test_a_waiter_whose_client_left_leaves_the_line_without_a_turn() -> None:
+def test_a_client_that_leaves_cancels_the_work() -> None:
     async def scenario() -> None:
-        lines = ModelLines(max_queued=1)
-        running = await lines.enter("m")
         gone = asyncio.Event()
+        cancelled = asyncio.Event()
+
+        async def work() -> str:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return "never"
 
         async def disconnected() -> bool:
             return gone.is_set()
 
-        waiter = asyncio.ensure_future(unless_disconnected(lines.enter("m"), disconnected))
-        for _ in range(5):  # let the waiter (and the task it starts) reach the line
-            await asyncio.sleep(0)
-        assert lines.waiting("m") == 1
+        waiter = asyncio.ensure_future(unless_disconnected(work(), disconnected))
+        await asyncio.sleep(0.05)
         gone.set()
         with pytest.raises(ClientDisconnected):
-            await waiter
-        assert lines.waiting("m") == 0
-        (await asyncio.wait_for(_next_turn_after(running, lines), timeout=5)).release()
-
-    asyncio.run(scenario())
-
-
-async def _next_turn_after(running: Ticket, lines: ModelLines) -> Ticket:
-    """The next request gets the model at once when the running one ends: nobody is left in front of it."""
-    following = asyncio.ensure_future(lines.enter("m"))
-    await asyncio.sleep(0)
-    running.release()
-    return await following
-
-
-def test_a_cancelled_waiter_never_blocks_the_line() -> None:
-    async def scenario() -> None:
-        lines = ModelLines(max_queued=4)
-        running = await lines.enter("m")
-        cancelled = asyncio.ensure_future(lines.enter("m"))
-        behind = asyncio.ensure_future(lines.enter("m"))
-        await asyncio.sleep(0)
-        cancelled.cancel()
-        running.release()
-        (await asyncio.wait_for(behind, timeout=5)).release()
-        assert cancelled.cancelled()
+            await asyncio.wait_for(waiter, timeout=5)
+        assert cancelled.is_set()
 
     asyncio.run(scenario())

@@ -29,7 +29,8 @@ class Delta:
 
 
 class FakeStream:
-    """What the service reads of a `GenerationStream`: async deltas, token counts, `finished`, `cancel`."""
+    """What the service reads of a `GenerationStream`: async deltas, token counts, `started`, `finished`,
+    `cancel`."""
 
     prompt_tokens = 7
     completion_tokens = 2
@@ -37,6 +38,8 @@ class FakeStream:
     def __init__(self, deltas: list[Delta], fail_after: int | None):
         self._deltas, self._fail_after, self.closed = deltas, fail_after, False
         self.finished: Future[StreamEnd] = Future()
+        self.started: Future[None] = Future()
+        self.started.set_result(None)  # admitted into the batch at once
 
     async def _deltas_in_turn(self) -> AsyncIterator[Delta]:
         try:
@@ -65,6 +68,9 @@ class FakeEngine:
 
     def stream_chat(self, *_args: Any, **_kwargs: Any) -> FakeStream:
         return self.stream
+
+    def waiting(self, _target: ModelTarget) -> int:
+        return 0
 
 
 class FakeModels:

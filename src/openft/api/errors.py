@@ -77,8 +77,9 @@ def error_response(exc: OpenFTError) -> JSONResponse:
             break
     else:
         status, type_, headers = 500, "server_error", {}
-    if isinstance(exc, RateLimited):
-        headers = {**headers, "Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    retry_after = getattr(exc, "retry_after", None)  # RateLimited always, ServiceUnavailable when it knows
+    if isinstance(exc, RateLimited | ServiceUnavailable) and retry_after is not None:
+        headers = {**headers, "Retry-After": str(max(1, math.ceil(retry_after)))}
     message = redact_paths(exc.message)  # tenants read errors: a server path (from an exception's text) is not theirs
     return JSONResponse(envelope(message, type_, exc.param, exc.code), status_code=status, headers=headers)
 

@@ -14,7 +14,7 @@ from openft.basemodels import ModelCatalog
 from openft.datacheck import CheckBudget
 from openft.db import repositories as repo
 from openft.fsutil import atomic_write_text
-from openft.inference import InferenceEngine
+from openft.inference.backends import choose_engine
 from openft.jobs.worker import Worker
 from openft.services.auth import (
     KEY_PREFIX,
@@ -107,6 +107,7 @@ class Container:
         if self.worker is not None:
             self.worker.stop()
         self.metrics.stop()
+        self.inference.close()
         self.engine.dispose()
 
 
@@ -125,10 +126,19 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     org_id = ensure_default_org(sessions, settings.org_name)
     key, generated = load_or_create_api_key(settings)
     keys = KeyService(sessions)
-    generator = InferenceEngine(
+    # The engine's stats are read at scrape time (the engine is built next, and reports its steps to the metrics).
+    metrics = Metrics(
+        engine_stats=lambda: generator.stats(), job_counts=job_counts_from(sessions), port=settings.metrics_port
+    )
+    generator = choose_engine(
+        settings.inference_engine,
         max_adapters=settings.max_adapters,
         max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
         max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
+        kv_cache_bytes=int(settings.kv_cache_gb * 1024**3),
+        max_batch_rows=settings.max_batch_rows,
+        device=settings.inference_device,
+        on_step=metrics.serving.batch,
     )
     model_service = ModelService(sessions, catalog, generator)
     files = FileService(sessions, store)
@@ -149,7 +159,13 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             org_names=OrganizationNames(sessions),
             notify_worker=worker.notify if worker is not None else (lambda: None),
         ),
-        inference=InferenceService(model_service, generator, settings.max_queued_requests),
+        inference=InferenceService(
+            model_service,
+            generator,
+            settings.max_queued_requests,
+            request_timeout=settings.request_timeout_seconds,
+            metrics=metrics.serving,
+        ),
         models=model_service,
         default_org_id=org_id,
         api_key=key,
@@ -161,6 +177,6 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         data_check=DataCheckService(
             sessions, store, catalog, budget=CheckBudget(settings.data_check_seconds, settings.data_check_max_bytes)
         ),
-        metrics=Metrics(engine_stats=generator.stats, job_counts=job_counts_from(sessions), port=settings.metrics_port),
+        metrics=metrics,
         worker=worker,
     )

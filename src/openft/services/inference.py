@@ -4,20 +4,24 @@ Everything that can be wrong with a request is checked before anything is sent: 
 starts only after the engine has accepted the prompt, so bad input is always a plain 4xx. A failure
 after streaming began is sent as an error chunk followed by `[DONE]`, as the SDKs expect.
 
-Every method is a coroutine: requests wait for their model in a bounded line on the event loop
-(`openft.services.admission`), so generation never occupies the server's thread pool and `/health`, auth,
-files and jobs never wait behind it; a client that leaves stops its generation or leaves the line.
+Every method is a coroutine: a request is queued for its model's running batch (the engine batches every
+request on one model, `openft.inference.scheduler`) and awaits its admission on the event loop, holding no
+thread, so generation never occupies the server's thread pool and `/health`, auth, files and jobs never
+wait behind it. The line per model is bounded (`max_queued_requests`: 429 with `Retry-After` past it), a
+request that waits longer than `request_timeout` gets 503 with `Retry-After`, and a client that leaves
+stops its generation or leaves the line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -25,18 +29,17 @@ from typing import Any, Literal
 import anyio.to_thread
 
 from openft import __version__
-from openft.errors import InvalidRequest, OpenFTError
+from openft.errors import InvalidRequest, OpenFTError, RateLimited, ServiceUnavailable
 from openft.inference import (
     GenerationParams,
     GenerationResult,
     GenerationStream,
-    InferenceEngine,
-    ModelTarget,
     StreamDelta,
 )
+from openft.inference.backends import ServingEngine
 from openft.inference.decoding import collect
 from openft.inference.stream import StreamEnd
-from openft.inference.types import FinishReason
+from openft.inference.types import FinishReason, ModelTarget
 from openft.protocol.chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -60,11 +63,16 @@ from openft.protocol.completions import (
     CompletionRequest,
     LegacyLogprobs,
 )
-from openft.services.admission import ClientDisconnected, Disconnected, ModelLines, unless_disconnected, watch
+from openft.services.admission import ClientDisconnected, Disconnected, unless_disconnected, watch
+from openft.services.metrics import ServingMetrics
 from openft.services.models import ModelService
 
 log = logging.getLogger(__name__)
 SYSTEM_FINGERPRINT = f"openft-{__version__}"
+MAX_RETRY_AFTER_SECONDS = 60
+"""The SDKs honour a `Retry-After` up to a minute; a longer estimate is no more useful to them."""
+_SMOOTHING = 0.2
+"""Weight of the newest request in the running mean of how long a request takes."""
 MAX_COMPLETION_CHOICES = 16
 """Legacy completions: prompts × n may not exceed this."""
 DONE = "[DONE]"
@@ -218,16 +226,30 @@ class _CompletionChunks:
 
 
 class InferenceService:
-    """Chat and legacy completions: each request waits for its model in a bounded line
-    (`openft.services.admission`) without holding a thread, runs on the model's own thread, and stops (or
-    leaves the line) when `disconnected()` says its client left."""
+    """Chat and legacy completions: each request is queued for its model's batch and awaits admission without
+    holding a thread (see the module docstring), and stops (or leaves the line) when `disconnected()` says
+    its client left."""
 
-    def __init__(self, models: ModelService, engine: InferenceEngine, max_queued_requests: int = 64):
+    def __init__(
+        self,
+        models: ModelService,
+        engine: ServingEngine,
+        max_queued_requests: int = 64,
+        *,
+        request_timeout: float = 600.0,
+        metrics: ServingMetrics | None = None,
+    ):
+        if max_queued_requests < 0:
+            raise ValueError("max_queued_requests must not be negative")
         self._models = models
         self._engine = engine
-        self._lines = ModelLines(max_queued_requests)
+        self._max_queued = max_queued_requests
+        self._timeout = request_timeout
+        self._metrics = metrics
+        self._waiting: dict[Path, int] = {}  # per model: requests not yet in its batch (on the event loop only)
+        self._request_seconds = 1.0  # running mean of how long a request takes (for Retry-After)
         # Starting a generation may load a model or render a long prompt: done here, never on the event loop
-        # nor in the server's thread pool. At most one start per model at a time (its line sees to that).
+        # nor in the server's thread pool.
         self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="openft-start")
 
     # chat ---------------------------------------------------------------------------------------
@@ -296,15 +318,15 @@ class InferenceService:
     async def chat(
         self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> ChatCompletion:
-        """One chat completion, admitted (429 past the model's line), cancelled when the client leaves
-        (ClientDisconnected)."""
+        """One chat completion, admitted (429 past the model's line, 503 after waiting too long), cancelled
+        when the client leaves (ClientDisconnected)."""
+        arrived = time.monotonic()
         params, tools = self._chat_params(request)
         messages = self._messages(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
-        stream = await self._admitted(
-            target, lambda: self._engine.stream_chat(target, messages, params, tools=tools), disconnected
-        )
-        result = await _gather(stream, params, disconnected)
+        start = functools.partial(self._engine.stream_chat, target, messages, params, tools, org=org_id)
+        stream = await self._admitted(target, start, disconnected, endpoint="chat", arrived=arrived)
+        result = await _gather(self._observed(stream, "chat", arrived), stream, params, disconnected)
         return self._chat_completion(request, params, result)
 
     async def chat_stream(
@@ -314,26 +336,28 @@ class InferenceService:
 
         Admitted: the request waits for its turn and the engine accepts (or rejects) it before this returns,
         so a bad request is still a plain 4xx. Closing the payloads (the client left) stops the generation."""
+        arrived = time.monotonic()
         params, tools = self._chat_params(request)
         messages = self._messages(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
-        stream = await self._admitted(
-            target, lambda: self._engine.stream_chat(target, messages, params, tools=tools), disconnected
-        )
+        start = functools.partial(self._engine.stream_chat, target, messages, params, tools, org=org_id)
+        stream = await self._admitted(target, start, disconnected, endpoint="chat", arrived=arrived)
         chunks = _ChatChunks(request, params)
 
         async def payloads() -> AsyncIterator[str]:
+            deltas = self._observed(stream, "chat", arrived)
             try:
                 try:
                     for payload in chunks.opening():
                         yield payload
-                    async for delta in stream:
+                    async for delta in deltas:
                         for payload in chunks.delta(delta):
                             yield payload
                     for payload in chunks.closing(stream.prompt_tokens, stream.completion_tokens):
                         yield payload
                 finally:
                     stream.cancel()  # a no-op once it is done; else the client left: stop generating
+                    await deltas.aclose()
             except Exception as exc:  # after streaming began: an error chunk, then [DONE]
                 log.exception("chat stream failed")
                 yield _json(_error_chunk(exc))
@@ -399,31 +423,36 @@ class InferenceService:
     async def complete(
         self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
     ) -> Completion:
-        """A legacy completion, admitted: each prompt takes a turn on the model (the later ones are never
-        refused)."""
+        """A legacy completion: its prompts are generated together, in the model's batch (only the first is
+        ever refused: the others are part of a request already admitted)."""
+        arrived = time.monotonic()
         prompts, params = self._completion_params(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
         echo = bool(request.echo)
-        results = []
-        for p_index, prompt in enumerate(prompts):
+
+        async def one(p_index: int, prompt: str) -> GenerationResult:
+            start = functools.partial(self._engine.stream_complete, target, prompt, params, echo=echo, org=org_id)
             stream = await self._admitted(
-                target,
-                functools.partial(self._engine.stream_complete, target, prompt, params, echo=echo),
-                disconnected,
-                bounded=p_index == 0,
+                target, start, disconnected, endpoint="completions", arrived=arrived, bounded=p_index == 0
             )
-            results.append(await _gather(stream, params, disconnected))
-        return self._completion(request, params, results)
+            return await _gather(self._observed(stream, "completions", arrived), stream, params, disconnected)
+
+        first = await one(0, prompts[0])  # refused (or not) before the others are queued
+        rest = await asyncio.gather(*(one(i, prompt) for i, prompt in enumerate(prompts) if i))
+        return self._completion(request, params, [first, *rest])
 
     async def complete_stream(
         self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
     ) -> AsyncIterator[str]:
         """A streamed legacy completion; the first prompt starts before this returns (see `chat_stream`)."""
+        arrived = time.monotonic()
         prompts, params = self._completion_params(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
-        first = await self._admitted(
-            target, functools.partial(self._engine.stream_complete, target, prompts[0], params), disconnected
-        )
+
+        def start(prompt: str) -> Callable[[], GenerationStream]:
+            return functools.partial(self._engine.stream_complete, target, prompt, params, org=org_id)
+
+        first = await self._admitted(target, start(prompts[0]), disconnected, endpoint="completions", arrived=arrived)
         chunks = _CompletionChunks(request, params)
 
         async def payloads() -> AsyncIterator[str]:
@@ -433,13 +462,18 @@ class InferenceService:
                 try:
                     for p_index, prompt in enumerate(prompts):
                         if p_index:
-                            start = functools.partial(self._engine.stream_complete, target, prompt, params)
-                            stream = await self._admitted(target, start, None, bounded=False)
+                            stream = await self._admitted(
+                                target, start(prompt), None, endpoint="completions", arrived=arrived, bounded=False
+                            )
                         for payload in chunks.opening(p_index, prompt):
                             yield payload
-                        async for delta in stream:
-                            for payload in chunks.delta(p_index, delta):
-                                yield payload
+                        deltas = self._observed(stream, "completions", arrived)
+                        try:
+                            async for delta in deltas:
+                                for payload in chunks.delta(p_index, delta):
+                                    yield payload
+                        finally:
+                            await deltas.aclose()
                         prompt_tokens += stream.prompt_tokens
                         completion_tokens += stream.completion_tokens
                     for payload in chunks.closing(prompt_tokens, completion_tokens):
@@ -460,41 +494,137 @@ class InferenceService:
         start: Callable[[], GenerationStream],
         disconnected: Disconnected | None,
         *,
+        endpoint: str,
+        arrived: float,
         bounded: bool = True,
     ) -> GenerationStream:
-        """Wait in the model's line (429 when it is full), then start the generation on the starter thread.
+        """Queue the request for its model's batch (429 when the model's line is full) and wait until it is in
+        the batch: 503 with `Retry-After` past `request_timeout`, ClientDisconnected when the client leaves
+        meanwhile (the request leaves the line without running)."""
+        key = _line_key(target)
+        waiting = self._waiting.get(key, 0)  # counted here, on the event loop: exact however many arrive at once
+        if bounded and waiting >= self._max_queued:
+            self._count(endpoint, "rejected")
+            raise RateLimited(
+                f"Too many requests are waiting for this model (at most {self._max_queued}); retry later.",
+                retry_after=self._retry_after(),
+            )
+        self._waiting[key] = waiting + 1
+        try:
+            return await self._admit(target, start, disconnected, endpoint=endpoint, arrived=arrived)
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
 
-        The turn is given back when the stream's base is released, whoever reads (or drops) the stream;
-        a client that leaves while waiting never starts, and one that left while starting is cancelled.
-        """
+    async def _admit(
+        self,
+        target: ModelTarget,
+        start: Callable[[], GenerationStream],
+        disconnected: Disconnected | None,
+        *,
+        endpoint: str,
+        arrived: float,
+    ) -> GenerationStream:
         key = _line_key(target)
         try:
-            ticket = await unless_disconnected(self._lines.enter(key, bounded=bounded), disconnected)
-        except ClientDisconnected:
-            log.info("%s: the client left while waiting in line; dropped", key.name)
+            stream = await asyncio.get_running_loop().run_in_executor(self._starter, start)
+        except BaseException as exc:
+            self._count(endpoint, "rejected" if isinstance(exc, OpenFTError) else "error")
             raise
-        log.info("%s: generating (%d waiting behind)", key.name, self._lines.waiting(key))
 
         def ended(finished: Future[StreamEnd]) -> None:
-            ticket.release_threadsafe()
             end = finished.result()
-            if end.cancelled:
+            seconds = time.monotonic() - arrived
+            self._request_seconds = (1 - _SMOOTHING) * self._request_seconds + _SMOOTHING * seconds
+            ran = started.done() and not started.cancelled() and started.exception() is None
+            if ran and self._metrics is not None:  # counted here, whoever read (or dropped) the stream
+                outcome = "error" if end.error is not None else "cancelled" if end.cancelled else "ok"
+                self._metrics.request_finished(endpoint, outcome, prompt_tokens, end.completion_tokens)
+            if end.cancelled and ran:
                 log.info("%s: stopped after %d tokens: the client left", key.name, end.completion_tokens)
 
-        def started() -> GenerationStream:
-            try:
-                stream = start()
-            except BaseException:
-                ticket.release_threadsafe()
-                raise
-            stream.finished.add_done_callback(ended)
-            return stream
-
-        stream = await asyncio.get_running_loop().run_in_executor(self._starter, started)
-        if disconnected is not None and await disconnected():
+        started, prompt_tokens = stream.started, stream.prompt_tokens
+        stream.finished.add_done_callback(ended)
+        try:
+            await asyncio.wait_for(unless_disconnected(_awaitable(stream.started), disconnected), self._timeout)
+        except TimeoutError:
             stream.cancel()
-            raise ClientDisconnected
+            self._count(endpoint, "timeout")
+            log.info("%s: waited %.0f s for room in the batch; refused", key.name, self._timeout)
+            raise ServiceUnavailable(
+                f"The model is busy: this request waited {self._timeout:g} s for room in its batch "
+                "(OPENFT_REQUEST_TIMEOUT_SECONDS); retry later.",
+                retry_after=self._retry_after(),
+            ) from None
+        except ClientDisconnected:
+            stream.cancel()
+            self._count(endpoint, "cancelled")
+            log.info("%s: the client left while waiting in line; dropped", key.name)
+            raise
+        except BaseException as exc:
+            stream.cancel()
+            self._count(endpoint, "rejected" if isinstance(exc, OpenFTError) else "error")
+            raise
+        if self._metrics is not None:
+            self._metrics.queued(time.monotonic() - arrived)
+        log.info("%s: generating (%d waiting behind)", key.name, self._waiting.get(key, 1) - 1)
         return stream
+
+    async def _observed(
+        self, stream: GenerationStream, endpoint: str, arrived: float
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """The stream's deltas, timed for the metrics: the first token, and the gaps between a choice's tokens.
+        (The request itself is counted when its generation ends, in `_admit`.)"""
+        metrics = self._metrics
+        last: dict[int, float] = {}
+        async for delta in stream:
+            if metrics is not None:
+                now = time.monotonic()
+                if not last:
+                    metrics.first_token(endpoint, now - arrived)
+                elif delta.index in last:
+                    metrics.inter_token(now - last[delta.index])
+                last[delta.index] = now
+            yield delta
+
+    def close(self) -> None:
+        """Stop serving: every model is unloaded (the server is shutting down)."""
+        self._starter.shutdown(wait=False)
+        self._engine.close()
+
+    def _count(self, endpoint: str, outcome: str) -> None:
+        """A request that ended before it generated anything."""
+        if self._metrics is not None:
+            self._metrics.request_finished(endpoint, outcome, 0, 0)
+
+    def _retry_after(self) -> float:
+        """About when room frees up: when a running request is likely done."""
+        return min(MAX_RETRY_AFTER_SECONDS, max(1.0, self._request_seconds))
+
+
+def _awaitable(future: Future[None]) -> asyncio.Future[None]:
+    """An event-loop future that follows `future` (one way: cancelling it leaves `future` alone)."""
+    loop = asyncio.get_running_loop()
+    mirror: asyncio.Future[None] = loop.create_future()
+
+    def copy(done: Future[None]) -> None:
+        if mirror.done():
+            return
+        if done.cancelled():
+            mirror.cancel()
+        elif (exc := done.exception()) is not None:
+            mirror.set_exception(exc)
+        else:
+            mirror.set_result(None)
+
+    future.add_done_callback(lambda done: _call_soon(loop, lambda: copy(done)))
+    return mirror
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(callback)
 
 
 def _line_key(target: ModelTarget) -> Path:
@@ -503,12 +633,15 @@ def _line_key(target: ModelTarget) -> Path:
 
 
 async def _gather(
-    stream: GenerationStream, params: GenerationParams, disconnected: Disconnected | None
+    deltas: AsyncIterator[StreamDelta],
+    stream: GenerationStream,
+    params: GenerationParams,
+    disconnected: Disconnected | None,
 ) -> GenerationResult:
     """Read a whole stream (as the non-streamed answer), stopping it if the client leaves meanwhile."""
     watcher = asyncio.ensure_future(watch(disconnected, stream.cancel)) if disconnected is not None else None
     try:
-        deltas = [delta async for delta in stream]
+        collected = [delta async for delta in deltas]
     finally:
         stream.cancel()  # a no-op once it is done
         if watcher is not None:
@@ -516,7 +649,7 @@ async def _gather(
     if watcher is not None and watcher.done() and not watcher.cancelled():
         raise ClientDisconnected  # it stopped the generation: what was produced answers nobody
     return GenerationResult(
-        choices=collect(iter(deltas), params.n, params.logprobs),
+        choices=collect(iter(collected), params.n, params.logprobs),
         prompt_tokens=stream.prompt_tokens,
         completion_tokens=stream.completion_tokens,
     )

@@ -23,7 +23,8 @@ from openft.db.tables import CheckpointRow, JobRow
 from openft.domain.job_states import JobStatus
 from openft.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from openft.fsutil import remove_tree
-from openft.inference import InferenceEngine, ModelTarget
+from openft.inference import ModelTarget
+from openft.inference.backends import ServingEngine
 from openft.protocol.common import DeletedObject
 from openft.protocol.models import Model, ModelList, azure_fields
 
@@ -62,7 +63,7 @@ def _checkpoint_weights(row: CheckpointRow) -> Path | None:
 
 
 class ModelService:
-    def __init__(self, sessions: sessionmaker[Session], catalog: ModelCatalog, engine: InferenceEngine):
+    def __init__(self, sessions: sessionmaker[Session], catalog: ModelCatalog, engine: ServingEngine):
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # resolve/list (every chat request) never take SQLite's write lock
         self._catalog = catalog
