@@ -39,7 +39,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -100,6 +100,12 @@ class _Adapter:
     nbytes: int
 
 
+GATHER_FROM_GROUPS = 2
+"""With this many adapters (or more) among a forward's rows, a module's LoRA terms are computed for all rows at
+once from gathered matrices (`_Site.gathered`): two batched matmuls whatever the number of adapters, instead
+of a gather, two matmuls and a scatter per adapter. Below it, per-adapter groups cost fewer ops."""
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Which rows get which adapter, for every forward inside one `rows()` block."""
@@ -107,12 +113,29 @@ class _Plan:
     batch: int
     groups: tuple[tuple[int, Mapping[torch.device, torch.Tensor] | None], ...]
     """(adapter id, its rows' indices on each device the wrapped modules use; None: every row)."""
+    row_adapters: tuple[int | None, ...] = ()
+    row_slots: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per site (by `id`), each row's slot in that site's stacked matrices; filled on first use, reused by every
+    step of the block (and by later blocks with the same rows)."""
 
-    def apply(self, weights: Mapping[int, LoraWeights], x: torch.Tensor, y: torch.Tensor) -> None:
+    def apply(self, site: _Site, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add each adapter's LoRA term to its rows of `y` (the base output), in place."""
         if x.shape[0] != self.batch:
             # A mismatch would hand one request's adapter to another's rows: fail loudly instead.
             raise ValueError(f"forward has batch {x.shape[0]} inside a rows() block for {self.batch} rows")
+        if len(self.groups) >= GATHER_FROM_GROUPS:
+            a, b, slot_of = site.stacked()
+            slots = self.row_slots.get(id(site))
+            if slots is None:
+                slots = torch.tensor(
+                    [0 if i is None else slot_of.get(i, 0) for i in self.row_adapters], device=x.device
+                )
+                self.row_slots[id(site)] = slots
+            # (batch, tokens, in) × (batch, in, r) → (batch, tokens, r) × (batch, r, out); B carries the scale.
+            hidden = torch.bmm(x, a.index_select(0, slots).transpose(1, 2))
+            y.add_(torch.bmm(hidden, b.index_select(0, slots).transpose(1, 2)))
+            return
+        weights = site.weights
         for adapter_id, index in self.groups:
             lora = weights.get(adapter_id)
             if lora is None:
@@ -140,6 +163,7 @@ class _Site:
     def __init__(self, module: torch.nn.Linear, active: _Active):
         self.device = module.weight.device
         self.weights: dict[int, LoraWeights] = {}
+        self._stacked: tuple[torch.Tensor, torch.Tensor, dict[int, int]] | None = None
         self._active = active
         self.handle: RemovableHandle = module.register_forward_hook(self._hook, with_kwargs=True)
 
@@ -148,7 +172,31 @@ class _Site:
         if plan is None or not self.weights:
             return  # the base output as is: no copy, no extra op
         x = args[0] if args else kwargs["input"]
-        plan.apply(self.weights, x, output)
+        plan.apply(self, x, output)
+
+    def forget_stack(self) -> None:
+        self._stacked = None
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, dict[int, int]]:
+        """Every adapter's matrices for this module stacked, A as (slots, r_max, in) and B·scale as
+        (slots, out, r_max), smaller ranks zero-padded (exact: the padding adds zeros); slot 0 is all zeros
+        (rows without an adapter, or whose adapter does not target this module). Rebuilt after a load or
+        unload changes `weights`; costs one more copy of the adapters' matrices for this module."""
+        if self._stacked is None:
+            ids = sorted(self.weights)
+            rank = max(w.a.shape[0] for w in self.weights.values())
+            first = next(iter(self.weights.values()))
+            out_features, in_features = first.b.shape[0], first.a.shape[1]
+            with torch.inference_mode(False):
+                a = first.a.new_zeros((len(ids) + 1, rank, in_features))
+                b = first.b.new_zeros((len(ids) + 1, out_features, rank))
+                for slot, adapter_id in enumerate(ids, start=1):
+                    lora = self.weights[adapter_id]
+                    r = lora.a.shape[0]
+                    a[slot, :r] = lora.a
+                    b[slot, :, :r] = lora.b * lora.scale
+            self._stacked = (a, b, {adapter_id: slot for slot, adapter_id in enumerate(ids, start=1)})
+        return self._stacked
 
 
 class LoraBank:
@@ -198,6 +246,7 @@ class LoraBank:
                 if site is None:
                     site = self._sites[name] = _Site(module, self._active)
                 site.weights[adapter_id] = lora
+                site.forget_stack()
                 nbytes += lora.a.numel() * lora.a.element_size() + lora.b.numel() * lora.b.element_size()
         self._adapters[adapter_id] = _Adapter(folder=folder, modules=tuple(prepared), nbytes=nbytes)
         return adapter_id
@@ -210,6 +259,7 @@ class LoraBank:
             raise RuntimeError(f"adapter {adapter_id} is in use by the current rows() block")
         for name in adapter.modules:
             del self._sites[name].weights[adapter_id]
+            self._sites[name].forget_stack()
         del self._adapters[adapter_id]
         self._last_plan = None
 
@@ -265,7 +315,7 @@ class LoraBank:
                             {device: torch.tensor(rows, dtype=torch.long, device=device) for device in devices},
                         )
                     )
-        return _Plan(batch=len(adapter_ids), groups=tuple(groups))
+        return _Plan(batch=len(adapter_ids), groups=tuple(groups), row_adapters=tuple(adapter_ids))
 
     def _check(
         self, config: _Config, tensors: dict[str, torch.Tensor]
