@@ -188,8 +188,13 @@ def test_demo_flow_upload_create_watch_pause_resume_playground(
     wait_for(lambda: "steps" in (row.text_content() or ""), timeout=10, what="progress in the jobs list")
     screenshot("jobs")
 
-    # a checkpoint in the playground, side by side with the base model, streamed
+    # a checkpoint in the playground, side by side with the base model, streamed. The job is paused first: a
+    # running job keeps only its newest checkpoints, so the one picked here could be rotated away (and answer
+    # 404 model_not_found, rightly) between the click and the request.
     page.goto(f"/#/jobs/{job_id}")
+    page.wait_for_selector("section.job[data-status]")
+    page.click("button[data-action=pause]")
+    wait_status(page, "paused")
     page.click("#checkpoints a.btn >> nth=0")
     page.wait_for_selector("#pg-tuned option", state="attached")
     checkpoint = page.input_value("#pg-tuned")
