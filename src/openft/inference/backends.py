@@ -62,8 +62,6 @@ class ServingEngine(Protocol):
     def close(self) -> None: ...
 
 
-Engine = ServingEngine
-
 DEFAULT_MAX_ADAPTERS = 8
 """`InferenceEngine`'s default `max_adapters`, and vLLM's `max_loras` when none is given."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from openft.datasets.toolcalls import HERMES_OPEN
 from openft.errors import ContextLengthExceeded, InvalidRequest
-from openft.inference.decoding import DecodePlan, RequestDecoder, collect
+from openft.inference.decoding import DecodePlan, RequestDecoder
 from openft.inference.prompt import render_prompt
 from openft.inference.registry import (
     DEFAULT_KV_CACHE_BYTES,
@@ -20,7 +20,7 @@ from openft.inference.registry import (
     read_context_length,
 )
 from openft.inference.scheduler import DEFAULT_MAX_BATCH_ROWS, BatchRequest, KvBudgetExceeded
-from openft.inference.stream import GenerationStream, StreamChannel
+from openft.inference.stream import GenerationStream, StreamChannel, read_all
 from openft.inference.types import GenerationParams, GenerationResult, ModelTarget
 
 CHAT_DEFAULT_MAX_TOKENS = 512
@@ -108,7 +108,7 @@ class InferenceEngine:
         that cap ends with finish_reason "length". Raises ContextLengthExceeded (param "messages") when the
         prompt leaves no room at all, and InvalidRequest for content the template or model cannot take.
         """
-        return _gather(self.stream_chat(target, messages, params, tools, org=org), params)
+        return read_all(self.stream_chat(target, messages, params, tools, org=org), params)
 
     def stream_chat(
         self,
@@ -122,7 +122,7 @@ class InferenceEngine:
         """`chat`, streamed: its deltas concatenate to exactly what `chat` returns for the same seed.
 
         Returns once the request is queued for its model's batch (`stream.started` says when it joined)."""
-        return self._submit(target, _chat_plan(messages, params, tools), org)
+        return self._submit(target, chat_plan(messages, params, tools), org)
 
     def complete(
         self,
@@ -138,7 +138,7 @@ class InferenceEngine:
         The prompt is tokenized with the tokenizer's own special tokens (e.g. a BOS). Tools and tool_choice
         do not apply. ContextLengthExceeded names param "prompt".
         """
-        return _gather(self.stream_complete(target, prompt, params, echo=echo, org=org), params)
+        return read_all(self.stream_complete(target, prompt, params, echo=echo, org=org), params)
 
     def stream_complete(
         self,
@@ -150,7 +150,7 @@ class InferenceEngine:
         org: str | None = None,
     ) -> GenerationStream:
         """`complete`, streamed; with `echo` the first delta of each choice is the prompt."""
-        return self._submit(target, _completion_plan(prompt, params, echo), org)
+        return self._submit(target, completion_plan(prompt, params, echo), org)
 
     def context_length(self, target: ModelTarget) -> int | None:
         """The target's context window in tokens, read from its config; None when the config has none."""
@@ -201,15 +201,6 @@ class InferenceEngine:
         return stream
 
 
-def _gather(stream: GenerationStream, params: GenerationParams) -> GenerationResult:
-    """A whole stream, read here, as one result."""
-    with stream:
-        choices = collect(stream, params.n, params.logprobs)
-    return GenerationResult(
-        choices=choices, prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens
-    )
-
-
 @dataclass(frozen=True)
 class _Tools:
     """What the tools and tool_choice of a chat request mean for rendering and decoding."""
@@ -221,7 +212,7 @@ class _Tools:
     forced_name: str | None = None
 
 
-def _tools(params: GenerationParams, tools: list[dict[str, Any]] | None) -> _Tools:
+def tool_settings(params: GenerationParams, tools: list[dict[str, Any]] | None) -> _Tools:
     choice = params.tool_choice
     if not tools:
         if choice not in (None, "none"):
@@ -248,7 +239,7 @@ def _tools(params: GenerationParams, tools: list[dict[str, Any]] | None) -> _Too
     return _Tools(tools, frozenset(names), forced=True, forced_name=name)
 
 
-def _forced_call_opening(chat_template: str, name: str | None) -> tuple[str, int]:
+def forced_call_opening(chat_template: str, name: str | None) -> tuple[str, int]:
     """The text a forced tool call starts with, and where its JSON object starts in it."""
     tag = f"{HERMES_OPEN}\n" if HERMES_OPEN in chat_template else ""
     if name is None:
@@ -256,10 +247,10 @@ def _forced_call_opening(chat_template: str, name: str | None) -> tuple[str, int
     return tag + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": {', len(tag)
 
 
-def _chat_plan(
+def chat_plan(
     messages: list[dict[str, Any]], params: GenerationParams, tools: list[dict[str, Any]] | None
 ) -> Callable[[ActiveModel], DecodePlan]:
-    settings = _tools(params, tools)  # checked before the base is even waited for
+    settings = tool_settings(params, tools)  # checked before the base is even waited for
 
     def plan(active: ActiveModel) -> DecodePlan:
         tokenizer = active.tokenizer
@@ -268,7 +259,7 @@ def _chat_plan(
         forced_ids: list[int] = []
         json_from = 0 if params.json_object else None
         if settings.forced:
-            opening, json_from = _forced_call_opening(str(tokenizer.chat_template or ""), settings.forced_name)
+            opening, json_from = forced_call_opening(str(tokenizer.chat_template or ""), settings.forced_name)
             forced_ids = tokenizer(opening, add_special_tokens=False)["input_ids"]
         return DecodePlan(
             prompt_ids=prompt_ids,
@@ -283,7 +274,7 @@ def _chat_plan(
     return plan
 
 
-def _completion_plan(prompt: str, params: GenerationParams, echo: bool) -> Callable[[ActiveModel], DecodePlan]:
+def completion_plan(prompt: str, params: GenerationParams, echo: bool) -> Callable[[ActiveModel], DecodePlan]:
     if not isinstance(prompt, str):
         raise InvalidRequest("prompt must be a string.", param="prompt")
 

@@ -46,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from openft.errors import ModelNotFound
 from openft.inference.multi_lora import LoraBank
@@ -470,7 +477,7 @@ class _Slot:
         self.weights_path = target.weights_path
         self.model_bytes = 0  # parameters and buffers of the loaded model (its adapters are counted apart)
         self.device = registry.device
-        self._tokenizer_path = _tokenizer_folder(target)
+        self._tokenizer_path = tokenizer_folder(target)
         self.scheduler = BatchScheduler(
             key.name,
             kv_limit_bytes=registry._kv_cache_bytes,
@@ -497,7 +504,7 @@ class _Slot:
                 model=model,
                 tokenizer=tokenizer,
                 context_length=context_length_of(model.config),
-                stop_token_ids=_stop_token_ids(model, tokenizer),
+                stop_token_ids=stop_token_ids(model.generation_config, tokenizer),
                 vocab=TokenVocabulary(tokenizer),
                 tokenizer_lock=threading.Lock(),
             )
@@ -541,16 +548,16 @@ def _refuse_custom_code(folder: Path) -> None:
         )
 
 
-def _tokenizer_folder(target: ModelTarget) -> Path:
+def tokenizer_folder(target: ModelTarget) -> Path:
     """A full fine-tune may ship its own tokenizer (e.g. a changed chat template); adapters use the base's."""
     if target.full_model_path is not None and (target.full_model_path / "tokenizer_config.json").is_file():
         return target.full_model_path
     return target.base_path
 
 
-def _stop_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+def stop_token_ids(generation_config: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """End-of-sequence ids from the generation config (chat models often list several) and the tokenizer."""
-    configured = model.generation_config.eos_token_id
+    configured = generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
     return frozenset(i for i in ids if i is not None)

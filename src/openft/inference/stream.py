@@ -30,8 +30,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
-from openft.inference.types import StreamDelta
+from openft.inference.decoding import collect
+from openft.inference.types import GenerationParams, GenerationResult, StreamDelta
 
 
 class GenerationCancelled(Exception):
@@ -161,7 +163,7 @@ class GenerationStream(Iterator[StreamDelta]):
         if self._ready is None:
             loop, ready = asyncio.get_running_loop(), asyncio.Event()
             self._ready = ready  # the wake-up holds the event and the loop, never the stream (see __init__)
-            self._channel.wake = lambda: _call_soon(loop, ready.set)
+            self._channel.wake = lambda: call_soon(loop, ready.set)
         while True:
             self._ready.clear()
             try:
@@ -206,6 +208,17 @@ class GenerationStream(Iterator[StreamDelta]):
         self.close()
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading any more
-        loop.call_soon_threadsafe(callback)
+def read_all(stream: GenerationStream, params: GenerationParams) -> GenerationResult:
+    """A whole stream, read on this thread, as one result (a non-streamed reply is its stream's deltas put
+    together, so the two agree by construction)."""
+    with stream:
+        choices = collect(stream, params.n, params.logprobs)
+    return GenerationResult(
+        choices=choices, prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens
+    )
+
+
+def call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
+    """`loop.call_soon_threadsafe`, a no-op once the loop is closed (nobody is waiting on it any more)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)

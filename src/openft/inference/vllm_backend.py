@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from openft.errors import InvalidRequest, ModelNotFound
-from openft.inference.decoding import ChoiceState, DecodePlan, collect
-from openft.inference.engine import _chat_plan, _completion_plan, _forced_call_opening, _tools
-from openft.inference.registry import ActiveModel, context_length_of
-from openft.inference.stream import GenerationStream, StreamChannel
+from openft.inference.decoding import ChoiceState, DecodePlan
+from openft.inference.engine import chat_plan, completion_plan, forced_call_opening, tool_settings
+from openft.inference.registry import ActiveModel, context_length_of, stop_token_ids, tokenizer_folder
+from openft.inference.stream import GenerationStream, StreamChannel, call_soon, read_all
 from openft.inference.tokens import TokenVocabulary
 from openft.inference.types import GenerationParams, GenerationResult, ModelTarget, TokenLogprob, TopLogprob
 
@@ -250,7 +250,7 @@ class VllmEngine:
         org: str | None = None,
     ) -> GenerationResult:
         """Like `InferenceEngine.chat`: the stream's deltas, put together (so both agree by construction)."""
-        return _gather(self.stream_chat(target, messages, params, tools, org=org), params)
+        return read_all(self.stream_chat(target, messages, params, tools, org=org), params)
 
     def stream_chat(
         self,
@@ -262,8 +262,8 @@ class VllmEngine:
         org: str | None = None,
     ) -> GenerationStream:
         """Like `InferenceEngine.stream_chat`; request errors raise here, before a stream is returned."""
-        settings = _tools(params, tools)  # checked before anything is loaded, as the own engine does
-        own_plan = _chat_plan(messages, params, tools)
+        settings = tool_settings(params, tools)  # checked before anything is loaded, as the own engine does
+        own_plan = chat_plan(messages, params, tools)
         if not settings.forced:
             json_object = ("response_format", {"json_object": True}) if params.json_object else None
             return self._submit(target, own_plan, json_object)
@@ -272,7 +272,7 @@ class VllmEngine:
         def plan(active: ActiveModel) -> DecodePlan:
             # The call's JSON object is generated whole under a schema; only the tag before it (if any) is forced.
             tokenizer = active.tokenizer
-            opening, json_from = _forced_call_opening(str(tokenizer.chat_template or ""), settings.forced_name)
+            opening, json_from = forced_call_opening(str(tokenizer.chat_template or ""), settings.forced_name)
             tag = opening[:json_from]
             tag_ids = list(tokenizer(tag, add_special_tokens=False)["input_ids"]) if tag else []
             return dataclasses.replace(own_plan(active), forced_ids=tag_ids)
@@ -283,14 +283,14 @@ class VllmEngine:
         self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False, org: str | None = None
     ) -> GenerationResult:
         """Like `InferenceEngine.complete`."""
-        return _gather(self.stream_complete(target, prompt, params, echo=echo, org=org), params)
+        return read_all(self.stream_complete(target, prompt, params, echo=echo, org=org), params)
 
     def stream_complete(
         self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False, org: str | None = None
     ) -> GenerationStream:
         """Like `InferenceEngine.stream_complete`."""
         json_object = ("response_format", {"json_object": True}) if params.json_object else None
-        return self._submit(target, _completion_plan(prompt, params, echo), json_object)
+        return self._submit(target, completion_plan(prompt, params, echo), json_object)
 
     def context_length(self, target: ModelTarget) -> int | None:
         """The target's context window in tokens, read from its config; None when the config has none."""
@@ -349,13 +349,13 @@ class VllmEngine:
             found = self._tokenizing.get(key)
         if found is not None:
             return found
-        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(target), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(target), trust_remote_code=False)
         config = AutoConfig.from_pretrained(target.weights_path)
         active = ActiveModel(
             model=None,
             tokenizer=tokenizer,
             context_length=context_length_of(config),
-            stop_token_ids=_stop_token_ids(target.weights_path, config, tokenizer),
+            stop_token_ids=stop_token_ids(_generation_config(target.weights_path, config), tokenizer),
             vocab=TokenVocabulary(tokenizer),
             tokenizer_lock=threading.Lock(),
         )
@@ -424,7 +424,7 @@ class VllmEngine:
             lora_rank=lora_rank,
             replicate=replicate,
             full_model=target.full_model_path is not None,
-            tokenizer_path=_tokenizer_folder(target),
+            tokenizer_path=tokenizer_folder(target),
         )
         with self._lock:
             if self._closed:
@@ -438,7 +438,7 @@ class VllmEngine:
     def _start_job(self, job: _Job) -> None:
         job.task = self._loop.create_task(self._produce(job))
         self._jobs.add(job)
-        job.channel.on_cancel(lambda: _call_soon(self._loop, self._cancel_job, job))
+        job.channel.on_cancel(lambda: call_soon(self._loop, self._cancel_job, job))
 
     def _cancel_job(self, job: _Job) -> None:
         """The reader left: interrupt the producer once (never while it is giving things back)."""
@@ -689,14 +689,6 @@ class VllmEngine:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
 
-def _gather(stream: GenerationStream, params: GenerationParams) -> GenerationResult:
-    with stream:
-        choices = collect(iter(stream), params.n, params.logprobs)
-    return GenerationResult(
-        choices=choices, prompt_tokens=stream.prompt_tokens, completion_tokens=stream.completion_tokens
-    )
-
-
 def _token_logprob(token_id: int, position: dict[int, Any], top_logprobs: int, vocab: TokenVocabulary) -> TokenLogprob:
     """One position of vLLM's `logprobs` (token id → `Logprob(logprob, rank, …)`) in openft's form.
 
@@ -739,29 +731,12 @@ def _round_rank(rank: int) -> int:
     return next((r for r in LORA_RANKS if r >= rank), rank)
 
 
-def _tokenizer_folder(target: ModelTarget) -> Path:
-    """A full fine-tune may ship its own tokenizer (e.g. a changed chat template); adapters use the base's."""
-    if target.full_model_path is not None and (target.full_model_path / "tokenizer_config.json").is_file():
-        return target.full_model_path
-    return target.base_path
-
-
-def _stop_token_ids(folder: Path, config: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """End-of-sequence ids as the own engine finds them (generation config, else the model config, and the
-    tokenizer's), read from the files: the weights are vLLM's."""
+def _generation_config(folder: Path, config: Any) -> GenerationConfig:
+    """The model's generation config from its files (else derived from its config): the weights are vLLM's."""
     try:
-        generation = GenerationConfig.from_pretrained(folder)
+        return GenerationConfig.from_pretrained(folder)
     except OSError:
-        generation = GenerationConfig.from_model_config(config)
-    configured = generation.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured])
-    ids.add(tokenizer.eos_token_id)
-    return frozenset(i for i in ids if isinstance(i, int))
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the engine was closed
-        loop.call_soon_threadsafe(callback, *args)
+        return GenerationConfig.from_model_config(config)
 
 
 __all__ = ["DEFAULT_MAX_LORA_RANK", "VLLM_MISSING", "VllmApi", "VllmEngine", "load_vllm_api"]

@@ -15,7 +15,6 @@ stops its generation or leaves the line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -38,7 +37,7 @@ from openft.inference import (
 )
 from openft.inference.backends import ServingEngine
 from openft.inference.decoding import collect
-from openft.inference.stream import StreamEnd
+from openft.inference.stream import StreamEnd, call_soon
 from openft.inference.types import FinishReason, ModelTarget
 from openft.protocol.chat import (
     ChatCompletion,
@@ -618,13 +617,8 @@ def _awaitable(future: Future[None]) -> asyncio.Future[None]:
         else:
             mirror.set_result(None)
 
-    future.add_done_callback(lambda done: _call_soon(loop, lambda: copy(done)))
+    future.add_done_callback(lambda done: call_soon(loop, copy, done))
     return mirror
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        loop.call_soon_threadsafe(callback)
 
 
 def _line_key(target: ModelTarget) -> Path:

@@ -101,7 +101,8 @@ class ServingMetrics:
         self._first_token = {e: first_token.labels(endpoint=e) for e in ENDPOINTS}
 
     def request_finished(self, endpoint: str, outcome: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count one ended request (call exactly once per request, whatever happened to it) and its tokens.
+        """Count one ended request (once per generation, whatever happened to it: a legacy completion with several
+        prompts counts one per prompt) and its tokens.
 
         `endpoint` is `chat` or `completions`; `outcome` one of `OUTCOMES`. `prompt_tokens` and
         `completion_tokens` are the usage the request was (or would have been) billed: 0 for a rejected one,
