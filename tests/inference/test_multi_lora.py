@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from openft.errors import InvalidRequest, ModelNotFound
+from openft.inference import multi_lora
 from openft.inference.multi_lora import LoraBank
 
 ATOL = 1e-5
@@ -104,6 +105,16 @@ def _greedy(
 # Exactness against PEFT -------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["concatenated", "gathered"])
+def stacking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways mixed rows are computed: every adapter's A at once with a column mask (few columns), or each
+    row's matrices gathered (many columns)."""
+    if request.param == "gathered":
+        monkeypatch.setattr(multi_lora, "CONCAT_MAX_COLUMNS", 0)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("stacking")
 def test_mixed_rows_equal_each_adapter_alone(
     base_dir: Path, adapter_a: Path, adapter_b: Path, reference: Callable[[Path | None], Any]
 ) -> None:
@@ -122,6 +133,7 @@ def test_mixed_rows_equal_each_adapter_alone(
     ).abs().max() > 0.1
 
 
+@pytest.mark.usefixtures("stacking")
 def test_left_padded_mixed_rows_equal_each_adapter_alone(
     base_dir: Path, adapter_a: Path, adapter_b: Path, reference: Callable[[Path | None], Any]
 ) -> None:
@@ -137,6 +149,7 @@ def test_left_padded_mixed_rows_equal_each_adapter_alone(
         torch.testing.assert_close(logits[row, -n:], _logits_alone(reference(folder), prompts[row]), atol=ATOL, rtol=0)
 
 
+@pytest.mark.usefixtures("stacking")
 def test_greedy_generation_in_a_mixed_batch_equals_each_row_alone(
     base_dir: Path, adapter_a: Path, adapter_b: Path, reference: Callable[[Path | None], Any]
 ) -> None:
@@ -187,6 +200,7 @@ def test_one_adapter_for_every_row_and_decode_steps(
         ),
     ],
 )
+@pytest.mark.usefixtures("stacking")
 def test_scales_like_peft(
     base_dir: Path,
     adapter_a: Path,

@@ -102,8 +102,14 @@ class _Adapter:
 
 GATHER_FROM_GROUPS = 2
 """With this many adapters (or more) among a forward's rows, a module's LoRA terms are computed for all rows at
-once from gathered matrices (`_Site.gathered`): two batched matmuls whatever the number of adapters, instead
-of a gather, two matmuls and a scatter per adapter. Below it, per-adapter groups cost fewer ops."""
+once from the adapters' stacked matrices (`_Site.stacked`), in a fixed number of ops whatever the number of
+adapters, instead of a gather, two matmuls and a scatter per adapter. Below it, per-adapter groups cost fewer
+ops."""
+CONCAT_MAX_COLUMNS = 128
+"""Up to this many stacked LoRA columns (loaded adapters × largest rank) a module computes every adapter's A for
+every row in one GEMM and masks the columns that are not the row's own (two plain GEMMs, no gather; the
+wasted columns cost little next to the base layer). Beyond it, each row's A and B are gathered and applied
+with batched matmuls (no wasted work, but a copy of the matrices per row)."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,9 @@ class _Plan:
     """(adapter id, its rows' indices on each device the wrapped modules use; None: every row)."""
     row_adapters: tuple[int | None, ...] = ()
     row_slots: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Per site (by `id`), each row's slot in that site's stacked matrices; filled on first use, reused by every
-    step of the block (and by later blocks with the same rows)."""
+    """Per site (by `id`), each row's slot in that site's stacked matrices (gathered path) or its column mask
+    (concatenated path); filled on first use, reused by every step of the block (and by later blocks with the
+    same rows)."""
 
     def apply(self, site: _Site, x: torch.Tensor, y: torch.Tensor) -> None:
         """Add each adapter's LoRA term to its rows of `y` (the base output), in place."""
@@ -124,16 +131,25 @@ class _Plan:
             # A mismatch would hand one request's adapter to another's rows: fail loudly instead.
             raise ValueError(f"forward has batch {x.shape[0]} inside a rows() block for {self.batch} rows")
         if len(self.groups) >= GATHER_FROM_GROUPS:
-            a, b, slot_of = site.stacked()
-            slots = self.row_slots.get(id(site))
+            a, b_t, slot_of = site.stacked()
+            slots, rank = self.row_slots.get(id(site)), a.shape[1]
+            concatenated = (a.shape[0] - 1) * rank <= CONCAT_MAX_COLUMNS
             if slots is None:
                 slots = torch.tensor(
                     [0 if i is None else slot_of.get(i, 0) for i in self.row_adapters], device=x.device
                 )
+                if concatenated:  # each row keeps only its own adapter's columns (slot 0: none)
+                    columns = torch.arange((a.shape[0] - 1) * rank, device=x.device) // rank + 1
+                    slots = (columns[None, :] == slots[:, None]).to(x.dtype)[:, None, :]
                 self.row_slots[id(site)] = slots
-            # (batch, tokens, in) × (batch, in, r) → (batch, tokens, r) × (batch, r, out); B carries the scale.
-            hidden = torch.bmm(x, a.index_select(0, slots).transpose(1, 2))
-            y.add_(torch.bmm(hidden, b.index_select(0, slots).transpose(1, 2)))
+            if concatenated:
+                # (batch, tokens, in) × (in, slots·r), masked per row, × (slots·r, out); B carries the scale.
+                hidden = F.linear(x, a[1:].reshape(-1, a.shape[2])) * slots
+                y.add_(hidden @ b_t[1:].reshape(-1, b_t.shape[2]))
+            else:
+                # (batch, tokens, in) × (batch, in, r) → (batch, tokens, r) × (batch, r, out).
+                hidden = torch.bmm(x, a.index_select(0, slots).transpose(1, 2))
+                y.add_(torch.bmm(hidden, b_t.index_select(0, slots)))
             return
         weights = site.weights
         for adapter_id, index in self.groups:
@@ -178,8 +194,8 @@ class _Site:
         self._stacked = None
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor, dict[int, int]]:
-        """Every adapter's matrices for this module stacked, A as (slots, r_max, in) and B·scale as
-        (slots, out, r_max), smaller ranks zero-padded (exact: the padding adds zeros); slot 0 is all zeros
+        """Every adapter's matrices for this module stacked, A as (slots, r_max, in) and (B·scale)ᵀ as
+        (slots, r_max, out), smaller ranks zero-padded (exact: the padding adds zeros); slot 0 is all zeros
         (rows without an adapter, or whose adapter does not target this module). Rebuilt after a load or
         unload changes `weights`; costs one more copy of the adapters' matrices for this module."""
         if self._stacked is None:
@@ -189,13 +205,13 @@ class _Site:
             out_features, in_features = first.b.shape[0], first.a.shape[1]
             with torch.inference_mode(False):
                 a = first.a.new_zeros((len(ids) + 1, rank, in_features))
-                b = first.b.new_zeros((len(ids) + 1, out_features, rank))
+                b_t = first.b.new_zeros((len(ids) + 1, rank, out_features))
                 for slot, adapter_id in enumerate(ids, start=1):
                     lora = self.weights[adapter_id]
                     r = lora.a.shape[0]
                     a[slot, :r] = lora.a
-                    b[slot, :, :r] = lora.b * lora.scale
-            self._stacked = (a, b, {adapter_id: slot for slot, adapter_id in enumerate(ids, start=1)})
+                    b_t[slot, :r] = (lora.b * lora.scale).T
+            self._stacked = (a, b_t, {adapter_id: slot for slot, adapter_id in enumerate(ids, start=1)})
         return self._stacked
 
 
