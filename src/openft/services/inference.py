@@ -525,6 +525,7 @@ class InferenceService:
         endpoint: str,
         arrived: float,
     ) -> GenerationStream:
+        """Start the generation on the starter thread (it may load a model) and await its admission."""
         key = _line_key(target)
         try:
             stream = await asyncio.get_running_loop().run_in_executor(self._starter, start)
@@ -534,9 +535,10 @@ class InferenceService:
 
         def ended(finished: Future[StreamEnd]) -> None:
             end = finished.result()
-            seconds = time.monotonic() - arrived
-            self._request_seconds = (1 - _SMOOTHING) * self._request_seconds + _SMOOTHING * seconds
             ran = started.done() and not started.cancelled() and started.exception() is None
+            if ran:  # Retry-After estimates how long a request that runs takes (not one refused while waiting)
+                seconds = time.monotonic() - arrived
+                self._request_seconds = (1 - _SMOOTHING) * self._request_seconds + _SMOOTHING * seconds
             if ran and self._metrics is not None:  # counted here, whoever read (or dropped) the stream
                 outcome = "error" if end.error is not None else "cancelled" if end.cancelled else "ok"
                 self._metrics.request_finished(endpoint, outcome, prompt_tokens, end.completion_tokens)
