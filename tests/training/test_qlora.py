@@ -139,10 +139,13 @@ def test_the_checkpoint_is_read_not_left_mapped(
     tmp_path: Path, tiny_model_dir: Path, data_files: dict[str, Path]
 ) -> None:
     """Mapped, the whole bf16 file would stay resident beside its 4-bit copy (its unquantized tensors are views of
-    the mapping); fp32 here so the tiny model's tensors need no conversion, as a bf16 file under bf16 would not."""
-    loaded = load_model(_spec(tmp_path, tiny_model_dir, data_files, precision="fp32"), frozen="fp32")
+    the mapping); fp32 here so the tiny model's tensors need no conversion, as a bf16 file under bf16 would not.
+    The model is a private copy: other tests of this worker load the shared one without quantization (mapped, as
+    they should be) and their models may still be alive."""
+    own_copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "own-model"))
+    loaded = load_model(_spec(tmp_path, own_copy, data_files, precision="fp32"), frozen="fp32")
     assert loaded.n_trainable > 0
-    assert str(tiny_model_dir / "model.safetensors") not in Path("/proc/self/maps").read_text()
+    assert str(own_copy / "model.safetensors") not in Path("/proc/self/maps").read_text()
 
 
 def test_an_eval_pass_leaves_the_training_gradients_alone(
