@@ -128,6 +128,23 @@ class Settings(BaseSettings):
         description="How long the worker retries a transient database error (locked, connection lost) before it "
         "stops a trainer and queues its job again from its last checkpoint.",
     )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where files, job data, checkpoints, models and result files are kept: `s3://bucket/prefix` "
+        "for any S3-compatible store (boto3; credentials from the usual AWS variables). Unset: the data folder.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="The S3 endpoint for a store other than AWS (MinIO, SeaweedFS, Ceph…)."
+    )
+    executor: str = Field(
+        default="local",
+        pattern="^(local|ray)$",
+        description="Where a worker runs its jobs: `local` (a subprocess on this machine; several ranks with "
+        "`compute.workers`) or `ray` (one Ray Train run per job on the cluster at `ray_address`).",
+    )
+    ray_address: str | None = Field(
+        default=None, description="The Ray cluster of `executor=ray` (`HOST:PORT` of its GCS, or `auto`)."
+    )
 
     @field_validator("data_dir", "models_dir", mode="after")
     @classmethod
