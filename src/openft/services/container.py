@@ -33,7 +33,7 @@ from openft.services.inference import InferenceService
 from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
 from openft.settings import Settings
-from openft.storage import LocalBlobStore
+from openft.storage import LocalBlobStore, S3BlobStore, open_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Container:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    store: LocalBlobStore
+    store: LocalBlobStore | S3BlobStore
     catalog: ModelCatalog
     files: FileService
     fine_tuning: FineTuningService
@@ -111,6 +111,17 @@ class Container:
         self.engine.dispose()
 
 
+def open_store(settings: Settings) -> LocalBlobStore | S3BlobStore:
+    """The blob store `OPENFT_STORAGE_URL` names (the data folder's `files/` when unset); S3 downloads are
+    cached under the data folder's cache."""
+    return open_blob_store(
+        settings.storage_url,
+        files_dir=settings.files_dir,
+        cache_dir=settings.cache_dir / "blobs",
+        endpoint_url=settings.s3_endpoint_url,
+    )
+
+
 def ensure_default_org(sessions: sessionmaker[Session], name: str) -> str:
     """The id of the organization the server's own key belongs to (`OPENFT_ORG_NAME`)."""
     return ensure_organization(sessions, name).id
@@ -121,7 +132,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     if asked). Nothing is started or swept here: `Container.start` does that for a server."""
     database = open_database(settings)  # DataFolderMismatch before anything is touched if the folder is another's
     engine, sessions = database.engine, database.sessions
-    store = LocalBlobStore(settings.files_dir)
+    store = open_store(settings)  # StorageUnavailable here, at start, if the configured bucket cannot be used
     catalog = ModelCatalog.from_settings(settings)
     org_id = ensure_default_org(sessions, settings.org_name)
     key, generated = load_or_create_api_key(settings)

@@ -19,7 +19,7 @@ from openft.jobs.worker import SHUTDOWN_GRACE_SECONDS, Worker
 from openft.services.data_folder import open_database
 from openft.services.files import FileService
 from openft.settings import Settings
-from openft.storage import LocalBlobStore
+from openft.storage import open_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ class WorkerProcess:
 def build_worker_process(settings: Settings, *, worker_id: str | None = None) -> WorkerProcess:
     """Open the data folder and its database (services/data_folder.py), and wire a worker (not started)."""
     database = open_database(settings)  # refuses a data folder that belongs to another database
-    files = FileService(database.sessions, LocalBlobStore(settings.files_dir))
+    store = open_blob_store(  # as services/container.py open_store (not imported: it pulls in the inference engine)
+        settings.storage_url,
+        files_dir=settings.files_dir,
+        cache_dir=settings.cache_dir / "blobs",
+        endpoint_url=settings.s3_endpoint_url,
+    )
+    files = FileService(database.sessions, store)
     worker = Worker(settings, database.sessions, files, ModelCatalog.from_settings(settings), worker_id=worker_id)
     return WorkerProcess(worker=worker, engine=database.engine)
