@@ -1,0 +1,110 @@
+"""A real server whose blob store is S3 (SeaweedFS on loopback), driven by the official SDK: files go to the
+bucket, never to the data folder's `files/`, and a fine-tuning job reads its training file from the bucket
+and stores its result file there."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.conftest import TINY_MODEL_NAME
+from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.seaweedfs import SeaweedFS, SeaweedUnavailable, s3_environment, start_seaweedfs
+from tests.support.server import RunningServer, start_server
+from tests.support.waiting import wait_for_status
+
+PREFIX = "deploy-1/files"
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    try:
+        server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
+    except SeaweedUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_server(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, seaweedfs: SeaweedFS
+) -> Iterator[RunningServer]:
+    env = {
+        **s3_environment(),
+        "OPENFT_STORAGE_URL": f"s3://{seaweedfs.bucket}/{PREFIX}",
+        "OPENFT_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
+    }
+    running = start_server(tmp_path_factory.mktemp("s3-server-data"), models_dir, extra_env=env)
+    yield running
+    running.stop()
+
+
+def bucket_keys(seaweedfs: SeaweedFS) -> list[str]:
+    listing = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix=f"{PREFIX}/")
+    return sorted(item["Key"][len(PREFIX) + 1 :] for item in listing.get("Contents", []))
+
+
+def files_on_disk(server: RunningServer) -> list[Path]:
+    return [p for p in (server.data_dir / "files").rglob("*") if p.is_file()]
+
+
+@pytest.mark.e2e
+def test_files_live_in_the_bucket(s3_server: RunningServer, seaweedfs: SeaweedFS) -> None:
+    client = OpenAI(base_url=f"{s3_server.url}/v1", api_key=s3_server.api_key, max_retries=0)
+    small = jsonl_bytes(valid_examples(12))
+    large = b'{"pad": "' + b"x" * (9 * 1024 * 1024) + b'"}\n'  # past one part: a multipart upload
+    created = [
+        client.files.create(file=("train.jsonl", small), purpose="fine-tune"),
+        client.files.create(file=("large.jsonl", large), purpose="fine-tune"),
+    ]
+    assert [f.bytes for f in created] == [len(small), len(large)]
+    assert bucket_keys(seaweedfs) == sorted(f.id for f in created)  # no staging object left either
+    assert {f.id for f in client.files.list(purpose="fine-tune")} >= {f.id for f in created}
+    assert client.files.retrieve(created[1].id).filename == "large.jsonl"
+    assert client.files.content(created[0].id).read() == small
+    assert client.files.content(created[1].id).read() == large
+    assert files_on_disk(s3_server) == []  # only the bucket holds files
+
+    deleted = client.files.delete(created[1].id)
+    assert deleted.deleted
+    assert bucket_keys(seaweedfs) == [created[0].id]
+    uploads = seaweedfs.client().list_multipart_uploads(Bucket=seaweedfs.bucket, Prefix=f"{PREFIX}/")
+    assert uploads.get("Uploads", []) == []
+
+
+@pytest.mark.e2e
+def test_job_reads_its_training_file_from_the_bucket(s3_server: RunningServer, seaweedfs: SeaweedFS) -> None:
+    client = OpenAI(base_url=f"{s3_server.url}/v1", api_key=s3_server.api_key, max_retries=0)
+    training = client.files.create(file=("train.jsonl", jsonl_bytes(valid_examples(12))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY_MODEL_NAME,
+        training_file=training.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+    )
+    done = wait_for_status(client, job.id, {"succeeded"})
+    (result_id,) = done.result_files
+    assert result_id in bucket_keys(seaweedfs)  # the result file went to the bucket
+    rows = list(csv.DictReader(io.StringIO(client.files.content(result_id).text)))
+    assert [int(row["step"]) for row in rows] == [1, 2, 3]
+    assert files_on_disk(s3_server) == []
+
+
+@pytest.mark.e2e
+def test_a_missing_bucket_stops_the_server_at_start_with_the_reason(
+    tmp_path: Path, models_dir: Path, seaweedfs: SeaweedFS
+) -> None:
+    env = {
+        **s3_environment(),
+        "OPENFT_STORAGE_URL": "s3://no-such-bucket/x",
+        "OPENFT_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
+    }
+    with pytest.raises(RuntimeError, match="server exited") as info:
+        start_server(tmp_path / "data", models_dir, extra_env=env)
+    assert "cannot use the blob store s3://no-such-bucket/x" in str(info.value)
+    assert "the bucket does not exist" in str(info.value)
