@@ -196,6 +196,8 @@ def test_compose_ray_nodes_and_driver_use_the_head_address() -> None:
         assert f"--address={address}" in node, name
     driver = next(invocations(command_words(services["worker"]["command"]), "openft"))
     assert driver[:2] == ["worker", "--executor"] and driver[driver.index("--ray-address") + 1] == address
+    # The API is told where jobs run too (for its checks of a job's `compute`).
+    assert services["api"]["environment"]["OPENFT_RAY_ADDRESS"] == address
 
 
 # The openft CLI ---------------------------------------------------------------------------------------------
@@ -299,6 +301,8 @@ def test_kuberay_worker_points_at_the_head_service() -> None:
     assert drivers and all(args[args.index("--ray-address") + 1] == address for args in drivers)
     nodes = [args for words in kuberay_commands() for args in invocations(words, "ray")]
     assert nodes and all(f"--address={address}" in args for args in nodes)
+    (config,) = [doc for doc in kuberay_docs() if doc["kind"] == "ConfigMap"]
+    assert config["data"]["OPENFT_RAY_ADDRESS"] == address
 
 
 def test_every_pod_mounts_the_shared_volume_at_one_path() -> None:
