@@ -64,6 +64,19 @@ def _data_folder_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+Executor = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where jobs run: local (subprocesses here) or ray (a Ray Train run per job) [env OPENFT_EXECUTOR, local].",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Ray cluster of --executor ray (HOST:PORT or auto) [env OPENFT_RAY_ADDRESS]."),
+]
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on [127.0.0.1].")] = None,
@@ -74,6 +87,8 @@ def serve(
         str | None, typer.Option("--api-key", help="Key clients must send [env OPENFT_API_KEY; generated].")
     ] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only; run `openft worker`.")] = False,
+    executor: Executor = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Start the API server and (unless --no-worker) the worker that runs jobs, in one process.
 
@@ -92,6 +107,8 @@ def serve(
         models_dir=models_dir,
         api_key=api_key,
         run_worker=not no_worker or None,
+        executor=executor,
+        ray_address=ray_address,
     )
     if no_worker:
         settings.run_worker = False
@@ -107,7 +124,8 @@ def serve(
         typer.echo("  API key:    from --api-key / OPENFT_API_KEY")
     else:
         typer.echo(f"  API key:    in {settings.key_file}")
-    typer.echo(f"  worker:     {'running in this process' if container.worker else 'off (--no-worker)'}")
+    where = f"running in this process ({settings.executor} executor)" if container.worker else "off (--no-worker)"
+    typer.echo(f"  worker:     {where}")
     uvicorn.run(
         create_app(settings, container=container),
         host=settings.host,
@@ -127,6 +145,8 @@ def worker(
     worker_id: Annotated[
         str | None, typer.Option("--worker-id", help="Name in leases and events [host-pid-random].")
     ] = None,
+    executor: Executor = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Run jobs from the database (OPENFT_DATABASE_URL) and data folder a `serve --no-worker` server uses.
 
@@ -139,7 +159,9 @@ def worker(
     from openft.services.workers import build_worker_process
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(data_dir=data_dir, models_dir=models_dir, max_jobs=max_jobs)
+    settings = _settings(
+        data_dir=data_dir, models_dir=models_dir, max_jobs=max_jobs, executor=executor, ray_address=ray_address
+    )
     with _data_folder_errors():
         process = build_worker_process(settings, worker_id=worker_id)
     stop, force = threading.Event(), threading.Event()
@@ -157,6 +179,8 @@ def worker(
     typer.echo(f"  database:   {settings.resolved_database_url.split('@')[-1]}")
     typer.echo(f"  models dir: {settings.models_dir or '(none; built-in models only)'}")
     typer.echo(f"  max jobs:   {settings.max_jobs}")
+    where = f" (Ray cluster {settings.ray_address or 'auto'})" if settings.executor == "ray" else ""
+    typer.echo(f"  executor:   {settings.executor}{where}")
     process.run_until(stop, force)
     typer.echo("worker stopped")
 

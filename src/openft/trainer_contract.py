@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -288,3 +290,89 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def emits_metrics(step: int, *, total_steps: int, steps_per_epoch: int, metrics_every: int) -> bool:
     """Whether the trainer sends a `metrics` message for `step` (and so the job gets a metrics event)."""
     return step % metrics_every == 0 or step == total_steps or step % steps_per_epoch == 0
+
+
+# A rank's environment --------------------------------------------------------------------------------
+# Whoever starts a job's ranks (the launcher, training/launcher.py, or the Ray executor, jobs/executors/) tells
+# each rank who it is through these variables (docs/design.md §3.7).
+
+RENDEZVOUS_ENV = "OPENFT_RENDEZVOUS"
+"""The FileStore the ranks meet through; set only in a rank's environment (it is how a rank knows it is one)."""
+GPUS_ENV = "OPENFT_GPUS_PER_WORKER"
+LOCKS_FOLDER_ENV = "OPENFT_RANK_LOCKS_FOLDER"
+"""Set ("1") where no launcher holds `train.lock` for the ranks (the Ray executor): rank 0 takes it itself."""
+HOST_ENV = "OPENFT_RANK_HOST"
+"""The address gloo binds (default 127.0.0.1): a Ray node's own address when the ranks span machines."""
+GPU_SLOT_ENV = "OPENFT_RANK_GPU_SLOT"
+"""Which of the visible GPUs' slots is this rank's: its rank under the launcher (all ranks see every GPU of the
+machine), 0 under Ray (each worker sees only the GPUs Ray gave it)."""
+THREADS_ENV = "OPENFT_RANK_THREADS"
+"""torch threads of each rank: the job's threads (or this machine's CPUs) divided among the ranks."""
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """Who this process is when the launcher started it: torchrun's variables and openft's own."""
+
+    rank: int
+    world_size: int
+    rendezvous: Path
+    gpus_per_worker: int | None
+    """None: 1 where this machine has a GPU, else 0 (each rank looks: the launcher does not import torch)."""
+    threads: int
+    locks_folder: bool = False
+    """Whether rank 0 takes `train.lock` (no launcher holds it: the Ray executor)."""
+    host: str = "127.0.0.1"
+    gpu_slot: int | None = None
+    """The first visible GPU of this rank is `gpu_slot × gpus_per_worker`; None: the rank's number."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def gpu_slots(self) -> int:
+        """How many ranks share this process's visible GPUs: all of them under the launcher, one under Ray."""
+        return self.world_size if self.gpu_slot is None else 1
+
+    @property
+    def first_gpu_slot(self) -> int:
+        return self.rank if self.gpu_slot is None else self.gpu_slot
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> RankEnv | None:
+        """This process's rank, or None when it is not a rank (the launcher, or a one-process trainer)."""
+        env = os.environ if environ is None else environ
+        if RENDEZVOUS_ENV not in env:
+            return None
+        return cls(
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            rendezvous=Path(env[RENDEZVOUS_ENV]),
+            gpus_per_worker=int(env[GPUS_ENV]) if env.get(GPUS_ENV, "").isdigit() else None,
+            threads=int(env.get(THREADS_ENV, "1")),
+            locks_folder=env.get(LOCKS_FOLDER_ENV) == "1",
+            host=env.get(HOST_ENV) or "127.0.0.1",
+            gpu_slot=int(env[GPU_SLOT_ENV]) if env.get(GPU_SLOT_ENV, "").isdigit() else None,
+        )
+
+    def variables(self) -> dict[str, str]:
+        values = {
+            "RANK": str(self.rank),
+            "LOCAL_RANK": str(self.rank),
+            "WORLD_SIZE": str(self.world_size),
+            "LOCAL_WORLD_SIZE": str(self.world_size),
+            RENDEZVOUS_ENV: str(self.rendezvous),
+            GPUS_ENV: "auto" if self.gpus_per_worker is None else str(self.gpus_per_worker),
+            THREADS_ENV: str(self.threads),
+            "OMP_NUM_THREADS": str(self.threads),
+            "PYTHONUNBUFFERED": "1",
+            HOST_ENV: self.host,
+        }
+        if self.locks_folder:
+            values[LOCKS_FOLDER_ENV] = "1"
+        if self.gpu_slot is not None:
+            values[GPU_SLOT_ENV] = str(self.gpu_slot)
+        if self.gpus_per_worker == 0:
+            values["CUDA_VISIBLE_DEVICES"] = ""  # a CPU rank never touches a GPU (gloo), even on a GPU machine
+        return values

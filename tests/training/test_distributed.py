@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from openft.trainer_contract import ExitCode, checkpoint_dir, parse_progress_line
+from openft.trainer_contract import ExitCode, RankEnv, checkpoint_dir, parse_progress_line
 from openft.training import checkpoint as ckpt
-from openft.training.launcher import PEER_FIELD, RankEnv, _Ending
+from openft.training.launcher import PEER_FIELD, _Ending
 from openft.training.progress import ProgressChannel
 from tests.training.conftest import (
     TrainerRun,

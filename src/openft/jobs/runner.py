@@ -1,9 +1,9 @@
 """One training run: one job attempt's trainer process, followed to its end (docs/design.md §3).
 
-Three parts, each in its own module: the subprocess (jobs/trainer_process.py), its progress messages turned into
-rows under the claim (jobs/recorder.py, with jobs/reconcile.py after a crash), and the ending recorded
-(jobs/outcome.py). This module only wires them on a thread and decides what to do when the claim or the
-database is lost.
+Three parts, each in its own module: the trainer the executor runs (jobs/executors/: a subprocess, or a Ray
+Train run), its progress messages turned into rows under the claim (jobs/recorder.py, with jobs/reconcile.py
+after a crash), and the ending recorded (jobs/outcome.py). This module only wires them on a thread and decides
+what to do when the claim or the database is lost.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft.db.retry import DatabaseUnavailable, retry_transient
+from openft.jobs.executors import Executor, Inbox, LocalExecutor, TrainerHandle
 from openft.jobs.outcome import RunEnd
 from openft.jobs.ports import JobFiles
 from openft.jobs.recorder import Claim, ClaimLost, ProgressRecorder, RunOutcome
-from openft.jobs.trainer_process import Inbox, TrainerProcess
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,10 @@ class TrainingRun:
         sessions: sessionmaker[Session],
         files: JobFiles,
         db_retry_seconds: float = 60.0,
+        executor: Executor | None = None,
     ):
         self.claim = claim
-        self.process = TrainerProcess(claim.job_id, claim.spec_path)
+        self.process: TrainerHandle = (executor or LocalExecutor()).trainer(claim.job_id, claim.spec_path)
         self.recorder = ProgressRecorder(
             claim, sessions, db_retry_seconds=db_retry_seconds, give_up=lambda: self._claim_lost
         )
@@ -65,10 +66,6 @@ class TrainingRun:
     @property
     def outcome(self) -> RunOutcome:
         return self.recorder.outcome
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
 
     # control ----------------------------------------------------------------------------------
     def start(self) -> None:

@@ -34,6 +34,7 @@ from openft.db.retry import is_transient
 from openft.db.tables import JobRow
 from openft.domain.job_states import JobStatus
 from openft.fsutil import atomic_write_text
+from openft.jobs.executors import Executor, build_executor
 from openft.jobs.job_file import build_spec
 from openft.jobs.outcome import fail_claimed
 from openft.jobs.ports import JobFiles
@@ -62,6 +63,7 @@ class Worker:
         catalog: ModelCatalog,
         *,
         worker_id: str | None = None,
+        executor: Executor | None = None,
     ):
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -70,6 +72,7 @@ class Worker:
         self._files = files
         self._catalog = catalog
         self._validation = FileValidation(sessions, files, settings.jobs_dir)
+        self.executor = executor or build_executor(settings.executor, ray_address=settings.ray_address)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._force = threading.Event()
@@ -125,6 +128,7 @@ class Worker:
         self._beating.clear()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
+        self.executor.close()
 
     def force_stop(self) -> None:
         """Make a `stop()` in progress stop waiting for checkpoints (a second Ctrl-C)."""
@@ -323,6 +327,7 @@ class Worker:
             sessions=self.sessions,
             files=self._files,
             db_retry_seconds=self.settings.db_retry_seconds,
+            executor=self.executor,
         )
 
     def write_job_file(self, job: JobRow) -> Path:

@@ -49,9 +49,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from openft.trainer_contract import RankEnv
 from openft.training import checkpoint as ckpt
 from openft.training.data import micro_batches
-from openft.training.launcher import RankEnv
 from openft.training.metrics import MetricsLog
 from openft.training.model import LoadedModel
 from openft.training.model import save_weights as save_servable_weights
@@ -240,9 +240,10 @@ def gpus_per_worker(env: RankEnv) -> int:
     the GPUs there are (the API checks this too when the job is created, on its own machine)."""
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpus = env.gpus_per_worker if env.gpus_per_worker is not None else min(1, visible)
-    if env.world_size * gpus > visible:
+    if env.gpu_slots * gpus > visible:
+        where = "this machine has" if env.gpu_slot is None else "this Ray worker was given"
         raise ComputeUnavailable(
-            f"compute asks for {env.world_size} workers with {gpus} GPU(s) each, but this machine has {visible} "
+            f"compute asks for {env.world_size} workers with {gpus} GPU(s) each, but {where} {visible} "
             "GPU(s); use fewer workers, or gpus_per_worker 0 to train on the CPU"
         )
     return gpus
@@ -254,15 +255,16 @@ def join(env: RankEnv) -> Ranks:
     options: Any = None
     gpus = gpus_per_worker(env)
     if gpus > 0:
-        os.environ["NCCL_SOCKET_IFNAME"] = "lo"  # NCCL's bootstrap sockets on the loopback interface only
-        device = torch.device("cuda", env.rank * gpus)
+        if env.host.startswith("127."):
+            os.environ["NCCL_SOCKET_IFNAME"] = "lo"  # NCCL's bootstrap sockets on the loopback interface only
+        device = torch.device("cuda", env.first_gpu_slot * gpus)
         torch.cuda.set_device(device)  # `torch.device("cuda")` (pick_device) is now this rank's GPU
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
         gloo: Any = dist.ProcessGroupGloo  # its `_Options` choose the device; torch's stubs do not list them
         options = gloo._Options()
-        options._devices = [gloo.create_device(hostname="127.0.0.1")]  # not the address the host name resolves to
+        options._devices = [gloo.create_device(hostname=env.host)]  # not the address the host name resolves to
         options._timeout = TIMEOUT
     store = dist.FileStore(str(env.rendezvous), env.world_size)
     dist.init_process_group(

@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from openft.redact import redact_paths
-from openft.trainer_contract import PARENT_PID_ENV, ExitCode, TrainJobSpec, checkpoint_dir, committed_checkpoint_steps
+from openft.trainer_contract import (
+    PARENT_PID_ENV,
+    ExitCode,
+    RankEnv,
+    TrainJobSpec,
+    checkpoint_dir,
+    committed_checkpoint_steps,
+)
 from openft.training.folder_lock import FolderLock
-from openft.training.launcher import PeerProgress, RankEnv, launch, watch_launcher
+from openft.training.launcher import PeerProgress, launch, watch_launcher
 from openft.training.progress import ProgressChannel
 from openft.training.stop import StopRequest
 
@@ -74,9 +81,16 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
     previous: dict[int, Any] = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     if rank is not None:
         watch_launcher(stop)  # the launcher printed this process's pid and rank into train.log
+        # Without a launcher (the Ray executor) rank 0 holds the folder for the job; its peers touch nothing
+        # in it before they have joined rank 0's group, which happens only once rank 0 holds the lock.
+        lock = FolderLock(Path(spec.output_dir)) if rank.locks_folder and rank.is_main else None
         try:
+            if lock is not None and not lock.acquire(lambda: stop.requested, functools.partial(progress.log, "info")):
+                return _stopped_before_start(spec, progress)
             return _train(spec, progress, stop, rank)
         finally:
+            if lock is not None:
+                lock.release()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     # The worker holds stop signals back until it has heard from us: until now SIGUSR1 would have killed us.
@@ -86,12 +100,9 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
     # finishing its step and last checkpoint there (see folder_lock.py). The launcher holds it for its ranks.
     lock = FolderLock(Path(spec.output_dir))
     if not lock.acquire(lambda: stop.requested, functools.partial(progress.log, "info")):
-        steps = committed_checkpoint_steps(spec.output_dir)
-        newest = checkpoint_dir(spec.output_dir, steps[-1]) if steps else None
-        progress.emit("stopped", step=steps[-1] if steps else 0, checkpoint=str(newest) if newest else None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        return ExitCode.STOPPED
+        return _stopped_before_start(spec, progress)
     try:
         if spec.wandb is not None:  # mirror the messages into a W&B run (never raises; see tracking.py)
             from openft.training.tracking import TrackedProgressChannel
@@ -104,6 +115,14 @@ def run(job_file: Path, *, progress: ProgressChannel | None = None) -> int:
         lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stopped_before_start(spec: TrainJobSpec, progress: ProgressChannel) -> int:
+    """Asked to stop while waiting for the folder: stopped where the job's newest checkpoint is."""
+    steps = committed_checkpoint_steps(spec.output_dir)
+    newest = checkpoint_dir(spec.output_dir, steps[-1]) if steps else None
+    progress.emit("stopped", step=steps[-1] if steps else 0, checkpoint=str(newest) if newest else None)
+    return ExitCode.STOPPED
 
 
 def _train(spec: TrainJobSpec, progress: ProgressChannel, stop: StopRequest, rank: RankEnv | None) -> int:

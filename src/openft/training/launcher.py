@@ -42,19 +42,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openft.trainer_contract import ExitCode, TrainJobSpec, parse_progress_line
+from openft.trainer_contract import ExitCode, RankEnv, TrainJobSpec, parse_progress_line
 from openft.training.progress import ProgressChannel
 from openft.training.stop import WORKER_GONE, StopRequest
 
-RENDEZVOUS_ENV = "OPENFT_RENDEZVOUS"
-"""The FileStore the ranks meet through; set only in a rank's environment (it is how a rank knows it is one)."""
-GPUS_ENV = "OPENFT_GPUS_PER_WORKER"
-THREADS_ENV = "OPENFT_RANK_THREADS"
-"""torch threads of each rank: the job's threads (or this machine's CPUs) divided among the ranks."""
 POLL_SECONDS = 0.2
 FAIL_GRACE_SECONDS = 30.0
 """How long the other ranks may take to end after one exited with an error, before they are killed."""
@@ -71,52 +65,6 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class RankEnv:
-    """Who this process is when the launcher started it: torchrun's variables and openft's own."""
-
-    rank: int
-    world_size: int
-    rendezvous: Path
-    gpus_per_worker: int | None
-    """None: 1 where this machine has a GPU, else 0 (each rank looks: the launcher does not import torch)."""
-    threads: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> RankEnv | None:
-        """This process's rank, or None when it is not a rank (the launcher, or a one-process trainer)."""
-        env = os.environ if environ is None else environ
-        if RENDEZVOUS_ENV not in env:
-            return None
-        return cls(
-            rank=int(env["RANK"]),
-            world_size=int(env["WORLD_SIZE"]),
-            rendezvous=Path(env[RENDEZVOUS_ENV]),
-            gpus_per_worker=int(env[GPUS_ENV]) if env.get(GPUS_ENV, "").isdigit() else None,
-            threads=int(env.get(THREADS_ENV, "1")),
-        )
-
-    def variables(self) -> dict[str, str]:
-        values = {
-            "RANK": str(self.rank),
-            "LOCAL_RANK": str(self.rank),
-            "WORLD_SIZE": str(self.world_size),
-            "LOCAL_WORLD_SIZE": str(self.world_size),
-            RENDEZVOUS_ENV: str(self.rendezvous),
-            GPUS_ENV: "auto" if self.gpus_per_worker is None else str(self.gpus_per_worker),
-            THREADS_ENV: str(self.threads),
-            "OMP_NUM_THREADS": str(self.threads),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if self.gpus_per_worker == 0:
-            values["CUDA_VISIBLE_DEVICES"] = ""  # a CPU rank never touches a GPU (gloo), even on a GPU machine
-        return values
 
 
 class PeerProgress(ProgressChannel):

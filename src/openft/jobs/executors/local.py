@@ -1,5 +1,5 @@
-"""The trainer subprocess of one job attempt: start it, read its progress messages, stop it at a checkpoint or
-kill it (docs/design.md §3).
+"""The local executor: the trainer subprocess of one job attempt on this machine; start it, read its progress
+messages, stop it at a checkpoint or kill it (docs/design.md §3).
 
 The process is `openft train job.json` (the command a person can run by hand). Its stdout carries JSON-lines
 progress messages (openft.trainer_contract); its stderr goes to `train.log` in the job folder. It runs in its
@@ -124,3 +124,15 @@ class TrainerProcess:
         except OSError:
             return ""
         return " | ".join(line.strip() for line in tail)[-500:]
+
+
+class LocalExecutor:
+    """Trainers as subprocesses of this worker (the default)."""
+
+    name = "local"
+
+    def trainer(self, job_id: str, spec_path: Path) -> TrainerProcess:
+        return TrainerProcess(job_id, spec_path)
+
+    def close(self) -> None:
+        pass

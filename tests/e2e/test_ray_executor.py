@@ -1,0 +1,143 @@
+"""Jobs on a real local Ray cluster (`openft serve --executor ray`): one Ray Train run of 2 CPU workers per job.
+
+The same job three times on the same server: undisturbed; paused through the API and resumed; and with one Ray
+Train worker process killed (SIGKILL) mid-training, which Ray Train answers by restarting the worker group, whose
+ranks resume from the job's newest checkpoint. All three end with the same result file (every step's loss, byte
+for byte) and bit-identical adapter weights. A cancel leaves no rank behind.
+
+The cluster is `ray start --head` on 127.0.0.1 with 2 CPUs (tests/support/ray_cluster.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from openai import OpenAI
+from safetensors.torch import load_file
+
+from tests.conftest import TINY_MODEL_NAME
+from tests.e2e.conftest import make_client
+from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.ray_cluster import ENV, RayCluster, ray_cluster
+from tests.support.server import RunningServer, start_server
+from tests.support.waiting import all_events, wait_for, wait_for_status
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+COMPUTE = {"workers": 2, "gpus_per_worker": 0}
+HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 2, "compute": COMPUTE}  # 32 examples → 48 steps
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    with ray_cluster(cpus=2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ray_server(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, cluster: RayCluster
+) -> Iterator[RunningServer]:
+    env = {**ENV, "OPENFT_EXECUTOR": "ray", "OPENFT_RAY_ADDRESS": cluster.address, "OPENFT_CHECKPOINT_EVERY_STEPS": "4"}
+    server = start_server(tmp_path_factory.mktemp("ray-server"), models_dir, extra_env=env, start_timeout=120)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(ray_server: RunningServer) -> OpenAI:
+    return make_client(ray_server, "openai")
+
+
+def _create(client: OpenAI, training_id: str, **overrides: object) -> str:
+    hyperparameters = {**HYPERPARAMETERS, **overrides}
+    method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_NAME, training_file=training_id, seed=7, method=method)  # type: ignore[arg-type]
+    return job.id
+
+
+def _at_step(client: OpenAI, job_id: str, step: int) -> None:
+    wait_for(
+        lambda: any(
+            e.type == "metrics" and e.data["step"] >= step for e in client.fine_tuning.jobs.list_events(job_id, limit=5)
+        ),
+        timeout=240,
+        what=f"step {step}",
+    )
+
+
+def _result(client: OpenAI, server: RunningServer, job_id: str) -> tuple[list[dict[str, str]], dict[str, torch.Tensor]]:
+    job = wait_for_status(client, job_id, {"succeeded"}, timeout=600)
+    rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
+    weights = load_file(server.data_dir / "jobs" / job_id / "model" / "adapter_model.safetensors")
+    return rows, weights
+
+
+def _same(
+    a: tuple[list[dict[str, str]], dict[str, torch.Tensor]], b: tuple[list[dict[str, str]], dict[str, torch.Tensor]]
+) -> None:
+    assert [(r["step"], r["train_loss"]) for r in a[0]] == [(r["step"], r["train_loss"]) for r in b[0]]
+    assert a[1].keys() == b[1].keys()
+    assert all(torch.equal(a[1][name], b[1][name]) for name in a[1])
+
+
+def test_ray_jobs_end_identical_undisturbed_paused_and_with_a_worker_killed(
+    client: OpenAI, ray_server: RunningServer, cluster: RayCluster
+) -> None:
+    training = client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(32))), purpose="fine-tune")
+
+    plain = _create(client, training.id)
+    reference = _result(client, ray_server, plain)
+    assert [int(r["step"]) for r in reference[0]] == list(range(1, 49))
+    events = [e.message for e in all_events(client, plain)]
+    assert sum(m.startswith("Training with 2 worker processes") for m in events) == 1
+
+    paused = _create(client, training.id)
+    _at_step(client, paused, 6)
+    client.fine_tuning.jobs.pause(paused)
+    at = wait_for_status(client, paused, {"paused"}, timeout=180)
+    assert not cluster.processes("ray::RayTrainWorker")  # the run ended: its workers are gone
+    assert at.status == "paused"
+    client.fine_tuning.jobs.resume(paused)
+    _same(_result(client, ray_server, paused), reference)
+
+    killed = _create(client, training.id)
+    _at_step(client, killed, 10)  # checkpoints every 4 steps: one exists
+    workers = cluster.processes("ray::RayTrainWorker")
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    _same(_result(client, ray_server, killed), reference)
+    messages = [e.message for e in all_events(client, killed)]
+    assert any(m.startswith("Fine-tuning resumed from the checkpoint at step") for m in messages), messages
+    metrics = [e.data["step"] for e in all_events(client, killed) if e.type == "metrics"]
+    assert metrics == list(range(1, 49))  # the steps after the checkpoint were trained again, recorded once
+
+
+def test_cancelling_a_ray_job_leaves_no_rank_behind(client: OpenAI, cluster: RayCluster) -> None:
+    training = client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(32))), purpose="fine-tune")
+    job_id = _create(client, training.id, n_epochs=50)
+    _at_step(client, job_id, 2)
+    client.fine_tuning.jobs.cancel(job_id)
+    wait_for_status(client, job_id, {"cancelled"})
+    wait_for(lambda: not cluster.processes("ray::RayTrainWorker"), timeout=60, what="the Ray workers to end")
+    wait_for(lambda: not _ranks(job_id), timeout=30, what="every rank to exit")
+
+
+def _ranks(job_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if job_id in cmdline and "openft.training.entrypoint" in cmdline:
+                found.append(int(entry.name))
+    return found
