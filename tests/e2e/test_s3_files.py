@@ -9,6 +9,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -70,6 +71,17 @@ def test_files_live_in_the_bucket(s3_server: RunningServer, seaweedfs: SeaweedFS
     assert client.files.content(created[0].id).read() == small
     assert client.files.content(created[1].id).read() == large
     assert files_on_disk(s3_server) == []  # only the bucket holds files
+
+    # the data check reads a local copy: downloaded into the cache, not into files/
+    check = httpx.get(
+        f"{s3_server.url}/v1/files/{created[0].id}/check?model={TINY_MODEL_NAME}",
+        headers={"Authorization": f"Bearer {s3_server.api_key}"},
+        timeout=60,
+    )
+    assert check.status_code == 200 and check.json()["ok"] is True, check.text
+    cached = [p.name for p in (s3_server.data_dir / "cache" / "blobs").iterdir()]
+    assert [name.split("@")[0] for name in cached] == [created[0].id]
+    assert files_on_disk(s3_server) == []
 
     deleted = client.files.delete(created[1].id)
     assert deleted.deleted
