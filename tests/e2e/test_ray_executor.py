@@ -141,3 +141,13 @@ def _ranks(job_id: str) -> list[int]:
             if job_id in cmdline and "openft.training.entrypoint" in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def test_a_job_larger_than_the_cluster_is_accepted_then_fails_with_compute_unavailable(client: OpenAI) -> None:
+    """The API does not judge `compute` by its own machine when jobs run on Ray (here: 3 CPU workers on a server
+    that may have 2 cores); the run, which sees the cluster, refuses it at once instead of waiting forever."""
+    training = client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(16))), purpose="fine-tune")
+    job_id = _create(client, training.id, compute={"workers": 3, "gpus_per_worker": 0})
+    failed = wait_for_status(client, job_id, {"failed"}, timeout=120)
+    assert failed.error.code == "compute_unavailable" and failed.error.param == "compute"
+    assert "the Ray cluster has 2 CPU in all" in failed.error.message

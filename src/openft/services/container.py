@@ -169,6 +169,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             model_service,
             org_names=OrganizationNames(sessions),
             notify_worker=worker.notify if worker is not None else (lambda: None),
+            trains_here=settings.executor == "local",
         ),
         inference=InferenceService(
             model_service,

@@ -184,12 +184,15 @@ def _refuse_unavailable_qlora(method: dict[str, Any]) -> None:
         )
 
 
-def _refuse_compute_beyond_machine(method: dict[str, Any]) -> None:
+def _refuse_compute_beyond_machine(method: dict[str, Any], *, on_this_machine: bool = True) -> None:
     """`compute` asking for more than this machine holds is a 400 now rather than a job that fails later: more
     workers than usable CPUs (CPU ranks, each at least a core), more workers × GPUs per worker than visible GPUs,
     or GPUs on a machine without one; and more than one GPU per worker (a rank drives one device: openft has no
     tensor parallelism, so a second GPU would sit idle). The trainers share this machine's environment (and the
-    check is repeated where they start, `compute_unavailable`). torch is imported only when a job says `compute`."""
+    check is repeated where they start, `compute_unavailable`). torch is imported only when a job says `compute`.
+
+    With the Ray executor (`on_this_machine` False) the ranks run on the cluster's nodes, not here: only the rule
+    of one GPU per worker applies now, and the cluster's size is checked when the run starts (jobs/executors)."""
     kind = method["type"]
     compute = method[kind]["hyperparameters"].get("compute")
     if compute is None:
@@ -197,11 +200,16 @@ def _refuse_compute_beyond_machine(method: dict[str, Any]) -> None:
     workers, asked = compute.get("workers", 1), compute.get("gpus_per_worker")
     if workers == 1 and not asked:
         return  # one process, on the GPU if there is one: what every job does
-    gpus = visible_gpus() if asked != 0 else 0
-    per_worker = asked if asked is not None else min(1, gpus)  # the default: 1 on a GPU machine, else 0
+    if not on_this_machine:
+        gpus = per_worker = asked or 0
+    else:
+        gpus = visible_gpus() if asked != 0 else 0
+        per_worker = asked if asked is not None else min(1, gpus)  # the default: 1 on a GPU machine, else 0
     problem = None
     if per_worker > 1:  # a rank drives one device; several per rank would need tensor parallelism
         problem = f"gpus_per_worker {per_worker}: a worker uses one GPU; use workers {workers * per_worker} instead"
+    elif not on_this_machine:
+        pass
     elif per_worker == 0 and workers > usable_cpus():
         problem = f"{workers} workers on the CPU need {workers} CPUs; this server has {usable_cpus()}"
     elif per_worker > 0 and gpus == 0:
@@ -234,13 +242,17 @@ class FineTuningService:
         *,
         org_names: Callable[[str], str],
         notify_worker: Callable[[], None] = lambda: None,
+        trains_here: bool = True,
     ):
+        """`trains_here`: the trainers run on this machine (the local executor), so `compute` is checked
+        against it; False with the Ray executor."""
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # reads never take SQLite's write lock (db/engine.py)
         self._catalog = catalog
         self._models = models
         self._org_names = org_names
         self._notify = notify_worker
+        self._trains_here = trains_here
 
     # create -----------------------------------------------------------------------------------
     def create(self, org_id: str, params: FineTuningJobCreate, *, project: str | None = None) -> FineTuningJob:
@@ -250,7 +262,7 @@ class FineTuningService:
         base_model, parent_weights = self._starting_point(org_id, params.model)
         method = _requested_method(params)
         _refuse_unavailable_qlora(method)
-        _refuse_compute_beyond_machine(method)
+        _refuse_compute_beyond_machine(method, on_this_machine=self._trains_here)
         job_id = ids.job_id()
         now = int(time.time())
         org_name = self._org_names(org_id)  # before the transaction: never nest sessions (SQLite write lock)

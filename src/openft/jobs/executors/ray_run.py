@@ -99,6 +99,8 @@ class RayRun:
         self._code = int(ExitCode.FAILED)
         self._stop_requested = False
         self._killed = False
+        self._refusal: dict[str, Any] | None = None
+        self._greeting = ""
 
     def start(self) -> None:
         spec = TrainJobSpec.read(self.spec_path)
@@ -115,6 +117,11 @@ class RayRun:
         resources: dict[str, float] = {"CPU": 1}
         if gpus:
             resources["GPU"] = gpus
+        self._refusal = _beyond_cluster(spec.workers, resources, ray.cluster_resources())
+        if self._refusal is not None:
+            return
+        each = " and ".join(f"{amount:g} {name}" for name, amount in resources.items())
+        self._greeting = f"Submitted to the Ray cluster: {spec.workers} worker(s) with {each} each."
         self._channel = ray.remote(num_cpus=0)(RunChannel).remote()
         trainer_class = _abortable_trainer()
         self._trainer = trainer_class(
@@ -150,6 +157,10 @@ class RayRun:
 
         ending = _Ending()
         try:
+            if self._refusal is not None:
+                inbox.put(self._refusal)
+                return
+            inbox.put({"type": "log", "level": "info", "message": self._greeting})
             while True:
                 assert self._fit_thread is not None
                 done = not self._fit_thread.is_alive()  # before the take: a line written before the end is in it
@@ -213,6 +224,7 @@ class RayRun:
 
         if self._channel is not None:
             ray.kill(self._channel)
+            self._channel = None
 
     def log_tail(self, lines: int = 3) -> str:
         try:
@@ -267,6 +279,19 @@ class _Ending:
         if group in self.first_failure:
             return self.first_failure[group]
         return _died("the training processes ended without reporting how the run ended")
+
+
+def _beyond_cluster(workers: int, each: dict[str, float], cluster: dict[str, float]) -> dict[str, Any] | None:
+    """The `failed` message of a job the whole cluster could never hold (Ray would wait for it forever)."""
+    for name, amount in each.items():
+        if workers * amount > cluster.get(name, 0):
+            message = (
+                f"compute asks for {workers} workers with {amount:g} {name} each, but the Ray cluster has "
+                f"{cluster.get(name, 0):g} {name} in all; use fewer workers"
+                + (", or gpus_per_worker 0 to train on CPUs" if name == "GPU" else "")
+            )
+            return {"type": "failed", "code": "compute_unavailable", "message": message, "param": "compute"}
+    return None
 
 
 def _died(what: str) -> dict[str, Any]:
