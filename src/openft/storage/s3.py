@@ -34,6 +34,7 @@ from typing import Any, Self
 
 from openft.fsutil import atomic_open, ensure_dir, fsync_dir, temp_sibling
 from openft.storage.base import BlobTooLarge, StoredBlob, validate_key
+from openft.storage.folders import FolderMirror
 
 MiB = 1024 * 1024
 PART_BYTES = 8 * MiB
@@ -146,7 +147,11 @@ class S3BlobWriter:
         self._buffer.clear()
 
     def commit(self, key: str) -> StoredBlob:
-        final = self._store.object_key(key)
+        return self.commit_object(self._store.object_key(key), key)
+
+    def commit_object(self, final: str, key: str | None = None) -> StoredBlob:
+        """Make the content visible as the object `final` (any object key; `commit` passes a blob's) and
+        return it as a StoredBlob named `key` (default: `final`)."""
         if not self._open:
             raise ValueError("blob writer is already committed or aborted")
         if self._target is not None and final != self._target:
@@ -175,7 +180,7 @@ class S3BlobWriter:
         self._open = False
         self._committed = True
         self._buffer = bytearray()
-        return StoredBlob(key=key, size=self.size, sha256=self._sha256.hexdigest())
+        return StoredBlob(key=final if key is None else key, size=self.size, sha256=self._sha256.hexdigest())
 
     def abort(self) -> None:
         self._open = False
@@ -398,6 +403,11 @@ class S3BlobStore:
                     continue
                 entry.unlink(missing_ok=True)
                 total -= size
+
+    def folders(self, namespace: str) -> FolderMirror:
+        """Whole folders (job artefacts) under `<prefix>/<namespace>/`, beside the blobs (storage/folders.py).
+        The orphan sweep never sees them: `keys_older_than` lists only the prefix's direct children."""
+        return FolderMirror(self, namespace)
 
     # housekeeping ----------------------------------------------------------------------------------
     def abort_stale_uploads(self, older_than: float = STALE_UPLOAD_SECONDS) -> list[str]:
