@@ -3,7 +3,8 @@
 The same job three times on the same server: undisturbed; paused through the API and resumed; and with one Ray
 Train worker process killed (SIGKILL) mid-training, which Ray Train answers by restarting the worker group, whose
 ranks resume from the job's newest checkpoint. All three end with the same result file (every step's loss, byte
-for byte) and bit-identical adapter weights. A cancel leaves no rank behind.
+for byte) and bit-identical adapter weights, as does the job on the local executor at the same world size (2
+ranks through training/launcher.py). A cancel leaves no rank behind.
 
 The cluster is `ray start --head` on 127.0.0.1 with 2 CPUs (tests/support/ray_cluster.py).
 """
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 COMPUTE = {"workers": 2, "gpus_per_worker": 0}
 HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 2, "compute": COMPUTE}  # 32 examples → 48 steps
+Result = tuple[list[dict[str, str]], dict[str, torch.Tensor]]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def _at_step(client: OpenAI, job_id: str, step: int) -> None:
     )
 
 
-def _result(client: OpenAI, server: RunningServer, job_id: str) -> tuple[list[dict[str, str]], dict[str, torch.Tensor]]:
+def _result(client: OpenAI, server: RunningServer, job_id: str) -> Result:
     job = wait_for_status(client, job_id, {"succeeded"}, timeout=600)
     rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
     weights = load_file(server.data_dir / "jobs" / job_id / "model" / "adapter_model.safetensors")
@@ -88,41 +90,66 @@ def _same(
     assert all(torch.equal(a[1][name], b[1][name]) for name in a[1])
 
 
-def test_ray_jobs_end_identical_undisturbed_paused_and_with_a_worker_killed(
-    client: OpenAI, ray_server: RunningServer, cluster: RayCluster
+@pytest.fixture(scope="module")
+def training_id(ray_server: RunningServer) -> str:
+    client = make_client(ray_server, "openai")
+    return client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(32))), purpose="fine-tune").id
+
+
+@pytest.fixture(scope="module")
+def reference(ray_server: RunningServer, training_id: str) -> Result:
+    """The job run undisturbed on Ray."""
+    client = make_client(ray_server, "openai")
+    job_id = _create(client, training_id)
+    result = _result(client, ray_server, job_id)
+    assert [int(r["step"]) for r in result[0]] == list(range(1, 49))
+    messages = [e.message for e in all_events(client, job_id)]
+    assert sum(m.startswith("Training with 2 worker processes") for m in messages) == 1
+    assert sum(m.startswith("Submitted to the Ray cluster: 2 worker(s) with 1 CPU each") for m in messages) == 1
+    return result
+
+
+def test_the_local_executor_at_the_same_world_size_gives_the_same_result(
+    server: RunningServer, reference: Result
 ) -> None:
+    """The Ray workers run the local launcher's rank program: 2 ranks give the same bits with either executor."""
+    client = make_client(server, "openai")
     training = client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(32))), purpose="fine-tune")
+    _same(_result(client, server, _create(client, training.id)), reference)
 
-    plain = _create(client, training.id)
-    reference = _result(client, ray_server, plain)
-    assert [int(r["step"]) for r in reference[0]] == list(range(1, 49))
-    events = [e.message for e in all_events(client, plain)]
-    assert sum(m.startswith("Training with 2 worker processes") for m in events) == 1
 
-    paused = _create(client, training.id)
-    _at_step(client, paused, 6)
-    client.fine_tuning.jobs.pause(paused)
-    at = wait_for_status(client, paused, {"paused"}, timeout=180)
+def test_a_paused_and_resumed_ray_job_ends_identical(
+    client: OpenAI, ray_server: RunningServer, cluster: RayCluster, training_id: str, reference: Result
+) -> None:
+    job_id = _create(client, training_id)
+    _at_step(client, job_id, 6)
+    client.fine_tuning.jobs.pause(job_id)
+    wait_for_status(client, job_id, {"paused"}, timeout=180)
     assert not cluster.processes("ray::RayTrainWorker")  # the run ended: its workers are gone
-    assert at.status == "paused"
-    client.fine_tuning.jobs.resume(paused)
-    _same(_result(client, ray_server, paused), reference)
+    client.fine_tuning.jobs.resume(job_id)
+    _same(_result(client, ray_server, job_id), reference)
 
-    killed = _create(client, training.id)
-    _at_step(client, killed, 10)  # checkpoints every 4 steps: one exists
+
+def test_a_ray_job_with_a_worker_killed_mid_training_ends_identical(
+    client: OpenAI, ray_server: RunningServer, cluster: RayCluster, training_id: str, reference: Result
+) -> None:
+    """The chaos case of the Ray executor: SIGKILL of one Ray Train worker process; Ray Train restarts the group
+    and its ranks resume from the newest checkpoint (every 4 steps here)."""
+    job_id = _create(client, training_id)
+    _at_step(client, job_id, 10)
     workers = cluster.processes("ray::RayTrainWorker")
     assert len(workers) == 2
     os.kill(workers[-1], signal.SIGKILL)
-    _same(_result(client, ray_server, killed), reference)
-    messages = [e.message for e in all_events(client, killed)]
+    _same(_result(client, ray_server, job_id), reference)
+    events = all_events(client, job_id)
+    messages = [e.message for e in events]
     assert any(m.startswith("Fine-tuning resumed from the checkpoint at step") for m in messages), messages
-    metrics = [e.data["step"] for e in all_events(client, killed) if e.type == "metrics"]
+    metrics = [e.data["step"] for e in events if e.type == "metrics"]
     assert metrics == list(range(1, 49))  # the steps after the checkpoint were trained again, recorded once
 
 
-def test_cancelling_a_ray_job_leaves_no_rank_behind(client: OpenAI, cluster: RayCluster) -> None:
-    training = client.files.create(file=("t.jsonl", jsonl_bytes(valid_examples(32))), purpose="fine-tune")
-    job_id = _create(client, training.id, n_epochs=50)
+def test_cancelling_a_ray_job_leaves_no_rank_behind(client: OpenAI, cluster: RayCluster, training_id: str) -> None:
+    job_id = _create(client, training_id, n_epochs=50)
     _at_step(client, job_id, 2)
     client.fine_tuning.jobs.cancel(job_id)
     wait_for_status(client, job_id, {"cancelled"})
