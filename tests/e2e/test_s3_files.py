@@ -1,6 +1,6 @@
 """A real server whose blob store is S3 (SeaweedFS on loopback), driven by the official SDK: files go to the
 bucket, never to the data folder's `files/`, and a fine-tuning job reads its training file from the bucket
-and stores its result file there."""
+and stores its result file and its artefacts (model, checkpoints' weights, manifest last) there."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from openft.storage import S3BlobStore
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.seaweedfs import SeaweedFS, SeaweedUnavailable, s3_environment, start_seaweedfs
@@ -46,8 +47,10 @@ def s3_server(
     running.stop()
 
 
-def bucket_keys(seaweedfs: SeaweedFS) -> list[str]:
-    listing = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix=f"{PREFIX}/")
+def bucket_keys(seaweedfs: SeaweedFS, *, recursive: bool = False) -> list[str]:
+    """The objects directly under the store's prefix (the blobs), or all of them."""
+    delimiter = {} if recursive else {"Delimiter": "/"}
+    listing = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix=f"{PREFIX}/", **delimiter)
     return sorted(item["Key"][len(PREFIX) + 1 :] for item in listing.get("Contents", []))
 
 
@@ -91,7 +94,9 @@ def test_files_live_in_the_bucket(s3_server: RunningServer, seaweedfs: SeaweedFS
 
 
 @pytest.mark.e2e
-def test_job_reads_its_training_file_from_the_bucket(s3_server: RunningServer, seaweedfs: SeaweedFS) -> None:
+def test_job_reads_its_training_file_from_the_bucket_and_stores_its_artefacts_there(
+    s3_server: RunningServer, seaweedfs: SeaweedFS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = OpenAI(base_url=f"{s3_server.url}/v1", api_key=s3_server.api_key, max_retries=0)
     training = client.files.create(file=("train.jsonl", jsonl_bytes(valid_examples(12))), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
@@ -105,6 +110,22 @@ def test_job_reads_its_training_file_from_the_bucket(s3_server: RunningServer, s
     rows = list(csv.DictReader(io.StringIO(client.files.content(result_id).text)))
     assert [int(row["step"]) for row in rows] == [1, 2, 3]
     assert files_on_disk(s3_server) == []
+
+    # the job's artefacts were stored before it succeeded, manifest last; they rebuild its model folder
+    assert f"jobs/{job.id}/manifest.json" in bucket_keys(seaweedfs, recursive=True)
+    for name, value in s3_environment().items():
+        monkeypatch.setenv(name, value)
+    store = S3BlobStore(seaweedfs.bucket, PREFIX, endpoint_url=seaweedfs.endpoint_url, cache_dir=tmp_path / "c")
+    folders = store.folders("jobs")
+    stored = {item.path for item in folders.manifest(job.id).files}
+    assert "results.csv" in stored and "job.json" in stored and "training.jsonl" not in stored
+    assert not any("/state/" in path for path in stored)
+    job_folder = s3_server.data_dir / "jobs" / job.id
+    model_files = {p.relative_to(job_folder).as_posix() for p in (job_folder / "model").rglob("*") if p.is_file()}
+    assert model_files and model_files <= stored
+    folders.pull(job.id, tmp_path / "pulled")
+    for path in model_files:
+        assert (tmp_path / "pulled" / path).read_bytes() == (job_folder / path).read_bytes()
 
 
 @pytest.mark.e2e

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openft.db import repositories as repo
 from openft.domain.job_states import ACTIVE, JobStatus, after_stop, path_to
+from openft.jobs.artefacts import is_artefact
 from openft.jobs.ports import JobFiles
 from openft.jobs.recorder import Claim, ClaimLost, RunOutcome
 from openft.redact import redact_paths
@@ -189,6 +190,8 @@ class RunEnd:
         if problem:
             self.fail("incomplete_training", problem, None)
             return
+        # with an object store, the artefacts are stored there before the job says it succeeded
+        self.files.mirror_job_folder(self.claim.job_id, self.claim.spec_path.parent, include=is_artefact)
         blob = self.files.put_result_file(results_path)
         job_id, model_name = self.claim.job_id, self.claim.model_name
         try:

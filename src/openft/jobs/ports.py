@@ -7,7 +7,8 @@ job reads or writes must go through it, so uploads, results and expiry follow on
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from sqlalchemy.orm import Session
@@ -26,6 +27,11 @@ class JobFiles(Protocol):
 
     def add_result_row(self, session: Session, blob: StoredBlob, *, org_id: str, project: str | None) -> str:
         """Record a stored result as a file in the caller's transaction; its file id."""
+        ...
+
+    def mirror_job_folder(self, job_id: str, folder: Path, include: Callable[[PurePosixPath], bool]) -> None:
+        """Store a succeeded job's artefacts (the files `include` accepts) in the object store, when there is one
+        (a no-op on the data folder, where the job folder is the artefacts' home)."""
         ...
 
     def discard(self, file_id: str) -> None:

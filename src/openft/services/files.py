@@ -9,9 +9,9 @@ from __future__ import annotations
 import builtins
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,7 +29,7 @@ from openft.protocol.files import (
     FileObject,
 )
 from openft.services import quotas
-from openft.storage import BlobStore, BlobWriter, StoredBlob
+from openft.storage import BlobStore, BlobWriter, StoredBlob, folder_mirror
 
 MAX_FILENAME_CHARS = 255
 ORPHAN_BLOB_SECONDS = 3600
@@ -72,6 +72,7 @@ class FileService:
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # get/list/content never take SQLite's write lock (db/engine.py)
         self._store = store
+        self._job_folders = folder_mirror(store, "jobs")  # None on the data folder
 
     def create(
         self,
@@ -214,6 +215,13 @@ class FileService:
         """Store a finished job's result CSV durably under a new file id; its row comes with the job's success
         (`add_result_row`, in the same transaction), or `discard` removes the blob again."""
         return self._store.put_file(ids.file_id(), path)
+
+    def mirror_job_folder(self, job_id: str, folder: Path, include: Callable[[PurePosixPath], bool]) -> None:
+        """With an object store: upload a succeeded job's artefacts (the files of `folder` that `include`
+        accepts) under `jobs/<job_id>/`, manifest last (storage/folders.py), so they outlive the job folder.
+        On the data folder the job folder is their home: nothing to do."""
+        if self._job_folders is not None:
+            self._job_folders.push(job_id, folder, include=include)
 
     @staticmethod
     def add_result_row(session: Session, blob: StoredBlob, *, org_id: str, project: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from openft.storage.base import BlobStore, BlobTooLarge, BlobWriter, StoredBlob, validate_key
+from openft.storage.folders import FolderMirror
 from openft.storage.local import LocalBlobStore, LocalBlobWriter
 from openft.storage.s3 import DEFAULT_CACHE_BYTES, S3BlobStore, S3BlobWriter, StorageUnavailable, parse_s3_url
 
@@ -34,16 +35,24 @@ def open_blob_store(
     return S3BlobStore(bucket, prefix, endpoint_url=endpoint_url, cache_dir=cache_dir, cache_bytes=cache_bytes)
 
 
+def folder_mirror(store: BlobStore, namespace: str) -> FolderMirror | None:
+    """Whole folders (job artefacts) beside `store`'s blobs when it is an object store; None for the data
+    folder, whose job folders are where the artefacts live already."""
+    return store.folders(namespace) if isinstance(store, S3BlobStore) else None
+
+
 __all__ = [
     "BlobStore",
     "BlobTooLarge",
     "BlobWriter",
+    "FolderMirror",
     "LocalBlobStore",
     "LocalBlobWriter",
     "S3BlobStore",
     "S3BlobWriter",
     "StorageUnavailable",
     "StoredBlob",
+    "folder_mirror",
     "open_blob_store",
     "validate_key",
 ]
