@@ -47,7 +47,13 @@ def cluster() -> Iterator[RayCluster]:
 def ray_server(
     tmp_path_factory: pytest.TempPathFactory, models_dir: Path, cluster: RayCluster
 ) -> Iterator[RunningServer]:
-    env = {**ENV, "OPENFT_EXECUTOR": "ray", "OPENFT_RAY_ADDRESS": cluster.address, "OPENFT_CHECKPOINT_EVERY_STEPS": "4"}
+    env = {
+        **ENV,
+        "OPENFT_EXECUTOR": "ray",
+        "OPENFT_RAY_ADDRESS": cluster.address,
+        "OPENFT_CHECKPOINT_EVERY_STEPS": "4",
+        "OPENFT_MAX_JOBS": "2",  # two job slots, but a 2-CPU cluster: the cluster is the bound
+    }
     server = start_server(tmp_path_factory.mktemp("ray-server"), models_dir, extra_env=env, start_timeout=120)
     yield server
     server.stop()
@@ -178,3 +184,19 @@ def test_a_job_larger_than_the_cluster_is_accepted_then_fails_with_compute_unava
     failed = wait_for_status(client, job_id, {"failed"}, timeout=120)
     assert failed.error.code == "compute_unavailable" and failed.error.param == "compute"
     assert "the Ray cluster has 2 CPU in all" in failed.error.message
+
+
+def test_a_job_waits_in_the_queue_while_the_cluster_is_full(client: OpenAI, training_id: str) -> None:
+    """The worker has two job slots, the cluster room for one 2-worker job: the second job is not claimed (to wait
+    inside Ray) but stays queued, first in line, until the first one's workers are gone."""
+    first = _create(client, training_id, n_epochs=1)
+    second = _create(client, training_id, n_epochs=1)
+    _at_step(client, first, 2)
+    assert client.fine_tuning.jobs.retrieve(second).status == "queued"
+    wait_for(
+        lambda: any(e.message.startswith("Queued: position 1") for e in client.fine_tuning.jobs.list_events(second)),
+        timeout=30,
+        what="the second job's queue report",
+    )
+    wait_for_status(client, first, {"succeeded"}, timeout=300)
+    wait_for_status(client, second, {"succeeded"}, timeout=300)

@@ -162,7 +162,9 @@ class Worker:
             return
         report_queue(self.sessions, self._reads)
         self.claim_validation()
-        while len(self._runs) < self.settings.max_jobs and self.claim_training():
+        # With Ray, a slot is only taken while the cluster has room: the jobs this worker runs are then the
+        # jobs the cluster runs, which is what the queue's estimates count as slots (jobs/queue.py).
+        while len(self._runs) < self.settings.max_jobs and self.executor.has_room() and self.claim_training():
             pass
 
     # what the loop holds ----------------------------------------------------------------------

@@ -59,6 +59,10 @@ class Executor(Protocol):
         """A (not yet started) run of the job whose `job.json` is `spec_path`."""
         ...
 
+    def has_room(self) -> bool:
+        """Whether another job could start now (the worker's `max_jobs` aside)."""
+        ...
+
     def close(self) -> None:
         """Release what the executor holds (a Ray connection); runs still going are the runner's business."""
         ...

@@ -134,5 +134,8 @@ class LocalExecutor:
     def trainer(self, job_id: str, spec_path: Path) -> TrainerProcess:
         return TrainerProcess(job_id, spec_path)
 
+    def has_room(self) -> bool:
+        return True  # the worker's max_jobs is this machine's bound
+
     def close(self) -> None:
         pass

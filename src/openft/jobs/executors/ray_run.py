@@ -70,9 +70,27 @@ class RayExecutor:
 
     def __init__(self, address: str | None):
         self.address = address
+        self._runs: list[RayRun] = []
 
     def trainer(self, job_id: str, spec_path: Path) -> RayRun:
-        return RayRun(job_id, spec_path, self.address)
+        run = RayRun(job_id, spec_path, self.address)
+        self._runs = [r for r in self._runs if not r.ended] + [run]
+        return run
+
+    def has_room(self) -> bool:
+        """A CPU free on the cluster (and a GPU, where it has GPUs), and no run of ours still waiting to be
+        placed (until Ray places it, what it will take still looks free)."""
+        import ray
+
+        try:
+            connect(self.address)
+            if any(not run.ended and not run.placed() for run in self._runs):
+                return False
+            free, total = ray.available_resources(), ray.cluster_resources()
+        except Exception as exc:  # the cluster unreachable: claim nothing until it is back
+            log.warning("the Ray cluster at %s cannot be asked for room: %s", self.address or "auto", exc)
+            return False
+        return free.get("CPU", 0) >= 1 and (total.get("GPU", 0) == 0 or free.get("GPU", 0) >= 1)
 
     def close(self) -> None:
         import ray
@@ -144,6 +162,22 @@ class RayRun:
             train_log.write(f"ray: run {self.run_id}: {spec.workers} worker(s), {gpus} GPU(s) each\n")
         self._fit_thread = threading.Thread(target=self._fit, name=f"ray-fit-{self.job_id}", daemon=True)
         self._fit_thread.start()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def placed(self) -> bool:
+        """Whether Ray has started a rank of this run (its resources are then taken)."""
+        import ray
+
+        channel = self._channel
+        if channel is None:  # not started, refused, or over
+            return True
+        try:
+            return bool(ray.get(channel.entered.remote(), timeout=10))
+        except Exception:  # the channel just ended with the run
+            return True
 
     def _fit(self) -> None:
         try:
