@@ -127,6 +127,11 @@ def test_job_reads_its_training_file_from_the_bucket_and_stores_its_artefacts_th
     for path in model_files:
         assert (tmp_path / "pulled" / path).read_bytes() == (job_folder / path).read_bytes()
 
+    # deleting the fine-tuned model deletes the bucket's copy of its weights too
+    assert client.models.delete(done.fine_tuned_model).deleted
+    assert not folders.exists(job.id)
+    assert [key for key in bucket_keys(seaweedfs, recursive=True) if key.startswith(f"jobs/{job.id}/")] == []
+
 
 @pytest.mark.e2e
 def test_a_missing_bucket_stops_the_server_at_start_with_the_reason(

@@ -33,7 +33,7 @@ from openft.services.inference import InferenceService
 from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
 from openft.settings import Settings
-from openft.storage import LocalBlobStore, S3BlobStore, open_blob_store
+from openft.storage import LocalBlobStore, S3BlobStore, folder_mirror, open_blob_store
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         device=settings.inference_device,
         on_step=metrics.serving.batch,
     )
-    model_service = ModelService(sessions, catalog, generator)
+    model_service = ModelService(sessions, catalog, generator, job_folders=folder_mirror(store, "jobs"))
     files = FileService(sessions, store)
     worker = None
     if settings.run_worker if with_worker is None else with_worker:

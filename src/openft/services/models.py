@@ -27,6 +27,7 @@ from openft.inference import ModelTarget
 from openft.inference.backends import ServingEngine
 from openft.protocol.common import DeletedObject
 from openft.protocol.models import Model, ModelList, azure_fields
+from openft.storage import FolderMirror
 
 BASE_OWNER = "system"
 """`owned_by` of base models (OpenAI uses "system" / "openai"); fine-tunes are owned by their organization."""
@@ -63,7 +64,15 @@ def _checkpoint_weights(row: CheckpointRow) -> Path | None:
 
 
 class ModelService:
-    def __init__(self, sessions: sessionmaker[Session], catalog: ModelCatalog, engine: ServingEngine):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        catalog: ModelCatalog,
+        engine: ServingEngine,
+        job_folders: FolderMirror | None = None,
+    ):
+        """`job_folders`: where succeeded jobs' artefacts are mirrored with an object store (None: nowhere)."""
+        self._job_folders = job_folders
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # resolve/list (every chat request) never take SQLite's write lock
         self._catalog = catalog
@@ -196,6 +205,8 @@ class ModelService:
         for weights, folder in doomed:
             self._engine.unload(weights)
             remove_tree(folder)
+        if self._job_folders is not None:  # the object store's copy of the weights goes too
+            self._job_folders.delete(job.id)
         return DeletedObject(id=name, object="model")
 
 
