@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,15 @@ def test_job_reads_its_training_file_from_the_bucket_and_stores_its_artefacts_th
     folders.pull(job.id, tmp_path / "pulled")
     for path in model_files:
         assert (tmp_path / "pulled" / path).read_bytes() == (job_folder / path).read_bytes()
+
+    # the job folder is a cache: its model gone (another machine, a lost disk), serving restores it from the bucket
+    original = {path: (job_folder / path).read_bytes() for path in model_files}
+    shutil.rmtree(job_folder / "model")
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.choices and reply.model == done.fine_tuned_model
+    assert {path: (job_folder / path).read_bytes() for path in model_files} == original
 
     # deleting the fine-tuned model deletes the bucket's copy of its weights too
     assert client.models.delete(done.fine_tuned_model).deleted

@@ -112,3 +112,19 @@ def test_manifest_paths_outside_the_folder_are_refused(store: S3BlobStore, tmp_p
     with pytest.raises(ValueError):
         folders.pull("ftjob-5", tmp_path / "dest")
     assert not (tmp_path / "dest").exists() and not (tmp_path / "x").exists()
+
+
+def test_restore_missing_adds_only_what_the_folder_lacks(store: S3BlobStore, tmp_path: Path) -> None:
+    files = make_job_folder(tmp_path / "job")
+    folders = store.folders("jobs")
+    folders.push("ftjob-6", tmp_path / "job", include=servable)
+    local = tmp_path / "cache-of-job"
+    local.mkdir()
+    (local / "results.csv").write_bytes(b"local copy")
+    (local / "train.log").write_bytes(b"log")
+    assert folders.restore_missing("ftjob-6", local) == ["checkpoints", "model"]
+    assert (local / "results.csv").read_bytes() == b"local copy" and (local / "train.log").exists()
+    model = "model/adapter_model.safetensors"
+    assert (local / model).read_bytes() == files[model]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cache-of-job", "job"]  # no temp left
+    assert folders.restore_missing("ftjob-6", tmp_path / "new") == ["checkpoints", "model", "results.csv"]

@@ -9,6 +9,8 @@ organization, a deleted or unfinished fine-tune and a name nobody made are all t
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from openft.protocol.common import DeletedObject
 from openft.protocol.models import Model, ModelList, azure_fields
 from openft.storage import FolderMirror
 
+log = logging.getLogger(__name__)
 BASE_OWNER = "system"
 """`owned_by` of base models (OpenAI uses "system" / "openai"); fine-tunes are owned by their organization."""
 
@@ -59,7 +62,10 @@ def weights_target(base_path: Path, weights: Path) -> ModelTarget:
 
 
 def _checkpoint_weights(row: CheckpointRow) -> Path | None:
-    folder = Path(row.path)
+    return _checkpoint_weights_in(Path(row.path))
+
+
+def _checkpoint_weights_in(folder: Path) -> Path | None:
     return next((folder / sub for sub in ("adapter", "model") if (folder / sub).is_dir()), None)
 
 
@@ -73,6 +79,7 @@ class ModelService:
     ):
         """`job_folders`: where succeeded jobs' artefacts are mirrored with an object store (None: nowhere)."""
         self._job_folders = job_folders
+        self._restore_lock = threading.Lock()
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # resolve/list (every chat request) never take SQLite's write lock
         self._catalog = catalog
@@ -83,10 +90,11 @@ class ModelService:
         info = self._catalog.get(name)
         if info is not None:
             return ResolvedModel(name, name, None, None, info.created, BASE_OWNER)
+        checkpoint_of: tuple[str, str, str, Path, int] | None = None  # (job id, base, org, folder, created)
         with self._reads.begin() as session:
             job = repo.find_job_by_model_name(session, name)
             if job is not None and _servable(job, org_id) and job.model_path:
-                return ResolvedModel(
+                resolved = ResolvedModel(
                     name,
                     job.base,
                     job.id,
@@ -94,15 +102,40 @@ class ModelService:
                     job.finished_at or job.created_at,
                     job.organization_id,
                 )
-            checkpoint = repo.find_checkpoint_by_model_name(session, name)
-            owner = repo.get_job(session, org_id, checkpoint.job_id) if checkpoint is not None else None
-            if checkpoint is not None and owner is not None and owner.model_deleted_at is None:
-                weights = _checkpoint_weights(checkpoint)
-                if weights is not None:
-                    return ResolvedModel(
-                        name, owner.base, owner.id, weights, checkpoint.created_at, owner.organization_id
-                    )
+            else:
+                resolved = None
+                checkpoint = repo.find_checkpoint_by_model_name(session, name)
+                owner = repo.get_job(session, org_id, checkpoint.job_id) if checkpoint is not None else None
+                if checkpoint is not None and owner is not None and owner.model_deleted_at is None:
+                    folder, created = Path(checkpoint.path), checkpoint.created_at
+                    checkpoint_of = (owner.id, owner.base, owner.organization_id, folder, created)
+        # a download from the object store, if any, runs with no database transaction open
+        if resolved is not None and resolved.weights is not None:
+            self._restore_job_folder(str(resolved.job_id), resolved.weights.parent, resolved.weights)
+            return resolved
+        if checkpoint_of is not None:
+            job_id, base, org, folder, created = checkpoint_of
+            self._restore_job_folder(job_id, folder.parent.parent, folder)
+            weights = _checkpoint_weights_in(folder)
+            if weights is not None:
+                return ResolvedModel(name, base, job_id, weights, created, org)
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+
+    def _restore_job_folder(self, job_id: str, job_folder: Path, needed: Path) -> None:
+        """With an object store, the job folder is a cache of the job's stored artefacts: when `needed` (its
+        model or a checkpoint folder) is missing here — another machine, a lost disk — fill the folder in from
+        the store (storage/folders.py `restore_missing`; what the folder holds is kept). Nothing stored, or
+        no store: the caller finds the folder missing as before."""
+        if self._job_folders is None or needed.exists() or job_folder.name != job_id:
+            return
+        with self._restore_lock:  # one download per folder, however many requests ask at once
+            if needed.exists():
+                return
+            try:
+                restored = self._job_folders.restore_missing(job_id, job_folder)
+            except FileNotFoundError:
+                return
+            log.info("restored %s of job %s from the object store", ", ".join(restored) or "nothing", job_id)
 
     def target(self, org_id: str | None, name: str) -> ModelTarget:
         """The folders that answer for `name` (the base is materialized on first use, e.g. SmolLM2's GGUF).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from openft.fsutil import commit_dir, ensure_dir, temp_sibling
+from openft.fsutil import commit_dir, ensure_dir, fsync_dir, temp_sibling
 from openft.storage.base import validate_key
 
 if TYPE_CHECKING:
@@ -146,6 +147,26 @@ class FolderMirror:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return manifest
+
+    def restore_missing(self, name: str, dest: Path) -> list[str]:
+        """Fill in `dest` from the stored folder without touching what `dest` holds: the folder is pulled
+        whole into a temp sibling (checked as `pull` does), and each of its top-level entries that `dest`
+        lacks is renamed into `dest`. Returns those entries' names; FileNotFoundError without a manifest."""
+        if not dest.exists():
+            self.pull(name, dest)
+            return sorted(entry.name for entry in dest.iterdir())
+        staged = temp_sibling(dest)
+        self.pull(name, staged)
+        restored = []
+        try:
+            for entry in sorted(staged.iterdir()):
+                if not (dest / entry.name).exists():
+                    os.replace(entry, dest / entry.name)
+                    restored.append(entry.name)
+            fsync_dir(dest)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return restored
 
     def delete(self, name: str) -> None:
         """Remove the manifest (the folder is gone from then on), then its files."""
