@@ -132,7 +132,11 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     if asked). Nothing is started or swept here: `Container.start` does that for a server."""
     database = open_database(settings)  # DataFolderMismatch before anything is touched if the folder is another's
     engine, sessions = database.engine, database.sessions
-    store = open_store(settings)  # StorageUnavailable here, at start, if the configured bucket cannot be used
+    try:
+        store = open_store(settings)  # StorageUnavailable here, at start, if the configured bucket cannot be used
+    except BaseException:
+        engine.dispose()
+        raise
     catalog = ModelCatalog.from_settings(settings)
     org_id = ensure_default_org(sessions, settings.org_name)
     key, generated = load_or_create_api_key(settings)

@@ -52,12 +52,16 @@ class WorkerProcess:
 def build_worker_process(settings: Settings, *, worker_id: str | None = None) -> WorkerProcess:
     """Open the data folder and its database (services/data_folder.py), and wire a worker (not started)."""
     database = open_database(settings)  # refuses a data folder that belongs to another database
-    store = open_blob_store(  # as services/container.py open_store (not imported: it pulls in the inference engine)
-        settings.storage_url,
-        files_dir=settings.files_dir,
-        cache_dir=settings.cache_dir / "blobs",
-        endpoint_url=settings.s3_endpoint_url,
-    )
+    try:  # as services/container.py open_store (not imported: it pulls in the inference engine)
+        store = open_blob_store(
+            settings.storage_url,
+            files_dir=settings.files_dir,
+            cache_dir=settings.cache_dir / "blobs",
+            endpoint_url=settings.s3_endpoint_url,
+        )
+    except BaseException:
+        database.engine.dispose()
+        raise
     files = FileService(database.sessions, store)
     worker = Worker(settings, database.sessions, files, ModelCatalog.from_settings(settings), worker_id=worker_id)
     return WorkerProcess(worker=worker, engine=database.engine)
