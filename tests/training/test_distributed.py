@@ -393,3 +393,12 @@ def test_ranks_split_each_batch_by_position() -> None:
     with pytest.raises(ComputeUnavailable, match="0 GPU"):
         gpus_per_worker(RankEnv(0, 2, Path("/tmp/x"), 1, 1))
     assert gpus_per_worker(RankEnv(0, 2, Path("/tmp/x"), None, 1)) == 0
+
+
+def test_the_ranks_interface_is_the_one_holding_their_address() -> None:
+    """gloo and NCCL are told the interface by name (torch 2.13 ignores gloo devices in `pg_options`)."""
+    from openft.training.distributed import ComputeUnavailable, interface_holding
+
+    assert interface_holding("127.0.0.1") == "lo"
+    with pytest.raises(ComputeUnavailable, match="no network interface of this machine has the address 192.0.2.77"):
+        interface_holding("192.0.2.77")  # TEST-NET-1: never a local address

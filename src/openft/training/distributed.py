@@ -5,8 +5,9 @@ recipe does differently with more than one (docs/design.md §3.7, §4.14). With 
 any `join`) every method here is the identity, so the recipe reads the same either way.
 
 - **Backend.** gloo on the CPU (`gpus_per_worker` 0), NCCL with GPUs, rank r on GPU r × gpus_per_worker.
-  The ranks meet through a FileStore (no listening socket); gloo's device is bound to 127.0.0.1 and NCCL
-  bootstraps over the loopback interface, so nothing listens beyond this machine. Every collective has a
+  The ranks meet through a FileStore (no listening socket); gloo and NCCL use the interface that holds the
+  rank's host address (`lo` under the launcher, so nothing listens beyond this machine; the Ray node's own
+  interface under the Ray executor). Every collective has a
   timeout (`TIMEOUT`): a rank that hangs fails the job instead of holding it forever; a rank that dies is
   seen at once by gloo (the connection closes) and by the launcher (which ends the others).
 - **The batch.** Every rank reads the whole data set and builds the same batch; rank r trains items r, r+N,
@@ -250,22 +251,24 @@ def gpus_per_worker(env: RankEnv) -> int:
 
 
 def join(env: RankEnv) -> Ranks:
-    """Join the job's process group (every rank calls this once, before anything else that is collective)."""
+    """Join the job's process group (every rank calls this once, before anything else that is collective).
+
+    The interface the ranks talk over is chosen by name (`GLOO_SOCKET_IFNAME`, `NCCL_SOCKET_IFNAME`): the one that
+    holds `env.host` — `lo` on one machine, the Ray node's own interface across machines. Left alone, gloo binds
+    whatever the machine's host name resolves to (often not loopback, and on a node whose host name maps to
+    127.0.1.1, not reachable from its peers); torch 2.13 ignores gloo's `pg_options` devices in
+    `init_process_group`, so the variable is the only way."""
     global _current
-    options: Any = None
+    interface = interface_holding(env.host)
     gpus = gpus_per_worker(env)
     if gpus > 0:
-        if env.host.startswith("127."):
-            os.environ["NCCL_SOCKET_IFNAME"] = "lo"  # NCCL's bootstrap sockets on the loopback interface only
+        os.environ["NCCL_SOCKET_IFNAME"] = interface  # NCCL's bootstrap sockets
         device = torch.device("cuda", env.first_gpu_slot * gpus)
         torch.cuda.set_device(device)  # `torch.device("cuda")` (pick_device) is now this rank's GPU
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-        gloo: Any = dist.ProcessGroupGloo  # its `_Options` choose the device; torch's stubs do not list them
-        options = gloo._Options()
-        options._devices = [gloo.create_device(hostname=env.host)]  # not the address the host name resolves to
-        options._timeout = TIMEOUT
+    os.environ["GLOO_SOCKET_IFNAME"] = interface  # also NCCL's CPU-side helpers use gloo
     store = dist.FileStore(str(env.rendezvous), env.world_size)
     dist.init_process_group(
         backend,
@@ -273,11 +276,30 @@ def join(env: RankEnv) -> Ranks:
         rank=env.rank,
         world_size=env.world_size,
         timeout=TIMEOUT,
-        pg_options=options,
         device_id=device if backend == "nccl" else None,
     )
     _current = Ranks(env.rank, env.world_size, device)
     return _current
+
+
+def interface_holding(address: str) -> str:
+    """The name of this machine's network interface with the IPv4 `address` (`lo` for 127.0.0.1)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifaddr = 0x8915  # Linux: an interface's (primary) IPv4 address
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                answer = fcntl.ioctl(probe.fileno(), siocgifaddr, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue  # no IPv4 address on it
+            if socket.inet_ntoa(answer[20:24]) == address:
+                return name
+    if address.startswith("127."):
+        return "lo"
+    raise ComputeUnavailable(f"no network interface of this machine has the address {address}")
 
 
 def leave() -> None:

@@ -17,7 +17,7 @@ still sees one process with one stdout, one exit code and one pid to signal or k
 - **Crash.** Once one rank exits with an error the others get `FAIL_GRACE_SECONDS` to end (with gloo they
   see the lost peer at their next collective), then they are killed.
 - **Loopback only.** The ranks meet through a `FileStore` in a private temporary folder (no listening
-  socket at all); gloo binds 127.0.0.1 and NCCL bootstraps over the loopback interface (`distributed.py`).
+  socket at all); gloo and NCCL use the loopback interface only (`distributed.py`).
 
 Why not torchrun (`python -m torch.distributed.run --standalone`), which does the same on one machine: on
 torch 2.13 its rendezvous store listens on every network interface (`*:port`, also with `--rdzv-endpoint

@@ -54,7 +54,7 @@ def run_rank(config: dict[str, Any]) -> None:
         config["gpus_per_worker"],
         config["threads"],
         locks_folder=True,
-        host=ray.util.get_node_ip_address(),
+        host=_node_address(),
         gpu_slot=0,  # Ray makes only this worker's GPUs visible to it
     )
     with open(job_file.parent / "train.log", "ab") as log:
@@ -66,7 +66,7 @@ def run_rank(config: dict[str, Any]) -> None:
             env={**os.environ, **env.variables(), "TOKENIZERS_PARALLELISM": "false"},
         )
         log.write(
-            f"ray worker: training process {rank} of {world_size} (group {generation}): pid {process.pid}\n".encode()
+            f"ray: training process {rank} of {world_size} (group {generation}) on {env.host}: pid {process.pid}\n".encode()
         )
     relay = _Relay(process, channel, generation, rank)
     relay.start()
@@ -80,6 +80,19 @@ def run_rank(config: dict[str, Any]) -> None:
         return
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
     raise RankDied(f"training process {rank} of {world_size} {how} without reporting why")
+
+
+def _node_address() -> str:
+    """The address Ray knows this worker's node by (what its peers on other nodes can reach). Not
+    `ray.util.get_node_ip_address()`: in a worker process that guesses from a route to the internet, and on a
+    machine without one it says 127.0.0.1."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("NodeManagerAddress"):
+            return str(node["NodeManagerAddress"])
+    return str(ray.util.get_node_ip_address())
 
 
 def _follow(process: subprocess.Popen[bytes], channel: Any, generation: int, rank: int) -> bool:
