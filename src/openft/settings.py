@@ -178,7 +178,9 @@ class Settings(BaseSettings):
 
     @property
     def jobs_dir(self) -> Path:
-        return self.data_dir / "jobs"
+        """Job folders. With an object store (`storage_url`) they are a cache: the job's checkpoints and, once it
+        succeeds, its artefacts are in the store, and a missing folder is filled from there when needed."""
+        return self.cache_dir / "jobs" if self.storage_url else self.data_dir / "jobs"
 
     @property
     def cache_dir(self) -> Path:

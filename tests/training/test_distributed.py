@@ -400,5 +400,5 @@ def test_the_ranks_interface_is_the_one_holding_their_address() -> None:
     from openft.training.distributed import ComputeUnavailable, interface_holding
 
     assert interface_holding("127.0.0.1") == "lo"
-    with pytest.raises(ComputeUnavailable, match="no network interface of this machine has the address 192.0.2.77"):
+    with pytest.raises(ComputeUnavailable, match=r"no network interface of this machine has the address 192\.0\.2\.77"):
         interface_holding("192.0.2.77")  # TEST-NET-1: never a local address

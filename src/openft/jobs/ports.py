@@ -41,3 +41,19 @@ class JobFiles(Protocol):
     def delete_expired(self) -> list[str]:
         """Delete expired files; their ids."""
         ...
+
+    def mirror_checkpoint(self, job_id: str, job_folder: Path, step: int) -> None:
+        """With an object store: store the job's committed checkpoint of `step` (its folder is then a cache)."""
+        ...
+
+    def forget_checkpoint(self, job_id: str, step: int) -> None:
+        """With an object store: delete the stored checkpoint the trainer pruned."""
+        ...
+
+    def forget_job_checkpoints(self, job_id: str) -> None:
+        """With an object store: delete every stored checkpoint of a finished job."""
+        ...
+
+    def restore_checkpoint(self, job_id: str, job_folder: Path) -> int | None:
+        """With an object store: pull the newest stored checkpoint into the job folder unless it has one as new."""
+        ...

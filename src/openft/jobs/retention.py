@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,10 +38,16 @@ BATCH = 500
 
 
 def sweep_finished_job_folders(
-    jobs_dir: Path, sessions: sessionmaker[Session], retention_seconds: float, *, now: float | None = None
+    jobs_dir: Path,
+    sessions: sessionmaker[Session],
+    retention_seconds: float,
+    *,
+    now: float | None = None,
+    forget_stored: Callable[[str], None] = lambda _job_id: None,
 ) -> list[str]:
     """Remove what the module docstring says of each job that finished more than `retention_seconds` ago;
-    returns the ids of the jobs whose folder changed."""
+    returns the ids of the jobs whose folder changed. `forget_stored(job_id)` deletes what an object store
+    holds of the job's run (its stored checkpoints, services/checkpoint_mirror.py) at the same time."""
     now = time.time() if now is None else now
     try:
         names = sorted(entry.name for entry in jobs_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
@@ -54,6 +61,8 @@ def sweep_finished_job_folders(
             if finished_at is None or now - finished_at < retention_seconds:
                 continue
             folder = jobs_dir / job_id
+            if not _forgot_stored(forget_stored, job_id, folder, status):
+                continue  # the store unreachable: the next sweep tries again (the folder is still as it was)
             if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 with sessions.begin() as session:
                     repo.delete_checkpoints_of(session, job_id)
@@ -64,6 +73,24 @@ def sweep_finished_job_folders(
     if cleaned:
         log.info("removed the working files of %d finished jobs: %s", len(cleaned), ", ".join(cleaned[:20]))
     return cleaned
+
+
+def _forgot_stored(forget: Callable[[str], None], job_id: str, folder: Path, status: JobStatus) -> bool:
+    """Delete the job's stored run (once: before its folder is first removed or stripped); False on failure."""
+    if status is JobStatus.SUCCEEDED and not _has_disposable(folder):
+        return True  # stripped by an earlier sweep, which forgot the stored run then
+    try:
+        forget(job_id)
+    except Exception:
+        log.exception("job %s: could not delete its stored checkpoints", job_id)
+        return False
+    return True
+
+
+def _has_disposable(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in SUCCEEDED_DISPOSABLE_FILES) or any(
+        state.is_dir() for state in (folder / CHECKPOINTS_DIR).glob(f"*/{CHECKPOINT_STATE_DIR}")
+    )
 
 
 def _strip_succeeded(folder: Path) -> bool:

@@ -41,6 +41,7 @@ class TrainingRun:
         executor: Executor | None = None,
     ):
         self.claim = claim
+        self.files = files
         self.process: TrainerHandle = (executor or LocalExecutor()).trainer(claim.job_id, claim.spec_path)
         self.recorder = ProgressRecorder(
             claim, sessions, db_retry_seconds=db_retry_seconds, give_up=lambda: self._claim_lost
@@ -111,7 +112,9 @@ class TrainingRun:
             while not ended:
                 pending = _take_waiting(inbox)
                 ended = pending[-1] is None
-                self.recorder.record([m for m in pending if m is not None])
+                messages = [m for m in pending if m is not None]
+                self.recorder.record(list(messages))  # it takes messages off the list it is given
+                self._store_checkpoints(messages)
                 if self._claim_lost:
                     break
         except ClaimLost:
@@ -143,6 +146,19 @@ class TrainingRun:
                     pass
                 except Exception:
                     log.exception("runner for %s failed to record the outcome", self.job_id)
+
+    def _store_checkpoints(self, messages: list[dict[str, Any]]) -> None:
+        """With an object store, the checkpoints the trainer commits and prunes (services/checkpoint_mirror.py).
+        A failed upload is logged, not fatal: the checkpoint is in the job folder, and a resume elsewhere starts
+        from the newest one that is stored (as exactly)."""
+        for message in messages:
+            try:
+                if message["type"] == "checkpoint":
+                    self.files.mirror_checkpoint(self.job_id, self.output_dir, int(message["step"]))
+                elif message["type"] == "checkpoint_removed":
+                    self.files.forget_checkpoint(self.job_id, int(message["step"]))
+            except Exception:
+                log.exception("job %s: storing the change of its checkpoint at step %s failed", self.job_id, message)
 
     def _drain(self, inbox: Inbox, ended: bool) -> None:
         """Without the database: read the trainer's output to its end (so it never blocks on a full pipe),

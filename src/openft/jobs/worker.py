@@ -43,7 +43,7 @@ from openft.jobs.recorder import Claim
 from openft.jobs.recovery import recover_abandoned
 from openft.jobs.retention import sweep_finished_job_folders
 from openft.jobs.runner import TrainingRun
-from openft.jobs.validation import FileValidation
+from openft.jobs.validation import DATA_FILES, FileValidation
 from openft.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,9 @@ class Worker:
     def sweep_job_folders(self) -> None:
         """Remove finished jobs' working files after the retention (jobs/retention.py)."""
         retention_seconds = self.settings.job_folder_retention_hours * 3600
-        sweep_finished_job_folders(self.settings.jobs_dir, self.sessions, retention_seconds)
+        sweep_finished_job_folders(
+            self.settings.jobs_dir, self.sessions, retention_seconds, forget_stored=self._files.forget_job_checkpoints
+        )
 
     # validation -------------------------------------------------------------------------------
     def claim_validation(self) -> threading.Thread | None:
@@ -342,6 +344,15 @@ class Worker:
         job_dir = self.settings.jobs_dir / job.id
         spec_path = job_dir / "job.json"
         atomic_write_text(spec_path, build_spec(job, base, self.settings, job_dir).model_dump_json(indent=2))
+        try:  # with an object store the folder is a cache: bring in its data and newest checkpoint if it lacks them
+            self._files.restore_checkpoint(job.id, job_dir)
+        except Exception:  # the store unreachable: resume from what the folder holds (as exactly, if earlier)
+            log.exception("job %s: could not restore its newest checkpoint from the object store", job.id)
+        for param, local_name, _ in DATA_FILES:  # not stored yet (no checkpoint so far): the upload, if still there
+            file_id, local = getattr(job, param), job_dir / local_name
+            missing = file_id is not None and not local.exists()
+            if missing and not self._files.snapshot(job.organization_id, file_id, local):
+                raise JobFileProblem(f"invalid_{param}", f"The {param.replace('_', ' ')} {file_id} is gone.", param)
         return spec_path
 
 

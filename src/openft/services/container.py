@@ -155,8 +155,14 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         device=settings.inference_device,
         on_step=metrics.serving.batch,
     )
-    model_service = ModelService(sessions, catalog, generator, job_folders=folder_mirror(store, "jobs"))
     files = FileService(sessions, store)
+    model_service = ModelService(
+        sessions,
+        catalog,
+        generator,
+        job_folders=folder_mirror(store, "jobs"),
+        forget_checkpoints=files.forget_job_checkpoints,
+    )
     worker = None
     if settings.run_worker if with_worker is None else with_worker:
         worker = Worker(settings, sessions, files, catalog)

@@ -29,6 +29,7 @@ from openft.protocol.files import (
     FileObject,
 )
 from openft.services import quotas
+from openft.services.checkpoint_mirror import CheckpointMirror
 from openft.storage import BlobStore, BlobWriter, StoredBlob, folder_mirror
 
 MAX_FILENAME_CHARS = 255
@@ -73,6 +74,8 @@ class FileService:
         self._reads = read_only_sessions(sessions)  # get/list/content never take SQLite's write lock (db/engine.py)
         self._store = store
         self._job_folders = folder_mirror(store, "jobs")  # None on the data folder
+        checkpoints = folder_mirror(store, "checkpoints")
+        self._checkpoints = CheckpointMirror(checkpoints) if checkpoints is not None else None
 
     def create(
         self,
@@ -222,6 +225,22 @@ class FileService:
         On the data folder the job folder is their home: nothing to do."""
         if self._job_folders is not None:
             self._job_folders.push(job_id, folder, include=include)
+
+    # a running job's checkpoints (services/checkpoint_mirror.py); nothing to do on the data folder
+    def mirror_checkpoint(self, job_id: str, job_folder: Path, step: int) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.push(job_id, job_folder, step)
+
+    def forget_checkpoint(self, job_id: str, step: int) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.forget(job_id, step)
+
+    def forget_job_checkpoints(self, job_id: str) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.forget_job(job_id)
+
+    def restore_checkpoint(self, job_id: str, job_folder: Path) -> int | None:
+        return self._checkpoints.restore(job_id, job_folder) if self._checkpoints is not None else None
 
     @staticmethod
     def add_result_row(session: Session, blob: StoredBlob, *, org_id: str, project: str | None) -> str:

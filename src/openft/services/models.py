@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +77,12 @@ class ModelService:
         catalog: ModelCatalog,
         engine: ServingEngine,
         job_folders: FolderMirror | None = None,
+        forget_checkpoints: Callable[[str], None] = lambda _job_id: None,
     ):
-        """`job_folders`: where succeeded jobs' artefacts are mirrored with an object store (None: nowhere)."""
+        """`job_folders`: where succeeded jobs' artefacts are mirrored with an object store (None: nowhere);
+        `forget_checkpoints(job_id)` deletes the job's stored run checkpoints (services/checkpoint_mirror.py)."""
         self._job_folders = job_folders
+        self._forget_checkpoints = forget_checkpoints
         self._restore_lock = threading.Lock()
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # resolve/list (every chat request) never take SQLite's write lock
@@ -240,6 +244,7 @@ class ModelService:
             remove_tree(folder)
         if self._job_folders is not None:  # the object store's copy of the weights goes too
             self._job_folders.delete(job.id)
+        self._forget_checkpoints(job.id)  # and the checkpoints of its run, which hold weights as well
         return DeletedObject(id=name, object="model")
 
 

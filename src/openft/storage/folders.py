@@ -168,6 +168,15 @@ class FolderMirror:
             shutil.rmtree(staged, ignore_errors=True)
         return restored
 
+    def names(self, starting_with: str) -> list[str]:
+        """The names of the stored folders (manifest present) that start with `starting_with`."""
+        prefix = self._root + starting_with
+        return sorted(
+            key[len(self._root) : -len("/" + MANIFEST)]
+            for key in self._list(prefix)
+            if key.endswith("/" + MANIFEST) and "/" not in key[len(self._root) : -len("/" + MANIFEST)]
+        )
+
     def delete(self, name: str) -> None:
         """Remove the manifest (the folder is gone from then on), then its files."""
         self._client.delete_object(Bucket=self._bucket, Key=self._key(name))

@@ -65,9 +65,8 @@ def run_rank(config: dict[str, Any]) -> None:
             stderr=log,
             env={**os.environ, **env.variables(), "TOKENIZERS_PARALLELISM": "false"},
         )
-        log.write(
-            f"ray: training process {rank} of {world_size} (group {generation}) on {env.host}: pid {process.pid}\n".encode()
-        )
+        where = f"training process {rank} of {world_size} (group {generation}) on {env.host}"
+        log.write(f"ray: {where}: pid {process.pid}\n".encode())
     relay = _Relay(process, channel, generation, rank)
     relay.start()
     killed = _follow(process, channel, generation, rank)
