@@ -54,12 +54,14 @@ def _settings(**overrides: Any) -> Any:
 
 @contextlib.contextmanager
 def _data_folder_errors() -> Iterator[None]:
-    """A data folder bound to another database (services/data_folder.py) is one line and exit 1, not a traceback."""
+    """A data folder bound to another database (services/data_folder.py), or an object store that cannot be used
+    (a missing bucket, no credentials), is one line and exit 1, not a traceback."""
     from openft.services.data_folder import DataFolderMismatch
+    from openft.storage import StorageUnavailable
 
     try:
         yield
-    except DataFolderMismatch as exc:
+    except (DataFolderMismatch, StorageUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
