@@ -15,6 +15,10 @@ trainer itself (trained once for both backends: their jobs are the same training
 reuses the first one's undisturbed runs); each step once in the result file and in the metrics events;
 every acknowledged upload intact. The figures (kills, recovery times from the kill to the trainer running
 again) are printed (`pytest -s`). OPENFT_CHAOS_SEED picks another schedule.
+
+The Ray executor's chaos cases — a Ray Train worker SIGKILLed mid-training, and the openft server (the Ray
+driver) SIGKILLed while its job runs on the cluster — are in tests/e2e/test_ray_executor.py, against the same
+rule: the same result file and bit-identical weights as the job undisturbed.
 """
 
 from __future__ import annotations

@@ -97,3 +97,23 @@ def test_abandoned_jobs_are_recovered(container: Container) -> None:
     events = container.fine_tuning.list_events(container.default_org_id, running, after=None, limit=1).data
     assert events[0].level == "warn"
     assert events[0].message == "Recovered after its worker stopped (at step 0); restarting from step 0."
+
+
+def test_a_validation_that_ended_is_no_claim_beside_the_run_of_the_same_job(container: Container) -> None:
+    """A job validated and claimed for training in the same turn, before the loop reaps the validation: the
+    heartbeat renews the run's (newer) attempt. Renewing the validation's would find the claim "lost" and stop
+    the run that had just started (seen with fast claims on the Ray executor)."""
+    job_id = _job(container, jsonl_bytes(valid_examples(12)))
+    worker = container.worker
+    assert worker is not None
+    thread = worker.claim_validation()
+    assert thread is not None
+    thread.join()  # ended, not reaped yet
+    job = worker._claim(JobStatus.QUEUED, JobStatus.RUNNING)
+    assert job is not None and job.id == job_id
+    run = worker.prepare_run(job)
+    with worker._lock:
+        worker._runs[job_id] = run
+    assert worker._claims() == {job_id: job.attempt}
+    worker._heartbeat()
+    assert not run._claim_lost

@@ -189,9 +189,16 @@ class Worker:
             return list(self._runs.values())
 
     def _claims(self) -> dict[str, int]:
+        """The jobs this worker holds and the attempt it holds each at. A validation that has ended is no claim
+        (its entry waits for `reap`): the same job may already be claimed again for training at a newer attempt,
+        and renewing the old one would find the claim "lost" and stop the new run."""
         with self._lock:
-            claims = {job_id: run.attempt for job_id, run in self._runs.items()}
-            claims.update({job_id: attempt for job_id, (attempt, _t) in self._validations.items()})
+            claims = {
+                job_id: attempt
+                for job_id, (attempt, thread) in self._validations.items()
+                if thread.ident is None or thread.is_alive()  # registered before it starts, or running
+            }
+            claims.update({job_id: run.attempt for job_id, run in self._runs.items()})
         return claims
 
     # leases and controls ----------------------------------------------------------------------
