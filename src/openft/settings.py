@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="The S3 endpoint for a store other than AWS (MinIO, SeaweedFS, Ceph…)."
     )
+    model_cache_gb: float = Field(
+        default=20.0,
+        gt=0,
+        description="With an object store: disk bound (GiB) of fine-tuned models' folders restored from it for "
+        "serving; least recently used go first (restored again when asked).",
+    )
     executor: str = Field(
         default="local",
         pattern="^(local|ray)$",

@@ -138,6 +138,7 @@ def test_the_job_folder_is_a_cache_of_the_bucket(
             model=finished.fine_tuned_model or "", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
         )
         assert reply.choices[0].message.content is not None
+        assert (jobs_cache / crashed / ".served").is_file()  # a cache entry, within OPENFT_MODEL_CACHE_GB
     finally:
         server.stop()
 

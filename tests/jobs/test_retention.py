@@ -96,3 +96,32 @@ def test_the_worker_removes_finished_jobs_working_files_after_the_retention(cont
     assert container.models.resolve(None, model_name).weights == succeeded_dir / "model"
     checkpoint = container.models.resolve(None, f"{model_name}:ckpt-step-4")
     assert checkpoint.weights == succeeded_dir / "checkpoints" / "step_000004" / "adapter"
+
+
+def test_with_an_object_store_finished_jobs_stored_runs_go_and_succeeded_folders_go_whole(
+    container: Container,
+) -> None:
+    """The store holds a succeeded job's artefacts, so its folder is a cache and goes whole; every finished job's
+    stored checkpoints are deleted with its folder, once; a store that cannot be reached leaves the folder as it
+    is for the next sweep."""
+    from openft.jobs.retention import sweep_finished_job_folders
+
+    failed, failed_dir = _job_folder(container, JobStatus.FAILED, 2 * DAY)
+    succeeded, succeeded_dir = _job_folder(container, JobStatus.SUCCEEDED, 2 * DAY)
+    recent, _ = _job_folder(container, JobStatus.SUCCEEDED, 3600)
+    forgotten: list[str] = []
+
+    def unreachable(job_id: str) -> None:
+        raise ConnectionError("the store is down")
+
+    jobs_dir, sessions = container.settings.jobs_dir, container.sessions
+    assert (
+        sweep_finished_job_folders(jobs_dir, sessions, DAY, forget_stored=unreachable, succeeded_are_stored=True) == []
+    )
+    assert failed_dir.exists() and succeeded_dir.exists()
+    cleaned = sweep_finished_job_folders(
+        jobs_dir, sessions, DAY, forget_stored=forgotten.append, succeeded_are_stored=True
+    )
+    assert sorted(cleaned) == sorted([failed, succeeded]) == sorted(forgotten)
+    assert not failed_dir.exists() and not succeeded_dir.exists()
+    assert recent not in forgotten

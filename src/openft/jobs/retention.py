@@ -44,10 +44,13 @@ def sweep_finished_job_folders(
     *,
     now: float | None = None,
     forget_stored: Callable[[str], None] = lambda _job_id: None,
+    succeeded_are_stored: bool = False,
 ) -> list[str]:
     """Remove what the module docstring says of each job that finished more than `retention_seconds` ago;
     returns the ids of the jobs whose folder changed. `forget_stored(job_id)` deletes what an object store
-    holds of the job's run (its stored checkpoints, services/checkpoint_mirror.py) at the same time."""
+    holds of the job's run (its stored checkpoints, services/checkpoint_mirror.py) at the same time. With
+    `succeeded_are_stored` (an object store holds succeeded jobs' artefacts) a succeeded job's folder is a cache
+    and goes whole; serving restores what it needs (services/models.py)."""
     now = time.time() if now is None else now
     try:
         names = sorted(entry.name for entry in jobs_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
@@ -66,6 +69,9 @@ def sweep_finished_job_folders(
             if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 with sessions.begin() as session:
                     repo.delete_checkpoints_of(session, job_id)
+                remove_tree(folder)
+                cleaned.append(job_id)
+            elif status is JobStatus.SUCCEEDED and succeeded_are_stored:
                 remove_tree(folder)
                 cleaned.append(job_id)
             elif status is JobStatus.SUCCEEDED and _strip_succeeded(folder):

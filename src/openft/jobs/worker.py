@@ -254,7 +254,11 @@ class Worker:
         """Remove finished jobs' working files after the retention (jobs/retention.py)."""
         retention_seconds = self.settings.job_folder_retention_hours * 3600
         sweep_finished_job_folders(
-            self.settings.jobs_dir, self.sessions, retention_seconds, forget_stored=self._files.forget_job_checkpoints
+            self.settings.jobs_dir,
+            self.sessions,
+            retention_seconds,
+            forget_stored=self._files.forget_job_checkpoints,
+            succeeded_are_stored=self.settings.storage_url is not None,
         )
 
     # validation -------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         generator,
         job_folders=folder_mirror(store, "jobs"),
         forget_checkpoints=files.forget_job_checkpoints,
+        model_cache_bytes=int(settings.model_cache_gb * 1024**3),
     )
     worker = None
     if settings.run_worker if with_worker is None else with_worker:

@@ -30,6 +30,7 @@ from openft.inference import ModelTarget
 from openft.inference.backends import ServingEngine
 from openft.protocol.common import DeletedObject
 from openft.protocol.models import Model, ModelList, azure_fields
+from openft.services import model_cache
 from openft.storage import FolderMirror
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,13 @@ class ModelService:
         engine: ServingEngine,
         job_folders: FolderMirror | None = None,
         forget_checkpoints: Callable[[str], None] = lambda _job_id: None,
+        model_cache_bytes: int = 20 * 1024**3,
     ):
         """`job_folders`: where succeeded jobs' artefacts are mirrored with an object store (None: nowhere);
         `forget_checkpoints(job_id)` deletes the job's stored run checkpoints (services/checkpoint_mirror.py)."""
         self._job_folders = job_folders
         self._forget_checkpoints = forget_checkpoints
+        self._model_cache_bytes = model_cache_bytes
         self._restore_lock = threading.Lock()
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # resolve/list (every chat request) never take SQLite's write lock
@@ -130,7 +133,10 @@ class ModelService:
         model or a checkpoint folder) is missing here — another machine, a lost disk — fill the folder in from
         the store (storage/folders.py `restore_missing`; what the folder holds is kept). Nothing stored, or
         no store: the caller finds the folder missing as before."""
-        if self._job_folders is None or needed.exists() or job_folder.name != job_id:
+        if self._job_folders is None or job_folder.name != job_id:
+            return
+        if needed.exists():
+            model_cache.mark_used(job_folder)  # a restored folder's last use (services/model_cache.py)
             return
         with self._restore_lock:  # one download per folder, however many requests ask at once
             if needed.exists():
@@ -140,6 +146,8 @@ class ModelService:
             except FileNotFoundError:
                 return
             log.info("restored %s of job %s from the object store", ", ".join(restored) or "nothing", job_id)
+            model_cache.mark_used(job_folder, create=True)  # a cache entry from now on, within the disk bound
+            model_cache.evict(job_folder.parent, self._model_cache_bytes)
 
     def target(self, org_id: str | None, name: str) -> ModelTarget:
         """The folders that answer for `name` (the base is materialized on first use, e.g. SmolLM2's GGUF).
