@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from openai import AzureOpenAI, OpenAI
 
+from tests.support.seaweedfs import SeaweedFS, SeaweedUnavailable, start_seaweedfs
 from tests.support.server import RunningServer, start_server
 
 DIALECTS = ("openai", "azure-v1", "azure-dated")
@@ -17,6 +18,17 @@ AZURE_API_VERSION = "2025-04-01-preview"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("server-data"), models_dir)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3 server (SeaweedFS on loopback) for the module's object-store tests; skipped where there is none."""
+    try:
+        running = start_seaweedfs(tmp_path_factory.mktemp("s3"))
+    except SeaweedUnavailable as exc:
+        pytest.skip(str(exc))
     yield running
     running.stop()
 

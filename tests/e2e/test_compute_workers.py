@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.processes import training_processes
 from tests.support.waiting import all_events, wait_for, wait_for_status
 
 COMPUTE = {"workers": 2, "gpus_per_worker": 0}
@@ -25,26 +24,6 @@ COMPUTE = {"workers": 2, "gpus_per_worker": 0}
 def _create(client: OpenAI, training_id: str, **hyperparameters: object) -> str:
     method = {"type": "supervised", "supervised": {"hyperparameters": {**hyperparameters, "compute": COMPUTE}}}
     return client.fine_tuning.jobs.create(model=TINY_MODEL_NAME, training_file=training_id, method=method).id  # type: ignore[arg-type]
-
-
-def _processes(job_id: str) -> list[int]:
-    """The launcher (`openft train …/job.json`) and ranks (`openft.training.entrypoint …/job.json`) of a job."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if (
-            job_id in cmdline
-            and ("openft train" in cmdline or "openft.training.entrypoint" in cmdline)
-            and state != "Z"
-        ):
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.e2e
@@ -56,11 +35,11 @@ def test_a_two_worker_job_pauses_resumes_and_succeeds(client: OpenAI) -> None:
         timeout=180,
         what="the first step",
     )
-    assert len(_processes(job_id)) == 3  # the launcher and two ranks
+    assert len(training_processes(job_id)) == 3  # the launcher and two ranks
     client.fine_tuning.jobs.pause(job_id)
     paused = wait_for_status(client, job_id, {"paused"})
     assert paused.trained_tokens
-    assert not _processes(job_id)
+    assert not training_processes(job_id)
     checkpoint = next(iter(client.fine_tuning.jobs.checkpoints.list(job_id)))
     assert 0 < checkpoint.step_number < 36
     client.fine_tuning.jobs.resume(job_id)
@@ -88,6 +67,6 @@ def test_cancelling_a_two_worker_job_leaves_no_process(client: OpenAI) -> None:
         timeout=180,
         what="the ranks training",
     )
-    assert len(_processes(job_id)) == 3
+    assert len(training_processes(job_id)) == 3
     client.fine_tuning.jobs.cancel(job_id)
-    wait_for(lambda: not _processes(job_id), timeout=10, what="every process of the job to exit")
+    wait_for(lambda: not training_processes(job_id), timeout=10, what="every process of the job to exit")

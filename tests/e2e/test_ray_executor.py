@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.conftest import make_client
 from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.processes import training_processes
 from tests.support.ray_cluster import ENV, RayCluster, ray_cluster
 from tests.support.server import RunningServer, start_server
 from tests.support.waiting import all_events, wait_for, wait_for_status
@@ -139,20 +140,7 @@ def test_cancelling_a_ray_job_leaves_no_rank_behind(client: OpenAI, cluster: Ray
     client.fine_tuning.jobs.cancel(job_id)
     wait_for_status(client, job_id, {"cancelled"})
     wait_for(lambda: not cluster.processes("ray::RayTrainWorker"), timeout=60, what="the Ray workers to end")
-    wait_for(lambda: not _ranks(job_id), timeout=30, what="every rank to exit")
-
-
-def _ranks(job_id: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if job_id in cmdline and "openft.training.entrypoint" in cmdline:
-                found.append(int(entry.name))
-    return found
+    wait_for(lambda: not training_processes(job_id), timeout=30, what="every rank to exit")
 
 
 def test_a_job_larger_than_the_cluster_is_accepted_then_fails_with_compute_unavailable(client: OpenAI) -> None:
@@ -238,7 +226,7 @@ def test_a_ray_job_paused_then_with_a_worker_and_its_driver_killed_ends_identica
     _at_step(client, job_id, 30)
     ray_server.process.kill()
     ray_server.process.wait()
-    wait_for(lambda: not _ranks(job_id), timeout=60, what="the ranks to end with their driver")
+    wait_for(lambda: not training_processes(job_id), timeout=60, what="the ranks to end with their driver")
     wait_for(lambda: not cluster.processes("ray::RayTrainWorker"), timeout=60, what="the Ray workers to end")
     _restart(ray_server, models_dir, _environment(cluster))
 

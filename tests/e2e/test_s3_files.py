@@ -17,21 +17,11 @@ from openai import OpenAI
 from openft.storage import S3BlobStore
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
-from tests.support.seaweedfs import SeaweedFS, SeaweedUnavailable, s3_environment, start_seaweedfs
+from tests.support.seaweedfs import SeaweedFS, s3_environment
 from tests.support.server import RunningServer, start_server
 from tests.support.waiting import wait_for_status
 
 PREFIX = "deploy-1/files"
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    try:
-        server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
-    except SeaweedUnavailable as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.databases import postgres_available, postgres_schema_url
-from tests.support.seaweedfs import SeaweedFS, SeaweedUnavailable, s3_environment, start_seaweedfs
+from tests.support.processes import training_processes
+from tests.support.seaweedfs import SeaweedFS, s3_environment
 from tests.support.server import start_server
 from tests.support.waiting import all_events, wait_for, wait_for_status
 
@@ -32,16 +33,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 2}  # 24 examples → 36 steps
 ALLOWED_OUTSIDE_CACHE = {"database.json", "server.log"}
 """The folder's binding to its database (services/data_folder.py) and this test's own server log."""
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    try:
-        server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
-    except SeaweedUnavailable as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +63,6 @@ def _losses(client: OpenAI, job_id: str) -> list[tuple[str, str]]:
     job = client.fine_tuning.jobs.retrieve(job_id)
     rows = csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text))
     return [(row["step"], row["train_loss"]) for row in rows]
-
-
-def _trainers(job_id: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if job_id in cmdline and ("openft train" in cmdline or "openft.training" in cmdline):
-                found.append(int(entry.name))
-    return found
 
 
 def test_the_job_folder_is_a_cache_of_the_bucket(
@@ -119,7 +97,7 @@ def test_the_job_folder_is_a_cache_of_the_bucket(
         )
         server.process.kill()  # SIGKILL: no checkpoint of its own, no goodbye
         server.process.wait()
-        wait_for(lambda: not _trainers(crashed), timeout=120, what="the orphaned trainer to exit")
+        wait_for(lambda: not training_processes(crashed), timeout=120, what="the orphaned trainer to exit")
         shutil.rmtree(jobs_cache / crashed)  # the cache lost: only the bucket knows the job's checkpoints
         server = start_server(data_dir, models_dir, extra_env=env, port=int(server.url.rsplit(":", 1)[1]))
         client = OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0)

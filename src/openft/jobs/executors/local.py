@@ -118,12 +118,16 @@ class TrainerProcess:
         return self._process.wait()
 
     def log_tail(self, lines: int = 3) -> str:
-        """The last lines of train.log, for the operator's log (they name server paths: never the owner's)."""
-        try:
-            tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in tail)[-500:]
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(log_path: Path, lines: int = 3) -> str:
+    """The last lines of a job's train.log, for the operator's log (they name server paths: never the owner's)."""
+    try:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in tail)[-500:]
 
 
 class LocalExecutor:

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from openft.jobs.executors.local import Inbox
+from openft.jobs.executors.local import Inbox, log_tail
 from openft.jobs.executors.ray_channel import RunChannel
 from openft.jobs.executors.ray_rank import run_rank
 from openft.trainer_contract import ExitCode, TrainJobSpec, checkpoint_dir, committed_checkpoint_steps
@@ -261,11 +261,7 @@ class RayRun:
             self._channel = None
 
     def log_tail(self, lines: int = 3) -> str:
-        try:
-            tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in tail)[-500:]
+        return log_tail(self.log_path, lines)
 
 
 class _Ending:
