@@ -164,8 +164,12 @@ class Worker:
         self.claim_validation()
         # With Ray, a slot is only taken while the cluster has room: the jobs this worker runs are then the
         # jobs the cluster runs, which is what the queue's estimates count as slots (jobs/queue.py).
-        while len(self._runs) < self.settings.max_jobs and self.executor.has_room() and self.claim_training():
+        while len(self._runs) < self.settings.max_jobs and self._worth_asking() and self.claim_training():
             pass
+
+    def _worth_asking(self) -> bool:
+        """A job waits and the executor has room for one (asked only then: with Ray, a call to the cluster)."""
+        return self._claimable(JobStatus.QUEUED) and self.executor.has_room()
 
     # what the loop holds ----------------------------------------------------------------------
     def running_jobs(self) -> list[str]:

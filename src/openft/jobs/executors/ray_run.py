@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 MAX_GROUP_RESTARTS = 3
 """How many times Ray Train restarts a job's worker group (a worker, node or rank lost) within one attempt."""
 POLL_SECONDS = 0.2
+UNREACHABLE_WARNING_SECONDS = 60.0
+"""A worker that cannot reach its Ray cluster says so at most this often (it asks every turn of its loop)."""
 ENDINGS = ("completed", "stopped", "failed")
 PEER_FIELD = "rank"
 """The field a rank other than 0 adds to its `failed` message (training/launcher.py's PeerProgress)."""
@@ -71,6 +73,7 @@ class RayExecutor:
     def __init__(self, address: str | None):
         self.address = address
         self._runs: list[RayRun] = []
+        self._last_warning = float("-inf")
 
     def trainer(self, job_id: str, spec_path: Path) -> RayRun:
         run = RayRun(job_id, spec_path, self.address)
@@ -88,7 +91,9 @@ class RayExecutor:
                 return False
             free, total = ray.available_resources(), ray.cluster_resources()
         except Exception as exc:  # the cluster unreachable: claim nothing until it is back
-            log.warning("the Ray cluster at %s cannot be asked for room: %s", self.address or "auto", exc)
+            if time.monotonic() - self._last_warning > UNREACHABLE_WARNING_SECONDS:
+                self._last_warning = time.monotonic()
+                log.warning("the Ray cluster at %s cannot be asked for room: %s", self.address or "auto", exc)
             return False
         return free.get("CPU", 0) >= 1 and (total.get("GPU", 0) == 0 or free.get("GPU", 0) >= 1)
 
