@@ -39,6 +39,8 @@ def _job_folder(root: Path, steps: int) -> Path:
     job = root / "ftjob-abc"
     job.mkdir(parents=True)
     (job / "training.jsonl").write_text('{"messages": []}\n')
+    (job / "parent" / "adapter").mkdir(parents=True)  # a continued fine-tune starts from these weights
+    (job / "parent" / "adapter" / "adapter_model.safetensors").write_bytes(b"parent weights")
     lines = "".join(json.dumps({"step": s, "train_loss": 1.0 / s}) + "\n" for s in range(1, steps + 1))
     (job / "metrics.jsonl").write_text(lines + '{"step": 99, "train_lo')  # the trainer mid-write
     return job
@@ -61,6 +63,7 @@ def test_a_checkpoint_is_stored_with_its_metrics_and_restored_into_an_empty_fold
     metrics = [json.loads(line)["step"] for line in (elsewhere / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(1, 9))  # up to the checkpoint's step, not the line being written
     assert (elsewhere / "training.jsonl").read_text() == '{"messages": []}\n'
+    assert (elsewhere / "parent" / "adapter" / "adapter_model.safetensors").read_bytes() == b"parent weights"
     assert mirror.restore("ftjob-abc", elsewhere) is None  # it holds the newest already
 
 

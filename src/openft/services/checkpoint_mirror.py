@@ -5,8 +5,9 @@ With `OPENFT_STORAGE_URL` set, each checkpoint the trainer commits is uploaded b
 as one stored folder `checkpoints/<job>.<step_NNNNNN>/` (storage/folders.py: the files, then the manifest with
 every file's size and SHA-256, so it is visible only once complete) holding the checkpoint — weights and resume
 state — and `metrics.jsonl` up to its step (what the result file and the reconciliation after a crash are built
-from). A checkpoint the trainer prunes is deleted there too. The job's own copy of its data goes up once, with
-its first checkpoint (`<job>.data`): the uploaded file may be deleted meanwhile. Before a run starts, whatever
+from). A checkpoint the trainer prunes is deleted there too. The job's own inputs go up once, with its first
+checkpoint (`<job>.data`): its copy of its data (the uploaded file may be deleted meanwhile) and, continuing a
+fine-tune, the weights it starts from (`parent/`). Before a run starts, whatever
 the job folder lacks is pulled in: its data, and the newest stored checkpoint when the folder has nothing as
 new (another machine, or a wiped cache); the trainer resumes from it as from its own, and the results are the
 same bit for bit (resuming is exact from any checkpoint).
@@ -26,6 +27,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from openft.fsutil import ensure_dir, fsync_dir
+from openft.jobs.job_file import PARENT_DIR
 from openft.jobs.validation import DATA_FILES
 from openft.storage import FolderMirror
 from openft.trainer_contract import (
@@ -38,6 +40,8 @@ from openft.trainer_contract import (
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"
+_INPUTS = (*(local for _, local, _ in DATA_FILES), PARENT_DIR)
+"""What a job reads besides its checkpoints: its data copy and, continuing a fine-tune, its parent's weights."""
 """The checkpoint's own record of its files and their SHA-256, written last (training/checkpoint.py)."""
 
 
@@ -73,31 +77,32 @@ class CheckpointMirror:
         return True
 
     def _push_data(self, job_id: str, job_folder: Path) -> None:
-        """The job's copy of its data, once (it never changes)."""
+        """The job's own inputs, once (they never change): its copy of its data and, for a continued fine-tune,
+        the weights it starts from (`parent/`)."""
         name = f"{job_id}.data"
         if self._folders.exists(name):
             return
         staging = job_folder / f".mirror-data-{uuid.uuid4().hex[:8]}"
         try:
             ensure_dir(staging)
-            for _, local_name, _ in DATA_FILES:
-                if (job_folder / local_name).is_file():
-                    os.link(job_folder / local_name, staging / local_name)
+            for entry in _INPUTS:
+                if (job_folder / entry).exists():
+                    _link_tree(job_folder / entry, staging / entry, check=False)
             self._folders.push(name, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _restore_data(self, job_id: str, job_folder: Path) -> None:
-        missing = [local for _, local, _ in DATA_FILES if not (job_folder / local).exists()]
+        missing = [entry for entry in _INPUTS if not (job_folder / entry).exists()]
         name = f"{job_id}.data"
         if not missing or not self._folders.exists(name):
             return
         staging = job_folder / f".restore-data-{uuid.uuid4().hex[:8]}"
         try:
             self._folders.pull(name, staging)
-            for local in missing:
-                if (staging / local).is_file():
-                    os.replace(staging / local, job_folder / local)
+            for entry in missing:
+                if (staging / entry).exists():
+                    os.replace(staging / entry, job_folder / entry)
             fsync_dir(job_folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -144,10 +149,15 @@ class CheckpointMirror:
         return step
 
 
-def _link_tree(source: Path, target: Path) -> None:
-    """Hard links of every file (same filesystem: instant, and they keep the content if the trainer prunes the
-    checkpoint meanwhile); FileNotFoundError when the folder is gone or going."""
-    if not (source / META_FILE).is_file():
+def _link_tree(source: Path, target: Path, *, check: bool = True) -> None:
+    """Hard links of every file of `source` (a file or a folder; same filesystem: instant, and they keep the
+    content if the trainer prunes the checkpoint meanwhile); FileNotFoundError when it is gone or going (`check`:
+    a checkpoint without its meta.json is one being pruned)."""
+    if source.is_file():
+        ensure_dir(target.parent)
+        os.link(source, target)
+        return
+    if check and not (source / META_FILE).is_file():
         raise FileNotFoundError(source)
     for path in sorted(source.rglob("*")):
         relative = PurePosixPath(path.relative_to(source).as_posix())
