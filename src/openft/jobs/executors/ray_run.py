@@ -237,8 +237,12 @@ class RayRun:
             return
         import ray
 
-        self._channel.stop.remote(int(signal.SIGUSR1))
-        if not ray.get(self._channel.entered.remote()):
+        try:
+            self._channel.stop.remote(int(signal.SIGUSR1))
+            started = ray.get(self._channel.entered.remote(), timeout=10)
+        except Exception:  # the channel is gone (its node lost): the run cannot be reached but through Ray
+            started = False
+        if not started:
             self._abort()  # no rank to checkpoint yet: don't wait for the cluster to find room
 
     def kill(self) -> None:
