@@ -165,3 +165,15 @@ class CheckpointRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(600), unique=True)
     path: Mapped[str] = mapped_column(Text)
+
+
+# --- model aliases (0007) ---
+
+
+# --- uploads (0008) ---
+
+
+# --- webhooks (0009) ---
+
+
+# --- checkpoint permissions (0010) ---
