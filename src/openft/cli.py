@@ -27,6 +27,12 @@ orgs_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(orgs_app, name="orgs")
+webhooks_app = typer.Typer(
+    help="Webhook endpoints of organizations: job events (succeeded, failed, cancelled, paused) are POSTed to them, "
+    "signed the Standard Webhooks way, from a durable outbox with retries.",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _add_client_commands() -> None:
@@ -38,6 +44,9 @@ def _add_client_commands() -> None:
     app.add_typer(models.app, name="models")
     app.command("chat")(chat.chat)
     app.add_typer(data.app, name="data")
+    from openft.client import importer  # `import` is a keyword: the module is `importer`, the command `import`
+
+    app.add_typer(importer.app, name="import")
 
 
 _add_client_commands()
@@ -451,6 +460,120 @@ def orgs_list(as_json: JsonOutput = False, data_dir: DataDir = None) -> None:
         return
     for row in rows:
         typer.echo("  ".join(f"{k}={'unlimited' if v is None else v}" for k, v in row.items()))
+
+
+@contextlib.contextmanager
+def _webhook_service(data_dir: Path | None) -> Iterator[Any]:
+    """The webhook service on the database `openft serve` would use, migrated first (as `_key_service`)."""
+    from openft.db.engine import make_engine, make_session_factory
+    from openft.db.migrate import upgrade
+    from openft.services.webhooks import WebhookService
+
+    settings = _settings(data_dir=data_dir)
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+        yield WebhookService(make_session_factory(engine))
+    finally:
+        engine.dispose()
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="The http(s) URL events are POSTed to.")],
+    org: Annotated[str, typer.Option("--org", help="Organization whose job events it gets (created on first use).")],
+    events: Annotated[
+        str | None,
+        typer.Option(
+            "--events",
+            help="Comma-separated event types [all: fine_tuning.job.succeeded,fine_tuning.job.failed,"
+            "fine_tuning.job.cancelled,fine_tuning.job.paused].",
+        ),
+    ] = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Add a webhook endpoint; its signing secret is printed once (receivers verify with it)."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    types = [name.strip() for name in events.split(",") if name.strip()] if events else None
+    try:
+        with _webhook_service(data_dir) as service:
+            created = service.add(url, org=org, event_types=types)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps(created.to_json()))
+        return
+    info = created.info
+    typer.echo(f"created {info.id} for organization {info.org}: {info.url}")
+    typer.echo(f"  events: {', '.join(info.event_types)}")
+    typer.echo(f"  secret: {created.secret}")
+    typer.echo("  keep it now: it is not shown again (the receiver verifies signatures with it)")
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organization's.")] = None,
+    deliveries: Annotated[
+        bool, typer.Option("--deliveries", help="List deliveries and their attempts instead (newest first).")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Deliveries shown at most.")] = 100,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List webhook endpoints (never their secrets), or with --deliveries what was sent and how it went."""
+    import json
+
+    with _webhook_service(data_dir) as service:
+        if deliveries:
+            found = service.deliveries(org=org, limit=limit)
+            if as_json:
+                typer.echo(json.dumps([delivery.to_json() for delivery in found]))
+                return
+            for delivery in found:
+                shown = delivery.to_json()
+                last = shown["last_status_code"] or shown["last_error"] or ""
+                typer.echo(
+                    f"{shown['id']}  {shown['status']:<9}  {shown['event_type']:<26}  {shown['job_id']}  "
+                    f"{shown['endpoint_id']}  tries={shown['attempt_count']}  {last}"
+                )
+            return
+        endpoints = service.endpoints(org=org)
+    if as_json:
+        typer.echo(json.dumps([endpoint.to_json() for endpoint in endpoints]))
+        return
+    for endpoint in endpoints:
+        typer.echo(
+            f"{endpoint.id}  org={endpoint.org}  {endpoint.url}  events={','.join(endpoint.event_types)}  "
+            f"created={_when(endpoint.created_at)}"
+        )
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(
+    endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (wh-…), as `openft webhooks list` shows it.")],
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete a webhook endpoint: nothing more is sent to it (its pending deliveries and history go with it)."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    try:
+        with _webhook_service(data_dir) as service:
+            info = service.delete(endpoint_id)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps({**info.to_json(), "deleted": True}))
+        return
+    typer.echo(f"deleted {info.id} of organization {info.org} ({info.url})")
 
 
 def main() -> None:
