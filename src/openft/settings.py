@@ -151,6 +151,18 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None, description="The Ray cluster of `executor=ray` (`HOST:PORT` of its GCS, or `auto`)."
     )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the server looks for webhook deliveries that are due."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A webhook POST without an answer after this long counts as a failed try."
+    )
+    webhook_retry_seconds: str = Field(
+        default="5,30,120,600,1800,3600,7200,14400,28800,28800",
+        pattern=r"^\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*)*$",
+        description="Delays (seconds, comma-separated) before each retry of a webhook delivery that got no 2xx "
+        "answer; after the last one the delivery is `failed` (default: 11 tries over about 24 hours).",
+    )
 
     @field_validator("data_dir", "models_dir", mode="after")
     @classmethod

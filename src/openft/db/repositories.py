@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, CursorResult, Select, Update, and_, delete
 from sqlalchemy.orm import Session, aliased
 
 from openft import ids
+from openft.db import webhooks as webhook_outbox
 from openft.db.tables import (
     ApiKeyRow,
     CheckpointRow,
@@ -258,7 +259,15 @@ def transition_job(
     result = _update(
         session, update(JobRow).where(and_(*conditions)).values(status=target.value, updated_at=time.time(), **fields)
     )
-    return result.rowcount == 1
+    return _changed_status(session, job_id, target, result.rowcount == 1)
+
+
+def _changed_status(session: Session, job_id: str, target: JobStatus, changed: bool) -> bool:
+    """Every status write ends here: a change to a status that sends a webhook event queues it in the same
+    transaction (db/webhooks.py), so the event commits or rolls back with the change itself."""
+    if changed:
+        webhook_outbox.enqueue_job_event(session, job_id, target)
+    return changed
 
 
 def update_job_fenced(session: Session, job_id: str, attempt: int, **fields: Any) -> bool:
@@ -420,7 +429,7 @@ def release_expired_claim(session: Session, job: JobRow, target: JobStatus, *, n
             **fields,
         ),
     )
-    return result.rowcount == 1
+    return _changed_status(session, job.id, target, result.rowcount == 1)
 
 
 def queue_snapshot(session: Session, *, recent_finished: int = 10) -> tuple[list[JobRow], list[JobRow], list[JobRow]]:

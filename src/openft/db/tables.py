@@ -176,4 +176,61 @@ class CheckpointRow(Base):
 # --- webhooks (0009) ---
 
 
+class WebhookEndpointRow(Base):
+    """A URL an organization's job events are POSTed to, added by the operator (`openft webhooks add`), never
+    through the API: tenants cannot make the server call arbitrary addresses. The secret is kept as it is
+    (`whsec_…`), because the server signs every delivery with it (docs: README, Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    event_types: Mapped[list[Any]] = mapped_column(JSON)
+    """The event types sent to it (`fine_tuning.job.succeeded`, …)."""
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDeliveryRow(Base):
+    """One event for one endpoint: the outbox row, written in the transaction that changed the job's status, so
+    an event exists exactly when its transition committed. `body` is the exact JSON sent on every try (the
+    signature covers it); `next_attempt_at` is both the retry time and the lease of a deliverer that claimed it."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    """`evt_…`: the event's id in the body and the `webhook-id` header, the same on every try and endpoint."""
+    event_type: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    """`pending` (waiting for its next try, or being tried), `delivered` (a 2xx answer) or `failed` (gave up)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Tries claimed so far; also the fencing token of the deliverer holding the current try."""
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class WebhookAttemptRow(Base):
+    """One try of a delivery: the HTTP status the receiver answered, or why no answer came."""
+
+    __tablename__ = "webhook_delivery_attempts"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+
 # --- checkpoint permissions (0010) ---

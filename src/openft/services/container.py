@@ -32,6 +32,7 @@ from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
 from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
+from openft.services.webhook_delivery import WebhookDeliverer, parse_retry_delays
 from openft.settings import Settings
 from openft.storage import LocalBlobStore, S3BlobStore, folder_mirror, open_blob_store
 
@@ -89,6 +90,8 @@ class Container:
     data_check: DataCheckService
     metrics: Metrics
     worker: Worker | None = None
+    webhooks: WebhookDeliverer | None = None
+    """Delivers the webhook outbox; built here, started only by a server (`start`)."""
 
     def start(self) -> None:
         """Begin serving for the long run: sweep orphaned blobs, then start the worker (if any).
@@ -102,10 +105,14 @@ class Container:
         self.metrics.start()  # the loopback /metrics listener, if OPENFT_METRICS_PORT is set
         if self.worker is not None:
             self.worker.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()  # undelivered events stay in the outbox for the next start
         self.metrics.stop()
         self.inference.close()
         self.engine.dispose()
@@ -202,4 +209,10 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         ),
         metrics=metrics,
         worker=worker,
+        webhooks=WebhookDeliverer(
+            sessions,
+            poll_seconds=settings.webhook_poll_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            retry_delays=parse_retry_delays(settings.webhook_retry_seconds),
+        ),
     )
