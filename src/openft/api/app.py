@@ -16,7 +16,7 @@ from openft import __version__
 from openft.api import dashboard
 from openft.api.auth_gate import AuthGate
 from openft.api.bodies import JsonBodyLimit, parse_json_off_loop
-from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, PREFIXES, Dialect
+from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, GATED_PREFIXES, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
 from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, metrics, models
 from openft.api.routes.common import OpenApiResponses
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.add_middleware(JsonBodyLimit)
     # Outside JsonBodyLimit: the key is checked from the headers before anything reads the body.
     throttle = FailedKeyThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
-    gated = (*PREFIXES.values(), metrics.METRICS_PATH)
+    gated = (*GATED_PREFIXES, metrics.METRICS_PATH)
     app.add_middleware(AuthGate, prefixes=gated, throttle=throttle)
 
     @app.middleware("http")
@@ -126,7 +126,7 @@ def _api_version_parameter(dialect: Dialect) -> dict[str, Any] | None:
             "example": "2025-04-01-preview",
         }
         return {"name": "api-version", "in": "query", "required": True, "schema": schema}
-    if dialect is Dialect.AZURE_V1:
+    if dialect in (Dialect.AZURE_V1, Dialect.FOUNDRY_PROJECT):
         schema = {"type": "string", "enum": list(AZURE_V1_VERSIONS)}
         return {"name": "api-version", "in": "query", "required": False, "schema": schema}
     return None

@@ -1,18 +1,21 @@
 """Request dependencies: the URL dialect, the caller's identity and the services.
 
-Three URL families reach one set of handlers (docs/api-compatibility.md §1): `/v1/...` (OpenAI),
-`/openai/v1/...` (Azure v1; `api-version` optional, `v1` or `preview`) and `/openai/...` (Azure
-dated; `api-version=YYYY-MM-DD[-preview]` required). The dialect only changes details the Azure
-dated API defines differently (201 + Location on create); the statuses and objects are the same.
+Four URL families reach one set of handlers (docs/api-compatibility.md §1): `/v1/...` (OpenAI),
+`/openai/v1/...` (Azure v1; `api-version` optional, `v1` or `preview`), `/openai/...` (Azure
+dated; `api-version=YYYY-MM-DD[-preview]` required) and Foundry's project-scoped
+`/api/projects/{project}/openai/v1/...`, which is the Azure v1 API (the project is recorded, not used).
+The dialect only changes details the Azure dated API defines differently (201 + Location on create); the
+statuses and objects are the same.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from openft.api.auth_gate import PRINCIPAL_STATE_KEY
 from openft.errors import InvalidRequest
@@ -23,9 +26,18 @@ class Dialect(enum.StrEnum):
     OPENAI = "openai"  # /v1
     AZURE_V1 = "azure-v1"  # /openai/v1
     AZURE_DATED = "azure-dated"  # /openai?api-version=YYYY-MM-DD[-preview]
+    FOUNDRY_PROJECT = "foundry-project"  # /api/projects/{project}/openai/v1: Azure v1 under a Foundry project
 
 
-PREFIXES = {Dialect.OPENAI: "/v1", Dialect.AZURE_V1: "/openai/v1", Dialect.AZURE_DATED: "/openai"}
+PREFIXES = {
+    Dialect.OPENAI: "/v1",
+    Dialect.AZURE_V1: "/openai/v1",
+    Dialect.AZURE_DATED: "/openai",
+    Dialect.FOUNDRY_PROJECT: "/api/projects/{project}/openai/v1",
+}
+GATED_PREFIXES = tuple(dict.fromkeys(prefix.split("/{", 1)[0] for prefix in PREFIXES.values()))
+"""What `auth_gate.AuthGate` guards: each prefix up to its first path parameter (`/api/projects`), since the
+gate matches literal prefixes; everything under `/api/projects` needs the key, as under `/openai`."""
 AZURE_V1_VERSIONS = ("v1", "preview")
 DATED_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?")
 """Matched whole (`fullmatch`): `^…$` let a trailing newline through, and `\\d` any Unicode digit; the version
@@ -41,6 +53,13 @@ def _check_azure_v1(request: Request) -> None:
             code="unsupported_api_version",
         )
     request.state.dialect = Dialect.AZURE_V1
+
+
+def _check_foundry_project(request: Request, project: Annotated[str, Path(min_length=1, max_length=256)]) -> None:
+    """Foundry's project endpoint (`https://<resource>.services.ai.azure.com/api/projects/<project>/openai/v1`)
+    is the Azure v1 API; openft has no Foundry projects, so the name is only recorded on the request."""
+    _check_azure_v1(request)
+    request.state.foundry_project = project
 
 
 def _check_azure_dated(request: Request) -> None:
@@ -64,10 +83,11 @@ def _set_openai(request: Request) -> None:
     request.state.dialect = Dialect.OPENAI
 
 
-DIALECT_CHECKS = {
+DIALECT_CHECKS: dict[Dialect, Callable[..., None]] = {
     Dialect.OPENAI: _set_openai,
     Dialect.AZURE_V1: _check_azure_v1,
     Dialect.AZURE_DATED: _check_azure_dated,
+    Dialect.FOUNDRY_PROJECT: _check_foundry_project,
 }
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import ColumnElement, CursorResult, Select, Update, and_, delete, func, or_, select, true, update
+from sqlalchemy import String as SqlString
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session, aliased
 
 from openft import ids
@@ -218,14 +220,24 @@ def _metadata_equals(session: Session, key: str, value: str) -> ColumnElement[bo
 
 
 def list_jobs(
-    session: Session, org_id: str | None, *, after: str | None, limit: int, metadata: dict[str, str] | None
+    session: Session,
+    org_id: str | None,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    without_metadata: bool = False,
 ) -> Page[JobRow]:
-    """Jobs newest first, of one organization or (`org_id=None`, admin keys) of all of them."""
+    """Jobs newest first, of one organization or (`org_id=None`, admin keys) of all of them. `without_metadata`:
+    only jobs that have none (SQL NULL, or the JSON `null` / `{}` a JSON column may hold for "none")."""
     stmt = select(JobRow)
     if org_id is not None:
         stmt = stmt.where(JobRow.organization_id == org_id)
     for key, value in (metadata or {}).items():
         stmt = stmt.where(_metadata_equals(session, key, value))
+    if without_metadata:
+        as_text = sql_cast(JobRow.metadata_, SqlString)
+        stmt = stmt.where(or_(JobRow.metadata_.is_(None), as_text.in_(("null", "{}"))))
     owner = JobRow.organization_id == org_id if org_id is not None else None
     return _paginate(session, stmt, JobRow, after=after, limit=limit, newest_first=True, owner=owner)
 

@@ -44,11 +44,23 @@ class ServingEngine(Protocol):
     ) -> GenerationStream: ...
 
     def complete(
-        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False, org: str | None = None
+        self,
+        target: ModelTarget,
+        prompt: str | list[int],
+        params: GenerationParams,
+        *,
+        echo: bool = False,
+        org: str | None = None,
     ) -> GenerationResult: ...
 
     def stream_complete(
-        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False, org: str | None = None
+        self,
+        target: ModelTarget,
+        prompt: str | list[int],
+        params: GenerationParams,
+        *,
+        echo: bool = False,
+        org: str | None = None,
     ) -> GenerationStream: ...
 
     def context_length(self, target: ModelTarget) -> int | None: ...

@@ -127,7 +127,7 @@ class InferenceEngine:
     def complete(
         self,
         target: ModelTarget,
-        prompt: str,
+        prompt: str | list[int],
         params: GenerationParams,
         *,
         echo: bool = False,
@@ -143,7 +143,7 @@ class InferenceEngine:
     def stream_complete(
         self,
         target: ModelTarget,
-        prompt: str,
+        prompt: str | list[int],
         params: GenerationParams,
         *,
         echo: bool = False,
@@ -274,29 +274,59 @@ def chat_plan(
     return plan
 
 
-def completion_plan(prompt: str, params: GenerationParams, echo: bool) -> Callable[[ActiveModel], DecodePlan]:
-    if not isinstance(prompt, str):
-        raise InvalidRequest("prompt must be a string.", param="prompt")
+def completion_plan(
+    prompt: str | list[int], params: GenerationParams, echo: bool
+) -> Callable[[ActiveModel], DecodePlan]:
+    """A legacy completion's plan. `prompt` is text, tokenized with the tokenizer's own special tokens, or token
+    ids (the API accepts both), fed as they are once each is known to be in the model's vocabulary."""
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise InvalidRequest("A token prompt must be a non-empty list of integer token ids.", param="prompt")
+    elif not isinstance(prompt, str):
+        raise InvalidRequest("prompt must be a string or a list of token ids.", param="prompt")
 
     def plan(active: ActiveModel) -> DecodePlan:
         tokenizer = active.tokenizer
-        prompt_ids = list(tokenizer(prompt)["input_ids"])
+        if isinstance(prompt, list):
+            prompt_ids = _checked_token_ids(prompt, active)
+        else:
+            prompt_ids = list(tokenizer(prompt)["input_ids"])
         if not prompt_ids:
             start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             if start is None:
                 raise InvalidRequest("The prompt is empty.", param="prompt")
             prompt_ids = [start]  # what an empty prompt means to a causal LM: the start of a document
         max_new_tokens = _max_new_tokens(len(prompt_ids), active.context_length, params.max_tokens, "prompt")
+        echoed = "" if not echo else prompt if isinstance(prompt, str) else str(tokenizer.decode(prompt_ids))
         return DecodePlan(
             prompt_ids=prompt_ids,
             params=params,
             max_new_tokens=max_new_tokens,
             stop_token_ids=active.stop_token_ids,
             json_from=0 if params.json_object else None,
-            echo=prompt if echo else "",
+            echo=echoed,
         )
 
     return plan
+
+
+def vocabulary_size(active: ActiveModel) -> int:
+    """How many token ids the model can take: the tokenizer's (added tokens included), or fewer when the
+    model's embedding table is smaller (an id past it would fail inside the forward pass, not as a 400)."""
+    size = len(active.tokenizer)
+    config = getattr(active.model, "config", None)
+    embedded = getattr(config, "vocab_size", None)
+    return min(size, embedded) if isinstance(embedded, int) and embedded > 0 else size
+
+
+def _checked_token_ids(ids: list[int], active: ActiveModel) -> list[int]:
+    size = vocabulary_size(active)
+    bad = next((t for t in ids if not 0 <= t < size), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} in the prompt is not in the model's vocabulary (ids 0 to {size - 1}).", param="prompt"
+        )
+    return list(ids)
 
 
 def _max_new_tokens(prompt_tokens: int, context_length: int | None, requested: int | None, param: str) -> int:

@@ -280,13 +280,25 @@ class VllmEngine:
         return self._submit(target, plan, ("tool_choice", {"json": _call_schema(names)}))
 
     def complete(
-        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False, org: str | None = None
+        self,
+        target: ModelTarget,
+        prompt: str | list[int],
+        params: GenerationParams,
+        *,
+        echo: bool = False,
+        org: str | None = None,
     ) -> GenerationResult:
         """Like `InferenceEngine.complete`."""
         return read_all(self.stream_complete(target, prompt, params, echo=echo, org=org), params)
 
     def stream_complete(
-        self, target: ModelTarget, prompt: str, params: GenerationParams, *, echo: bool = False, org: str | None = None
+        self,
+        target: ModelTarget,
+        prompt: str | list[int],
+        params: GenerationParams,
+        *,
+        echo: bool = False,
+        org: str | None = None,
     ) -> GenerationStream:
         """Like `InferenceEngine.stream_complete`."""
         json_object = ("response_format", {"json_object": True}) if params.json_object else None

@@ -17,6 +17,7 @@ from pydantic import (
     StrictInt,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from openft.protocol.common import LenientModel
@@ -66,6 +67,12 @@ class NamedToolChoice(LenientModel):
         return value
 
 
+class NamedFunction(LenientModel):
+    """The deprecated `function_call: {"name": …}`."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class ResponseFormat(LenientModel):
     type: Literal["text", "json_object", "json_schema"]
 
@@ -112,6 +119,44 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormat | None = None
+    functions: Annotated[list[FunctionDefinition], Field(min_length=1, max_length=128)] | None = None
+    """Deprecated by OpenAI in favour of `tools`, still sent by older clients: each is read as a function tool,
+    and the reply answers in the old shape (`message.function_call`, finish_reason "function_call")."""
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    """Deprecated `tool_choice` of `functions`: "none", "auto" or `{"name": …}`."""
+
+    @model_validator(mode="after")
+    def _tools_or_functions(self) -> ChatCompletionRequest:
+        if self.functions is not None and self.tools is not None:
+            raise ValueError("give either tools or the deprecated functions, not both")
+        if self.function_call is not None and self.tool_choice is not None:
+            raise ValueError("give either tool_choice or the deprecated function_call, not both")
+        return self
+
+    @property
+    def uses_functions(self) -> bool:
+        """The request speaks the deprecated functions API, so the reply must too."""
+        return self.functions is not None
+
+    def effective_tools(self) -> list[ToolDefinition] | None:
+        """`tools`, or the deprecated `functions` read as function tools."""
+        if self.functions is not None:
+            return [ToolDefinition(type="function", function=function) for function in self.functions]
+        return self.tools
+
+    def effective_tool_choice(self) -> Literal["none", "auto", "required"] | NamedToolChoice | None:
+        """`tool_choice`, or the deprecated `function_call` read as one."""
+        choice = self.function_call
+        if isinstance(choice, NamedFunction):
+            return NamedToolChoice(type="function", function={"name": choice.name})
+        return choice if choice is not None else self.tool_choice
+
+
+class DeploymentChatCompletionRequest(ChatCompletionRequest):
+    """Azure's deployment-scoped call (`/deployments/{deployment}/chat/completions`): the path names the model,
+    and Azure's documented call sends no `model` in the body. The route fills it in from the path."""
+
+    model: Annotated[str, Field(max_length=600)] = ""
 
 
 class TopLogprob(BaseModel):
@@ -145,17 +190,21 @@ class ChatCompletionMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+    """The deprecated functions API's one call (a request that sent `functions`), instead of `tool_calls`."""
 
     @model_serializer(mode="wrap")
     def _omit_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """OpenAI's schema types `tool_calls` as an array when present; a reply without calls omits it."""
+        """OpenAI's schema types `tool_calls` and `function_call` as objects when present; a reply without
+        calls omits them."""
         data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for key in ("tool_calls", "function_call"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class ChatCompletionChoice(BaseModel):
@@ -188,10 +237,16 @@ class ToolCallDelta(BaseModel):
     function: FunctionCall | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCallDelta | None = None
 
 
 class ChunkChoice(BaseModel):

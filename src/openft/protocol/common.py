@@ -49,6 +49,14 @@ class IdListPage(ListPage[T], Generic[T]):
     last_id: str | None = None
 
 
+class FileListPage(ListPage[T], Generic[T]):
+    """OpenAI's `ListFilesResponse`: `first_id` and `last_id` are required strings, so an empty page sends ""
+    (there is no id to name) rather than null, which typed clients reject."""
+
+    first_id: str
+    last_id: str
+
+
 class DeletedObject(BaseModel):
     id: str
     object: str

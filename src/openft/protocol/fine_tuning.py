@@ -19,6 +19,10 @@ MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 SUFFIX_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 MAX_SEED = 2_147_483_647
+TRAINING_TYPES = {0: "Standard", 1: "GlobalStandard", 2: "Developer"}
+"""Azure's `trainingType` numbers (what litellm sends) and the names its docs use: Standard (regional), Global
+(GlobalStandard) and Developer, in the order Azure documents them; 0 is Standard (Azure answers 0 and "Standard"
+alike)."""
 
 
 def _azure_auto(value: Any) -> Any:
@@ -26,10 +30,18 @@ def _azure_auto(value: Any) -> Any:
     return "auto" if value == -1 and not isinstance(value, bool) else value
 
 
+Weight = Annotated[StrictFloat | StrictInt, Field(ge=0, le=100)]
+IGNORED_HYPERPARAMETERS = ("prompt_loss_weight", "l2_multiplier")
+"""Azure's extra hyperparameters: accepted so its documented calls work, never passed to the trainer. openft learns
+only the assistant tokens (the prompt is masked), which is `prompt_loss_weight` 0; any other value, and every
+`l2_multiplier`, is ignored, and the job says so in a `warn` event (services/fine_tuning.py)."""
+
+
 class Hyperparameters(StrictModel):
     batch_size: Auto | Annotated[StrictInt, Field(ge=1, le=256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[StrictFloat | StrictInt, Field(gt=0, le=100)] = "auto"
     n_epochs: Auto | Annotated[StrictInt, Field(ge=1, le=50)] = "auto"
+    prompt_loss_weight: Weight | None = None
 
     _azure = field_validator("batch_size", "learning_rate_multiplier", "n_epochs", mode="before")(_azure_auto)
 
@@ -89,6 +101,7 @@ class SupervisedHyperparameters(Hyperparameters, TrainingOptions):
 
 class DpoHyperparameters(SupervisedHyperparameters):
     beta: Auto | Annotated[StrictFloat | StrictInt, Field(gt=0, le=2)] = "auto"
+    l2_multiplier: Weight | None = None
 
     _azure_beta = field_validator("beta", mode="before")(_azure_auto)
 
@@ -132,9 +145,25 @@ class FineTuningJobCreate(StrictModel):
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
     metadata: dict[str, str] | None = None
     integrations: Annotated[list[Integration], Field(max_length=5)] | None = None
-    trainingType: str | None = Field(
-        default=None, description="Azure dated API scheduling hint; accepted and ignored (one local tier)."
+    trainingType: Annotated[str, Field(max_length=64)] | StrictInt | None = Field(
+        default=None,
+        description="Azure scheduling tier: a name (`Standard`, `GlobalStandard`, `Developer`) or its number "
+        "(0, 1, 2; litellm sends 1); accepted and ignored (one local tier).",
     )
+    prompt_loss_weight: Weight | None = Field(
+        default=None, description="Azure/litellm send it at the top level; see `IGNORED_HYPERPARAMETERS`."
+    )
+
+    @field_validator("trainingType")
+    @classmethod
+    def _training_type_name(cls, value: str | int | None) -> str | None:
+        """Integers are Azure's enum numbers; they are read as the names (unknown numbers are refused)."""
+        if value is None or isinstance(value, str):
+            return value
+        if value not in TRAINING_TYPES:
+            known = ", ".join(f"{number} ({name})" for number, name in TRAINING_TYPES.items())
+            raise ValueError(f"unknown trainingType {value}; use a name or one of {known}")
+        return TRAINING_TYPES[value]
 
     @field_validator("metadata")
     @classmethod
@@ -230,4 +259,6 @@ class FineTuningJobCheckpoint(BaseModel):
     fine_tuned_model_checkpoint: str
     fine_tuning_job_id: str
     step_number: int
-    metrics: dict[str, float] = Field(description="Only the metrics computed at this step.")
+    metrics: dict[str, int | float] = Field(
+        description="Only the metrics computed at this step; `step` is an integer, the others numbers."
+    )

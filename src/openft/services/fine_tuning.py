@@ -30,6 +30,7 @@ from openft.jobs.job_file import usable_cpus, visible_gpus
 from openft.jobs.queue import QueueEstimate, estimate_queue
 from openft.protocol.common import IdListPage, ListPage
 from openft.protocol.fine_tuning import (
+    IGNORED_HYPERPARAMETERS,
     MAX_SEED,
     DpoHyperparameters,
     FineTuningJob,
@@ -124,8 +125,17 @@ def checkpoint_to_wire(row: CheckpointRow) -> FineTuningJobCheckpoint:
         fine_tuned_model_checkpoint=row.fine_tuned_model_checkpoint,
         fine_tuning_job_id=row.job_id,
         step_number=row.step_number,
-        metrics={k: v for k, v in (row.metrics or {}).items() if v is not None},
+        metrics=_checkpoint_metrics(row.metrics or {}),
     )
+
+
+def _checkpoint_metrics(metrics: dict[str, Any]) -> dict[str, int | float]:
+    """The metrics as OpenAI prints them: `step` an integer (the trainer's JSON may hold `20.0`), no nulls."""
+    out: dict[str, int | float] = {k: v for k, v in metrics.items() if v is not None}
+    step = out.get("step")
+    if isinstance(step, float) and step.is_integer():
+        out["step"] = int(step)
+    return out
 
 
 # Request → job ------------------------------------------------------------------------------
@@ -153,16 +163,41 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
     top = params.hyperparameters
     if top is not None and nested is not None:
         given = nested.model_dump(include=set(HYPERPARAMETER_NAMES))
-        if top.model_dump() != given:
+        if top.model_dump(include=set(HYPERPARAMETER_NAMES)) != given:
             raise InvalidRequest(
                 f"Give hyperparameters either in method.{kind}.hyperparameters or in the deprecated top-level "
                 "hyperparameters, not both.",
                 param="hyperparameters",
             )
     model = DpoHyperparameters if kind == "dpo" else SupervisedHyperparameters
-    chosen = nested or model(**(top.model_dump() if top is not None else {}))
-    values = chosen.model_dump(exclude_none=True)
+    chosen = nested or model(**(top.model_dump(include=set(HYPERPARAMETER_NAMES)) if top is not None else {}))
+    values = chosen.model_dump(exclude_none=True, exclude=set(IGNORED_HYPERPARAMETERS))
     return {"type": kind, kind: {"hyperparameters": values}}
+
+
+def _ignored_hyperparameters(params: FineTuningJobCreate) -> list[str]:
+    """Azure's `prompt_loss_weight` and `l2_multiplier` as given (top level, `hyperparameters` or the method's),
+    each with what openft does with it: the job's `warn` event (protocol.fine_tuning.IGNORED_HYPERPARAMETERS)."""
+    given: dict[str, float] = {}
+    sections: list[Any] = [params, params.hyperparameters]
+    if params.method is not None:
+        for section in (params.method.supervised, params.method.dpo):
+            sections.append(section.hyperparameters if section is not None else None)
+    for section in sections:
+        for name in IGNORED_HYPERPARAMETERS:
+            value = getattr(section, name, None) if section is not None else None
+            if value is not None:
+                given.setdefault(name, value)
+    notes = []
+    weight = given.get("prompt_loss_weight")
+    if weight is not None and weight != 0:
+        notes.append(
+            f"prompt_loss_weight {weight:g} is ignored: openft learns only the assistant tokens, as with "
+            "prompt_loss_weight 0."
+        )
+    if "l2_multiplier" in given:
+        notes.append(f"l2_multiplier {given['l2_multiplier']:g} is ignored: openft's DPO has no L2 term.")
+    return notes
 
 
 def _refuse_unavailable_qlora(method: dict[str, Any]) -> None:
@@ -306,6 +341,8 @@ class FineTuningService:
             session.flush()
             repo.add_event(session, job_id, f"Created fine-tuning job: {job_id}")
             repo.add_event(session, job_id, f"Validating training file: {params.training_file}")
+            for note in _ignored_hyperparameters(params):
+                repo.add_event(session, job_id, note, level="warn")
         self._notify()
         return job_to_wire(row)
 
@@ -339,10 +376,19 @@ class FineTuningService:
             return job_to_wire(row, _queue_estimates(session, [row]).get(row.id))
 
     def list(
-        self, org_id: str | None, *, after: str | None, limit: int, metadata: dict[str, str] | None
+        self,
+        org_id: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        metadata: dict[str, str] | None,
+        without_metadata: bool = False,
     ) -> ListPage[FineTuningJob]:
+        """`without_metadata`: only jobs created without metadata (OpenAI's `metadata=null` filter)."""
         with self._reads.begin() as session:
-            page = repo.list_jobs(session, org_id, after=after, limit=limit, metadata=metadata)
+            page = repo.list_jobs(
+                session, org_id, after=after, limit=limit, metadata=metadata, without_metadata=without_metadata
+            )
             queued = _queue_estimates(session, page.data)
             data = [job_to_wire(r, queued.get(r.id)) for r in page.data]
             return ListPage[FineTuningJob](data=data, has_more=page.has_more)

@@ -50,6 +50,7 @@ from openft.protocol.chat import (
     ChunkDelta,
     CompletionUsage,
     FunctionCall,
+    FunctionCallDelta,
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
@@ -126,6 +127,7 @@ class _ChatChunks:
         self._include_usage = bool(request.stream_options and request.stream_options.include_usage)
         self._id, self._created, self._model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model
         self._calls_seen = [0] * params.n
+        self._functions = request.uses_functions  # answer in the deprecated functions API's shape
 
     def _chunk(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
         payload = ChatCompletionChunk(
@@ -156,7 +158,15 @@ class _ChatChunks:
             out.append(
                 self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(content=delta.text), logprobs=logprobs)])
             )
-        if delta.tool_calls:
+        if delta.tool_calls and self._functions:
+            if not self._calls_seen[delta.index]:  # that API has one call per reply
+                call = delta.tool_calls[0]
+                function_delta = FunctionCallDelta(name=call.name, arguments=call.arguments)
+                out.append(
+                    self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(function_call=function_delta))])
+                )
+            self._calls_seen[delta.index] += len(delta.tool_calls)
+        elif delta.tool_calls:
             tool_deltas = []
             for call in delta.tool_calls:
                 function = FunctionCall(name=call.name, arguments=call.arguments)
@@ -166,9 +176,10 @@ class _ChatChunks:
                 self._calls_seen[delta.index] += 1
             out.append(self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(tool_calls=tool_deltas))]))
         if delta.finish_reason:
-            out.append(
-                self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(), finish_reason=delta.finish_reason)])
-            )
+            finish: Any = delta.finish_reason
+            if self._functions and finish == "tool_calls":
+                finish = "function_call"
+            out.append(self._chunk([ChunkChoice(index=delta.index, delta=ChunkDelta(), finish_reason=finish)]))
         return out
 
     def closing(self, prompt_tokens: int, completion_tokens: int) -> list[str]:
@@ -199,8 +210,8 @@ class _CompletionChunks:
             choice.setdefault("logprobs", None)
         return _json(data)
 
-    def opening(self, p_index: int, prompt: str) -> list[str]:
-        if not self._echo:
+    def opening(self, p_index: int, prompt: str | list[int]) -> list[str]:
+        if not self._echo or not isinstance(prompt, str):  # echo of a token prompt is refused up front
             return []
         n = self._params.n
         return [
@@ -258,14 +269,24 @@ class InferenceService:
             raise InvalidRequest("logit_bias is not supported by openft.", param="logit_bias")
         if request.top_logprobs and not request.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs set to true.", param="top_logprobs")
-        if request.tool_choice is not None and not request.tools:
-            raise InvalidRequest("tool_choice is only allowed when tools are specified.", param="tool_choice")
-        tool_choice: Any = request.tool_choice
+        request_tools = request.effective_tools()
+        tool_choice: Any = request.effective_tool_choice()
+        choice_param, tools_param = (
+            ("function_call", "functions") if request.uses_functions else ("tool_choice", "tools")
+        )
+        if request.function_call is not None and not request.functions:
+            raise InvalidRequest("function_call is only allowed when functions are specified.", param="function_call")
+        if tool_choice is not None and not request_tools:
+            raise InvalidRequest(
+                f"{choice_param} is only allowed when {tools_param} are specified.", param=choice_param
+            )
         if tool_choice is not None and not isinstance(tool_choice, str):
             tool_choice = tool_choice.model_dump()
-            names = {t.function.name for t in request.tools or []}
+            names = {t.function.name for t in request_tools or []}
             if tool_choice["function"]["name"] not in names:
-                raise InvalidRequest("tool_choice names a function that is not in tools.", param="tool_choice")
+                raise InvalidRequest(
+                    f"{choice_param} names a function that is not in {tools_param}.", param=choice_param
+                )
         stop = [request.stop] if isinstance(request.stop, str) else request.stop
         params = GenerationParams(
             max_tokens=request.max_completion_tokens or request.max_tokens,
@@ -281,13 +302,15 @@ class InferenceService:
             json_object=request.response_format is not None and request.response_format.type != "text",
             tool_choice=tool_choice,
         )
-        tools = [t.model_dump(exclude_none=True) for t in request.tools] if request.tools else None
+        tools = [t.model_dump(exclude_none=True) for t in request_tools] if request_tools else None
         return params, tools
 
     @staticmethod
     def _messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
         keep = {"role", "content", "name", "tool_calls", "tool_call_id"}
-        return [m.model_dump(exclude_none=True, include=keep) for m in request.messages]
+        return _legacy_function_messages(
+            [m.model_dump(exclude_none=True, include=keep | {"function_call"}) for m in request.messages]
+        )
 
     @staticmethod
     def _chat_completion(
@@ -297,13 +320,16 @@ class InferenceService:
         for index, choice in enumerate(result.choices):
             calls = _tool_calls(choice.tool_calls)
             logprobs = ChoiceLogprobs(content=_token_logprobs(choice.logprobs)) if params.logprobs else None
-            message = ChatCompletionMessage(
-                content=choice.text if not calls else (choice.text or None), tool_calls=calls
-            )
+            content = choice.text if not calls else (choice.text or None)
+            finish_reason: Any = choice.finish_reason
+            if request.uses_functions:  # the deprecated API's shape: one `function_call`, no `tool_calls`
+                function_call = calls[0].function if calls else None
+                finish_reason = "function_call" if finish_reason == "tool_calls" else finish_reason
+                message = ChatCompletionMessage(content=content, function_call=function_call)
+            else:
+                message = ChatCompletionMessage(content=content, tool_calls=calls)
             choices.append(
-                ChatCompletionChoice(
-                    index=index, message=message, finish_reason=choice.finish_reason, logprobs=logprobs
-                )
+                ChatCompletionChoice(index=index, message=message, finish_reason=finish_reason, logprobs=logprobs)
             )
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -366,7 +392,7 @@ class InferenceService:
 
     # legacy completions -------------------------------------------------------------------------
     @staticmethod
-    def _completion_params(request: CompletionRequest) -> tuple[list[str], GenerationParams]:
+    def _completion_params(request: CompletionRequest) -> tuple[list[str | list[int]], GenerationParams]:
         if request.suffix:
             raise InvalidRequest("suffix (insertion) is not supported by openft.", param="suffix")
         if request.logit_bias:
@@ -376,7 +402,9 @@ class InferenceService:
             raise InvalidRequest("best_of other than n is not supported by openft.", param="best_of")
         if request.echo and request.logprobs is not None:
             raise InvalidRequest("echo together with logprobs is not supported by openft.", param="echo")
-        prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
+        prompts = _prompts(request.prompt)
+        if request.echo and any(not isinstance(prompt, str) for prompt in prompts):
+            raise InvalidRequest("echo is not supported with a prompt given as token ids.", param="echo")
         if len(prompts) * n > MAX_COMPLETION_CHOICES:
             raise InvalidRequest(f"prompts × n may be at most {MAX_COMPLETION_CHOICES}.", param="n")
         stop = [request.stop] if isinstance(request.stop, str) else request.stop
@@ -429,7 +457,7 @@ class InferenceService:
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
         echo = bool(request.echo)
 
-        async def one(p_index: int, prompt: str) -> GenerationResult:
+        async def one(p_index: int, prompt: str | list[int]) -> GenerationResult:
             start = functools.partial(self._engine.stream_complete, target, prompt, params, echo=echo, org=org_id)
             stream = await self._admitted(
                 target, start, disconnected, endpoint="completions", arrived=arrived, bounded=p_index == 0
@@ -448,7 +476,7 @@ class InferenceService:
         prompts, params = self._completion_params(request)
         target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
 
-        def start(prompt: str) -> Callable[[], GenerationStream]:
+        def start(prompt: str | list[int]) -> Callable[[], GenerationStream]:
             return functools.partial(self._engine.stream_complete, target, prompt, params, org=org_id)
 
         first = await self._admitted(target, start(prompts[0]), disconnected, endpoint="completions", arrived=arrived)
@@ -649,6 +677,35 @@ async def _gather(
         prompt_tokens=stream.prompt_tokens,
         completion_tokens=stream.completion_tokens,
     )
+
+
+def _legacy_function_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The deprecated functions API's turns in the tools API's shape, which chat templates render: an assistant
+    `function_call` becomes a one-call `tool_calls`, and a `function` message (its result) a `tool` message
+    answering it."""
+    out = []
+    last_call_id: str | None = None
+    for index, message in enumerate(messages):
+        call = message.pop("function_call", None)
+        if message["role"] == "assistant" and isinstance(call, dict) and "tool_calls" not in message:
+            last_call_id = f"call_{index}"
+            function = {"name": str(call.get("name", "")), "arguments": str(call.get("arguments", ""))}
+            message["tool_calls"] = [{"id": last_call_id, "type": "function", "function": function}]
+        elif message["role"] == "function":
+            message["role"] = "tool"
+            if last_call_id is not None:
+                message.setdefault("tool_call_id", last_call_id)
+        out.append(message)
+    return out
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """A legacy completion's prompts: a string, strings, one prompt as token ids, or several as lists of ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(item, int) for item in prompt):
+        return [[item for item in prompt if isinstance(item, int)]]
+    return [item for item in prompt if not isinstance(item, int)]
 
 
 def _legacy_finish_reason(reason: FinishReason | None) -> Literal["stop", "length"] | None:

@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 
 from openft.api.deps import PrincipalDep
 from openft.api.routes.common import OpenApiResponses, container
-from openft.protocol.chat import ChatCompletion, ChatCompletionRequest
+from openft.protocol.chat import ChatCompletion, ChatCompletionRequest, DeploymentChatCompletionRequest
 from openft.services.admission import ClientDisconnected
 
 router = APIRouter(tags=["chat"])
@@ -83,7 +83,7 @@ async def create_chat_completion(
 
 @router.post("/deployments/{deployment}/chat/completions", response_model=None, responses=RESPONSES)
 async def create_deployment_chat_completion(
-    request: Request, deployment: str, body: ChatCompletionRequest, principal: PrincipalDep
+    request: Request, deployment: str, body: DeploymentChatCompletionRequest, principal: PrincipalDep
 ) -> ChatCompletion | EventSourceResponse | Response:
     """Azure routes by deployment; in openft every model is deployed under its own name."""
     body.model = deployment

@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse
 from openft.api.deps import PrincipalDep
 from openft.api.routes.chat import CLIENT_CLOSED_REQUEST, client_watch
 from openft.api.routes.common import OpenApiResponses, container
-from openft.protocol.completions import Completion, CompletionRequest
+from openft.protocol.completions import Completion, CompletionRequest, DeploymentCompletionRequest
 from openft.services.admission import ClientDisconnected
 
 router = APIRouter(tags=["completions"])
@@ -43,7 +43,7 @@ async def create_completion(
 
 @router.post("/deployments/{deployment}/completions", response_model=None, responses=RESPONSES)
 async def create_deployment_completion(
-    request: Request, deployment: str, body: CompletionRequest, principal: PrincipalDep
+    request: Request, deployment: str, body: DeploymentCompletionRequest, principal: PrincipalDep
 ) -> Completion | EventSourceResponse | Response:
     body.model = deployment
     return await answer(request, body, principal.scope)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from openft.api.deps import Dialect, DialectDep, PrincipalDep
 from openft.api.multipart import read_multipart_upload
 from openft.api.routes.common import OpenApiResponses, container, created_status, location
-from openft.protocol.common import DeletedObject, ErrorResponse, IdListPage
+from openft.protocol.common import DeletedObject, ErrorResponse, FileListPage
 from openft.protocol.files import UPLOAD_PURPOSES, FileObject
 from openft.services.files import MAX_LIST_LIMIT
 
@@ -68,8 +68,11 @@ def list_files(
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT,
     order: Literal["asc", "desc"] = "desc",
-) -> IdListPage[FileObject]:
-    return container(request).files.list(principal.scope, purpose=purpose, after=after, limit=limit, order=order)
+) -> FileListPage[FileObject]:
+    page = container(request).files.list(principal.scope, purpose=purpose, after=after, limit=limit, order=order)
+    return FileListPage[FileObject](
+        data=page.data, has_more=page.has_more, first_id=page.first_id or "", last_id=page.last_id or ""
+    )
 
 
 @router.get("/files/{file_id}")

@@ -54,8 +54,14 @@ def metadata_filter(request: Request) -> dict[str, str] | None:
 def list_jobs(
     request: Request, principal: PrincipalDep, after: After = None, limit: Limit = 20
 ) -> ListPage[FineTuningJob]:
+    """`metadata=null` (OpenAI's documented filter) lists only the jobs created without metadata."""
+    without_metadata = request.query_params.get("metadata") == "null"
     return container(request).fine_tuning.list(
-        principal.scope, after=after, limit=limit, metadata=metadata_filter(request)
+        principal.scope,
+        after=after,
+        limit=limit,
+        metadata=metadata_filter(request),
+        without_metadata=without_metadata,
     )
 
 
@@ -80,6 +86,7 @@ def resume_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: st
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/events", include_in_schema=False)
 def list_events(
     request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 20
 ) -> ListPage[FineTuningJobEvent]:
@@ -87,6 +94,7 @@ def list_events(
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", include_in_schema=False)
 def list_checkpoints(
     request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 10
 ) -> IdListPage[FineTuningJobCheckpoint]:
