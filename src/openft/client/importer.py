@@ -27,6 +27,7 @@ from openft.client.import_plan import (
     DEFAULT_MAP,
     LR_SCALE,
     SOURCE_KEY,
+    TOKENS_PER_SECOND_7B,
     PlanError,
     PlannedJob,
     VendorFile,
@@ -244,7 +245,9 @@ def vendor_jobs(
         for job in found
         if (statuses is None or job.get("status") in statuses) and (since is None or job.get("created_at", 0) >= since)
     ]
-    return sorted(selected, key=lambda job: (job.get("created_at") or 0, job["id"]))
+    if not ids:
+        selected.reverse()  # the vendor lists newest first: reversed, jobs of the same second keep their order
+    return sorted(selected, key=lambda job: job.get("created_at") or 0)  # stable
 
 
 def vendor_files(vendor: Any, jobs: list[dict[str, Any]]) -> dict[str, VendorFile]:
@@ -359,18 +362,20 @@ def _report(plans: list[PlannedJob], *, as_json: bool, dry_run: bool) -> None:
             planned.vendor_job_id,
             f"{planned.vendor_model} → {planned.base}" if planned.base else planned.vendor_model,
             _files_text(planned),
-            duration(est.seconds) if est and planned.action == "create" else "",
+            f"{duration(est.seconds)} ({est.tokens:,} tokens)"
+            if est and est.tokens is not None and planned.action == "create"
+            else "",
             action,
         )
     console().print(table)
     for planned in plans:
         for note in planned.notes:
             typer.echo(f"note: {planned.vendor_job_id}: {note}")
-    rate = next((p.estimate for p in plans if p.estimate), None)
-    if rate is not None:
+    if any(p.estimate for p in plans):
         typer.echo(
-            f"* estimate: tokens (the vendor's trained_tokens, else file bytes / 4 × epochs) ÷ an assumed "
-            f"LoRA throughput (2,500 tokens/s for a 7–8B model on one H100-class GPU); total {duration(total)}"
+            f"* an estimate: tokens (the vendor's trained_tokens, else file bytes / 4 × epochs) ÷ an assumed "
+            f"LoRA throughput ({TOKENS_PER_SECOND_7B:,.0f} tokens/s for a 7–8B model on one H100-class GPU, scaled "
+            f"by the size in the base's name); total {duration(total)}"
         )
     created = [p for p in plans if p.openft_job]
     if created and not dry_run:
