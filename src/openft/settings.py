@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         description="Delays (seconds, comma-separated) before each retry of a webhook delivery that got no 2xx "
         "answer; after the last one the delivery is `failed` (default: 11 tries over about 24 hours).",
     )
+    webhook_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Delivered and failed webhook deliveries (and their attempts) are forgotten this long after "
+        "their event; pending ones are kept until they end.",
+    )
 
     @field_validator("data_dir", "models_dir", mode="after")
     @classmethod

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from openai import OpenAI
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft import ids
@@ -19,7 +19,7 @@ from openft.db import repositories as repo
 from openft.db import webhooks as outbox
 from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
-from openft.db.tables import JobRow, WebhookDeliveryRow
+from openft.db.tables import JobRow, WebhookAttemptRow, WebhookDeliveryRow
 from openft.domain.job_states import JobStatus
 from openft.errors import InvalidRequest, NotFound
 from openft.services.webhook_delivery import WebhookDeliverer
@@ -250,3 +250,25 @@ def test_endpoints_are_checked_listed_without_secrets_and_deleted_with_their_del
     assert service.endpoints() == [] and service.deliveries() == []
     with pytest.raises(NotFound):
         service.delete(created.info.id)
+
+
+def test_finished_deliveries_are_forgotten_after_the_retention_but_pending_ones_stay(
+    sessions: sessionmaker[Session], service: WebhookService
+) -> None:
+    service.add(f"http://127.0.0.1:{_closed_port()}/hook", org="acme")
+    acme = _org_id(sessions, "acme")
+    for _ in range(3):
+        _move(sessions, _job(sessions, acme, S.QUEUED), S.CANCELLED)
+    deliverer = WebhookDeliverer(sessions, poll_seconds=0.1, timeout_seconds=2, retry_delays=[], retention_seconds=60)
+    assert deliverer.run_once() == 3  # no retries: all three fail for good, each with its one attempt
+    with sessions.begin() as session:
+        rows = list(session.scalars(select(WebhookDeliveryRow).order_by(WebhookDeliveryRow.seq)))
+        rows[0].created_at -= 120  # an old failed one
+        rows[1].created_at -= 120
+        rows[1].status = "pending"  # an old one still owed
+        kept_ids = [rows[1].id, rows[2].id]
+    assert deliverer.prune() == 1
+    assert sorted(d.row.id for d in service.deliveries()) == sorted(kept_ids)
+    with sessions.begin() as session:
+        assert session.scalar(select(func.count()).select_from(WebhookAttemptRow)) == 2
+    deliverer.stop()

@@ -139,6 +139,18 @@ def attempts_of(session: Session, delivery_ids: Sequence[str]) -> dict[str, list
     return found
 
 
+def prune_finished(session: Session, *, before: int) -> int:
+    """Delete delivered and failed deliveries (with their attempts) of events older than `before`; returns how
+    many. Pending ones stay whatever their age: they are still owed."""
+    finished = (WebhookDeliveryRow.status.in_((DELIVERED, FAILED)), WebhookDeliveryRow.created_at < before)
+    old_ids = list(session.scalars(select(WebhookDeliveryRow.id).where(*finished)))
+    for start in range(0, len(old_ids), 500):
+        chunk = old_ids[start : start + 500]
+        session.execute(delete(WebhookAttemptRow).where(WebhookAttemptRow.delivery_id.in_(chunk)))
+        session.execute(delete(WebhookDeliveryRow).where(WebhookDeliveryRow.id.in_(chunk)))
+    return len(old_ids)
+
+
 def _due(now: float) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     return (WebhookDeliveryRow.status == PENDING, WebhookDeliveryRow.next_attempt_at <= now)
 

@@ -214,5 +214,6 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             poll_seconds=settings.webhook_poll_seconds,
             timeout_seconds=settings.webhook_timeout_seconds,
             retry_delays=parse_retry_delays(settings.webhook_retry_seconds),
+            retention_seconds=settings.webhook_retention_days * 86400,
         ),
     )

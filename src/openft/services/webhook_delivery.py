@@ -34,6 +34,7 @@ LEASE_MARGIN_SECONDS = 30.0
 BATCH = 8
 """Deliveries claimed (and POSTed concurrently) at once."""
 MAX_ERROR_CHARS = 500
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 def parse_retry_delays(text: str) -> list[float]:
@@ -57,12 +58,15 @@ class WebhookDeliverer:
         poll_seconds: float,
         timeout_seconds: float,
         retry_delays: Sequence[float],
+        retention_seconds: float | None = None,
     ):
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # the idle poll never takes SQLite's write lock
         self._poll = poll_seconds
         self._timeout = timeout_seconds
         self._delays = list(retry_delays)
+        self._retention = retention_seconds
+        self._pruned_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = httpx.Client(timeout=timeout_seconds, follow_redirects=False)
@@ -81,12 +85,26 @@ class WebhookDeliverer:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._pruned_at is None or time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
+                    self._pruned_at = time.monotonic()
+                    self.prune()
                 tried = self.run_once()
             except Exception:  # a database hiccup: the rows wait in the outbox, try again at the next poll
                 log.exception("webhook delivery round failed")
                 tried = 0
             if not tried:
                 self._stop.wait(self._poll)
+
+    def prune(self) -> int:
+        """Forget finished deliveries older than the retention (`OPENFT_WEBHOOK_RETENTION_DAYS`), so the outbox
+        does not grow for ever; returns how many went."""
+        if self._retention is None:
+            return 0
+        with self._sessions.begin() as session:
+            pruned = outbox.prune_finished(session, before=int(time.time() - self._retention))
+        if pruned:
+            log.info("forgot %d finished webhook deliveries older than the retention", pruned)
+        return pruned
 
     def run_once(self) -> int:
         """One round: claim the due deliveries (a read first, the write lock only when there are some), POST
