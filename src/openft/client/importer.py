@@ -306,11 +306,20 @@ def _execute(provider: str, vendor: Any, connection: Connection, plans: list[Pla
 
 
 def _copy_file(vendor: Any, client: Any, item: VendorFile, uploaded: dict[str, str]) -> str:
-    """Download a vendor file and upload the same bytes, under the same name, to openft."""
+    """Download a vendor file and upload the same bytes, under the same name, to openft.
+
+    The bytes pass through a temporary file, not memory: OpenAI's training files go up to 512 MB.
+    """
+    import tempfile
+
     if item.id not in uploaded:
-        data = vendor.files.content(item.id).content
-        created = client.files.create(file=(item.filename or f"{item.id}.jsonl", data), purpose="fine-tune")
-        uploaded[item.id] = created.id
+        with tempfile.TemporaryFile() as spool:
+            with vendor.files.with_streaming_response.content(item.id) as response:
+                for chunk in response.iter_bytes(1 << 20):
+                    spool.write(chunk)
+            spool.seek(0)
+            name = item.filename or f"{item.id}.jsonl"
+            uploaded[item.id] = client.files.create(file=(name, spool), purpose="fine-tune").id
     return uploaded[item.id]
 
 
