@@ -255,9 +255,9 @@ def test_azure_dialect_import_is_idempotent_too(vendor: Vendor, cli: Cli, server
     plan = json.loads(cli(*args, "--dry-run", "--json").stdout)
     assert [(job["vendor_job_id"], job["action"]) for job in plan["jobs"]] == [(vendor.cancelled.id, "create")]
     counts = _counts(target)
-    result = cli(*args)
-    assert "created 1 job(s)" in result.stdout, result.stdout
+    result = json.loads(cli(*args, "--json").stdout)
     (imported,) = _imports(target, f"azure:{vendor.cancelled.id}")
+    assert result["dry_run"] is False and [job["openft_job"] for job in result["jobs"]] == [imported.id]
     _cancel(target, imported.id)
     assert imported.seed == vendor.cancelled.seed and MODEL_KEY not in (imported.metadata or {})
     assert target.files.content(imported.training_file).content == vendor.files[vendor.cancelled.training_file]
