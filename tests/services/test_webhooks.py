@@ -272,3 +272,32 @@ def test_finished_deliveries_are_forgotten_after_the_retention_but_pending_ones_
     with sessions.begin() as session:
         assert session.scalar(select(func.count()).select_from(WebhookAttemptRow)) == 2
     deliverer.stop()
+
+
+def test_several_deliverers_on_one_database_send_each_event_once(
+    sessions: sessionmaker[Session], service: WebhookService
+) -> None:
+    """Several servers on one database: the claim (SKIP LOCKED on PostgreSQL, the write lock on SQLite) gives each
+    due delivery to one deliverer only."""
+    receiver = WebhookReceiver().start()
+    try:
+        service.add(receiver.url, org="acme")
+        acme = _org_id(sessions, "acme")
+        for _ in range(20):
+            _move(sessions, _job(sessions, acme, S.QUEUED), S.CANCELLED)
+        deliverers = [
+            WebhookDeliverer(sessions, poll_seconds=0.05, timeout_seconds=5, retry_delays=[60]) for _ in range(3)
+        ]
+        for deliverer in deliverers:
+            deliverer.start()
+        deadline = time.monotonic() + 30
+        while len(receiver.snapshot()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a second try of any event would land by now
+        for deliverer in deliverers:
+            deliverer.stop()
+    finally:
+        receiver.stop()
+    ids_sent = [r.headers["webhook-id"] for r in receiver.snapshot()]
+    assert len(ids_sent) == 20 and len(set(ids_sent)) == 20
+    assert all(d.row.status == "delivered" and d.row.attempts == 1 for d in service.deliveries())
