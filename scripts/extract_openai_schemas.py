@@ -40,6 +40,8 @@ SCHEMAS = [
     "ListPaginatedFineTuningJobsResponse",
     "Model",
     "OpenAIFile",
+    "Upload",
+    "UploadPart",
 ]
 
 

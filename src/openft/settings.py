@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     port: int = 8000
     org_name: str = Field(default="openft", description="Organization name used in fine-tuned model names.")
     max_upload_bytes: int = Field(default=512 * MiB, ge=1, description="Largest accepted upload (bytes).")
+    max_upload_total_bytes: int = Field(
+        default=8 * 1024 * MiB, ge=1, description="Largest file the Uploads API assembles from parts (bytes)."
+    )
     run_worker: bool = Field(default=True, description="Run the job worker inside the server process.")
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     lease_seconds: float = Field(

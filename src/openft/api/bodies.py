@@ -38,9 +38,14 @@ TOO_LARGE_MESSAGE = (
 )
 
 
+_UPLOAD_PART = re.compile(r"/uploads/[^/]+/parts$")
+
+
 def _is_upload(scope: Scope) -> bool:
-    """`POST /v1/files`, `/openai/v1/files`, `/openai/files`: multipart, streamed to disk by its handler."""
-    return scope["method"] == "POST" and str(scope["path"]).rstrip("/").endswith("/files")
+    """`POST /v1/files`, `/openai/v1/files`, `/openai/files` and `POST …/uploads/{id}/parts` (parts of up to
+    64 MB): multipart, streamed to the blob store by their handlers, which bound them."""
+    path = str(scope["path"]).rstrip("/")
+    return scope["method"] == "POST" and (path.endswith("/files") or _UPLOAD_PART.search(path) is not None)
 
 
 class JsonBodyLimit:

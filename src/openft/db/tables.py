@@ -171,6 +171,43 @@ class CheckpointRow(Base):
 
 
 # --- uploads (0008) ---
+class UploadRow(Base):
+    """An Upload (services/uploads.py): a file sent in parts, assembled into a File row on completion.
+
+    `status` is what was decided (pending, completed, cancelled, expired); a pending upload past `expires_at`
+    is shown as expired even before the sweep records it, so the sweep only frees its parts' bytes."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_status_expires", "status", "expires_at"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    """The size the client declared; the parts named at completion must add up to it."""
+    mime_type: Mapped[str] = mapped_column(String(255))
+    file_expires_after_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """`expires_after.seconds` of the request: the File made on completion expires that long after it is made."""
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The File made on completion."""
+
+
+class UploadPartRow(Base):
+    """One part of an upload; its bytes are the blob whose key is the part's id."""
+
+    __tablename__ = "upload_parts"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 # --- webhooks (0009) ---

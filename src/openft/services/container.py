@@ -32,6 +32,7 @@ from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
 from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
+from openft.services.uploads import UploadService
 from openft.services.webhook_delivery import WebhookDeliverer, parse_retry_delays
 from openft.settings import Settings
 from openft.storage import LocalBlobStore, S3BlobStore, folder_mirror, open_blob_store
@@ -90,6 +91,8 @@ class Container:
     data_check: DataCheckService
     metrics: Metrics
     worker: Worker | None = None
+    uploads: UploadService | None = None
+    """The Uploads API; its expiry sweep runs only in a server (`start`). None only in a hand-built container."""
     webhooks: WebhookDeliverer | None = None
     """Delivers the webhook outbox; built here, started only by a server (`start`)."""
 
@@ -103,6 +106,8 @@ class Container:
         if swept := self.files.remove_orphan_blobs():
             log.warning("removed %d stored file(s) that no file row points to: %s", len(swept), ", ".join(swept))
         self.metrics.start()  # the loopback /metrics listener, if OPENFT_METRICS_PORT is set
+        if self.uploads is not None:
+            self.uploads.start()  # expired uploads' parts deleted now and every minute
         if self.worker is not None:
             self.worker.start()
         if self.webhooks is not None:
@@ -111,6 +116,8 @@ class Container:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self.uploads is not None:
+            self.uploads.stop()
         if self.webhooks is not None:
             self.webhooks.stop()  # undelivered events stay in the outbox for the next start
         self.metrics.stop()
@@ -209,6 +216,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         ),
         metrics=metrics,
         worker=worker,
+        uploads=UploadService(sessions, store, files, max_total_bytes=settings.max_upload_total_bytes),
         webhooks=WebhookDeliverer(
             sessions,
             poll_seconds=settings.webhook_poll_seconds,
