@@ -1,11 +1,13 @@
-"""The Uploads service on a real container (SQLite, the local blob store): assembly in the order given, the
-checks at completion, cancel and expiry deleting parts, the races between them, and bounded memory."""
+"""The Uploads service on a real container (SQLite and PostgreSQL, the local blob store): assembly in the order
+given, the checks at completion, cancel and expiry deleting parts, parts sent in parallel, the races between
+completion and cancel, and bounded memory."""
 
 from __future__ import annotations
 
 import hashlib
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ from openft.errors import InvalidRequest, NotFound, OpenFTError, QuotaExceeded
 from openft.protocol.uploads import Upload, UploadComplete, UploadCreate
 from openft.services import quotas
 from openft.services.auth import ensure_organization
-from openft.services.container import Container
+from openft.services.container import Container, build_container
 from openft.services.uploads import UPLOAD_LIFETIME_SECONDS, UploadService
+from openft.settings import Settings
 from openft.storage import LocalBlobStore
 
 MiB = 1024 * 1024
@@ -32,6 +35,15 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture
+def container(tmp_path: Path, models_dir: Path, database_url: str) -> Iterator[Container]:
+    """The shared fixture's container, on SQLite and on PostgreSQL (row locks and compare-and-set on both)."""
+    settings = Settings(data_dir=tmp_path / "data", models_dir=models_dir, api_key="k", database_url=database_url)
+    built = build_container(settings, with_worker=False)
+    yield built
+    built.engine.dispose()
 
 
 @pytest.fixture
@@ -201,6 +213,16 @@ def test_an_upload_expires_an_hour_after_creation_and_the_sweep_deletes_its_part
     assert blob_keys(container) == {kept_part}
     assert uploads.expire_due() == []
     assert complete(uploads, container, kept, [kept_part]).status == "completed"  # created later: still in time
+
+
+def test_parts_sent_in_parallel_are_all_recorded(uploads: UploadService, container: Container) -> None:
+    pieces = [bytes([65 + i]) * (1000 + i) for i in range(8)]
+    upload_id = new_upload(uploads, container, sum(len(piece) for piece in pieces))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        part_ids = list(pool.map(lambda piece: add(uploads, container, upload_id, piece), pieces))
+    done = complete(uploads, container, upload_id, part_ids)
+    assert done.file is not None
+    assert b"".join(container.files.content(None, done.file.id).chunks) == b"".join(pieces)
 
 
 def test_a_cancel_while_parts_are_assembled_wins_and_the_new_file_is_deleted(
