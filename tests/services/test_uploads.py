@@ -5,13 +5,16 @@ completion and cancel, and bounded memory."""
 from __future__ import annotations
 
 import hashlib
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from openft.db.tables import UploadRow
 from openft.errors import InvalidRequest, NotFound, OpenFTError, QuotaExceeded
 from openft.protocol.uploads import Upload, UploadComplete, UploadCreate
 from openft.services import quotas
@@ -262,3 +265,23 @@ def test_assembly_streams_without_holding_the_file_in_memory(container: Containe
     for chunk in container.files.content(None, done.file.id).chunks:
         digest.update(chunk)
     assert digest.hexdigest() == hashlib.sha256(part * 3).hexdigest()
+
+
+def test_a_server_sweeps_expired_uploads_from_its_start(container: Container) -> None:
+    """`Container.start` (what `openft serve` runs) starts the sweep, which looks at once and then every minute."""
+    uploads = container.uploads
+    assert uploads is not None
+    upload_id = new_upload(uploads, container, 3)
+    part = add(uploads, container, upload_id, b"abc")
+    with container.sessions.begin() as session:
+        session.execute(update(UploadRow).where(UploadRow.id == upload_id).values(expires_at=int(time.time()) - 1))
+    container.start()
+    try:
+        deadline = time.monotonic() + 20
+        while part in blob_keys(container) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert part not in blob_keys(container)
+        with container.sessions.begin() as session:
+            assert session.scalars(select(UploadRow.status).where(UploadRow.id == upload_id)).one() == "expired"
+    finally:
+        container.close()
