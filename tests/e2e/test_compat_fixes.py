@@ -220,3 +220,29 @@ def test_empty_file_page_names_its_ids_as_strings(server: RunningServer) -> None
     """OpenAI's `ListFilesResponse` requires `first_id` and `last_id` as strings."""
     page = httpx.get(f"{server.url}/v1/files?purpose=assistants", headers=_headers(server), timeout=30).json()
     assert page["data"] == [] and page["first_id"] == "" and page["last_id"] == ""
+
+
+def test_azure_dated_delete_of_a_finished_job(server: RunningServer, training_file: str) -> None:
+    """Azure's `DELETE /openai/fine_tuning/jobs/{id}` (204): a finished job disappears with its events and its
+    working folder; an unfinished one is refused; OpenAI and Azure v1 define no such call."""
+    client = make_client(server, "azure-dated")
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_NAME, training_file=training_file)
+    url = _dated(server, f"/fine_tuning/jobs/{job.id}")
+    early = httpx.delete(url, headers=_headers(server), timeout=30)
+    assert early.status_code == 400, early.text
+    assert early.json()["error"]["code"] == "invalid_job_state"
+    for other in (f"{server.url}/v1/fine_tuning/jobs/{job.id}", f"{server.url}/openai/v1/fine_tuning/jobs/{job.id}"):
+        assert httpx.delete(other, headers=_headers(server), timeout=30).status_code == 405
+    client.fine_tuning.jobs.cancel(job.id)
+    deleted = httpx.delete(url, headers=_headers(server), timeout=30)
+    assert deleted.status_code == 204 and deleted.content == b""
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve(job.id)
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.list_events(job.id)
+    assert job.id not in {j.id for j in client.fine_tuning.jobs.list(limit=100)}
+    assert not (server.data_dir / "jobs" / job.id).exists()
+    assert httpx.delete(url, headers=_headers(server), timeout=30).status_code == 404
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert "delete" in paths["/openai/fine_tuning/jobs/{fine_tuning_job_id}"]
+    assert "delete" not in paths["/v1/fine_tuning/jobs/{fine_tuning_job_id}"]

@@ -44,6 +44,9 @@ ERROR_RESPONSES: OpenApiResponses = {
 }
 """What every resource operation may answer besides its own responses; all in the OpenAI error envelope.
 Documented so that clients (and the schema fuzzer in tests/api/fuzz) know every 4xx body's shape."""
+AZURE_DATED_ROUTERS = (fine_tuning.azure_dated_router,)
+"""Routes only Azure's dated API defines (DELETE of a job): mounted under its prefix alone, so the other
+dialects answer them 405, as any method a URL does not serve."""
 CREATED_ON_AZURE_DATED = ("upload_file", "create_job")
 """The routes (by function name) that answer 201 + Location on the Azure dated dialect (`created_status`)."""
 
@@ -99,6 +102,14 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
                 generate_unique_id_function=_unique_id(_id_prefix(dialect)),
                 responses=ERROR_RESPONSES,
             )
+    for router in AZURE_DATED_ROUTERS:
+        app.include_router(
+            router,
+            prefix=PREFIXES[Dialect.AZURE_DATED],
+            dependencies=[Depends(DIALECT_CHECKS[Dialect.AZURE_DATED])],
+            generate_unique_id_function=_unique_id(_id_prefix(Dialect.AZURE_DATED)),
+            responses=ERROR_RESPONSES,
+        )
     _finish_openapi(app)
     app.add_middleware(JsonBodyLimit)
     # Outside JsonBodyLimit: the key is checked from the headers before anything reads the body.

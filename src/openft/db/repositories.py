@@ -597,5 +597,13 @@ def delete_checkpoints_of(session: Session, job_id: str) -> None:
     session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
 
 
+def delete_job(session: Session, job_id: str) -> None:
+    """A job's row with its events and checkpoint rows (deleted explicitly: SQLite enforces the foreign keys'
+    ON DELETE CASCADE only with its foreign_keys pragma on)."""
+    session.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
+    session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
+    session.execute(delete(JobRow).where(JobRow.id == job_id))
+
+
 def find_checkpoint_by_model_name(session: Session, name: str) -> CheckpointRow | None:
     return session.scalar(select(CheckpointRow).where(CheckpointRow.fine_tuned_model_checkpoint == name))

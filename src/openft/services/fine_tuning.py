@@ -14,6 +14,7 @@ import importlib.util
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,9 +24,10 @@ from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.db.tables import CheckpointRow, JobEventRow, JobRow
-from openft.domain.job_states import ACTION_TARGET, JobStatus, UserAction, action_sources
+from openft.domain.job_states import ACTION_TARGET, TERMINAL, JobStatus, UserAction, action_sources
 from openft.domain.model_names import fine_tuned_model_name
 from openft.errors import InvalidJobState, InvalidRequest, ModelNotFound, NotFound
+from openft.fsutil import remove_tree
 from openft.jobs.job_file import usable_cpus, visible_gpus
 from openft.jobs.queue import QueueEstimate, estimate_queue
 from openft.protocol.common import IdListPage, ListPage
@@ -415,6 +417,24 @@ class FineTuningService:
             last_id=data[-1].id if data else None,
         )
 
+    # delete (Azure dated API) ------------------------------------------------------------------
+    def delete(self, org_id: str | None, job_id: str, *, jobs_dir: Path, forget_stored: Callable[[str], None]) -> None:
+        """Delete a finished job: it disappears from list and retrieve, with its events and checkpoints, and its
+        working folder (`jobs_dir/<id>`) and stored checkpoints go too, as the retention sweep would remove them
+        (jobs/retention.py; it never touches a folder whose job row is gone, so the folder must go now). Its
+        result files stay (they are files: `DELETE /files/{id}`).
+
+        Refused (400 `invalid_job_state`) for a job not yet succeeded, failed or cancelled (cancel it first), and
+        for a succeeded job whose fine-tuned model still exists: deleting the record must not delete weights a
+        client may still call; delete the model first (`DELETE /models/{model}`), then the job."""
+        with self._reads.begin() as session:
+            _refuse_undeletable(self._job(session, org_id, job_id))
+        forget_stored(job_id)  # first: if the store fails, nothing is deleted and the client may retry
+        with self._sessions.begin() as session:
+            _refuse_undeletable(self._job(session, org_id, job_id))  # as it is now (a concurrent delete: 404)
+            repo.delete_job(session, job_id)
+        remove_tree(jobs_dir / job_id)
+
     # user actions -----------------------------------------------------------------------------
     def pause(self, org_id: str | None, job_id: str) -> FineTuningJob:
         return self._act(org_id, job_id, UserAction.PAUSE)
@@ -446,6 +466,25 @@ class FineTuningService:
             wire = job_to_wire(row, _queue_estimates(session, [row]).get(row.id))
         self._notify()
         return wire
+
+
+def _refuse_undeletable(row: JobRow) -> None:
+    """`FineTuningService.delete` takes finished jobs whose fine-tuned model (if any) is gone."""
+    status = JobStatus(row.status)
+    if status not in TERMINAL:
+        raise InvalidRequest(
+            f"Cannot delete a job whose status is '{status.value}'; only succeeded, failed or cancelled jobs "
+            "can be deleted (cancel it first).",
+            param="fine_tuning_job_id",
+            code="invalid_job_state",
+        )
+    if row.fine_tuned_model is not None and row.model_deleted_at is None:
+        raise InvalidRequest(
+            f"The job's fine-tuned model '{row.fine_tuned_model}' still exists; delete the model first "
+            f"(DELETE /models/{row.fine_tuned_model}), then the job.",
+            param="fine_tuning_job_id",
+            code="invalid_job_state",
+        )
 
 
 def _refusal(action: UserAction, status: JobStatus) -> str:

@@ -18,6 +18,8 @@ from openft.protocol.fine_tuning import (
 )
 
 router = APIRouter(tags=["fine-tuning"])
+azure_dated_router = APIRouter(tags=["fine-tuning"])
+"""Mounted under the Azure dated prefix only (`app.AZURE_DATED_ROUTERS`)."""
 MAX_PAGE = 100
 """Largest `limit` for jobs, events and checkpoints (documented in README)."""
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
@@ -70,6 +72,24 @@ def retrieve_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: 
     return container(request).fine_tuning.get(principal.scope, fine_tuning_job_id)
 
 
+@azure_dated_router.delete(
+    "/fine_tuning/jobs/{fine_tuning_job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted"}},
+)
+def delete_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> Response:
+    """Azure's dated API deletes a finished job (204); OpenAI and Azure v1 define no such call (405 there)."""
+    services = container(request)
+    services.fine_tuning.delete(
+        principal.scope,
+        fine_tuning_job_id,
+        jobs_dir=services.settings.jobs_dir,
+        forget_stored=services.files.forget_job_checkpoints,
+    )
+    return Response(status_code=204)
+
+
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", responses=STATE_CONFLICT)
 def cancel_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: str) -> FineTuningJob:
     return container(request).fine_tuning.cancel(principal.scope, fine_tuning_job_id)
@@ -86,7 +106,7 @@ def resume_job(request: Request, principal: PrincipalDep, fine_tuning_job_id: st
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")
-@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/events", include_in_schema=False)
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/events")  # Azure's docs print `curl -X POST` here
 def list_events(
     request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 20
 ) -> ListPage[FineTuningJobEvent]:
@@ -94,7 +114,7 @@ def list_events(
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")
-@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", include_in_schema=False)
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints")  # and here
 def list_checkpoints(
     request: Request, principal: PrincipalDep, fine_tuning_job_id: str, after: After = None, limit: Limit = 10
 ) -> IdListPage[FineTuningJobCheckpoint]:
