@@ -32,7 +32,15 @@ chromium:
 	  (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium) >/dev/null 2>&1 || \
 	  echo "chromium could not be installed: the browser tests will be skipped"
 
-setup: $(STAMP) chromium
+# The Node SDK tests (tests/e2e/test_node_sdk.py) run the official `openai` npm package, pinned in
+# tests/node/package-lock.json, with the machine's Node.js (20 or newer). Without npm they skip and say why.
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/node --no-audit --no-fund --silent && touch $(NODE_STAMP); \
+	else echo "npm not found: the Node SDK tests will be skipped"; fi
+
+setup: $(STAMP) chromium $(NODE_STAMP)
 
 demo: setup
 	$(PY) examples/demo/demo.py
@@ -50,4 +58,4 @@ serve: setup
 	$(VENV)/bin/openft serve
 
 clean:
-	rm -rf $(VENV) openft-data test-output
+	rm -rf $(VENV) openft-data test-output tests/node/node_modules

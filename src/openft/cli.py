@@ -576,5 +576,98 @@ def webhooks_delete(
     typer.echo(f"deleted {info.id} of organization {info.org} ({info.url})")
 
 
+aliases_app = typer.Typer(
+    help="Model aliases of organizations: other names (a retired vendor model, an Azure deployment) that answer for "
+    "a base model, fine-tuned model or checkpoint wherever a model name is accepted.",
+    no_args_is_help=True,
+)
+app.add_typer(aliases_app, name="aliases")
+AliasOrg = Annotated[
+    str | None, typer.Option("--org", help="The organization's name [default: the server's, OPENFT_ORG_NAME].")
+]
+
+
+@contextlib.contextmanager
+def _alias_service(data_dir: Path | None, models_dir: Path | None) -> Iterator[Any]:
+    """Aliases are checked against the models the server would see, so this opens the whole container (no
+    worker, nothing started), as `openft export` does."""
+    from openft.services.aliases import AliasService
+    from openft.services.container import build_container
+
+    with _data_folder_errors():
+        container = build_container(_settings(data_dir=data_dir, models_dir=models_dir), with_worker=False)
+    try:
+        yield AliasService(container.sessions, container.models), container.settings.org_name
+    finally:
+        container.close()
+
+
+@aliases_app.command("set")
+def aliases_set(
+    name: Annotated[str, typer.Argument(help="The alias, e.g. gpt-4o-mini-2024-07-18 or an Azure deployment name.")],
+    target: Annotated[str, typer.Argument(help="A base model, fine_tuned_model, checkpoint name or ftckpt- id.")],
+    org: AliasOrg = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Create an alias, or point an existing one at another model; running servers use it at once."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    try:
+        with _alias_service(data_dir, models_dir) as (service, default_org):
+            info = service.set(org or default_org, name, target)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    typer.echo(json.dumps(info.to_json()) if as_json else f"{info.name} -> {info.target} (organization {info.org})")
+
+
+@aliases_app.command("list")
+def aliases_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organization's aliases.")] = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """List aliases (every organization's unless --org)."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    try:
+        with _alias_service(data_dir, models_dir) as (service, _):
+            infos = service.list(org)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps([info.to_json() for info in infos]))
+        return
+    for info in infos:
+        typer.echo(f"{info.org}\t{info.name}\t{info.target}")
+
+
+@aliases_app.command("delete")
+def aliases_delete(
+    name: Annotated[str, typer.Argument(help="The alias to delete (the model it names stays).")],
+    org: AliasOrg = None,
+    as_json: JsonOutput = False,
+    data_dir: DataDir = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Delete an alias; requests that use it get 404 model_not_found from then on."""
+    import json
+
+    from openft.errors import OpenFTError
+
+    try:
+        with _alias_service(data_dir, models_dir) as (service, default_org):
+            service.delete(org or default_org, name)
+    except OpenFTError as exc:
+        raise _fail(exc, as_json) from None
+    typer.echo(json.dumps({"name": name, "deleted": True}) if as_json else f"deleted alias {name}")
+
+
 def main() -> None:
     app()

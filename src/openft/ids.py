@@ -37,6 +37,11 @@ def checkpoint_id() -> str:
     return new_id("ftckpt")
 
 
+def checkpoint_permission_id() -> str:
+    """OpenAI's shape (`cp_…`, underscore), which clients may recognise."""
+    return f"cp_{random_token(24)}"
+
+
 def short_job_id(job_id: str) -> str:
     """The eight characters of a job id that appear at the end of its fine-tuned model's name."""
     return job_id.split("-", 1)[-1][:8]

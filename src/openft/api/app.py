@@ -18,7 +18,18 @@ from openft.api.auth_gate import AuthGate
 from openft.api.bodies import JsonBodyLimit, parse_json_off_loop
 from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, GATED_PREFIXES, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
-from openft.api.routes import chat, completions, data_check, files, fine_tuning, health, metrics, models, uploads
+from openft.api.routes import (
+    chat,
+    checkpoint_permissions,
+    completions,
+    data_check,
+    files,
+    fine_tuning,
+    health,
+    metrics,
+    models,
+    uploads,
+)
 from openft.api.routes.common import OpenApiResponses
 from openft.protocol.common import ErrorResponse
 from openft.services.container import Container, build_container
@@ -34,6 +45,7 @@ RESOURCE_ROUTERS = (
     completions.router,
     models.router,
     uploads.router,
+    checkpoint_permissions.router,
 )
 ERROR_RESPONSES: OpenApiResponses = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},

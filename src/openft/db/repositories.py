@@ -22,6 +22,7 @@ from openft import ids
 from openft.db import webhooks as webhook_outbox
 from openft.db.tables import (
     ApiKeyRow,
+    CheckpointPermissionRow,
     CheckpointRow,
     DatabaseIdentityRow,
     FileRow,
@@ -33,7 +34,7 @@ from openft.domain.claim_order import claim_order
 from openft.domain.job_states import ACTIVE, TERMINAL, WAITING, JobStatus, check_transition, holds_claim, legal_sources
 from openft.errors import InvalidRequest
 
-Row = TypeVar("Row", FileRow, JobRow, JobEventRow, CheckpointRow)
+Row = TypeVar("Row", FileRow, JobRow, JobEventRow, CheckpointRow, CheckpointPermissionRow)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Page(Generic[Row]):
     has_more: bool
 
 
-def _paginate(
+def paginate(
     session: Session,
     stmt: Select[Row],
     model: type[Row],
@@ -187,7 +188,7 @@ def list_files(
     if purpose is not None:
         stmt = stmt.where(FileRow.purpose == purpose)
     owner = FileRow.organization_id == org_id if org_id is not None else None
-    return _paginate(session, stmt, FileRow, after=after, limit=limit, newest_first=newest_first, owner=owner)
+    return paginate(session, stmt, FileRow, after=after, limit=limit, newest_first=newest_first, owner=owner)
 
 
 def delete_file(session: Session, file_id: str) -> None:
@@ -239,7 +240,7 @@ def list_jobs(
         as_text = sql_cast(JobRow.metadata_, SqlString)
         stmt = stmt.where(or_(JobRow.metadata_.is_(None), as_text.in_(("null", "{}"))))
     owner = JobRow.organization_id == org_id if org_id is not None else None
-    return _paginate(session, stmt, JobRow, after=after, limit=limit, newest_first=True, owner=owner)
+    return paginate(session, stmt, JobRow, after=after, limit=limit, newest_first=True, owner=owner)
 
 
 def find_job_by_model_name(session: Session, model_name: str) -> JobRow | None:
@@ -541,7 +542,7 @@ def event_exists(session: Session, event_id: str) -> bool:
 def list_events(session: Session, job_id: str, *, after: str | None, limit: int) -> Page[JobEventRow]:
     stmt = select(JobEventRow).where(JobEventRow.job_id == job_id)
     owner = JobEventRow.job_id == job_id
-    return _paginate(session, stmt, JobEventRow, after=after, limit=limit, newest_first=True, owner=owner)
+    return paginate(session, stmt, JobEventRow, after=after, limit=limit, newest_first=True, owner=owner)
 
 
 def metrics_event_steps(session: Session, job_id: str) -> list[tuple[str, int | None]]:
@@ -581,7 +582,7 @@ def latest_events_starting(session: Session, job_ids: Sequence[str], prefix: str
 def list_checkpoints(session: Session, job_id: str, *, after: str | None, limit: int) -> Page[CheckpointRow]:
     stmt = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
     owner = CheckpointRow.job_id == job_id
-    return _paginate(session, stmt, CheckpointRow, after=after, limit=limit, newest_first=True, owner=owner)
+    return paginate(session, stmt, CheckpointRow, after=after, limit=limit, newest_first=True, owner=owner)
 
 
 def checkpoints_of(session: Session, job_id: str) -> Sequence[CheckpointRow]:

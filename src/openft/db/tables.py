@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -168,6 +168,21 @@ class CheckpointRow(Base):
 
 
 # --- model aliases (0007) ---
+class ModelAliasRow(Base):
+    """Another name for a model, within one organization: a retired vendor name (`gpt-4o-mini-2024-07-18`,
+    `ft:gpt-4o-mini:acme:support:abc123`) or an Azure deployment name answering for a base, fine-tune or
+    checkpoint, so running code keeps its model names (services/aliases.py)."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("organization_id", "name", name="uq_model_aliases_org_name"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    target: Mapped[str] = mapped_column(String(600))
+    """A real model name (base, `ft:…`, checkpoint name or `ftckpt-…` id), never another alias."""
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
 # --- uploads (0008) ---
@@ -271,3 +286,19 @@ class WebhookAttemptRow(Base):
 
 
 # --- checkpoint permissions (0010) ---
+class CheckpointPermissionRow(Base):
+    """A checkpoint shared by its organization with a project of another organization (`<org>/<project>`),
+    whose keys may then use it for inference and as the base of new jobs (services/checkpoint_permissions.py)."""
+
+    __tablename__ = "checkpoint_permissions"
+    __table_args__ = (UniqueConstraint("checkpoint_id", "project_id", name="uq_checkpoint_permissions_project"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    checkpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("fine_tuning_job_checkpoints.id", ondelete="CASCADE"), index=True
+    )
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    """The organization that owns the checkpoint and granted the permission."""
+    project_id: Mapped[str] = mapped_column(String(160), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from openft.db import aliases as aliases_db
 from openft.db import repositories as repo
 from openft.domain.job_states import ACTIVE, JobStatus, after_stop, path_to
 from openft.jobs.artefacts import is_artefact
@@ -213,6 +214,8 @@ class RunEnd:
                 if not ok:
                     raise ClaimLost
                 repo.add_event(session, job_id, f"New fine-tuned model created: {model_name}")
+                if (alias := aliases_db.alias_imported_model(session, job_id)) is not None:  # `openft import`
+                    repo.add_event(session, job_id, f"Alias {alias} now names {model_name}")
                 repo.add_event(session, job_id, "The job has successfully completed")
         except BaseException:
             self.files.discard(blob.key)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="allow")  # Azure dated fields ride along when present
+    model_config = ConfigDict(extra="allow")  # Azure dated fields and `alias_for` ride along when present
 
     id: str
     object: Literal["model"] = "model"
@@ -43,3 +43,8 @@ def azure_fields(model: Model, *, base: str | None, job_id: str | None) -> dict[
         "lifecycle_status": "generally-available",
         "deprecation": {},
     }
+
+
+def alias_fields(target: str) -> dict[str, Any]:
+    """openft's extension on an alias (docs/api-compatibility.md): the real model name it stands for."""
+    return {"alias_for": target}

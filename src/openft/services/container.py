@@ -25,6 +25,7 @@ from openft.services.auth import (
     StaticKeyAuthenticator,
     ensure_organization,
 )
+from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.data_check import DataCheckService
 from openft.services.data_folder import open_database
 from openft.services.files import FileService
@@ -90,6 +91,7 @@ class Container:
     rate_limiter: RateLimiter
     data_check: DataCheckService
     metrics: Metrics
+    checkpoint_permissions: CheckpointPermissionService
     worker: Worker | None = None
     uploads: UploadService | None = None
     """The Uploads API; its expiry sweep runs only in a server (`start`). None only in a hand-built container."""
@@ -215,6 +217,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             sessions, store, catalog, budget=CheckBudget(settings.data_check_seconds, settings.data_check_max_bytes)
         ),
         metrics=metrics,
+        checkpoint_permissions=CheckpointPermissionService(sessions),
         worker=worker,
         uploads=UploadService(sessions, store, files, max_total_bytes=settings.max_upload_total_bytes),
         webhooks=WebhookDeliverer(

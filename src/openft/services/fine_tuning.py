@@ -45,7 +45,7 @@ from openft.protocol.fine_tuning import (
 )
 from openft.redact import redact_paths, tenant_error, tenant_event_data
 from openft.services import quotas
-from openft.services.models import ModelService
+from openft.services.models import Caller, ModelService
 
 HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
 NOT_RUNNING_TRAINED_TOKENS = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING}
@@ -296,7 +296,7 @@ class FineTuningService:
         """A job of the caller's own organization (and project), also for admin keys: its files and any model
         it continues from must be that organization's."""
         _refuse_wandb_entity(params)
-        base_model, parent_weights = self._starting_point(org_id, params.model)
+        base_model, parent_weights = self._starting_point(Caller(org_id, org_id, project), params.model)
         method = _requested_method(params)
         _refuse_unavailable_qlora(method)
         _refuse_compute_beyond_machine(method, on_this_machine=self._trains_here)
@@ -348,13 +348,14 @@ class FineTuningService:
         self._notify()
         return job_to_wire(row)
 
-    def _starting_point(self, org_id: str, model: str) -> tuple[str, str | None]:
-        """(base model, weights to continue from): `model` is a base model, or one of the caller's
-        fine-tuned models or checkpoints (continued fine-tuning starts from its weights)."""
+    def _starting_point(self, caller: Caller, model: str) -> tuple[str, str | None]:
+        """(base model, weights to continue from): `model` is a base model, one of the caller's fine-tuned
+        models or checkpoints, a checkpoint shared with its project, or an alias of one of those (continued
+        fine-tuning starts from its weights)."""
         if self._catalog.get(model) is not None:
             return model, None
         try:
-            resolved = self._models.resolve(org_id, model)
+            resolved = self._models.resolve(caller, model)
         except ModelNotFound:
             raise InvalidRequest(
                 f"Model {model!r} is not available for fine-tuning. Use a base model (a sub-folder of the models "

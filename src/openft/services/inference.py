@@ -65,7 +65,7 @@ from openft.protocol.completions import (
 )
 from openft.services.admission import ClientDisconnected, Disconnected, unless_disconnected, watch
 from openft.services.metrics import ServingMetrics
-from openft.services.models import ModelService
+from openft.services.models import Caller, ModelService
 
 log = logging.getLogger(__name__)
 SYSTEM_FINGERPRINT = f"openft-{__version__}"
@@ -341,21 +341,21 @@ class InferenceService:
         )
 
     async def chat(
-        self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
+        self, who: Caller | str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> ChatCompletion:
         """One chat completion, admitted (429 past the model's line, 503 after waiting too long), cancelled
         when the client leaves (ClientDisconnected)."""
         arrived = time.monotonic()
         params, tools = self._chat_params(request)
         messages = self._messages(request)
-        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
-        start = functools.partial(self._engine.stream_chat, target, messages, params, tools, org=org_id)
+        target = await anyio.to_thread.run_sync(self._models.target, who, request.model)
+        start = functools.partial(self._engine.stream_chat, target, messages, params, tools, org=Caller.of(who).scope)
         stream = await self._admitted(target, start, disconnected, endpoint="chat", arrived=arrived)
         result = await _gather(self._observed(stream, "chat", arrived), stream, params, disconnected)
         return self._chat_completion(request, params, result)
 
     async def chat_stream(
-        self, org_id: str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
+        self, who: Caller | str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> AsyncIterator[str]:
         """SSE `data` payloads: role chunks, content deltas, finish chunks, optional usage, `[DONE]`.
 
@@ -364,8 +364,8 @@ class InferenceService:
         arrived = time.monotonic()
         params, tools = self._chat_params(request)
         messages = self._messages(request)
-        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
-        start = functools.partial(self._engine.stream_chat, target, messages, params, tools, org=org_id)
+        target = await anyio.to_thread.run_sync(self._models.target, who, request.model)
+        start = functools.partial(self._engine.stream_chat, target, messages, params, tools, org=Caller.of(who).scope)
         stream = await self._admitted(target, start, disconnected, endpoint="chat", arrived=arrived)
         chunks = _ChatChunks(request, params)
 
@@ -448,17 +448,19 @@ class InferenceService:
         )
 
     async def complete(
-        self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
+        self, who: Caller | str | None, request: CompletionRequest, disconnected: Disconnected | None = None
     ) -> Completion:
         """A legacy completion: its prompts are generated together, in the model's batch (only the first is
         ever refused: the others are part of a request already admitted)."""
         arrived = time.monotonic()
         prompts, params = self._completion_params(request)
-        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
+        target = await anyio.to_thread.run_sync(self._models.target, who, request.model)
         echo = bool(request.echo)
 
         async def one(p_index: int, prompt: str | list[int]) -> GenerationResult:
-            start = functools.partial(self._engine.stream_complete, target, prompt, params, echo=echo, org=org_id)
+            start = functools.partial(
+                self._engine.stream_complete, target, prompt, params, echo=echo, org=Caller.of(who).scope
+            )
             stream = await self._admitted(
                 target, start, disconnected, endpoint="completions", arrived=arrived, bounded=p_index == 0
             )
@@ -469,15 +471,15 @@ class InferenceService:
         return self._completion(request, params, [first, *rest])
 
     async def complete_stream(
-        self, org_id: str | None, request: CompletionRequest, disconnected: Disconnected | None = None
+        self, who: Caller | str | None, request: CompletionRequest, disconnected: Disconnected | None = None
     ) -> AsyncIterator[str]:
         """A streamed legacy completion; the first prompt starts before this returns (see `chat_stream`)."""
         arrived = time.monotonic()
         prompts, params = self._completion_params(request)
-        target = await anyio.to_thread.run_sync(self._models.target, org_id, request.model)
+        target = await anyio.to_thread.run_sync(self._models.target, who, request.model)
 
         def start(prompt: str | list[int]) -> Callable[[], GenerationStream]:
-            return functools.partial(self._engine.stream_complete, target, prompt, params, org=org_id)
+            return functools.partial(self._engine.stream_complete, target, prompt, params, org=Caller.of(who).scope)
 
         first = await self._admitted(target, start(prompts[0]), disconnected, endpoint="completions", arrived=arrived)
         chunks = _CompletionChunks(request, params)

@@ -17,6 +17,7 @@ from openft.api.deps import PrincipalDep
 from openft.api.routes.common import OpenApiResponses, container
 from openft.protocol.chat import ChatCompletion, ChatCompletionRequest, DeploymentChatCompletionRequest
 from openft.services.admission import ClientDisconnected
+from openft.services.models import Caller
 
 router = APIRouter(tags=["chat"])
 RESPONSES: OpenApiResponses = {
@@ -61,15 +62,15 @@ async def client_watch(request: Request) -> AsyncIterator[_ClientWatch]:
 
 
 async def answer(
-    request: Request, body: ChatCompletionRequest, org_id: str | None
+    request: Request, body: ChatCompletionRequest, who: Caller
 ) -> ChatCompletion | EventSourceResponse | Response:
     inference = container(request).inference
     try:
         async with client_watch(request) as watch:
             if body.stream:
-                payloads = await inference.chat_stream(org_id, body, watch.disconnected)
+                payloads = await inference.chat_stream(who, body, watch.disconnected)
                 return EventSourceResponse(payloads, ping=15)
-            return await inference.chat(org_id, body, watch.disconnected)
+            return await inference.chat(who, body, watch.disconnected)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
@@ -78,7 +79,7 @@ async def answer(
 async def create_chat_completion(
     request: Request, body: ChatCompletionRequest, principal: PrincipalDep
 ) -> ChatCompletion | EventSourceResponse | Response:
-    return await answer(request, body, principal.scope)
+    return await answer(request, body, Caller.of_principal(principal))
 
 
 @router.post("/deployments/{deployment}/chat/completions", response_model=None, responses=RESPONSES)
@@ -87,4 +88,4 @@ async def create_deployment_chat_completion(
 ) -> ChatCompletion | EventSourceResponse | Response:
     """Azure routes by deployment; in openft every model is deployed under its own name."""
     body.model = deployment
-    return await answer(request, body, principal.scope)
+    return await answer(request, body, Caller.of_principal(principal))

@@ -13,6 +13,7 @@ from openft.api.routes.chat import CLIENT_CLOSED_REQUEST, client_watch
 from openft.api.routes.common import OpenApiResponses, container
 from openft.protocol.completions import Completion, CompletionRequest, DeploymentCompletionRequest
 from openft.services.admission import ClientDisconnected
+from openft.services.models import Caller
 
 router = APIRouter(tags=["completions"])
 RESPONSES: OpenApiResponses = {
@@ -20,16 +21,14 @@ RESPONSES: OpenApiResponses = {
 }
 
 
-async def answer(
-    request: Request, body: CompletionRequest, org_id: str | None
-) -> Completion | EventSourceResponse | Response:
+async def answer(request: Request, body: CompletionRequest, who: Caller) -> Completion | EventSourceResponse | Response:
     inference = container(request).inference
     try:
         async with client_watch(request) as watch:
             if body.stream:
-                payloads = await inference.complete_stream(org_id, body, watch.disconnected)
+                payloads = await inference.complete_stream(who, body, watch.disconnected)
                 return EventSourceResponse(payloads, ping=15)
-            return await inference.complete(org_id, body, watch.disconnected)
+            return await inference.complete(who, body, watch.disconnected)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
@@ -38,7 +37,7 @@ async def answer(
 async def create_completion(
     request: Request, body: CompletionRequest, principal: PrincipalDep
 ) -> Completion | EventSourceResponse | Response:
-    return await answer(request, body, principal.scope)
+    return await answer(request, body, Caller.of_principal(principal))
 
 
 @router.post("/deployments/{deployment}/completions", response_model=None, responses=RESPONSES)
@@ -46,4 +45,4 @@ async def create_deployment_completion(
     request: Request, deployment: str, body: DeploymentCompletionRequest, principal: PrincipalDep
 ) -> Completion | EventSourceResponse | Response:
     body.model = deployment
-    return await answer(request, body, principal.scope)
+    return await answer(request, body, Caller.of_principal(principal))

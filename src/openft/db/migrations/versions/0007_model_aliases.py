@@ -17,8 +17,19 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "model_aliases",
+        sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("organization_id", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=256), nullable=False),
+        sa.Column("target", sa.String(length=600), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.BigInteger(), nullable=False),
+        sa.UniqueConstraint("organization_id", "name", name="uq_model_aliases_org_name"),
+    )
+    op.create_index("ix_model_aliases_organization_id", "model_aliases", ["organization_id"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index("ix_model_aliases_organization_id", table_name="model_aliases")
+    op.drop_table("model_aliases")
