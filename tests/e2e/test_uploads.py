@@ -24,6 +24,7 @@ from openft.db.tables import UploadRow
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.conftest import DIALECTS
 from tests.support.data import jsonl_bytes, valid_examples
+from tests.support.node_sdk import run_node_checks
 from tests.support.openapi_schemas import validate
 from tests.support.seaweedfs import SeaweedFS, s3_environment
 from tests.support.server import RunningServer, start_server
@@ -228,6 +229,17 @@ def test_another_organization_gets_404(server: RunningServer, client: OpenAI) ->
     bad_request(lambda: other.uploads.complete(upload.id, part_ids=[part.id]), "upload_id", "No such", 404)
     bad_request(lambda: other.uploads.cancel(upload.id), "upload_id", "No such", 404)
     assert client.uploads.complete(upload.id, part_ids=[part.id]).status == "completed"
+
+
+def test_the_node_sdk_uploads_in_parts(server: RunningServer, tmp_path: Path) -> None:
+    """Node has no `upload_file_chunked`: its users call create / parts.create(toFile) / complete themselves."""
+    path = tmp_path / "node.jsonl"
+    path.write_bytes(jsonl_bytes(valid_examples(40)))
+    checks = [{"name": "upload", "path": str(path), "partSize": 2000, "filename": "node.jsonl"}]
+    result = run_node_checks(f"{server.url}/v1", server.api_key, checks)["upload"]
+    assert result["status"] == "completed" and result["parts"] > 2 and result["sameBytes"]
+    assert (result["file"]["filename"], result["file"]["bytes"]) == ("node.jsonl", path.stat().st_size)
+    assert stored_parts(server) == []  # completion removed the parts
 
 
 @pytest.fixture(scope="module")

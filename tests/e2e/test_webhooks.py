@@ -17,6 +17,7 @@ from openai import OpenAI
 
 from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, malformed_cases, valid_examples
+from tests.support.node_sdk import run_node_checks
 from tests.support.server import RunningServer, start_server
 from tests.support.waiting import wait_for, wait_for_status
 from tests.support.webhook_receiver import WebhookReceiver
@@ -164,3 +165,18 @@ def test_a_receiver_that_is_down_gets_its_event_later_even_across_a_server_resta
     finally:
         restarted.stop()
         back.stop()
+
+
+@pytest.mark.e2e
+def test_the_node_sdk_verifies_a_delivery(
+    client: OpenAI, receiver: WebhookReceiver, secret: str, server: RunningServer
+) -> None:
+    """A Node receiver checks the same signature with its own code (Web Crypto, async `unwrap`)."""
+    cancelled = _create(client, _upload(client, jsonl_bytes(valid_examples(12))), {"n_epochs": 1})
+    client.fine_tuning.jobs.cancel(cancelled)
+    [event] = wait_for_events(client, receiver, cancelled, secret, ["fine_tuning.job.cancelled"])
+    [got] = [r for r in receiver.snapshot() if json.loads(r.body)["id"] == event.id]
+    checks = [{"name": "webhook", "body": got.body.decode(), "headers": got.headers, "secret": secret}]
+    result = run_node_checks(f"{server.url}/v1", server.api_key, checks)["webhook"]
+    assert result["event"] == json.loads(got.body)
+    assert result["tampered"] == "InvalidWebhookSignatureError"
