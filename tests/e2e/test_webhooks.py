@@ -134,6 +134,21 @@ def test_a_paused_then_resumed_job_sends_paused_then_succeeded(
 
 
 @pytest.mark.e2e
+def test_the_node_sdk_verifies_a_delivery(
+    client: OpenAI, receiver: WebhookReceiver, secret: str, server: RunningServer
+) -> None:
+    """A Node receiver checks the same signature with its own code (Web Crypto, async `unwrap`)."""
+    cancelled = _create(client, _upload(client, jsonl_bytes(valid_examples(12))), {"n_epochs": 1})
+    client.fine_tuning.jobs.cancel(cancelled)
+    [event] = wait_for_events(client, receiver, cancelled, secret, ["fine_tuning.job.cancelled"])
+    [got] = [r for r in receiver.snapshot() if json.loads(r.body)["id"] == event.id]
+    checks = [{"name": "webhook", "body": got.body.decode(), "headers": got.headers, "secret": secret}]
+    result = run_node_checks(f"{server.url}/v1", server.api_key, checks)["webhook"]
+    assert result["event"] == json.loads(got.body)
+    assert result["tampered"] == "InvalidWebhookSignatureError"
+
+
+@pytest.mark.e2e
 def test_a_receiver_that_is_down_gets_its_event_later_even_across_a_server_restart(
     client: OpenAI, receiver: WebhookReceiver, secret: str, server: RunningServer, models_dir: Path
 ) -> None:
@@ -165,18 +180,3 @@ def test_a_receiver_that_is_down_gets_its_event_later_even_across_a_server_resta
     finally:
         restarted.stop()
         back.stop()
-
-
-@pytest.mark.e2e
-def test_the_node_sdk_verifies_a_delivery(
-    client: OpenAI, receiver: WebhookReceiver, secret: str, server: RunningServer
-) -> None:
-    """A Node receiver checks the same signature with its own code (Web Crypto, async `unwrap`)."""
-    cancelled = _create(client, _upload(client, jsonl_bytes(valid_examples(12))), {"n_epochs": 1})
-    client.fine_tuning.jobs.cancel(cancelled)
-    [event] = wait_for_events(client, receiver, cancelled, secret, ["fine_tuning.job.cancelled"])
-    [got] = [r for r in receiver.snapshot() if json.loads(r.body)["id"] == event.id]
-    checks = [{"name": "webhook", "body": got.body.decode(), "headers": got.headers, "secret": secret}]
-    result = run_node_checks(f"{server.url}/v1", server.api_key, checks)["webhook"]
-    assert result["event"] == json.loads(got.body)
-    assert result["tampered"] == "InvalidWebhookSignatureError"

@@ -285,3 +285,23 @@ def test_a_server_sweeps_expired_uploads_from_its_start(container: Container) ->
             assert session.scalars(select(UploadRow.status).where(UploadRow.id == upload_id)).one() == "expired"
     finally:
         container.close()
+
+
+def test_parts_of_pending_uploads_count_against_the_storage_quota(uploads: UploadService, container: Container) -> None:
+    """Parts take disk as they arrive: unfinished uploads cannot store past the organization's limit, and a
+    completion counts its parts once (as the file they become)."""
+    org = container.default_org_id
+    quotas.set_limits(container.sessions, org, {"max_storage_bytes": 30})
+    first = new_upload(uploads, container, 20)
+    parts = [add(uploads, container, first, b"a" * 10), add(uploads, container, first, b"b" * 10)]
+    second = new_upload(uploads, container, 10)  # 20 stored in parts + 10 declared: at the limit, allowed
+    add(uploads, container, second, b"c" * 8)
+    with pytest.raises(QuotaExceeded) as excinfo:  # 28 stored: 3 more would pass 30
+        add(uploads, container, second, b"d" * 3)
+    assert excinfo.value.param == "data"
+    with pytest.raises(QuotaExceeded):  # a new upload sees the parts too
+        new_upload(uploads, container, 3)
+    done = uploads.complete(org, first, UploadComplete(part_ids=parts))  # its 20 bytes counted once, not twice
+    assert done.status == "completed" and done.file is not None and done.file.bytes == 20
+    uploads.cancel(org, second)  # its parts no longer count
+    assert new_upload(uploads, container, 10)

@@ -87,8 +87,11 @@ class FileService:
         expires_after_anchor: str | None = None,
         expires_after_seconds: str | None = None,
         project: str | None = None,
+        quota_excluding_upload: str | None = None,
     ) -> FileObject:
-        """Commit an uploaded blob and record it; the row is written only after the bytes are durable."""
+        """Commit an uploaded blob and record it; the row is written only after the bytes are durable.
+        `quota_excluding_upload`: the upload this file is assembled from, whose parts the quota must not count
+        beside the file they become (services/quotas.py)."""
         try:
             if writer is None:
                 raise InvalidRequest("The request has no 'file' part.", param="file")
@@ -121,7 +124,8 @@ class FileService:
         )
         try:
             with self._sessions.begin() as session:
-                quotas.check_storage(session, org_id, blob.size)  # 429 quota_exceeded over max_storage_gb
+                # 429 quota_exceeded over max_storage_gb
+                quotas.check_storage(session, org_id, blob.size, excluding_upload=quota_excluding_upload)
                 session.add(row)
         except BaseException:
             self._store.delete(file_id)

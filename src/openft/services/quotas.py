@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft.db import repositories as repo
-from openft.db.tables import FileRow, JobRow, OrganizationRow
+from openft.db.tables import FileRow, JobRow, OrganizationRow, UploadPartRow, UploadRow
 from openft.errors import InvalidRequest, NotFound, QuotaExceeded
 
 GB = 1_000_000_000
@@ -93,15 +93,25 @@ def check_queued_jobs(session: Session, org_id: str) -> None:
         )
 
 
-def check_storage(session: Session, org_id: str, adding_bytes: int) -> None:
-    """Refuse `adding_bytes` more stored bytes for `org_id` when they would go over `max_storage_bytes`."""
+def check_storage(session: Session, org_id: str, adding_bytes: int, *, excluding_upload: str | None = None) -> None:
+    """Refuse `adding_bytes` more stored bytes for `org_id` when they would go over `max_storage_bytes`.
+
+    Stored bytes are its files plus the parts of its pending uploads (services/uploads.py): parts take disk as
+    they arrive, so unfinished uploads cannot be used to store past the limit. `excluding_upload` leaves out
+    the upload being completed, whose parts become the file being added."""
     organization = repo.lock_organization(session, org_id)
     limit = organization.max_storage_bytes if organization is not None else None
     if limit is None:
         return
-    stored = int(
-        session.scalar(select(func.coalesce(func.sum(FileRow.bytes), 0)).where(FileRow.organization_id == org_id)) or 0
+    files = select(func.coalesce(func.sum(FileRow.bytes), 0)).where(FileRow.organization_id == org_id)
+    parts = (
+        select(func.coalesce(func.sum(UploadPartRow.bytes), 0))
+        .join(UploadRow, UploadRow.id == UploadPartRow.upload_id)
+        .where(UploadRow.organization_id == org_id, UploadRow.status == "pending")
     )
+    if excluding_upload is not None:
+        parts = parts.where(UploadRow.id != excluding_upload)
+    stored = int(session.scalar(files) or 0) + int(session.scalar(parts) or 0)
     if stored + adding_bytes > limit:
         raise QuotaExceeded(
             f"You have exceeded your storage quota: your organization stores {stored} bytes of files and this "

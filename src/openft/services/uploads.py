@@ -192,6 +192,10 @@ class UploadService:
                 _require_pending(row, now, "add a part to")
                 if db.parts_bytes(session, upload_id) + blob.size > row.bytes + self.max_part_bytes:
                     raise self._full(row)
+                try:  # a part takes disk now: it counts against the organization's storage quota at once
+                    quotas.check_storage(session, row.organization_id, blob.size)
+                except QuotaExceeded as exc:
+                    raise QuotaExceeded(exc.message, param="data") from None
                 session.add(UploadPartRow(id=part_id, upload_id=upload_id, created_at=now, bytes=blob.size))
         except BaseException:
             self._delete_blobs([part_id])
@@ -343,6 +347,7 @@ class UploadService:
             expires_after_anchor="created_at" if seconds is not None else None,
             expires_after_seconds=str(seconds) if seconds is not None else None,
             project=row.project,
+            quota_excluding_upload=row.id,
         )
 
     @staticmethod
