@@ -28,11 +28,7 @@ PREFIX = "deploy-1/files"
 def s3_server(
     tmp_path_factory: pytest.TempPathFactory, models_dir: Path, seaweedfs: SeaweedFS
 ) -> Iterator[RunningServer]:
-    env = {
-        **s3_environment(),
-        "OPENFT_STORAGE_URL": f"s3://{seaweedfs.bucket}/{PREFIX}",
-        "OPENFT_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
-    }
+    env = seaweedfs.server_environment(f"s3://{seaweedfs.bucket}/{PREFIX}")
     running = start_server(tmp_path_factory.mktemp("s3-server-data"), models_dir, extra_env=env)
     yield running
     running.stop()
@@ -137,11 +133,7 @@ def test_job_reads_its_training_file_from_the_bucket_and_stores_its_artefacts_th
 def test_a_missing_bucket_stops_the_server_at_start_with_the_reason(
     tmp_path: Path, models_dir: Path, seaweedfs: SeaweedFS
 ) -> None:
-    env = {
-        **s3_environment(),
-        "OPENFT_STORAGE_URL": "s3://no-such-bucket/x",
-        "OPENFT_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
-    }
+    env = seaweedfs.server_environment("s3://no-such-bucket/x")
     with pytest.raises(RuntimeError, match="server exited") as info:
         start_server(tmp_path / "data", models_dir, extra_env=env)
     assert "error: cannot use the blob store s3://no-such-bucket/x" in str(info.value)

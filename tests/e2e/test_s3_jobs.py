@@ -25,7 +25,7 @@ from tests.conftest import TINY_MODEL_NAME
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.databases import postgres_available, postgres_schema_url
 from tests.support.processes import training_processes
-from tests.support.seaweedfs import SeaweedFS, s3_environment
+from tests.support.seaweedfs import SeaweedFS
 from tests.support.server import start_server
 from tests.support.waiting import all_events, wait_for, wait_for_status
 
@@ -45,9 +45,7 @@ def database_url() -> Iterator[str]:
 
 def _environment(seaweedfs: SeaweedFS, database_url: str) -> dict[str, str]:
     return {
-        **s3_environment(),
-        "OPENFT_STORAGE_URL": f"s3://{seaweedfs.bucket}/site-a",
-        "OPENFT_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
+        **seaweedfs.server_environment(f"s3://{seaweedfs.bucket}/site-a"),
         "OPENFT_DATABASE_URL": database_url,
         "OPENFT_CHECKPOINT_EVERY_STEPS": "4",
         "OPENFT_LEASE_SECONDS": "3",

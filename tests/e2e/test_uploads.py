@@ -26,7 +26,7 @@ from tests.e2e.conftest import DIALECTS
 from tests.support.data import jsonl_bytes, valid_examples
 from tests.support.node_sdk import run_node_checks
 from tests.support.openapi_schemas import validate
-from tests.support.seaweedfs import SeaweedFS, s3_environment
+from tests.support.seaweedfs import SeaweedFS
 from tests.support.server import RunningServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -246,11 +246,7 @@ def test_the_node_sdk_uploads_in_parts(server: RunningServer, tmp_path: Path) ->
 def s3_server(
     tmp_path_factory: pytest.TempPathFactory, models_dir: Path, seaweedfs: SeaweedFS
 ) -> Iterator[RunningServer]:
-    env = {
-        **s3_environment(),
-        "OPENFT_STORAGE_URL": f"s3://{seaweedfs.bucket}/uploads-test",
-        "OPENFT_S3_ENDPOINT_URL": seaweedfs.endpoint_url,
-    }
+    env = seaweedfs.server_environment(f"s3://{seaweedfs.bucket}/uploads-test")
     running = start_server(tmp_path_factory.mktemp("s3-uploads"), models_dir, extra_env=env)
     yield running
     running.stop()

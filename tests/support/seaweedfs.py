@@ -91,6 +91,10 @@ class SeaweedFS:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
+    def server_environment(self, storage_url: str) -> dict[str, str]:
+        """What an openft server needs to keep its blobs at `storage_url` (`s3://bucket/prefix`) on this server."""
+        return {**s3_environment(), "OPENFT_STORAGE_URL": storage_url, "OPENFT_S3_ENDPOINT_URL": self.endpoint_url}
+
     def client(self) -> Any:
         """A boto3 S3 client for this server (tests use it to look into the bucket behind the store's back)."""
         import boto3
