@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from openft.fsutil import atomic_open, ensure_dir, fsync_dir, temp_sibling
+from openft.fsutil import atomic_open, ensure_dir
 from openft.storage.base import BlobTooLarge, StoredBlob, validate_key
 from openft.storage.folders import FolderMirror
 
@@ -355,23 +355,10 @@ class S3BlobStore:
         if path.is_file():
             os.utime(path)  # most recently used
             return path
-        ensure_dir(self.cache_dir)
-        tmp = temp_sibling(path)
         try:
-            body = self._get(key)["Body"]
-            with body, open(tmp, "wb") as out:
-                while chunk := body.read(_COPY_CHUNK):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            fsync_dir(self.cache_dir)
+            self.snapshot_to(key, path)  # temp sibling, fsync, rename: a cache file is whole or absent
         except FileNotFoundError:
-            tmp.unlink(missing_ok=True)
             return self.cache_dir / key  # deleted between the HEAD and the GET
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         for older in self.cache_dir.glob(f"{key}@*"):  # an earlier content of a replaced key
             if older != path:
                 older.unlink(missing_ok=True)
