@@ -190,7 +190,7 @@ def test_files_check_asks_the_server(cli: Cli, tmp_path: Path) -> None:
     assert cli.json("files", "check", good, "--mode", "full")["memory"]["fine_tuning_mode"] == "full"
     assert "fits on: cpu, 24 GB, 80 GB" in cli("files", "check", good).stdout  # the memory planner's line
     unknown = cli("files", "check", good, "--model", "nope", code=1)
-    assert unknown.stderr.startswith("error: The model 'nope' is not a base model")
+    assert unknown.stderr.startswith("error: The model 'nope' is not a model of this server")
     assert unknown.stderr.endswith("(param: model, code: model_not_found)\n")
     missing = cli("files", "check", "file-nope", code=1)
     assert missing.stderr == "error: No such File object: file-nope (param: file_id, code: not_found)\n"

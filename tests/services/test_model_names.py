@@ -196,3 +196,19 @@ def test_permission_pages_follow_order_and_cursor(container: Container, two_orgs
     assert [p.project_id for p in rest.data] == projects[2:] and not rest.has_more
     newest = container.checkpoint_permissions.list(a, checkpoint, project_id=None, after=None, limit=1, ascending=False)
     assert [p.project_id for p in newest.data] == projects[-1:]
+
+
+def test_the_data_check_takes_an_alias_or_a_fine_tune_as_its_model(
+    container: Container, two_orgs: dict[str, str]
+) -> None:
+    """The check reads the data with the tokenizer of the base the named model stands on."""
+    AliasService(container.sessions, container.models).set("team-a", "gpt-4o-mini-2024-07-18", TINY_MODEL_NAME)
+    a, file_a = two_orgs["a"], two_orgs["file_a"]
+    for model in ("gpt-4o-mini-2024-07-18", two_orgs["model"]):
+        report = container.data_check.check(Caller(a, a), file_a, model=model, method=None)
+        assert report["model"] == TINY_MODEL_NAME and report["ok"], model
+    with pytest.raises(InvalidRequest) as excinfo:  # not team B's alias
+        container.data_check.check(
+            Caller(two_orgs["b"], two_orgs["b"]), two_orgs["file_b"], model="gpt-4o-mini-2024-07-18", method=None
+        )
+    assert excinfo.value.param == "model"

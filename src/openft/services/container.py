@@ -33,6 +33,7 @@ from openft.services.fine_tuning import FineTuningService
 from openft.services.inference import InferenceService
 from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
+from openft.services.responses import ResponseService
 from openft.services.uploads import UploadService
 from openft.services.webhook_delivery import WebhookDeliverer, parse_retry_delays
 from openft.settings import Settings
@@ -97,6 +98,8 @@ class Container:
     """The Uploads API; its expiry sweep runs only in a server (`start`). None only in a hand-built container."""
     webhooks: WebhookDeliverer | None = None
     """Delivers the webhook outbox; built here, started only by a server (`start`)."""
+    responses: ResponseService | None = None
+    """The Responses API (served by `inference`). None only in a hand-built container."""
 
     def start(self) -> None:
         """Begin serving for the long run: sweep orphaned blobs, then start the worker (if any).
@@ -183,6 +186,13 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     worker = None
     if settings.run_worker if with_worker is None else with_worker:
         worker = Worker(settings, sessions, files, catalog)
+    inference = InferenceService(
+        model_service,
+        generator,
+        settings.max_queued_requests,
+        request_timeout=settings.request_timeout_seconds,
+        metrics=metrics.serving,
+    )
     return Container(
         settings=settings,
         engine=engine,
@@ -198,13 +208,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             notify_worker=worker.notify if worker is not None else (lambda: None),
             trains_here=settings.executor == "local",
         ),
-        inference=InferenceService(
-            model_service,
-            generator,
-            settings.max_queued_requests,
-            request_timeout=settings.request_timeout_seconds,
-            metrics=metrics.serving,
-        ),
+        inference=inference,
         models=model_service,
         default_org_id=org_id,
         api_key=key,
@@ -214,12 +218,17 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         keys=keys,
         rate_limiter=RateLimiter(),
         data_check=DataCheckService(
-            sessions, store, catalog, budget=CheckBudget(settings.data_check_seconds, settings.data_check_max_bytes)
+            sessions,
+            store,
+            catalog,
+            budget=CheckBudget(settings.data_check_seconds, settings.data_check_max_bytes),
+            models=model_service,
         ),
         metrics=metrics,
         checkpoint_permissions=CheckpointPermissionService(sessions),
         worker=worker,
         uploads=UploadService(sessions, store, files, max_total_bytes=settings.max_upload_total_bytes),
+        responses=ResponseService(sessions, inference),
         webhooks=WebhookDeliverer(
             sessions,
             poll_seconds=settings.webhook_poll_seconds,

@@ -12,6 +12,7 @@ the check lock) for long. A check that cannot get the lock within one budget is 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -21,7 +22,8 @@ from openft.basemodels import BaseModelUnavailable, ModelCatalog
 from openft.datacheck import CheckBudget, check_file, default_model, table_throughput
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
-from openft.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable
+from openft.errors import InvalidRequest, ModelNotFound, NotFound, RateLimited, ServiceUnavailable
+from openft.services.models import Caller, ModelService
 from openft.storage import BlobStore
 from openft.trainer_contract import TrainingMethod
 from openft.training.memory_plan import Mode
@@ -35,7 +37,11 @@ class DataCheckService:
         catalog: ModelCatalog,
         *,
         budget: CheckBudget | None = None,
+        models: ModelService | None = None,
     ):
+        """`models`: resolves a `model` that is not a base model's name (an alias, a fine-tune to continue from)
+        to the base whose tokenizer and context the check uses."""
+        self._models = models
         self._reads = read_only_sessions(sessions)  # the file lookup never takes SQLite's write lock
         self._store = store
         self._catalog = catalog
@@ -44,7 +50,7 @@ class DataCheckService:
 
     def check(
         self,
-        org_id: str | None,
+        who: Caller | str | None,
         file_id: str,
         *,
         model: str | None,
@@ -54,7 +60,7 @@ class DataCheckService:
         """The report of `file_id` (the caller's organization's, else 404) as training data for `model`, with the
         memory a `fine_tuning_mode` job would need."""
         with self._reads.begin() as session:
-            row = repo.get_file(session, org_id, file_id)
+            row = repo.get_file(session, Caller.of(who).scope, file_id)
             if row is None:
                 raise NotFound(f"No such File object: {file_id}", param="file_id")
             filename = row.filename
@@ -62,10 +68,13 @@ class DataCheckService:
         if not path.is_file():  # deleted between the lookup and now
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         name = model or default_model(self._catalog)
+        if name is not None and self._catalog.get(name) is None and self._models is not None:
+            with contextlib.suppress(ModelNotFound):  # a name nobody made: the error below names it
+                name = self._models.resolve(who, name).base_name
         info = self._catalog.get(name) if name else None
         if info is None or name is None:
             raise InvalidRequest(
-                f"The model {name!r} is not a base model of this server (see GET /v1/models).",
+                f"The model {name!r} is not a model of this server (see GET /v1/models).",
                 param="model",
                 code="model_not_found",
             )

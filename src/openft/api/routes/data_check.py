@@ -20,6 +20,7 @@ from openft.api.deps import PrincipalDep
 from openft.api.routes.common import container
 from openft.errors import RateLimited
 from openft.protocol.data_check import DataCheckReport
+from openft.services.models import Caller
 from openft.trainer_contract import TrainingMethod
 from openft.training.memory_plan import Mode
 
@@ -61,7 +62,12 @@ async def check_file(
             "Too many data checks are waiting; try again shortly.", retry_after=service.budget.seconds or 30
         )
     check = functools.partial(
-        service.check, principal.scope, file_id, model=model, method=method, fine_tuning_mode=fine_tuning_mode
+        service.check,
+        Caller.of_principal(principal),
+        file_id,
+        model=model,
+        method=method,
+        fine_tuning_mode=fine_tuning_mode,
     )
     report = await anyio.to_thread.run_sync(check, limiter=limiter)
     return DataCheckReport.model_validate(report)
