@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from openft.inference.json_prefix import JsonObjectPrefix
+from openft.inference.json_schema import JsonSchemaPrefix, SchemaNode
 from openft.inference.sampling import TokenSampler, apply_penalties
 from openft.inference.stops import StopMatcher
 from openft.inference.tokens import IncrementalDecoder, TokenVocabulary
@@ -52,6 +53,8 @@ class DecodePlan:
     """Tokens every choice starts with (a forced tool call's opening); run with the prompt, not sampled."""
     json_from: int | None = None
     """Where in the choice's text a JSON object must start (json_object or a forced tool call); None: free."""
+    json_schema: SchemaNode | None = None
+    """The schema that JSON object must follow (a strict json_schema response format); None: any object."""
     tool_names: frozenset[str] | None = None
     """Functions whose calls are parsed out of the text; None: tool calls are not parsed."""
     echo: str = ""
@@ -84,9 +87,13 @@ class ChoiceState:
         self._tokens: list[_Token] = []
         self._tokens_sent = 0
         self._tools = ToolCallParser(plan.tool_names) if plan.tool_names is not None else None
-        self.json: JsonObjectPrefix | None = None
+        self.json: JsonObjectPrefix | JsonSchemaPrefix | None = None
         if plan.json_from is not None:
-            self.json = JsonObjectPrefix(JSON_MAX_WHITESPACE)
+            self.json = (
+                JsonObjectPrefix(JSON_MAX_WHITESPACE)
+                if plan.json_schema is None
+                else JsonSchemaPrefix(plan.json_schema, JSON_MAX_WHITESPACE)
+            )
             ok, _ = self.json.feed(self.decoder.text[plan.json_from :])
             if not ok:  # a tokenizer that does not decode the forced opening back as it was: go unconstrained
                 self.json = None
@@ -99,7 +106,7 @@ class ChoiceState:
         return StreamDelta(self.index, text=self._plan.echo) if self._plan.echo else None
 
     def acceptable(self, token_id: int) -> bool:
-        """Under the JSON constraint: does `token_id` keep the text a prefix of one JSON object?"""
+        """Under the JSON constraint: does `token_id` keep the text a prefix of one JSON object (of the schema)?"""
         assert self.json is not None
         if token_id in self._plan.stop_token_ids:
             return False  # the object is not complete yet (a complete one ends the choice by itself)

@@ -46,6 +46,8 @@ class InferenceEngine:
     object is closed. Guaranteed: with finish_reason "stop" the text is exactly one complete JSON object
     (`json.loads` gives a dict) unless a stop string cut it first; with "length" it is a valid but
     unfinished prefix. It is best effort in that the model, not a grammar, picks what goes inside.
+    `params.json_schema` (a strict response_format json_schema) narrows that to objects the schema accepts
+    (`openft.inference.json_schema`): with finish_reason "stop" the reply validates against the schema.
 
     Tools: `tool_choice` "none" hides the tools from the template and parses no calls; "auto" (the
     default with tools) passes them to the chat template and parses calls out of the reply (see
@@ -258,7 +260,9 @@ def chat_plan(
         max_new_tokens = _max_new_tokens(len(prompt_ids), active.context_length, params.max_tokens, "messages")
         forced_ids: list[int] = []
         json_from = 0 if params.json_object else None
+        schema = params.schema  # the reply's schema, not the forced call's
         if settings.forced:
+            schema = None
             opening, json_from = forced_call_opening(str(tokenizer.chat_template or ""), settings.forced_name)
             forced_ids = tokenizer(opening, add_special_tokens=False)["input_ids"]
         return DecodePlan(
@@ -268,6 +272,7 @@ def chat_plan(
             stop_token_ids=active.stop_token_ids,
             forced_ids=forced_ids,
             json_from=json_from,
+            json_schema=schema,
             tool_names=settings.names,
         )
 
@@ -304,6 +309,7 @@ def completion_plan(
             max_new_tokens=max_new_tokens,
             stop_token_ids=active.stop_token_ids,
             json_from=0 if params.json_object else None,
+            json_schema=params.schema,
             echo=echoed,
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openft.errors import InvalidRequest
+from openft.inference.json_schema import SchemaNode, compile_schema
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -61,9 +62,15 @@ class GenerationParams:
     """0..20 most likely alternatives per token; needs `logprobs`."""
     json_object: bool = False
     """`response_format={"type": "json_object"}`: constrain decoding to one JSON object (see `InferenceEngine`)."""
+    json_schema: dict[str, Any] | None = None
+    """A strict `response_format` json_schema's schema: decoding follows it (`openft.inference.json_schema`);
+    checked here, so a keyword that is not enforced is a 400 before any work. Needs `json_object`."""
     tool_choice: ToolChoice | None = None
     """"none", "auto", "required" or {"type": "function", "function": {"name": …}}; None: "auto" when tools
     are given. Checked against the tools by the engine."""
+
+    schema: SchemaNode | None = field(init=False, repr=False, compare=False)
+    """`json_schema` compiled."""
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -85,6 +92,9 @@ class GenerationParams:
         if self.stop is not None and (len(self.stop) > 4 or not all(isinstance(s, str) for s in self.stop)):
             raise InvalidRequest("stop must be a string or a list of at most 4 strings.", param="stop")
         self._check_tool_choice()
+        self.schema = compile_schema(self.json_schema) if self.json_schema is not None else None
+        if self.schema is not None and not self.json_object:
+            raise InvalidRequest("json_schema needs json_object.", param="response_format")
 
     def _check_tool_choice(self) -> None:
         choice = self.tool_choice

@@ -265,8 +265,7 @@ class VllmEngine:
         settings = tool_settings(params, tools)  # checked before anything is loaded, as the own engine does
         own_plan = chat_plan(messages, params, tools)
         if not settings.forced:
-            json_object = ("response_format", {"json_object": True}) if params.json_object else None
-            return self._submit(target, own_plan, json_object)
+            return self._submit(target, own_plan, _response_format(params))
         names = [settings.forced_name] if settings.forced_name is not None else sorted(settings.names or ())
 
         def plan(active: ActiveModel) -> DecodePlan:
@@ -301,8 +300,7 @@ class VllmEngine:
         org: str | None = None,
     ) -> GenerationStream:
         """Like `InferenceEngine.stream_complete`."""
-        json_object = ("response_format", {"json_object": True}) if params.json_object else None
-        return self._submit(target, completion_plan(prompt, params, echo), json_object)
+        return self._submit(target, completion_plan(prompt, params, echo), _response_format(params))
 
     def context_length(self, target: ModelTarget) -> int | None:
         """The target's context window in tokens, read from its config; None when the config has none."""
@@ -409,7 +407,7 @@ class VllmEngine:
         if structured is not None:
             param, options = structured
             if api.structured_field is None or api.structured_params is None:
-                what = "response_format json_object" if param == "response_format" else "a forced tool call"
+                what = "response_format json_object/json_schema" if param == "response_format" else "a forced tool call"
                 raise InvalidRequest(
                     f"The installed vLLM cannot constrain output, so {what} is not available on this server.",
                     param=param,
@@ -713,6 +711,15 @@ def _token_logprob(token_id: int, position: dict[int, Any], top_logprobs: int, v
     top = [TopLogprob(vocab.token_text(t), float(entry.logprob), list(vocab.token_bytes(t))) for t, entry in ranked]
     chosen = float(position[token_id].logprob)
     return TokenLogprob(vocab.token_text(token_id), chosen, list(vocab.token_bytes(token_id)), top)
+
+
+def _response_format(params: GenerationParams) -> tuple[str, dict[str, Any]] | None:
+    """The structured-outputs options of a reply's `response_format`: vLLM's guided JSON with the strict
+    json_schema's schema (openft's own checker still checks every token, see `VllmEngine._feed`), or any
+    JSON object."""
+    if params.json_schema is not None:
+        return "response_format", {"json": params.json_schema}
+    return ("response_format", {"json_object": True}) if params.json_object else None
 
 
 def _call_schema(names: list[str]) -> dict[str, Any]:

@@ -73,8 +73,31 @@ class NamedFunction(LenientModel):
     name: Annotated[str, Field(min_length=1, max_length=64)]
 
 
+class JsonSchemaFormat(LenientModel):
+    """`response_format.json_schema`. With `strict: true` decoding follows `schema` (a keyword openft does not
+    enforce is a 400 naming its JSON pointer); without it the reply is only constrained to a JSON object."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(LenientModel):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format.json_schema is required when type is json_schema")
+        return self
+
+    @property
+    def strict_schema(self) -> dict[str, Any] | None:
+        """The schema decoding must follow: a strict json_schema's (None: any JSON object will do)."""
+        spec = self.json_schema
+        return spec.schema_ if self.type == "json_schema" and spec is not None and spec.strict else None
 
 
 class StreamOptions(LenientModel):

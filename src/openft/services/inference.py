@@ -300,6 +300,7 @@ class InferenceService:
             logprobs=bool(request.logprobs),
             top_logprobs=request.top_logprobs or 0,
             json_object=request.response_format is not None and request.response_format.type != "text",
+            json_schema=request.response_format.strict_schema if request.response_format is not None else None,
             tool_choice=tool_choice,
         )
         tools = [t.model_dump(exclude_none=True) for t in request_tools] if request_tools else None
