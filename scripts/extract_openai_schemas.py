@@ -40,6 +40,8 @@ SCHEMAS = [
     "ListPaginatedFineTuningJobsResponse",
     "Model",
     "OpenAIFile",
+    "Response",
+    "ResponseItemList",
     "Upload",
     "UploadPart",
 ]

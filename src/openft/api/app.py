@@ -28,6 +28,7 @@ from openft.api.routes import (
     health,
     metrics,
     models,
+    responses,
     uploads,
 )
 from openft.api.routes.common import OpenApiResponses
@@ -46,6 +47,7 @@ RESOURCE_ROUTERS = (
     models.router,
     uploads.router,
     checkpoint_permissions.router,
+    responses.router,
 )
 ERROR_RESPONSES: OpenApiResponses = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},

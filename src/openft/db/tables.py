@@ -302,3 +302,21 @@ class CheckpointPermissionRow(Base):
     """The organization that owns the checkpoint and granted the permission."""
     project_id: Mapped[str] = mapped_column(String(160), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- responses (0011) ---
+class ResponseRow(Base):
+    """A stored Responses API answer (`store: true`): the response as first answered, the items it was given
+    (`GET /responses/{id}/input_items`) and the whole conversation before its output, which a later request's
+    `previous_response_id` continues (services/responses.py)."""
+
+    __tablename__ = "responses"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_items: Mapped[list[Any]] = mapped_column(JSON)
+    context_items: Mapped[list[Any]] = mapped_column(JSON)
+    """This response's conversation before its output: its predecessors' items and outputs, then its input."""

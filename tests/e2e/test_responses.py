@@ -1,0 +1,161 @@
+"""The Responses API through the official SDK on a real server: create (plain and streamed), a function tool
+round trip with previous_response_id, stored responses (retrieve, input items, delete, another organization's
+404) and the errors a client meets. Answers are checked against OpenAI's published `Response` schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import TINY_MODEL_NAME
+from tests.e2e.test_tenancy import keys_cli, sdk
+from tests.support import openapi_schemas
+from tests.support.server import RunningServer
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def _raw(client: OpenAI, path: str) -> Any:
+    """The wire JSON of a GET (the SDK's models add fields of their own when dumped)."""
+    return client.get(path, cast_to=object)
+
+
+def test_create_stream_and_retrieve(client: OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(
+        model=TINY_MODEL_NAME,
+        input="How fast does the Zorblax kettle boil?",
+        instructions="Answer briefly.",
+        temperature=0,
+        max_output_tokens=12,
+        metadata={"k": "v"},
+    )
+    openapi_schemas.validate(raw.http_response.json(), "Response")
+    created = raw.parse()
+    assert created.id.startswith("resp_") and created.object == "response"
+    assert created.status in ("completed", "incomplete")
+    assert created.output[0].type == "message" and created.output[0].id.startswith("msg_")
+    assert created.output_text
+    assert created.usage is not None and 0 < created.usage.output_tokens <= 12
+    assert created.usage.total_tokens == created.usage.input_tokens + created.usage.output_tokens
+    assert created.metadata == {"k": "v"} and created.instructions == "Answer briefly."
+    stored = _raw(client, f"/responses/{created.id}")
+    openapi_schemas.validate(stored, "Response")
+    assert stored == raw.http_response.json()
+    assert client.responses.retrieve(created.id).output_text == created.output_text
+
+    items = client.responses.input_items.list(created.id, order="asc")
+    assert [i.type for i in items.data] == ["message"]
+    assert items.data[0].role == "user"  # type: ignore[union-attr]
+    openapi_schemas.validate(_raw(client, f"/responses/{created.id}/input_items"), "ResponseItemList")
+
+    # streamed, the SDK's helper: the same greedy text, events in OpenAI's order with sequence numbers
+    kwargs: dict[str, Any] = {
+        "model": TINY_MODEL_NAME,
+        "input": "How fast does the Zorblax kettle boil?",
+        "instructions": "Answer briefly.",
+        "temperature": 0,
+        "max_output_tokens": 12,
+    }
+    with client.responses.stream(**kwargs) as stream:
+        events = list(stream)
+    # a reply cut at max_output_tokens ends with response.incomplete, as OpenAI's does (the SDK's
+    # get_final_response() only accepts response.completed), so the final response is read from the last event
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.status == created.status
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:-1] == ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+    assert kinds[-1] == ("response.completed" if created.status == "completed" else "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == final.output_text == created.output_text
+    assert client.responses.retrieve(final.id).output_text == created.output_text
+
+    # create(stream=True) gives the same events
+    raw_events = list(client.responses.create(stream=True, **kwargs))
+    assert [e.type for e in raw_events] == kinds
+
+    # store: false keeps nothing
+    unstored = client.responses.create(store=False, **kwargs)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+    # delete
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(created.id)
+
+
+def test_function_call_items_and_previous_response_id(client: OpenAI) -> None:
+    """The client's own function_call and function_call_output items reach the model, and a follow-up with
+    previous_response_id carries the whole exchange. (That the model's own tool calls come back as
+    function_call items is tests/services/test_responses.py's: the random tiny model never closes a call.)"""
+    first = client.responses.create(
+        model=TINY_MODEL_NAME,
+        input=[
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+        temperature=0,
+        max_output_tokens=4,
+    )
+    openapi_schemas.validate(_raw(client, f"/responses/{first.id}"), "Response")
+    assert first.tools[0].name == "get_weather"  # type: ignore[union-attr]
+    items = client.responses.input_items.list(first.id, order="asc").data
+    assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
+    assert items[1].id.startswith("fc_") and items[1].call_id == "call_1"  # type: ignore[union-attr]
+    openapi_schemas.validate(_raw(client, f"/responses/{first.id}/input_items"), "ResponseItemList")
+
+    second = client.responses.create(
+        model=TINY_MODEL_NAME, previous_response_id=first.id, input="And tomorrow?", temperature=0, max_output_tokens=4
+    )
+    assert second.previous_response_id == first.id and second.output_text
+    # the prompt carried the first exchange and its answer
+    assert second.usage is not None and first.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert [i.type for i in client.responses.input_items.list(second.id).data] == ["message"]
+
+
+def test_errors_and_other_organizations(server: RunningServer, client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model=TINY_MODEL_NAME, input="hi", tools=[{"type": "web_search"}])
+    assert bad.value.body["param"] == "tools[0].type"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(
+            model=TINY_MODEL_NAME, input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
+        )
+    assert bad.value.body["param"] == "input[0].content[0].type"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model=TINY_MODEL_NAME, input="hi", previous_response_id="resp_nope")
+    assert missing.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model="no-such-model", input="hi")
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+    mine = client.responses.create(model=TINY_MODEL_NAME, input="hi", max_output_tokens=2)
+    other = sdk(server, keys_cli(server, "create", "--org", "responses-other")["key"])
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(mine.id)
+    with pytest.raises(openai.NotFoundError) as foreign:
+        other.responses.create(model=TINY_MODEL_NAME, input="hi", previous_response_id=mine.id)
+    assert foreign.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert client.responses.retrieve(mine.id).id == mine.id
