@@ -42,6 +42,7 @@ SCHEMAS = [
     "OpenAIFile",
     "Response",
     "ResponseItemList",
+    "ResponseStreamEvent",
     "Upload",
     "UploadPart",
 ]

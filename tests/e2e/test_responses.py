@@ -4,11 +4,12 @@ round trip with previous_response_id, stored responses (retrieve, input items, d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
 from openai import OpenAI
+from pydantic import BaseModel
 
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.test_tenancy import keys_cli, sdk
@@ -131,6 +132,22 @@ def test_function_call_items_and_previous_response_id(client: OpenAI) -> None:
     assert second.usage is not None and first.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert [i.type for i in client.responses.input_items.list(second.id).data] == ["message"]
+
+
+class Status(BaseModel):
+    ok: bool
+    level: Literal["low", "high"]  # no free string: the random model would not end one
+
+
+def test_text_format_json_schema_is_chat_structured_output(client: OpenAI) -> None:
+    """`responses.parse(text_format=…)` sends a strict json_schema text.format, which chat's response_format
+    enforces while decoding; the SDK parses the output text back into the model."""
+    parsed = client.responses.parse(
+        model=TINY_MODEL_NAME, input="Report the status.", text_format=Status, temperature=0, max_output_tokens=1000
+    )
+    assert parsed.status == "completed", parsed.output_text
+    assert isinstance(parsed.output_parsed, Status)
+    assert parsed.text is not None and parsed.text.format.type == "json_schema"
 
 
 def test_errors_and_other_organizations(server: RunningServer, client: OpenAI) -> None:

@@ -122,8 +122,26 @@ def test_streamed_function_call_events(container: Container) -> None:
         "response.completed",
     ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    for event in events:
+        openapi_schemas.validate(event, "ResponseStreamEvent")
     assert events[4]["arguments"] == '{"city": "Paris"}'
     final = events[-1]["response"]
     openapi_schemas.validate(final, "Response")
     assert final["output"] == [events[5]["item"]] and final["usage"]["input_tokens"] == FakeStream.prompt_tokens
     assert ResponseObject.model_validate(final) == service.retrieve(container.default_org_id, final["id"])
+
+
+def test_streamed_text_events_match_openais_schemas(container: Container) -> None:
+    service = ResponseService(container.sessions, InferenceService(FakeModels(), FakeEngine()))  # type: ignore[arg-type]
+
+    async def collect() -> list[dict[str, Any]]:
+        request = _request(input="hi", stream=True, store=False)
+        events = await service.create_stream(Caller.of("org"), container.default_org_id, request)
+        return [json.loads(event["data"]) async for event in events]
+
+    events = asyncio.run(collect())
+    for event in events:
+        openapi_schemas.validate(event, "ResponseStreamEvent")
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["Hel", "lo"]
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Hello"

@@ -91,11 +91,13 @@ class ResponseObject(BaseModel):
     user: str | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_absent_user(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """OpenAI's schema types `user` as a string when present; a response without one omits it."""
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """OpenAI's schema types `user` and `usage` as a string and an object when present; a response
+        without them (no user given; still in progress) omits them."""
         data: dict[str, Any] = handler(self)
-        if data.get("user") is None:
-            data.pop("user", None)
+        for key in ("user", "usage"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     @property
