@@ -91,3 +91,15 @@ def test_keywords_that_are_not_enforced_are_a_400(client: OpenAI) -> None:
     assert isinstance(error, dict)
     assert error["param"] == "response_format.json_schema.schema"
     assert "'schema/properties/code/pattern'" in error["message"]
+
+
+def test_a_schema_that_is_not_strict_only_asks_for_a_json_object(client: OpenAI) -> None:
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}}}
+    reply = client.chat.completions.create(
+        model=TINY_MODEL_NAME,
+        messages=MESSAGES,
+        temperature=0,
+        max_tokens=8,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    assert (reply.choices[0].message.content or "").startswith("{")

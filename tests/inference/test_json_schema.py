@@ -109,6 +109,20 @@ def test_min_items_and_nested_untyped_values() -> None:
     assert check(text, schema) == (True, len(text))
 
 
+def test_whitespace_runs_allow_pretty_printing_but_not_blank_pages() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "null"}}, "additionalProperties": False}},
+        "additionalProperties": False,
+    }
+    pretty = json.dumps({"a": {"b": None}}, indent=4)
+    assert check(pretty, schema) == (True, len(pretty))
+    assert check("{" + " " * 5 + '"a"', schema)[0] is True
+    assert check("{" + " " * 6, schema)[0] is False  # four spaces of indent per level, and a line break
+    assert check('{"a": {' + " " * 9 + '"b"', schema)[0] is True
+    assert check('{"a": {' + " " * 10, schema)[0] is False
+
+
 @pytest.mark.parametrize(
     ("schema", "pointer"),
     [

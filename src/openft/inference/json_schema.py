@@ -301,11 +301,11 @@ class JsonSchemaPrefix:
         return True, None
 
     def _whitespace_limit(self, stack: _Stack) -> int:
-        """Longest whitespace run here: a line break and two spaces of indent per open container, enough for
+        """Longest whitespace run here: a line break and four spaces of indent per open container, enough for
         pretty-printed JSON (and at most `max_whitespace`). Tighter than json_object's flat limit because a
         schema's reply is long: a model fond of blank lines would otherwise run out of tokens before the end."""
         depth = sum(1 for frame in stack if frame[0] in "OA")
-        limit = 1 + 2 * depth
+        limit = 1 + 4 * depth
         return limit if self._max_whitespace is None else min(limit, self._max_whitespace)
 
     def _step(self, stack: _Stack, ws: int, c: str) -> list[_Alt]:
