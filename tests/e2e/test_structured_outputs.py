@@ -51,6 +51,16 @@ def test_a_strict_schema_is_followed_where_the_model_alone_writes_no_such_json(c
     choice = reply.choices[0]
     assert choice.finish_reason == "stop", (choice.message.content, reply.usage)
     jsonschema.validate(json.loads(choice.message.content or ""), SCHEMA)
+    stream = client.chat.completions.create(
+        model=TINY_MODEL_NAME,
+        messages=MESSAGES,
+        temperature=0,
+        max_tokens=1000,
+        response_format={"type": "json_schema", "json_schema": {"name": "status", "schema": SCHEMA, "strict": True}},
+        stream=True,
+    )
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == choice.message.content  # the same reply, streamed
 
 
 class Inner(BaseModel):
