@@ -4,6 +4,7 @@ round trip with previous_response_id, stored responses (retrieve, input items, d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import openai
@@ -12,6 +13,7 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from tests.conftest import TINY_MODEL_NAME
+from tests.e2e.conftest import DIALECTS
 from tests.e2e.test_tenancy import keys_cli, sdk
 from tests.support import openapi_schemas
 from tests.support.server import RunningServer
@@ -148,6 +150,13 @@ def test_text_format_json_schema_is_chat_structured_output(client: OpenAI) -> No
     assert parsed.status == "completed", parsed.output_text
     assert isinstance(parsed.output_parsed, Status)
     assert parsed.text is not None and parsed.text.format.type == "json_schema"
+
+
+@pytest.mark.parametrize("dialect", [d for d in DIALECTS if d != "openai"])
+def test_other_dialects(client_for: Callable[[str], OpenAI], dialect: str) -> None:
+    client = client_for(dialect)
+    created = client.responses.create(model=TINY_MODEL_NAME, input="hi", max_output_tokens=2)
+    assert client.responses.retrieve(created.id).output_text == created.output_text
 
 
 def test_errors_and_other_organizations(server: RunningServer, client: OpenAI) -> None:
