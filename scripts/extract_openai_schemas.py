@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "openapi" / "openai-openapi.yaml"
 FIXTURE = ROOT / "tests" / "fixtures" / "openai-schemas.json"
 SCHEMAS = [
+    "Batch",
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
     "CreateCompletionResponse",
@@ -32,6 +33,7 @@ SCHEMAS = [
     "FineTuningJob",
     "FineTuningJobCheckpoint",
     "FineTuningJobEvent",
+    "ListBatchesResponse",
     "ListFilesResponse",
     "ListFineTuningCheckpointPermissionResponse",
     "ListFineTuningJobCheckpointsResponse",

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="A job's claim expires this long after the last heartbeat."
     )
     max_jobs: int = Field(default=1, ge=1, description="Training processes one worker runs at once.")
+    batch_concurrency: int = Field(
+        default=16, ge=1, description="Lines of a batch one worker sends to the engine at once (Batch API)."
+    )
     train_threads: int | None = Field(default=None, ge=1, description="torch threads per training process.")
     keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept per job (newest).")
     checkpoint_every_steps: int | None = Field(

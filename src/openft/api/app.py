@@ -19,6 +19,7 @@ from openft.api.bodies import JsonBodyLimit, parse_json_off_loop
 from openft.api.deps import AZURE_V1_VERSIONS, DATED_VERSION, DIALECT_CHECKS, GATED_PREFIXES, PREFIXES, Dialect
 from openft.api.errors import install_error_handlers
 from openft.api.routes import (
+    batches,
     chat,
     checkpoint_permissions,
     completions,
@@ -48,6 +49,7 @@ RESOURCE_ROUTERS = (
     uploads.router,
     checkpoint_permissions.router,
     responses.router,
+    batches.router,
 )
 ERROR_RESPONSES: OpenApiResponses = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},

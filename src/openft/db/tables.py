@@ -320,3 +320,53 @@ class ResponseRow(Base):
     input_items: Mapped[list[Any]] = mapped_column(JSON)
     context_items: Mapped[list[Any]] = mapped_column(JSON)
     """This response's conversation before its output: its predecessors' items and outputs, then its input."""
+
+
+# --- batches (0012) ---
+class BatchRow(Base):
+    """A Batch API batch (services/batches.py), answered by a worker (jobs/batches.py) that claims it like a
+    training job: `worker_id` + `lease_expires_at` say who holds it, `attempt` is the fencing token."""
+
+    __tablename__ = "batches"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    errors: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    in_progress_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finalizing_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelling_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BatchLineRow(Base):
+    """One answered line of a batch: recorded (under the claim's fencing check) before it counts, so a worker
+    that dies loses no finished line, and unique per line, so none is ever answered twice in the output."""
+
+    __tablename__ = "batch_lines"
+    __table_args__ = (UniqueConstraint("batch_id", "line", name="uq_batch_lines_line"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    line: Mapped[int] = mapped_column(Integer)
+    """The line's number in the input file (1-based, as OpenAI's errors count them)."""
+    ok: Mapped[bool] = mapped_column(Boolean)
+    """Whether it goes to the output file (status 200) or the error file."""
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The output line as written: id, custom_id, response {status_code, request_id, body}, error."""

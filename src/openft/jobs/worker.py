@@ -34,6 +34,7 @@ from openft.db.retry import is_transient
 from openft.db.tables import JobRow
 from openft.domain.job_states import JobStatus
 from openft.fsutil import atomic_write_text
+from openft.jobs.batches import BatchRunner
 from openft.jobs.executors import Executor, build_executor
 from openft.jobs.job_file import build_spec
 from openft.jobs.outcome import fail_claimed
@@ -64,6 +65,7 @@ class Worker:
         *,
         worker_id: str | None = None,
         executor: Executor | None = None,
+        batches: BatchRunner | None = None,
     ):
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -85,6 +87,7 @@ class Worker:
         self._last_expiry_sweep = 0.0
         self._last_retention_sweep = float("-inf")  # the first turn sweeps
         self._last_recovery_check = float("-inf")
+        self._batches = batches  # the Batch API's batches, one at a time (jobs/batches.py)
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +112,8 @@ class Worker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._batches is not None:
+            self._batches.stop(timeout)
         runs = self._snapshot_runs()
         for run in runs:
             run.request_stop()
@@ -166,6 +171,8 @@ class Worker:
         # jobs the cluster runs, which is what the queue's estimates count as slots (jobs/queue.py).
         while len(self._runs) < self.settings.max_jobs and self._worth_asking() and self.claim_training():
             pass
+        if self._batches is not None:
+            self._batches.turn()
 
     def _worth_asking(self) -> bool:
         """A job waits and the executor has room for one (asked only then: with Ray, a call to the cluster)."""

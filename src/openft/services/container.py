@@ -4,6 +4,8 @@ worker. The API's lifespan and the CLI both use it, so they are wired the same w
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -15,6 +17,7 @@ from openft.datacheck import CheckBudget
 from openft.db import repositories as repo
 from openft.fsutil import atomic_write_text
 from openft.inference.backends import choose_engine
+from openft.jobs.batches import BatchRunner, LineAnswerer
 from openft.jobs.worker import Worker
 from openft.services.auth import (
     KEY_PREFIX,
@@ -25,6 +28,7 @@ from openft.services.auth import (
     StaticKeyAuthenticator,
     ensure_organization,
 )
+from openft.services.batches import BatchLineAnswerer, BatchService
 from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.data_check import DataCheckService
 from openft.services.data_folder import open_database
@@ -100,6 +104,8 @@ class Container:
     """Delivers the webhook outbox; built here, started only by a server (`start`)."""
     responses: ResponseService | None = None
     """The Responses API (served by `inference`). None only in a hand-built container."""
+    batches: BatchService | None = None
+    """The Batch API (its batches are answered by the workers, jobs/batches.py). None only in a hand-built container."""
 
     def start(self) -> None:
         """Begin serving for the long run: sweep orphaned blobs, then start the worker (if any).
@@ -185,7 +191,15 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     )
     worker = None
     if settings.run_worker if with_worker is None else with_worker:
-        worker = Worker(settings, sessions, files, catalog)
+        worker = Worker(
+            settings,
+            sessions,
+            files,
+            catalog,
+            batches=batch_runner(
+                settings, sessions, files, lambda: BatchLineAnswerer(inference, model_service, responses)
+            ),
+        )
     inference = InferenceService(
         model_service,
         generator,
@@ -193,6 +207,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         request_timeout=settings.request_timeout_seconds,
         metrics=metrics.serving,
     )
+    responses = ResponseService(sessions, inference)
     return Container(
         settings=settings,
         engine=engine,
@@ -228,7 +243,8 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         checkpoint_permissions=CheckpointPermissionService(sessions),
         worker=worker,
         uploads=UploadService(sessions, store, files, max_total_bytes=settings.max_upload_total_bytes),
-        responses=ResponseService(sessions, inference),
+        responses=responses,
+        batches=BatchService(sessions, notify_worker=worker.notify if worker is not None else None),
         webhooks=WebhookDeliverer(
             sessions,
             poll_seconds=settings.webhook_poll_seconds,
@@ -237,3 +253,45 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             retention_seconds=settings.webhook_retention_days * 86400,
         ),
     )
+
+
+def batch_runner(
+    settings: Settings, sessions: sessionmaker[Session], files: FileService, answerer: Callable[[], LineAnswerer]
+) -> BatchRunner:
+    """The worker's part of the Batch API; `answerer` is built when the worker first claims a batch."""
+    return BatchRunner(
+        sessions,
+        files,
+        answerer,
+        worker_id=f"batches-{uuid.uuid4().hex[:8]}",
+        lease_seconds=settings.lease_seconds,
+        concurrency=settings.batch_concurrency,
+    )
+
+
+def build_line_answerer(settings: Settings, sessions: sessionmaker[Session], files: FileService) -> LineAnswerer:
+    """An inference stack of its own for an `openft worker` process that answers a batch (built on its first
+    batch: a worker that never gets one never loads the engine)."""
+    catalog = ModelCatalog.from_settings(settings)
+    generator = choose_engine(
+        settings.inference_engine,
+        max_adapters=settings.max_adapters,
+        max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
+        max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
+        kv_cache_bytes=int(settings.kv_cache_gb * 1024**3),
+        max_batch_rows=settings.max_batch_rows,
+        device=settings.inference_device,
+    )
+    store = open_store(settings)
+    models = ModelService(
+        sessions,
+        catalog,
+        generator,
+        job_folders=folder_mirror(store, "jobs"),
+        forget_checkpoints=files.forget_job_checkpoints,
+        model_cache_bytes=int(settings.model_cache_gb * 1024**3),
+    )
+    inference = InferenceService(
+        models, generator, settings.max_queued_requests, request_timeout=settings.request_timeout_seconds
+    )
+    return BatchLineAnswerer(inference, models, ResponseService(sessions, inference))

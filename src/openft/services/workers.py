@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from openft.basemodels import ModelCatalog
+from openft.jobs.batches import BatchRunner, LineAnswerer
 from openft.jobs.worker import SHUTDOWN_GRACE_SECONDS, Worker
 from openft.services.data_folder import open_database
 from openft.services.files import FileService
@@ -63,5 +65,22 @@ def build_worker_process(settings: Settings, *, worker_id: str | None = None) ->
         database.engine.dispose()
         raise
     files = FileService(database.sessions, store)
-    worker = Worker(settings, database.sessions, files, ModelCatalog.from_settings(settings), worker_id=worker_id)
+    sessions = database.sessions
+
+    def answerer() -> LineAnswerer:  # the engine is imported and built only when a batch is claimed
+        from openft.services.container import build_line_answerer
+
+        return build_line_answerer(settings, sessions, files)
+
+    runner = BatchRunner(
+        sessions,
+        files,
+        answerer,
+        worker_id=f"batches-{worker_id or uuid.uuid4().hex[:8]}",
+        lease_seconds=settings.lease_seconds,
+        concurrency=settings.batch_concurrency,
+    )
+    worker = Worker(
+        settings, sessions, files, ModelCatalog.from_settings(settings), worker_id=worker_id, batches=runner
+    )
     return WorkerProcess(worker=worker, engine=database.engine)
