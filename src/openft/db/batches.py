@@ -118,6 +118,20 @@ def record_line(session: Session, batch_id: str, attempt: int, line: int, ok: bo
     return True
 
 
+def record_lines(session: Session, batch_id: str, attempt: int, items: list[tuple[int, bool, dict[str, Any]]]) -> bool:
+    """Record answered lines (line, ok, record) together under one fencing check; False when the claim is
+    lost (nothing recorded). A line recorded already is skipped: never twice."""
+    if not holds(session, batch_id, attempt):
+        return False
+    for line, ok, record in items:
+        try:
+            with session.begin_nested():
+                session.add(BatchLineRow(batch_id=batch_id, line=line, ok=ok, record=record))
+        except IntegrityError:
+            continue
+    return True
+
+
 def answered_lines(session: Session, batch_id: str) -> set[int]:
     return set(session.scalars(select(BatchLineRow.line).where(BatchLineRow.batch_id == batch_id)))
 

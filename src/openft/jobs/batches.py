@@ -299,6 +299,7 @@ class BatchRunner:
         flags = claim.flags
         self._check(claim, claim.status)  # a batch past its 24 h (or a worker stopping) takes no line
         gate = asyncio.Semaphore(self._concurrency)
+        answered: asyncio.Queue[tuple[int, bool, dict[str, Any], asyncio.Future[bool]]] = asyncio.Queue()
 
         async def one(line: InputLine) -> None:
             async with gate:
@@ -314,14 +315,28 @@ class BatchRunner:
                         "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
                         "error": None,
                     }
-                    recorded = await self._db(
-                        functools.partial(_record, claim=claim, line=line.line, ok=status == 200, record=record)
-                    )
-                    if not recorded and not await self._db(
-                        lambda s: batch_repo.holds(s, claim.batch_id, claim.attempt)
-                    ):
+                    recorded = asyncio.get_running_loop().create_future()
+                    answered.put_nowait((line.line, status == 200, record, recorded))
+                    if not await recorded:
                         flags.lost = True
                     return
+
+        async def record_answered() -> None:
+            """Group commit: the lines answered meanwhile are recorded together, in one fenced transaction,
+            before any of them counts (one commit per line would hold the engine's slots on the database)."""
+            while True:
+                group = [await answered.get()]
+                while not answered.empty():
+                    group.append(answered.get_nowait())
+                items = [(line, ok, record) for line, ok, record, _ in group]
+                try:
+                    held = await self._db(functools.partial(_record_all, claim=claim, items=items))
+                except Exception as exc:
+                    for *_, waiter in group:
+                        waiter.set_exception(exc)
+                    continue
+                for *_, waiter in group:
+                    waiter.set_result(held)
 
         async def keep_lease() -> None:
             while True:
@@ -329,10 +344,12 @@ class BatchRunner:
                 self._check(claim, await self._db(lambda s: _state(s, claim, self._lease)))
 
         keeper = asyncio.create_task(keep_lease())
+        recorder = asyncio.create_task(record_answered())
         try:
             await asyncio.gather(*(one(line) for line in pending))
         finally:
             keeper.cancel()
+            recorder.cancel()
         self._check(claim, await self._db(lambda s: _state(s, claim, self._lease)))
 
     def _check(self, claim: _Claim, state: str | None) -> None:
@@ -406,5 +423,5 @@ def _state(session: Session, claim: _Claim, lease_seconds: float) -> str | None:
     return None if row is None else row.status
 
 
-def _record(session: Session, *, claim: _Claim, line: int, ok: bool, record: dict[str, Any]) -> bool:
-    return batch_repo.record_line(session, claim.batch_id, claim.attempt, line, ok, record)
+def _record_all(session: Session, *, claim: _Claim, items: list[tuple[int, bool, dict[str, Any]]]) -> bool:
+    return batch_repo.record_lines(session, claim.batch_id, claim.attempt, items)
