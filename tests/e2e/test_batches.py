@@ -208,3 +208,27 @@ def test_a_worker_killed_mid_batch_loses_no_line_and_repeats_none(tmp_path: Path
         for worker in workers:
             worker.kill()
         server.stop()
+
+
+def test_completions_and_responses_batches(server: RunningServer) -> None:
+    client = make_client(server, "openai")
+    prompt = {"model": TINY_MODEL_NAME, "prompt": "Once upon", "max_tokens": 3, "temperature": 0}
+    response = {"model": TINY_MODEL_NAME, "input": "Hello", "max_output_tokens": 3, "temperature": 0}
+    for url, body, kind in [("/v1/completions", prompt, "text_completion"), ("/v1/responses", response, "response")]:
+        lines = [
+            _line("x", body, url=url),
+            _line("y", {**body, "n": 0} if kind == "text_completion" else body, url=url),
+        ]
+        batch = client.batches.create(input_file_id=_upload(client, lines), endpoint=url, completion_window="24h")  # type: ignore[arg-type]
+        done = _finished(client, batch.id)
+        assert done.status == "completed" and done.request_counts is not None, done
+        answered = {r["custom_id"]: r for r in _records(client, done.output_file_id)}
+        assert answered["x"]["response"]["body"]["object"] == kind
+        if kind == "text_completion":  # a request the API refuses is a failed line in the error file, as alone
+            failed = _records(client, done.error_file_id)
+            assert [(r["custom_id"], r["response"]["status_code"]) for r in failed] == [("y", 400)]
+            assert failed[0]["response"]["body"]["error"]["type"] == "invalid_request_error"
+            assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+        else:
+            assert answered["y"]["response"]["body"]["status"] == "incomplete"  # cut at max_output_tokens
+            assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
