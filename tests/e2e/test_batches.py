@@ -117,6 +117,14 @@ def test_batch_requests_are_checked(server: RunningServer) -> None:
     assert bad.value.body["param"] == "completion_window"  # type: ignore[index]
     with pytest.raises(NotFoundError):
         client.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
+    with pytest.raises(BadRequestError) as bad:
+        client.batches.create(
+            input_file_id=good,
+            endpoint=CHAT,
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 3600},
+        )
+    assert bad.value.body["param"] == "output_expires_after"  # type: ignore[index]
     tuning = client.files.create(
         file=("t.jsonl", b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'),
         purpose="fine-tune",

@@ -105,6 +105,11 @@ class BatchService:
                 f"Invalid completion_window '{request.completion_window}': only '24h' is supported.",
                 param="completion_window",
             )
+        if request.output_expires_after is not None:  # refused rather than silently not honoured
+            raise InvalidRequest(
+                "output_expires_after is not supported: a batch's output files do not expire.",
+                param="output_expires_after",
+            )
         if request.metadata is not None and len(request.metadata) > 16:
             raise InvalidRequest("metadata holds at most 16 keys.", param="metadata")
         now = int(time.time())
