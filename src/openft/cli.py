@@ -41,6 +41,9 @@ def _add_client_commands() -> None:
 
     app.add_typer(files.app, name="files")
     app.add_typer(jobs.app, name="jobs")
+    from openft.client import batches
+
+    app.add_typer(batches.app, name="batches")
     app.add_typer(models.app, name="models")
     app.command("chat")(chat.chat)
     app.add_typer(data.app, name="data")
