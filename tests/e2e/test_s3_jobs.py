@@ -43,6 +43,15 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+def stored_step(seaweedfs: SeaweedFS, job_id: str) -> int:
+    """The newest step of the job's checkpoints complete in the bucket (a stored folder's manifest is written last;
+    folders are named `<job>.step_NNNNNN`, services/checkpoint_mirror.py)."""
+    prefix = f"site-a/checkpoints/{job_id}.step_"
+    listing = seaweedfs.client().list_objects_v2(Bucket=seaweedfs.bucket, Prefix=prefix)
+    names = [item["Key"][len(prefix) :] for item in listing.get("Contents", [])]
+    return max((int(name.split("/")[0]) for name in names if name.endswith("/manifest.json")), default=0)
+
+
 def _environment(seaweedfs: SeaweedFS, database_url: str) -> dict[str, str]:
     return {
         **seaweedfs.server_environment(f"s3://{seaweedfs.bucket}/site-a"),
@@ -93,6 +102,8 @@ def test_the_job_folder_is_a_cache_of_the_bucket(
             timeout=240,
             what="step 14 (checkpoints at 4, 8, 12 stored)",
         )
+        # the worker stores checkpoints as the trainer commits them; on a loaded machine it may lag behind
+        wait_for(lambda: stored_step(seaweedfs, crashed) >= 12, timeout=120, what="checkpoint 12 in the bucket")
         server.process.kill()  # SIGKILL: no checkpoint of its own, no goodbye
         server.process.wait()
         wait_for(lambda: not training_processes(crashed), timeout=120, what="the orphaned trainer to exit")
