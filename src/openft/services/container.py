@@ -16,7 +16,7 @@ from openft.basemodels import ModelCatalog
 from openft.datacheck import CheckBudget
 from openft.db import repositories as repo
 from openft.fsutil import atomic_write_text
-from openft.inference.backends import choose_engine
+from openft.inference.backends import ServingEngine, choose_engine
 from openft.jobs.batches import BatchRunner, LineAnswerer
 from openft.jobs.worker import Worker
 from openft.services.auth import (
@@ -147,6 +147,39 @@ def open_store(settings: Settings) -> LocalBlobStore | S3BlobStore:
     )
 
 
+def build_engine(settings: Settings, *, on_step: Callable[..., None] | None = None) -> ServingEngine:
+    """The serving engine the settings ask for (`OPENFT_INFERENCE_ENGINE`, memory and batch bounds, device):
+    the server's, and an `openft worker`'s own when it answers a batch. `on_step` feeds the metrics."""
+    return choose_engine(
+        settings.inference_engine,
+        max_adapters=settings.max_adapters,
+        max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
+        max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
+        kv_cache_bytes=int(settings.kv_cache_gb * 1024**3),
+        max_batch_rows=settings.max_batch_rows,
+        device=settings.inference_device,
+        on_step=on_step,
+    )
+
+
+def build_model_service(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    catalog: ModelCatalog,
+    generator: ServingEngine,
+    store: LocalBlobStore | S3BlobStore,
+    files: FileService,
+) -> ModelService:
+    return ModelService(
+        sessions,
+        catalog,
+        generator,
+        job_folders=folder_mirror(store, "jobs"),
+        forget_checkpoints=files.forget_job_checkpoints,
+        model_cache_bytes=int(settings.model_cache_gb * 1024**3),
+    )
+
+
 def ensure_default_org(sessions: sessionmaker[Session], name: str) -> str:
     """The id of the organization the server's own key belongs to (`OPENFT_ORG_NAME`)."""
     return ensure_organization(sessions, name).id
@@ -170,25 +203,9 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
     metrics = Metrics(
         engine_stats=lambda: generator.stats(), job_counts=job_counts_from(sessions), port=settings.metrics_port
     )
-    generator = choose_engine(
-        settings.inference_engine,
-        max_adapters=settings.max_adapters,
-        max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
-        max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
-        kv_cache_bytes=int(settings.kv_cache_gb * 1024**3),
-        max_batch_rows=settings.max_batch_rows,
-        device=settings.inference_device,
-        on_step=metrics.serving.batch,
-    )
+    generator = build_engine(settings, on_step=metrics.serving.batch)
     files = FileService(sessions, store)
-    model_service = ModelService(
-        sessions,
-        catalog,
-        generator,
-        job_folders=folder_mirror(store, "jobs"),
-        forget_checkpoints=files.forget_job_checkpoints,
-        model_cache_bytes=int(settings.model_cache_gb * 1024**3),
-    )
+    model_service = build_model_service(settings, sessions, catalog, generator, store, files)
     worker = None
     if settings.run_worker if with_worker is None else with_worker:
         worker = Worker(
@@ -272,24 +289,9 @@ def batch_runner(
 def build_line_answerer(settings: Settings, sessions: sessionmaker[Session], files: FileService) -> LineAnswerer:
     """An inference stack of its own for an `openft worker` process that answers a batch (built on its first
     batch: a worker that never gets one never loads the engine)."""
-    catalog = ModelCatalog.from_settings(settings)
-    generator = choose_engine(
-        settings.inference_engine,
-        max_adapters=settings.max_adapters,
-        max_adapter_bytes=settings.max_adapter_mb * 1024 * 1024 if settings.max_adapter_mb else None,
-        max_model_bytes=int(settings.max_model_memory_gb * 1024**3) if settings.max_model_memory_gb else None,
-        kv_cache_bytes=int(settings.kv_cache_gb * 1024**3),
-        max_batch_rows=settings.max_batch_rows,
-        device=settings.inference_device,
-    )
-    store = open_store(settings)
-    models = ModelService(
-        sessions,
-        catalog,
-        generator,
-        job_folders=folder_mirror(store, "jobs"),
-        forget_checkpoints=files.forget_job_checkpoints,
-        model_cache_bytes=int(settings.model_cache_gb * 1024**3),
+    generator = build_engine(settings)
+    models = build_model_service(
+        settings, sessions, ModelCatalog.from_settings(settings), generator, open_store(settings), files
     )
     inference = InferenceService(
         models, generator, settings.max_queued_requests, request_timeout=settings.request_timeout_seconds
