@@ -96,7 +96,9 @@ def test_responses_match_openai_schemas(server: RunningServer, tuned: dict[str, 
     openapi_schemas.validate(httpx.get(f"{server.url}/v1/models", headers=headers).json(), "ListModelsResponse")
     model = httpx.get(f"{server.url}/v1/models/{tuned['model']}", headers=headers).json()
     openapi_schemas.validate(model, "Model")
-    body = {"model": tuned["model"], "messages": MESSAGES, "max_tokens": 5, "logprobs": True, "top_logprobs": 2}
+    # greedy: the streamed run below must produce the same tokens (sampled, one may stop a token earlier)
+    body = {"model": tuned["model"], "messages": MESSAGES, "max_tokens": 5, "temperature": 0, "logprobs": True}
+    body["top_logprobs"] = 2
     chat = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60).json()
     openapi_schemas.validate(chat, "CreateChatCompletionResponse")
     chunks = _raw_sse(server, "/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
