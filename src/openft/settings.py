@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="A job's claim expires this long after the last heartbeat."
     )
     max_jobs: int = Field(default=1, ge=1, description="Training processes one worker runs at once.")
+    response_lease_seconds: int = Field(
+        default=30,
+        ge=3,
+        description="A background response whose server stops renewing it this long is failed (Responses API).",
+    )
     batch_concurrency: int = Field(
         default=16, ge=1, description="Lines of a batch one worker sends to the engine at once (Batch API)."
     )

@@ -4,6 +4,7 @@ round trip with previous_response_id, stored responses (retrieve, input items, d
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -150,6 +151,38 @@ def test_text_format_json_schema_is_chat_structured_output(client: OpenAI) -> No
     assert parsed.status == "completed", parsed.output_text
     assert isinstance(parsed.output_parsed, Status)
     assert parsed.text is not None and parsed.text.format.type == "json_schema"
+
+
+def test_background_response_polled_to_the_end_and_one_cancelled(client: OpenAI) -> None:
+    queued = client.responses.with_raw_response.create(
+        model=TINY_MODEL_NAME, input="Tell me about kettles.", max_output_tokens=8, background=True
+    )
+    openapi_schemas.validate(queued.http_response.json(), "Response")
+    started = queued.parse()
+    assert started.background and started.status in ("queued", "in_progress") and started.output == []
+    for _ in range(300):
+        done = client.responses.retrieve(started.id)
+        if done.status not in ("queued", "in_progress"):
+            break
+        time.sleep(0.1)
+    assert done.status in ("completed", "incomplete") and done.output_text and done.usage is not None
+    openapi_schemas.validate(_raw(client, f"/responses/{started.id}"), "Response")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.cancel(started.id)
+    assert bad.value.body["param"] == "response_id"  # type: ignore[index]
+
+    long = client.responses.create(model=TINY_MODEL_NAME, input="Sing.", max_output_tokens=4000, background=True)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled" and cancelled.id == long.id
+    time.sleep(0.5)  # its generation stopped; nothing overwrote the cancel
+    assert client.responses.retrieve(long.id).status == "cancelled"
+    assert client.responses.cancel(long.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.cancel(client.responses.create(model=TINY_MODEL_NAME, input="hi", max_output_tokens=2).id)
+    assert "synchronous" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model=TINY_MODEL_NAME, input="hi", background=True, store=False)
+    assert bad.value.body["param"] == "store"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("dialect", [d for d in DIALECTS if d != "openai"])

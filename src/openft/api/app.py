@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         try:
             yield
         finally:
+            if built.responses is not None:
+                await built.responses.stop_background()
             built.close()
 
     app = FastAPI(

@@ -320,6 +320,12 @@ class ResponseRow(Base):
     input_items: Mapped[list[Any]] = mapped_column(JSON)
     context_items: Mapped[list[Any]] = mapped_column(JSON)
     """This response's conversation before its output: its predecessors' items and outputs, then its input."""
+    background_status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # 0013
+    """A background response's status, written with `response` and fencing its updates (a cancelled one stays
+    cancelled); None for a response answered in its request."""
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # 0013
+    """Until when (epoch seconds) the server running this background response vouches for it; renewed while
+    it runs. Past it, the server is taken for dead and the response for failed."""
 
 
 # --- batches (0012) ---

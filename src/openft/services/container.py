@@ -28,6 +28,7 @@ from openft.services.auth import (
     StaticKeyAuthenticator,
     ensure_organization,
 )
+from openft.services.background_responses import BackgroundResponses
 from openft.services.batches import BatchLineAnswerer, BatchService
 from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.data_check import DataCheckService
@@ -224,7 +225,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         request_timeout=settings.request_timeout_seconds,
         metrics=metrics.serving,
     )
-    responses = ResponseService(sessions, inference)
+    responses = ResponseService(sessions, inference, BackgroundResponses(sessions, settings.response_lease_seconds))
     return Container(
         settings=settings,
         engine=engine,

@@ -355,6 +355,13 @@ class InferenceService:
         result = await _gather(self._observed(stream, "chat", arrived), stream, params, disconnected)
         return self._chat_completion(request, params, result)
 
+    async def check_chat(self, who: Caller | str | None, request: ChatCompletionRequest) -> None:
+        """Raise what `chat` would raise before admitting `request` (its options, an unknown model or one the
+        caller may not use), without generating: work that runs later (background responses) answers those
+        4xx at once, like a synchronous request."""
+        self._chat_params(request)
+        await anyio.to_thread.run_sync(self._models.target, who, request.model)
+
     async def chat_stream(
         self, who: Caller | str | None, request: ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> AsyncIterator[str]:

@@ -10,6 +10,9 @@ Stored responses (`store`, default true) keep the response, its own input items,
 before its output (predecessors' items and outputs, then its input), so `previous_response_id` continues a
 conversation without walking a chain. Everything is per organization: another organization's response is the
 same 404 as one that never existed.
+
+Background responses (`background: true`) are stored `queued` and answered by a task of this server
+(services/background_responses.py says how they end when that server stops or dies).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from openft.protocol.responses import (
     ResponseUsage,
 )
 from openft.services.admission import Disconnected
+from openft.services.background_responses import STOPPED, BackgroundResponses
 from openft.services.inference import DONE, InferenceService
 from openft.services.models import Caller
 
@@ -299,6 +303,7 @@ class _Prepared:
             metadata=request.metadata or {},
             model=request.model,
             output=output,
+            background=request.background is True,
             parallel_tool_calls=True if request.parallel_tool_calls is None else request.parallel_tool_calls,
             previous_response_id=request.previous_response_id,
             store=request.store is not False,
@@ -313,14 +318,33 @@ class _Prepared:
 
 
 class ResponseService:
-    def __init__(self, sessions: sessionmaker[Session], inference: InferenceService):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        inference: InferenceService,
+        background: BackgroundResponses | None = None,
+    ):
+        """`background` runs `background: true` requests; without it (a batch worker's answerer) they are a 400."""
         self._sessions = sessions
         self._inference = inference
+        self._background = background
 
     # create -------------------------------------------------------------------------------------------
+    def _check_background(self, request: CreateResponseRequest) -> None:
+        if not request.background:
+            return
+        if self._background is None:
+            raise InvalidRequest("background responses are not available here.", param="background")
+        if request.store is False:
+            raise InvalidRequest("background responses must be stored: remove store=false.", param="store")
+        if request.stream:
+            raise InvalidRequest(
+                "openft does not stream background responses: send stream=false and poll GET /responses/{id}.",
+                param="stream",
+            )
+
     def _prepare(self, org_id: str, request: CreateResponseRequest, *, stream: bool) -> _Prepared:
-        if request.background:
-            raise InvalidRequest("background responses are not supported by openft.", param="background")
+        self._check_background(request)
         previous: list[dict[str, Any]] = []
         if request.previous_response_id is not None:
             with self._sessions() as session:
@@ -328,6 +352,11 @@ class ResponseService:
                 if row is None:
                     raise NotFound(
                         f"Previous response with id '{request.previous_response_id}' not found.",
+                        param="previous_response_id",
+                    )
+                if row.background_status in db.OPEN:
+                    raise InvalidRequest(
+                        f"Previous response '{request.previous_response_id}' is still {row.background_status}.",
                         param="previous_response_id",
                     )
                 previous = list(row.context_items) + [
@@ -362,17 +391,43 @@ class ResponseService:
         self, who: Caller, org_id: str, request: CreateResponseRequest, disconnected: Disconnected | None = None
     ) -> ResponseObject:
         prepared = await anyio.to_thread.run_sync(functools.partial(self._prepare, org_id, request, stream=False))
+        if request.background:
+            return await self._start_background(who, org_id, prepared)
+        response = await self._answer(who, prepared, disconnected)
+        await anyio.to_thread.run_sync(self.store, org_id, prepared, response)
+        return response
+
+    async def _answer(self, who: Caller, prepared: _Prepared, disconnected: Disconnected | None) -> ResponseObject:
         completion = await self._inference.chat(who, prepared.chat, disconnected)
         usage = completion.usage
         incomplete = completion.choices[0].finish_reason == "length"
-        response = prepared.response(
+        return prepared.response(
             "incomplete" if incomplete else "completed",
             _output_items(completion),
             _usage(usage.prompt_tokens, usage.completion_tokens),
             incomplete=incomplete,
         )
-        await anyio.to_thread.run_sync(self.store, org_id, prepared, response)
-        return response
+
+    async def _start_background(self, who: Caller, org_id: str, prepared: _Prepared) -> ResponseObject:
+        """Check what a foreground request would refuse at once (options, the model), store the response as
+        `queued`, and hand it to this server's runner."""
+        assert self._background is not None
+        runner = self._background
+        await self._inference.check_chat(who, prepared.chat)
+
+        def snapshot(status: str, error: tuple[str, str] | None = None) -> dict[str, Any]:
+            failure = ResponseError(code=error[0], message=error[1]) if error else None
+            return prepared.response(status, [], error=failure).model_dump(mode="json")
+
+        async def answer(stop: Disconnected) -> dict[str, Any]:
+            return (await self._answer(who, prepared, stop)).model_dump(mode="json")
+
+        queued = prepared.response("queued", [])
+        await anyio.to_thread.run_sync(
+            functools.partial(self.store, org_id, prepared, queued, lease_expires_at=runner.lease_until())
+        )
+        runner.start(org_id, queued.id, answer, snapshot)
+        return queued
 
     async def create_stream(
         self, who: Caller, org_id: str, request: CreateResponseRequest, disconnected: Disconnected | None = None
@@ -383,7 +438,9 @@ class ResponseService:
         chunks = await self._inference.chat_stream(who, prepared.chat, disconnected)
         return _ResponseEvents(self, org_id, prepared).events(chunks)
 
-    def store(self, org_id: str, prepared: _Prepared, response: ResponseObject) -> None:
+    def store(
+        self, org_id: str, prepared: _Prepared, response: ResponseObject, *, lease_expires_at: int | None = None
+    ) -> None:
         """Keep the response (unless `store: false`); blocking, so callers on the event loop use a thread."""
         if prepared.request.store is False:
             return
@@ -396,25 +453,60 @@ class ResponseService:
                     response=response.model_dump(mode="json"),
                     input_items=prepared.input_items,
                     context_items=prepared.context,
+                    background_status=response.status if response.background else None,
+                    lease_expires_at=lease_expires_at,
                 )
             )
 
     # stored responses ---------------------------------------------------------------------------------
     def _row(self, session: Session, org_id: str, response_id: str) -> ResponseRow:
+        """The stored response; a background one whose runner's lease ran out (its server died) is failed first,
+        so nobody polls a response that nobody runs."""
         row = db.get_response(session, org_id, response_id)
         if row is None:
             raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+        if row.background_status in db.OPEN and (row.lease_expires_at or 0) < time.time():
+            failed = {**row.response, "status": "failed", "error": {"code": "server_error", "message": STOPPED}}
+            if db.update_background(session, org_id, response_id, failed, only_from=db.OPEN):
+                session.refresh(row)
         return row
 
     def retrieve(self, org_id: str, response_id: str) -> ResponseObject:
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             return ResponseObject.model_validate(self._row(session, org_id, response_id).response)
 
     def delete(self, org_id: str, response_id: str) -> DeletedResponse:
         with self._sessions.begin() as session:
             if not db.delete_response(session, org_id, response_id):
                 raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+        if self._background is not None:
+            self._background.stop_local(response_id)  # a running one stops (on another server: at its heartbeat)
         return DeletedResponse(id=response_id)
+
+    def cancel(self, org_id: str, response_id: str) -> ResponseObject:
+        """Cancel a background response that has not ended; cancelling a cancelled one returns it again."""
+        with self._sessions.begin() as session:
+            row = self._row(session, org_id, response_id)
+            status = row.background_status
+            if status is None:
+                raise InvalidRequest("Cannot cancel a synchronous response.", param="response_id")
+            if status in db.OPEN:
+                cancelled = {**row.response, "status": "cancelled"}
+                if db.update_background(session, org_id, response_id, cancelled, only_from=db.OPEN):
+                    session.refresh(row)
+            elif status != "cancelled":
+                raise InvalidRequest(f"Cannot cancel a response that is {status}.", param="response_id")
+            response = ResponseObject.model_validate(row.response)
+        if response.status != "cancelled":  # it ended between the read and the write: say how
+            raise InvalidRequest(f"Cannot cancel a response that is {response.status}.", param="response_id")
+        if self._background is not None:
+            self._background.stop_local(response_id)
+        return response
+
+    async def stop_background(self) -> None:
+        """On a graceful stop: fail this server's running background responses (they are not resumed)."""
+        if self._background is not None:
+            await self._background.stop_all()
 
     def input_items(
         self, org_id: str, response_id: str, *, limit: int = 20, order: str = "desc", after: str | None = None
@@ -423,7 +515,7 @@ class ResponseService:
             raise InvalidRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}.", param="limit")
         if order not in ("asc", "desc"):
             raise InvalidRequest("order must be asc or desc.", param="order")
-        with self._sessions() as session:
+        with self._sessions.begin() as session:
             items = list(self._row(session, org_id, response_id).input_items)
         if order == "desc":
             items.reverse()

@@ -59,6 +59,12 @@ def delete_response(request: Request, response_id: str, principal: PrincipalDep)
     return _responses(request).delete(principal.org_id, response_id)
 
 
+@router.post("/responses/{response_id}/cancel")
+def cancel_response(request: Request, response_id: str, principal: PrincipalDep) -> ResponseObject:
+    """Only background responses can be cancelled; a cancelled one is returned again."""
+    return _responses(request).cancel(principal.org_id, response_id)
+
+
 @router.get("/responses/{response_id}/input_items")
 async def list_response_input_items(
     request: Request,
