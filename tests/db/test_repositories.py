@@ -18,6 +18,7 @@ from openft.db.tables import CheckpointRow, FileRow, JobRow
 from openft.domain.job_states import IllegalTransition, JobStatus
 from openft.domain.model_names import checkpoint_model_name
 from openft.errors import InvalidRequest
+from tests.support.rows import job_row
 
 ORG = "org-test"
 
@@ -45,21 +46,7 @@ def _file(n: int, purpose: str = "fine-tune", expires_at: int | None = None) -> 
 
 
 def _job(status: JobStatus = JobStatus.QUEUED, metadata: dict[str, str] | None = None) -> JobRow:
-    job_id = ids.job_id()
-    return JobRow(
-        id=job_id,
-        organization_id=ORG,
-        model="tiny",
-        training_file="file-x",
-        status=status.value,
-        created_at=int(time.time()),
-        updated_at=time.time(),
-        model_name=f"ft:tiny:org::{job_id}",
-        method={"type": "supervised", "supervised": {"hyperparameters": {}}},
-        seed=1,
-        metadata_=metadata,
-        result_files=[],
-    )
+    return job_row(ORG, status, metadata)
 
 
 def test_migrations_create_every_table(database_url: str, sessions: sessionmaker[Session]) -> None:

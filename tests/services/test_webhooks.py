@@ -14,7 +14,6 @@ from openai import OpenAI
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from openft import ids
 from openft.db import repositories as repo
 from openft.db import webhooks as outbox
 from openft.db.engine import make_engine, make_session_factory
@@ -24,6 +23,7 @@ from openft.domain.job_states import JobStatus
 from openft.errors import InvalidRequest, NotFound
 from openft.services.webhook_delivery import WebhookDeliverer
 from openft.services.webhooks import WebhookService, signed_headers
+from tests.support.rows import job_row
 from tests.support.webhook_receiver import WebhookReceiver
 
 S = JobStatus
@@ -50,24 +50,10 @@ def _org_id(sessions: sessionmaker[Session], name: str) -> str:
 
 
 def _job(sessions: sessionmaker[Session], org_id: str, status: JobStatus) -> str:
-    job_id = ids.job_id()
+    row = job_row(org_id, status)
     with sessions.begin() as session:
-        session.add(
-            JobRow(
-                id=job_id,
-                organization_id=org_id,
-                model="tiny",
-                training_file="file-x",
-                status=status.value,
-                created_at=int(time.time()),
-                updated_at=time.time(),
-                model_name=f"ft:tiny:org::{job_id}",
-                method={"type": "supervised", "supervised": {"hyperparameters": {}}},
-                seed=1,
-                result_files=[],
-            )
-        )
-    return job_id
+        session.add(row)
+    return row.id
 
 
 def _move(sessions: sessionmaker[Session], job_id: str, *targets: JobStatus) -> None:
