@@ -182,8 +182,12 @@ def test_output_floods_are_cut_off() -> None:
 
 
 def test_the_kernel_layers_hold_without_the_audit_hook(listener: socket.socket, tmp_path: Path) -> None:
-    """The namespace and rlimits alone (no audit hook): no connection, no file growth, CPU killed."""
+    """The namespaces and rlimits alone (no audit hook): no connection, no file created, changed or deleted
+    even in a directory anyone may write, CPU killed."""
     os.chmod(tmp_path, 0o777)
+    existing = tmp_path / "existing"
+    existing.write_text("keep me")
+    existing.chmod(0o666)
     port = listener.getsockname()[1]
     script = textwrap.dedent(f"""
         import errno, json, os, socket, sys
@@ -192,17 +196,18 @@ def test_the_kernel_layers_hold_without_the_audit_hook(listener: socket.socket, 
         isolation = child.isolate(False)
         child.limit(1, 512 * 1024**2)
         report = {{"isolation": isolation}}
-        try:
-            socket.create_connection(("127.0.0.1", {port}), timeout=2)
-            report["connect"] = "connected"
-        except OSError as exc:
-            report["connect"] = errno.errorcode.get(exc.errno, str(exc))
-        try:
-            with open({str(tmp_path / "grown")!r}, "w") as f:
-                f.write("x" * 100)
-            report["write"] = "written"
-        except OSError as exc:
-            report["write"] = errno.errorcode.get(exc.errno, str(exc))
+        attempts = {{
+            "connect": lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2),
+            "create": lambda: open({str(tmp_path / "grown")!r}, "w").write("x" * 100),
+            "truncate": lambda: open({str(existing)!r}, "r+").truncate(0),
+            "delete": lambda: os.remove({str(existing)!r}),
+        }}
+        for name, attempt in attempts.items():
+            try:
+                attempt()
+                report[name] = "done"
+            except OSError as exc:
+                report[name] = errno.errorcode.get(exc.errno, str(exc))
         print(json.dumps(report), flush=True)
         while True:
             pass
@@ -210,12 +215,16 @@ def test_the_kernel_layers_hold_without_the_audit_hook(listener: socket.socket, 
     proc = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=20)
     report = json.loads(proc.stdout)
     if "no namespace" in report["isolation"]:
-        pytest.skip(f"this kernel refuses network namespaces: {report['isolation']}")
+        pytest.skip(f"this kernel refuses namespaces: {report['isolation']}")
     assert report["connect"] in ("ENETUNREACH", "ECONNREFUSED", "EHOSTUNREACH"), report
-    assert report["write"] == "EFBIG", report  # RLIMIT_FSIZE 0 (Python ignores SIGXFSZ, so the write fails)
-    assert (tmp_path / "grown").stat().st_size == 0
-    assert proc.returncode in (-24, -9)  # SIGXCPU, or SIGKILL at the hard limit
     assert nothing_connected(listener)
+    if "read-only mounts" in report["isolation"]:
+        assert (report["create"], report["truncate"], report["delete"]) == ("EROFS", "EROFS", "EROFS"), report
+        assert existing.read_text() == "keep me"
+        assert not (tmp_path / "grown").exists()
+    else:  # without a mount namespace only RLIMIT_FSIZE holds: nothing can grow (Python ignores SIGXFSZ)
+        assert report["create"] == "EFBIG", report
+    assert proc.returncode in (-24, -9)  # SIGXCPU, or SIGKILL at the hard limit
 
 
 def world_readable_python() -> str | None:

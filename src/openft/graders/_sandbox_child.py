@@ -14,13 +14,21 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+SYS_MOUNT_SETATTR = 442  # the same number on x86-64 and arm64 (the shared table of new system calls)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 
 
 def isolate(drop_to_nobody: bool) -> str:
-    """A new network namespace (only a down loopback: no network at all) and, where possible, no identity."""
+    """New network and mount namespaces (no network at all; every mount read-only) and, where possible, no
+    identity. Returns what it got, for GradeResult.isolation."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -29,19 +37,55 @@ def isolate(drop_to_nobody: bool) -> str:
             _become_nobody()
             return "no namespace (no unshare on this system), uid nobody"
         return "no namespace (no unshare on this system), the server's uid on files"
-    # root may make a network namespace directly, then becomes nobody (the files the server's user owns,
-    # its data folder and API key among them, are then out of reach where their mode says so)
-    if os.geteuid() == 0 and drop_to_nobody and libc.unshare(CLONE_NEWNET) == 0:
-        _become_nobody()
-        return "network namespace, uid nobody"
-    # a user namespace (no uid mapped in it) and a network one; the uid on files stays the server's
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
-        return "user+network namespace, the server's uid on files"
+    if os.geteuid() == 0 and drop_to_nobody:
+        # root makes the namespaces directly, then becomes nobody (the files the server's user owns, its data
+        # folder and API key among them, are then out of reach where their mode says so)
+        for flags, what in ((CLONE_NEWNET | CLONE_NEWNS, "network+mount"), (CLONE_NEWNET, "network")):
+            if libc.unshare(flags) == 0:
+                mounts = _read_only_mounts(libc) if flags & CLONE_NEWNS else "writable mounts"
+                _become_nobody()
+                return f"{what} namespace, {mounts}, uid nobody"
+    # a user namespace (no uid mapped in it) with network and mount ones; the uid on files stays the server's
+    for flags, what in (
+        (CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS, "user+network+mount"),
+        (CLONE_NEWUSER | CLONE_NEWNET, "user+network"),
+    ):
+        if libc.unshare(flags) == 0:
+            mounts = _read_only_mounts(libc) if flags & CLONE_NEWNS else "writable mounts"
+            return f"{what} namespace, {mounts}, the server's uid on files"
     errno = ctypes.get_errno()
     if os.geteuid() == 0 and drop_to_nobody:
         _become_nobody()
         return f"no namespace (unshare: errno {errno}), uid nobody"
     return f"no namespace (unshare: errno {errno}), the server's uid on files"
+
+
+def _read_only_mounts(libc: Any) -> str:
+    """Every mount of the child's own mount namespace read-only, recursively (mount_setattr, Linux 5.12+):
+    no file anywhere can then be created, changed, truncated or deleted, whatever its owner and mode. The
+    mounts are made private first, so nothing of this reaches the server's mount namespace."""
+    import ctypes
+    import platform
+
+    if platform.machine() not in ("x86_64", "aarch64"):
+        return "writable mounts (mount_setattr's number unknown here)"
+    if libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) != 0:
+        return f"writable mounts (making them private: errno {ctypes.get_errno()})"
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
+
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    libc.syscall.restype = ctypes.c_long
+    done = libc.syscall(
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(b"/"),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    return "read-only mounts" if done == 0 else f"writable mounts (mount_setattr: errno {ctypes.get_errno()})"
 
 
 def _become_nobody() -> None:
@@ -53,7 +97,7 @@ def _become_nobody() -> None:
 def limit(cpu_seconds: int, memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file can grow: a write dies with SIGXFSZ
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file can grow (Python ignores SIGXFSZ: EFBIG)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 

@@ -6,38 +6,43 @@ What the sandbox gives, layer by layer (each run reports which isolation it got 
    bytecode written) and an environment holding only PATH, LANG and single-thread settings: none of the
    server's variables (database URL, API key, cloud credentials) reach it. Its own process group: on any
    overrun the whole group is killed with SIGKILL.
-2. **No network, enforced by the kernel**: the child enters a new network namespace before the user's code is
-   even read (`unshare(CLONE_NEWNET)`, plus `CLONE_NEWUSER` when the server is not root). The namespace holds
-   only a loopback interface that is down: no connection can be made, not even to the server's own loopback
-   ports. Where the kernel refuses namespaces (a container without CAP_SYS_ADMIN and with unprivileged user
-   namespaces off), the run still happens, `isolation` says "no namespace", and the network is refused only
-   by the audit hook (4.).
-3. **No identity, where the kernel allows it**: a root server's child becomes `nobody` (uid/gid 65534, no
+2. **No network and no writable file, enforced by the kernel**: before the user's code is even read, the
+   child enters new network and mount namespaces (`unshare`; with a user namespace too unless it is a root
+   server's child that can become nobody, 3.). The network namespace holds only a loopback interface that is
+   down: no connection can be made, not even to the server's own loopback ports. In the mount namespace,
+   made private first so nothing reaches the server's, every mount is made read-only recursively
+   (`mount_setattr`, Linux 5.12+): no file anywhere can be created, changed, truncated or deleted, whoever
+   owns it. Where the kernel refuses namespaces (a container without CAP_SYS_ADMIN and with unprivileged
+   user namespaces off), the run still happens, `isolation` says "no namespace", and only RLIMIT_FSIZE (4.)
+   and the audit hook (5.) stand against writes and the hook alone against the network.
+3. **No identity, where the Python allows it**: a root server's child becomes `nobody` (uid/gid 65534, no
    groups), so files readable only by their owner (openft writes its API key file 0600) cannot be opened —
-   but only when `nobody` can read the Python installation itself; a Python under a private home (e.g.
-   /root/.pyenv) cannot be run as `nobody`, and then the child keeps the server's uid on files inside its
-   own user namespace (without the server's capabilities), and reading the server's files is refused by the
-   audit hook (5.) only. A non-root server's child is the unmapped overflow uid of its user namespace, with
-   the server's uid on files. `isolation` says which case ran.
+   but only when `nobody` can read the Python installation itself. A Python under a private home (e.g.
+   /root/.pyenv) cannot be run as `nobody`; the child then keeps the server's uid on files inside its own
+   user namespace (without the server's capabilities), and reading the server's files is refused by the
+   audit hook (5.) only. A non-root server's child is likewise the server's uid on files. `isolation` says
+   which case ran.
 4. **Resource limits (setrlimit)**: CPU seconds (RLIMIT_CPU: SIGXCPU, then SIGKILL a second later),
-   address space (RLIMIT_AS: a memory bomb gets MemoryError), file size 0 (RLIMIT_FSIZE: any write to a file
-   dies with SIGXFSZ), no core dumps, 64 open files. The parent adds a wall-clock timeout and a cap on the
-   bytes the child may print (stdout and stderr together); either overrun kills the process group.
+   address space (RLIMIT_AS: a memory bomb gets MemoryError), file size 0 (RLIMIT_FSIZE: no file can grow;
+   Python ignores SIGXFSZ, so the write fails with EFBIG), no core dumps, 64 open files. The parent adds a
+   wall-clock timeout and a cap on the bytes the child may print (stdout and stderr together); either
+   overrun kills the process group.
 5. **An audit hook (PEP 578)** installed before the user's source is compiled, which cannot be removed:
    it refuses opening any file for writing, reading files outside the Python installation (sys.prefix,
-   sys.path) and the empty read-only working directory, listing other directories, creating sockets, starting
-   processes (subprocess, os.system, exec*, spawn*, fork), sending signals, deleting/renaming/chmod-ing files,
-   ctypes calls, mmap, and the gc functions that hand out arbitrary objects.
+   sys.path), the empty read-only working directory, /usr/share/zoneinfo, /etc/localtime, /dev/null and
+   /dev/urandom, listing other directories, creating sockets, starting processes (subprocess, os.system,
+   exec*, spawn*, fork), sending signals, deleting/renaming/chmod-ing files, every ctypes call, mmap, and the
+   gc functions that hand out arbitrary objects.
 6. **A source-size cap** (256 KiB, as OpenAI's) and a syntax check at validation: a source that does not
    compile or defines no top-level `grade` is an invalid grader (400), never run.
 
 What it does not give: the audit hook is a Python-level guard, not a security boundary — a user who finds a
 way to corrupt the interpreter's memory, or to reach the hook's objects through introspection it does not
-refuse, can get past it. Against that the kernel layers (2.-4.) still hold: no network, no privileges, no
-writable file, bounded CPU and memory. There is no seccomp filter and no separate mount namespace: the
-child can read world-readable files that the hook's path check does not cover if it gets past the hook, and
-it shares the host's /proc view (no PID namespace). For hostile multi-tenant use, run openft's server (or
-its graders) inside a container or VM of its own as well.
+refuse, can get past it. Against that the kernel layers (2.-4.) still hold where `isolation` reports them:
+no network, read-only mounts, bounded CPU and memory, and (as nobody) no access to owner-only files. There
+is no seccomp filter, no PID namespace (the child sees the host's /proc) and no chroot: past the hook, the
+child could read any file its uid may read. For hostile multi-tenant use, run openft's server (or its
+graders) inside a container or VM of its own as well.
 
 Python libraries: whatever is installed in the server's environment may be imported (numpy, for one).
 OpenAI's image adds more (pandas, scipy, sympy, …); openft does not install them for graders.
