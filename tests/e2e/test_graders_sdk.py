@@ -173,15 +173,12 @@ def test_a_slow_grader_does_not_hold_the_server(server: RunningServer, client: O
     }
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
-        running = pool.submit(client.fine_tuning.alpha.graders.run, grader=slow, model_sample="x")  # type: ignore[arg-type]
+        running = pool.submit(_run, client, slow, "x", {})
         time.sleep(0.5)
         assert not running.done()
         answered = time.monotonic()
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-        assert (
-            client.fine_tuning.alpha.graders.run(grader=STRING_CHECK, model_sample="a", item={"label": "a"}).reward
-            == 1.0
-        )  # type: ignore[arg-type]
+        assert _run(client, STRING_CHECK, "a", {"label": "a"}).reward == 1.0
         assert time.monotonic() - answered < 1.5
         assert running.result(timeout=30).reward == 1.0
         assert time.monotonic() - started >= 3
