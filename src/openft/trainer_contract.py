@@ -35,8 +35,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SPEC_VERSION = 1
-TrainingMethod = Literal["supervised", "dpo"]
-"""What a job learns: supervised fine-tuning on chat data, or DPO on preference pairs (`openft.datasets.formats`)."""
+TrainingMethod = Literal["supervised", "dpo", "reinforcement"]
+"""What a job learns: supervised fine-tuning on chat data, DPO on preference pairs, or reinforcement fine-tuning
+(GRPO) on prompts a grader scores (`openft.datasets.formats`)."""
 RESULT_COLUMNS = (
     "step",
     "train_loss",
@@ -63,6 +64,20 @@ DPO_RESULT_COLUMNS = (
     "full_valid_preference_accuracy",
 )
 """The result file's columns of a DPO job (rewards are β·(log π − log π_ref) of the preferred/rejected answer)."""
+RFT_RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_reward_mean",
+    "train_kl",
+    "train_completion_tokens",
+    "train_grader_error_rate",
+    "valid_reward_mean",
+    "valid_grader_error_rate",
+    "full_valid_reward_mean",
+)
+"""The result file's columns of a reinforcement job: per prompt, the mean grader reward of its sampled answers,
+the KL to the reference policy per answer token, the answers' mean length and the share of answers the grader
+could not score (each scored 0); averaged over the step's prompts."""
 PARENT_PID_ENV = "OPENFT_TRAIN_PARENT_PID"
 """Set by the worker: the trainer stops (with a checkpoint) at the next step once this process is gone."""
 CHECKPOINTS_DIR = "checkpoints"
@@ -116,6 +131,19 @@ class DpoSpec(BaseModel):
     beta: float = Field(default=0.1, gt=0, le=2, description="Strength of the pull towards the reference model.")
 
 
+class ReinforcementSpec(BaseModel):
+    """Reinforcement fine-tuning settings (method `reinforcement`): GRPO with the job's grader."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grader: dict[str, Any] = Field(description="The job's grader, as OpenAI defines graders (openft.graders).")
+    group_size: int = Field(default=4, ge=2, le=64, description="Answers sampled per prompt (compute_multiplier × 4).")
+    max_completion_tokens: int = Field(default=64, ge=1, le=4096, description="Longest sampled answer, in tokens.")
+    temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature of the answers.")
+    beta: float = Field(default=0.04, ge=0, description="Weight of the KL penalty to the reference policy.")
+    clip_epsilon: float = Field(default=0.2, gt=0, lt=1, description="PPO clip range of the policy ratio.")
+
+
 class WandbSpec(BaseModel):
     """`integrations: [{type: wandb, wandb: {...}}]` of the job; the run id lives in the output folder."""
 
@@ -149,6 +177,7 @@ class TrainJobSpec(BaseModel):
     output_dir: str
     method: TrainingMethod = "supervised"
     dpo: DpoSpec | None = Field(default=None, description="Required when method is dpo.")
+    reinforcement: ReinforcementSpec | None = Field(default=None, description="Required when method is reinforcement.")
     hyperparameters: ResolvedHyperparameters
     seed: int
     lora: LoraSpec | None = Field(default_factory=LoraSpec, description="None means full fine-tuning.")

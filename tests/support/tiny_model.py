@@ -31,8 +31,11 @@ _CORPUS = [
 ] * 20
 
 
-def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
-    """Write a Hugging Face model folder (config, safetensors weights, tokenizer) to `dest`."""
+def build_tiny_model(dest: Path, *, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Write a Hugging Face model folder (config, safetensors weights, tokenizer) to `dest`.
+
+    `initializer_range` is the weights' init std: the default (transformers') gives nearly uniform next-token
+    probabilities; a larger one (reinforcement tests) gives peaked ones that a few steps can move."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -71,6 +74,7 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

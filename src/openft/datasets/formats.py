@@ -2,8 +2,9 @@
 
 Data checking has three homes, one concept each:
 
-- the rules: `chat.parse_example` and `preference.parse_preference_example` (messages and tools checked once,
-  in `chat.py`, and reused by `preference.py`), with the line reader and the report builder of `chat.py`;
+- the rules: `chat.parse_example`, `preference.parse_preference_example` and `reinforcement.parse_rft_task`
+  (messages and tools checked once, in `chat.py`, and reused by the others), with the line reader and the
+  report builder of `chat.py`;
 - this module: a method's format (`parse_file`) and pass/fail validation (`validate_for_method`, what the
   worker runs before training), and `detect_method` for a file whose method nobody named;
 - `openft.datacheck`: the `openft data check` report (problems plus token statistics, "auto"
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from openft.datasets import chat, preference
+from openft.datasets import chat, preference, reinforcement
 from openft.datasets.chat import Problem, ValidationReport
 from openft.trainer_contract import TrainingMethod
 
@@ -40,13 +41,16 @@ def parse_file(
         return chat.iter_parsed(Path(path), chat.parse_example, stop=stop)
     if method == "dpo":
         return chat.iter_parsed(Path(path), preference.parse_preference_example, stop=stop)
+    if method == "reinforcement":
+        return chat.iter_parsed(Path(path), reinforcement.parse_rft_task, stop=stop)
     raise ValueError(f"no training-data format for method {method!r}")
 
 
 def validate_for_method(
     path: Path, method: TrainingMethod, *, min_examples: int = chat.MIN_EXAMPLES, max_problems: int = 20
 ) -> ValidationReport:
-    """Validate `path` as the data of a `method` job (chat data for supervised, preference pairs for dpo)."""
+    """Validate `path` as the data of a `method` job (chat data for supervised, preference pairs for dpo,
+    prompts with grader fields for reinforcement)."""
     return chat.build_report(parse_file(path, method), min_examples=min_examples, max_problems=max_problems)
 
 

@@ -250,6 +250,8 @@ class TrainingSetup:
     max_micro_batch: int = 8
     """The job's `micro_batch_size`: the largest micro-batch the planner may pick."""
     dpo: bool = False
+    group_size: int = 1
+    """Sequences per example besides DPO's pair: a reinforcement job's sampled answers per prompt."""
     lora_r: int = 16
     lora_targets: Sequence[str] | str = ALL_LINEAR
     lora_dropout: float = 0.05
@@ -263,7 +265,7 @@ class TrainingSetup:
 
     @property
     def sequences_per_example(self) -> int:
-        return 2 if self.dpo else 1
+        return 2 if self.dpo else self.group_size
 
     @property
     def bytes_per_value(self) -> int:
@@ -323,6 +325,7 @@ def job_setup(
         batch_size=spec.hyperparameters.batch_size,
         max_micro_batch=spec.micro_batch_size,
         dpo=spec.method == "dpo",
+        group_size=spec.reinforcement.group_size if spec.reinforcement is not None else 1,
         lora_r=r,
         lora_targets=targets,
         lora_dropout=dropout,
@@ -380,7 +383,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, micro_batch_size: int, che
     shards = world if full else 1
 
     weights = _weight_bytes(shape, setup) // shards
-    reference = 4 * params.total // shards if full and setup.dpo else 0
+    reference = 4 * params.total // shards if full and (setup.dpo or setup.group_size > 1) else 0
     gradients = 4 * trained // shards + (4 * trained if world > 1 and not full else 0)  # + DDP's buckets
     optimizer = 8 * trained // shards
 

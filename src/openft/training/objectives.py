@@ -1,10 +1,11 @@
-"""What a job learns: supervised fine-tuning (SFT) or direct preference optimization (DPO).
+"""What a job learns: supervised fine-tuning (SFT), direct preference optimization (DPO) or reinforcement
+fine-tuning (GRPO, `rft.py`).
 
 The recipe runs one loop for both (data order, micro-batches, optimizer, checkpoints, stop and resume,
 metrics); an objective supplies what differs:
 
     read / tokenize   the file format (chat examples or preference pairs) → items to train on
-    units(item)       what the batch's loss averages over: target tokens (SFT) or pairs (DPO)
+    units(item)       what the batch's loss averages over: target tokens (SFT), pairs (DPO) or prompts (RFT)
     n_tokens(item)    tokens fed to the model (for `trained_tokens` and tokens/s)
     sums(...)         a micro-batch's loss and metrics as *sums* over its units
     metrics(...)      sums / the batch's units → the metric columns of `columns`
@@ -29,6 +30,7 @@ from openft.training.data import PreparedData, TokenizedExample, TokenizedPair, 
 from openft.training.dpo_loss import dpo_loss
 from openft.training.forward import ForwardPass
 from openft.training.model import LoadedModel, Reference, build_reference
+from openft.training.rft import ReinforcementObjective
 
 
 class Objective(Protocol):
@@ -57,12 +59,40 @@ class Objective(Protocol):
         """`prefix` + metric name → value, for the columns of `columns` that have the prefix."""
         ...
 
+    def at_step(self, step: int) -> None:
+        """The recipe's step count (steps done) before a step or a validation: what RFT seeds sampling with."""
+        ...
+
+    def notes(self) -> list[str]:
+        """Warnings since the last call (RFT: answers its grader could not score), for warn events."""
+        ...
+
+    def step_tokens(self, batch: Sequence[Any]) -> int:
+        """Tokens the step fed the model (`trained_tokens`)."""
+        ...
+
+
+class _FixedData:
+    """The default of the hooks that only sampling objectives need."""
+
+    def at_step(self, step: int) -> None:
+        pass
+
+    def notes(self) -> list[str]:
+        return []
+
+    def step_tokens(self, batch: Sequence[Any]) -> int:
+        return sum(self.n_tokens(item) for item in batch)
+
+    def n_tokens(self, item: Any) -> int:
+        raise NotImplementedError
+
 
 def _metrics(columns: tuple[str, ...], sums: dict[str, float], units: int, prefix: str) -> dict[str, float]:
     return {prefix + name: value / units for name, value in sums.items() if prefix + name in columns}
 
 
-class SupervisedObjective:
+class SupervisedObjective(_FixedData):
     """Next-token cross-entropy on the trainable assistant tokens, averaged over those tokens."""
 
     columns: tuple[str, ...] = RESULT_COLUMNS
@@ -90,7 +120,7 @@ class SupervisedObjective:
         return _metrics(self.columns, sums, units, prefix)
 
 
-class PreferenceObjective:
+class PreferenceObjective(_FixedData):
     """DPO (`openft.training.dpo_loss`) on pairs, against the reference policy of `model.build_reference`.
 
     The reference log-probs are computed afresh at every step (one more forward, no backward) rather
@@ -145,4 +175,8 @@ class PreferenceObjective:
 def objective_for(spec: TrainJobSpec) -> Objective:
     if spec.method == "dpo":
         return PreferenceObjective(beta=(spec.dpo or DpoSpec()).beta)
+    if spec.method == "reinforcement":
+        if spec.reinforcement is None:
+            raise ValueError("a reinforcement job needs its `reinforcement` settings")
+        return ReinforcementObjective(spec.reinforcement, spec.seed)
     return SupervisedObjective()

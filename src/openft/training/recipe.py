@@ -496,7 +496,10 @@ class TrainingRecipe:
             batch = [self.train_data[i] for i in order[position * self.batch_size : (position + 1) * self.batch_size]]
 
             learning_rate = self.scheduler.get_last_lr()[0]
+            self.objective.at_step(self.step)
             result = self._train_step(batch)
+            for note in self.objective.notes():  # RFT: answers its grader could not score
+                self.progress.log("warn", note)
             self.step += 1
             self.trained_tokens += result.n_tokens
             epoch_end = position == self.steps_per_epoch - 1
@@ -504,6 +507,8 @@ class TrainingRecipe:
             row: dict[str, Any] = {"step": self.step, "epoch": epoch + 1, **dict.fromkeys(columns[1:])}
             row.update(result.metrics)
             row.update(self._validate(epoch_end))
+            for note in self.objective.notes():
+                self.progress.log("warn", note)
             now = time.perf_counter()
             row.update(learning_rate=learning_rate, trained_tokens=self.trained_tokens)
             row["step_seconds"] = now - self._row_clock  # this step, its validation, the checkpoint before it
@@ -587,7 +592,7 @@ class TrainingRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(objective.metrics(values, units, "train_"), sum(objective.n_tokens(i) for i in batch))
+        return StepResult(objective.metrics(values, units, "train_"), objective.step_tokens(batch))
 
     @torch.no_grad()
     def _evaluate(self, items: Sequence[Any], prefix: str) -> dict[str, float]:
