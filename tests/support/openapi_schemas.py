@@ -28,7 +28,22 @@ def _document() -> dict[str, Any]:
     document = _fix_nullable(document)
     status = document["components"]["schemas"]["FineTuningJob"]["properties"]["status"]
     status["enum"] = [*status["enum"], "pausing", "paused"]
+    _allow_eval_nulls(document["components"]["schemas"])
     return document
+
+
+def _allow_eval_nulls(schemas: dict[str, Any]) -> None:
+    """OpenAI's Evals API answers null where its schemas name a plain type (its own examples show `"error":
+    null` on a run without error): a run's `error` and `model` (a jsonl run samples no model), and an output
+    item's sample `error` and sampling params (a jsonl run's items were not sampled)."""
+    run = schemas["EvalRun"]["properties"]
+    sample = schemas["EvalRunOutputItem"]["properties"]["sample"]["properties"]
+    for props, names in (
+        (run, ("error", "model")),
+        (sample, ("error", "temperature", "max_completion_tokens", "top_p", "seed")),
+    ):
+        for name in names:
+            props[name] = {"anyOf": [props[name], {"type": "null"}]}
 
 
 def _fix_boolean_exclusive_bounds(node: Any) -> None:

@@ -376,3 +376,67 @@ class BatchLineRow(Base):
     """Whether it goes to the output file (status 200) or the error file."""
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
     """The output line as written: id, custom_id, response {status_code, request_id, body}, error."""
+
+
+# --- evals (0014) ---
+class EvalRow(Base):
+    """An Evals API eval (services/evals.py): the data's item schema and the testing criteria (graders) every
+    run of it is graded with, kept as the wire shapes."""
+
+    __tablename__ = "evals"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class EvalRunRow(Base):
+    """A run of an eval, carried out by a worker (jobs/eval_runs.py) that claims it like a batch: `worker_id` +
+    `lease_expires_at` say who holds it, `attempt` is the fencing token. The counts are updated in the same
+    transaction as the output items they count, so they never disagree with the items."""
+
+    __tablename__ = "eval_runs"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    report_url: Mapped[str] = mapped_column(String(512))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result_counts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    per_testing_criteria_results: Mapped[list[Any]] = mapped_column(JSON)
+    per_model_usage: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Token usage by model name (the model sampled, and any judge model of the criteria)."""
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EvalRunItemRow(Base):
+    """One graded item of a run (its output item): recorded under the claim's fencing check before it counts,
+    and unique per item, so a worker that dies loses no graded item and none is ever graded twice."""
+
+    __tablename__ = "eval_run_items"
+    __table_args__ = (UniqueConstraint("run_id", "item_index", name="uq_eval_run_items_index"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    item_index: Mapped[int] = mapped_column(Integer)
+    """The item's place in the data source (0-based: the output item's `datasource_item_id`)."""
+    status: Mapped[str] = mapped_column(String(16))
+    """`pass`, `fail`, or `error` (sampling or a grader failed on this item)."""
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The output item as answered (less the ids and times kept in columns)."""
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -35,6 +35,7 @@ from openft.db.tables import JobRow
 from openft.domain.job_states import JobStatus
 from openft.fsutil import atomic_write_text
 from openft.jobs.batches import BatchRunner
+from openft.jobs.eval_runs import EvalRunRunner
 from openft.jobs.executors import Executor, build_executor
 from openft.jobs.job_file import build_spec
 from openft.jobs.outcome import fail_claimed
@@ -66,6 +67,7 @@ class Worker:
         worker_id: str | None = None,
         executor: Executor | None = None,
         batches: BatchRunner | None = None,
+        eval_runs: EvalRunRunner | None = None,
     ):
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -88,6 +90,7 @@ class Worker:
         self._last_retention_sweep = float("-inf")  # the first turn sweeps
         self._last_recovery_check = float("-inf")
         self._batches = batches  # the Batch API's batches, one at a time (jobs/batches.py)
+        self._eval_runs = eval_runs  # the Evals API's runs, one at a time (jobs/eval_runs.py)
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +117,8 @@ class Worker:
             self._thread.join(timeout=5)
         if self._batches is not None:
             self._batches.stop(timeout)
+        if self._eval_runs is not None:
+            self._eval_runs.stop(timeout)
         runs = self._snapshot_runs()
         for run in runs:
             run.request_stop()
@@ -173,6 +178,8 @@ class Worker:
             pass
         if self._batches is not None:
             self._batches.turn()
+        if self._eval_runs is not None:
+            self._eval_runs.turn()
 
     def _worth_asking(self) -> bool:
         """A job waits and the executor has room for one (asked only then: with Ray, a call to the cluster)."""

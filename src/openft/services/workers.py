@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from openft.basemodels import ModelCatalog
 from openft.jobs.batches import BatchRunner, LineAnswerer
+from openft.jobs.eval_runs import EvalRunRunner, EvalSampler
 from openft.jobs.worker import SHUTDOWN_GRACE_SECONDS, Worker
 from openft.services.data_folder import open_database
 from openft.services.files import FileService
@@ -80,7 +81,27 @@ def build_worker_process(settings: Settings, *, worker_id: str | None = None) ->
         lease_seconds=settings.lease_seconds,
         concurrency=settings.batch_concurrency,
     )
+
+    def sampler() -> EvalSampler:  # likewise for an eval run
+        from openft.services.evals import build_worker_sampler
+
+        return build_worker_sampler(settings, sessions, files)
+
+    eval_runs = EvalRunRunner(
+        sessions,
+        files,
+        sampler,
+        worker_id=f"evals-{worker_id or uuid.uuid4().hex[:8]}",
+        lease_seconds=settings.lease_seconds,
+        concurrency=settings.batch_concurrency,
+    )
     worker = Worker(
-        settings, sessions, files, ModelCatalog.from_settings(settings), worker_id=worker_id, batches=runner
+        settings,
+        sessions,
+        files,
+        ModelCatalog.from_settings(settings),
+        worker_id=worker_id,
+        batches=runner,
+        eval_runs=eval_runs,
     )
     return WorkerProcess(worker=worker, engine=database.engine)

@@ -1,0 +1,602 @@
+"""Carrying out eval runs in the worker (the Evals API, services/evals.py), durable like batches.
+
+A worker holds at most one run at a time (`EvalRunRunner.turn`, once per turn of the worker loop): it claims
+one (db/evals.py `claim_run`: a lease and the fencing token `attempt`), and a thread of its own then reads
+the run's items, samples the model for each (a `completions` run; the items of a `jsonl` run bring their
+own sample), grades each sample with every testing criterion, and records the output item. Several items
+are in flight at once, so their samples share the engine's continuous batch. The lease is renewed while it
+works; each renewal also reads whether the run was cancelled (or deleted).
+
+Each graded item is recorded (an `eval_run_items` row, under the fencing check, unique per item, its counts
+added to the run's in the same transaction) before it counts, so a worker killed mid-run loses no graded
+item: whoever claims the run after its lease expired grades only the items with no record.
+
+A grader that fails on one sample (a python grader raises, a judge's answer holds no score) scores that
+criterion 0 and the item counts as `errored`; so does an item whose sampling failed. The run itself fails
+only when it cannot start (its file is gone, its model is no longer usable).
+
+`jobs` may not import the inference engine: sampling and grading go through `EvalSampler`, which the
+service layer provides (services/evals.py `EvalItemSampler`), built only when a run is first claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft.db import evals as eval_repo
+from openft.db.tables import EvalRunItemRow
+from openft.errors import InvalidRequest, OpenFTError, RateLimited, ServiceUnavailable
+from openft.graders import SampleError, templates
+from openft.protocol.evals import DEFAULT_MAX_COMPLETION_TOKENS, MAX_ITEM_BYTES, MAX_RUN_ITEMS
+
+log = logging.getLogger(__name__)
+CANCEL_CHECK_SECONDS = 0.5
+"""How often the lease is renewed while items are graded; each renewal reads whether the run was cancelled."""
+BUSY_RETRY_SECONDS = 0.5
+"""How long an item the engine had no room for waits before it is sampled again (it is not an errored item)."""
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "seed": 42}
+"""OpenAI's defaults for a completions run's sampling params (CreateEvalCompletionsRunDataSource)."""
+
+
+# items -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunItem:
+    index: int
+    item: dict[str, Any]
+    sample: dict[str, Any] | None
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def _entry(entry: Any, index: int, param: str) -> RunItem:
+    if not isinstance(entry, dict) or not isinstance(entry.get("item"), dict):
+        raise InvalidRequest('Each entry must be an object with an "item" object.', param=f"{param}.item")
+    sample = entry.get("sample")
+    if sample is not None and not isinstance(sample, dict):
+        raise InvalidRequest('"sample" must be an object.', param=f"{param}.sample")
+    if _json_size(entry) > MAX_ITEM_BYTES:
+        raise InvalidRequest(f"An item may be at most {MAX_ITEM_BYTES // 1024} KiB as JSON.", param=param)
+    return RunItem(index, entry["item"], sample)
+
+
+def parse_content(content: Any, param: str) -> list[RunItem]:
+    """The items of a `file_content` source (`[{"item": {...}, "sample": {...}}, ...]`)."""
+    if not isinstance(content, list) or not content:
+        raise InvalidRequest("content must be a non-empty list of items.", param=param)
+    if len(content) > MAX_RUN_ITEMS:
+        raise InvalidRequest(f"A run may have at most {MAX_RUN_ITEMS} items.", param=param)
+    return [_entry(entry, i, f"{param}[{i}]") for i, entry in enumerate(content)]
+
+
+def parse_jsonl(data: bytes, param: str) -> list[RunItem]:
+    """The items of a `file_id` source: one `{"item": {...}, "sample": {...}}` object a line."""
+    items: list[RunItem] = []
+    for number, text in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not text.strip():
+            continue
+        if len(items) >= MAX_RUN_ITEMS:
+            raise InvalidRequest(f"A run may have at most {MAX_RUN_ITEMS} items; the file has more.", param=param)
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            raise InvalidRequest(f"Line {number} of the file is not valid JSON.", param=param) from None
+        try:
+            items.append(_entry(entry, len(items), param))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"Line {number} of the file: {exc.message}", param=param) from None
+    if not items:
+        raise InvalidRequest("The file has no items.", param=param)
+    return items
+
+
+def check_items(items: list[RunItem], item_schema: dict[str, Any], param: str, *, from_file: bool) -> None:
+    """Every item must match the eval's `item_schema`: the first that does not is a 400 naming it."""
+    validator = Draft202012Validator(item_schema)
+    for run_item in items:
+        error = next(iter(validator.iter_errors(run_item.item)), None)
+        if error is not None:
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+            place = f"item {run_item.index} of the file" if from_file else "this item"
+            raise InvalidRequest(
+                f"{place[0].upper()}{place[1:]} does not match the eval's item_schema at `item{where}`: "
+                f"{error.message}",
+                param=param if from_file else f"{param}[{run_item.index}].item",
+            )
+
+
+# completions runs ------------------------------------------------------------------------------------
+def _text(content: Any, param: str) -> str:
+    """A message's content as text: a string, an `input_text`/`output_text` part, or a list of them."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict) and isinstance(content.get("text"), str):
+        return str(content["text"])
+    if isinstance(content, list):
+        return "".join(_text(part, param) for part in content)
+    raise InvalidRequest("content must be text (a string, or input_text / output_text parts).", param=param)
+
+
+def check_template(input_messages: Any, param: str) -> None:
+    """A completions run's `input_messages`: a `template` of messages whose `{{ item.x }}` tags can be looked
+    up, or an `item_reference` to a list of messages in each item."""
+    if not isinstance(input_messages, dict):
+        raise InvalidRequest("input_messages must be an object.", param=param)
+    kind = input_messages.get("type")
+    if kind == "item_reference":
+        path = input_messages.get("item_reference")
+        parsed = templates.parse_path(path) if isinstance(path, str) else None
+        if parsed is None or parsed[0] != "item":
+            raise InvalidRequest('item_reference must name a value in the item, like "item.messages".', param=param)
+        return
+    if kind != "template":
+        raise InvalidRequest("input_messages.type must be 'template' or 'item_reference'.", param=f"{param}.type")
+    template = input_messages.get("template")
+    if not isinstance(template, list) or not template:
+        raise InvalidRequest("template must be a non-empty list of messages.", param=f"{param}.template")
+    for i, message in enumerate(template):
+        where = f"{param}.template[{i}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest("Each message needs a role and content.", param=where)
+        if message.get("role") not in ("system", "developer", "user", "assistant"):
+            raise InvalidRequest("role must be system, developer, user or assistant.", param=f"{where}.role")
+        text = _text(message.get("content"), f"{where}.content")
+        try:
+            templates.check(text, f"{where}.content")
+        except InvalidRequest as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from None
+        if any(p is not None and p[0] == "sample" for p in map(templates.parse_path, _tags(text))):
+            raise InvalidRequest("Input messages may only use the item namespace.", param=f"{where}.content")
+
+
+_TAG = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+def _tags(text: str) -> list[str]:
+    return [m.group(1) for m in _TAG.finditer(text)]
+
+
+def input_messages(input_messages: dict[str, Any], item: dict[str, Any]) -> list[dict[str, str]]:
+    """The messages sent to the model for `item`; a tag absent from the item is a SampleError (the item
+    counts as errored)."""
+    if input_messages["type"] == "item_reference":
+        path = templates.parse_path(input_messages["item_reference"])
+        assert path is not None
+        value = templates.lookup(path, {"item": item})
+        if not isinstance(value, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) for m in value
+        ):
+            raise SampleError("invalid_variable_error", f"`{input_messages['item_reference']}` is not a message list")
+        try:
+            return [{"role": m["role"], "content": _text(m.get("content", ""), "content")} for m in value]
+        except InvalidRequest as exc:
+            raise SampleError("invalid_variable_error", exc.message) from None
+    return [
+        {"role": m["role"], "content": templates.render(_text(m["content"], "content"), {}, item)}
+        for m in input_messages["template"]
+    ]
+
+
+def sampling(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampling params a completions run uses, its defaults filled in (as its output items report them)."""
+    given = params or {}
+    return {
+        "temperature": given.get("temperature", SAMPLING_DEFAULTS["temperature"]),
+        "top_p": given.get("top_p", SAMPLING_DEFAULTS["top_p"]),
+        "seed": given.get("seed", SAMPLING_DEFAULTS["seed"]),
+        "max_completion_tokens": given.get("max_completion_tokens", DEFAULT_MAX_COMPLETION_TOKENS),
+    }
+
+
+# grading ---------------------------------------------------------------------------------------------
+def passes(criterion: dict[str, Any], score: float) -> bool:
+    """Whether a criterion's score passes: `pass_threshold` when the criterion has one (required for
+    text_similarity, as OpenAI's); else string_check, label_model, python and multi pass at 1.0 and
+    score_model at the top of its `range`."""
+    threshold = criterion.get("pass_threshold")
+    if isinstance(threshold, int | float):
+        return score >= threshold
+    if criterion.get("type") == "score_model":
+        return score >= float(criterion.get("range", [0, 1])[1])
+    return score >= 1.0
+
+
+@dataclass
+class Sampled:
+    text: str
+    finish_reason: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Graded:
+    score: float
+    error: str | None = None
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Judge models' tokens: (prompt, completion) by model."""
+
+
+class EvalSampler(Protocol):
+    def model_problem(self, org_id: str, model: str) -> str | None:
+        """Why the organization may not use `model` (None: it may)."""
+        ...
+
+    async def sample(self, org_id: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Sampled:
+        """The model's answer; raises RateLimited or ServiceUnavailable when the engine has no room now, and
+        another OpenFTError when the request cannot be answered."""
+        ...
+
+    async def grade(
+        self, org_id: str, criterion: dict[str, Any], sample: dict[str, Any], item: dict[str, Any]
+    ) -> Graded:
+        """One criterion's score for one sample; never raises for a sample it cannot grade."""
+        ...
+
+
+class RunFiles(Protocol):
+    def snapshot(self, org_id: str, file_id: str, dest: Path) -> bool: ...
+
+
+# the runner ------------------------------------------------------------------------------------------
+@dataclass
+class _Flags:
+    lost: bool = False
+    canceled: bool = False
+    stopping: bool = False
+
+    def halted(self) -> bool:
+        return self.lost or self.canceled or self.stopping
+
+
+@dataclass
+class _Claim:
+    run_id: str
+    eval_id: str
+    attempt: int
+    org_id: str
+    status: str
+    data_source: dict[str, Any]
+    criteria: list[dict[str, Any]]
+    flags: _Flags = field(default_factory=_Flags)
+
+
+class _Failed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EvalRunRunner:
+    """One run at a time per worker, in a thread of its own (`turn` claims; `stop` lets it hand back)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        files: RunFiles,
+        sampler: Callable[[], EvalSampler],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        concurrency: int,
+    ):
+        self._sessions = sessions
+        self._files = files
+        self._make_sampler = sampler
+        self._sampler: EvalSampler | None = None
+        self._worker_id = worker_id
+        self._lease = lease_seconds
+        self._concurrency = max(1, concurrency)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def turn(self) -> None:
+        """Claim a run when this worker holds none (one per call of the worker loop)."""
+        if self._stopping.is_set() or self.running():
+            return
+        with self._sessions.begin() as session:
+            if not eval_repo.has_claimable_run(session):
+                return
+        with self._sessions.begin() as session:
+            row = eval_repo.claim_run(session, worker_id=self._worker_id, lease_seconds=self._lease)
+            if row is None:
+                return
+            parent = eval_repo.get_eval(session, row.organization_id, row.eval_id)
+            claim = _Claim(
+                row.id,
+                row.eval_id,
+                row.attempt,
+                row.organization_id,
+                row.status,
+                dict(row.data_source),
+                list(parent.testing_criteria) if parent is not None else [],
+            )
+        log.info("claimed eval run %s (attempt %d, %s)", claim.run_id, claim.attempt, claim.status)
+        self._thread = threading.Thread(target=self._run, args=(claim,), name=f"openft-{claim.run_id}", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float) -> None:
+        """Stop taking items; the items in flight are recorded and the lease handed back, so another worker
+        goes on at once."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, claim: _Claim) -> None:
+        try:
+            asyncio.run(self._work(claim))
+        except Exception:
+            log.exception("eval run %s failed in this worker; its lease runs out and another goes on", claim.run_id)
+
+    async def _db(self, fn: Callable[[Session], Any]) -> Any:
+        def call() -> Any:
+            with self._sessions.begin() as session:
+                return fn(session)
+
+        return await asyncio.to_thread(call)
+
+    async def _fail(self, claim: _Claim, code: str, message: str) -> None:
+        await self._db(
+            lambda s: eval_repo.set_fenced(
+                s,
+                claim.run_id,
+                claim.attempt,
+                only_status=eval_repo.WORKING_STATUSES,
+                status="failed",
+                error={"code": code, "message": message},
+                worker_id=None,
+                lease_expires_at=None,
+            )
+        )
+
+    async def _work(self, claim: _Claim) -> None:
+        if self._sampler is None:
+            self._sampler = await asyncio.to_thread(self._make_sampler)
+        sampler = self._sampler
+        try:
+            items = await asyncio.to_thread(self._read_items, claim)
+            model = claim.data_source.get("model")
+            if claim.data_source.get("type") == "completions" and isinstance(model, str):
+                problem = await asyncio.to_thread(sampler.model_problem, claim.org_id, model)
+                if problem is not None:
+                    raise _Failed("model_not_found", problem)
+        except _Failed as failed:
+            await self._fail(claim, failed.code, failed.message)
+            return
+        if claim.status == "queued":
+            started = await self._db(
+                lambda s: eval_repo.set_fenced(
+                    s, claim.run_id, claim.attempt, only_status=("queued",), status="in_progress"
+                )
+            )
+            if not started:
+                return
+            claim.status = "in_progress"
+        await self._grade_all(sampler, claim, items)
+        flags = claim.flags
+        if flags.lost:
+            return
+        if flags.canceled or flags.stopping:  # a cancelled run stays `canceled` with what was graded
+            await self._db(lambda s: eval_repo.release(s, claim.run_id, claim.attempt))
+            return
+        await self._db(
+            lambda s: eval_repo.set_fenced(
+                s,
+                claim.run_id,
+                claim.attempt,
+                only_status=("in_progress",),
+                status="completed",
+                worker_id=None,
+                lease_expires_at=None,
+            )
+        )
+
+    def _read_items(self, claim: _Claim) -> list[RunItem]:
+        source = claim.data_source.get("source") or {}
+        try:
+            if source.get("type") == "file_content":
+                return parse_content(source.get("content"), "data_source.source.content")
+            with tempfile.TemporaryDirectory(prefix="openft-eval-") as folder:
+                path = Path(folder) / "items.jsonl"
+                if not self._files.snapshot(claim.org_id, str(source.get("id")), path):
+                    raise _Failed("file_not_found", f"The data source file {source.get('id')} was deleted.")
+                return parse_jsonl(path.read_bytes(), "data_source.source.id")
+        except InvalidRequest as exc:
+            raise _Failed("invalid_data_source", exc.message) from None
+
+    async def _grade_all(self, sampler: EvalSampler, claim: _Claim, items: list[RunItem]) -> None:
+        done = await self._db(lambda s: eval_repo.graded_indexes(s, claim.run_id))
+        pending = [item for item in items if item.index not in done]
+        flags = claim.flags
+        self._check(claim, claim.status)
+        gate = asyncio.Semaphore(self._concurrency)
+        graded: asyncio.Queue[tuple[EvalRunItemRow, asyncio.Future[bool]]] = asyncio.Queue()
+
+        async def one(run_item: RunItem) -> None:
+            async with gate:
+                if flags.halted():
+                    return
+                row = await self._item(sampler, claim, run_item)
+                if row is None or flags.lost:
+                    return
+                recorded = asyncio.get_running_loop().create_future()
+                graded.put_nowait((row, recorded))
+                if not await recorded:
+                    flags.lost = True
+
+        async def record_graded() -> None:
+            """Group commit: the items graded meanwhile are recorded together, in one fenced transaction."""
+            while True:
+                group = [await graded.get()]
+                while not graded.empty():
+                    group.append(graded.get_nowait())
+                rows = [row for row, _ in group]
+                try:
+                    held = await self._db(functools.partial(_record_all, claim=claim, rows=rows))
+                except Exception as exc:
+                    for _, waiter in group:
+                        waiter.set_exception(exc)
+                    continue
+                for _, waiter in group:
+                    waiter.set_result(held)
+
+        async def keep_lease() -> None:
+            while True:
+                await asyncio.sleep(min(CANCEL_CHECK_SECONDS, max(0.05, self._lease / 3)))
+                self._check(
+                    claim, await self._db(lambda s: eval_repo.renew_lease(s, claim.run_id, claim.attempt, self._lease))
+                )
+
+        keeper = asyncio.create_task(keep_lease())
+        recorder = asyncio.create_task(record_graded())
+        try:
+            await asyncio.gather(*(one(item) for item in pending))
+        finally:
+            keeper.cancel()
+            recorder.cancel()
+        self._check(claim, await self._db(lambda s: eval_repo.renew_lease(s, claim.run_id, claim.attempt, self._lease)))
+
+    def _check(self, claim: _Claim, state: str | None) -> None:
+        flags = claim.flags
+        if state is None:
+            flags.lost = True
+        elif state == "canceled":
+            flags.canceled = True
+        if self._stopping.is_set():
+            flags.stopping = True
+
+    async def _item(self, sampler: EvalSampler, claim: _Claim, run_item: RunItem) -> EvalRunItemRow | None:
+        """Sample (a completions run) and grade one item; None when the run was halted meanwhile."""
+        source = claim.data_source
+        usage: dict[str, dict[str, int]] = {}
+        error: dict[str, str] | None = None
+        if source.get("type") == "completions":
+            params = sampling(source.get("sampling_params"))
+            model = str(source["model"])
+            sample: dict[str, Any] = {
+                "input": [],
+                "output": [],
+                "finish_reason": "",
+                "model": model,
+                "usage": _usage(0, 0),
+                "error": None,
+                **params,
+            }
+            sampled: Sampled | None = None
+            try:
+                sample["input"] = input_messages(source["input_messages"], run_item.item)
+                while sampled is None:
+                    if claim.flags.halted():
+                        return None
+                    try:
+                        sampled = await sampler.sample(claim.org_id, model, sample["input"], params)
+                    except (RateLimited, ServiceUnavailable):
+                        await asyncio.sleep(BUSY_RETRY_SECONDS)
+            except SampleError as exc:
+                error = {"code": "invalid_item", "message": exc.message}
+            except OpenFTError as exc:
+                error = {"code": exc.code or "sampling_error", "message": exc.message}
+            if sampled is not None:
+                sample.update(
+                    output=[{"role": "assistant", "content": sampled.text}],
+                    finish_reason=sampled.finish_reason,
+                    model=sampled.model,
+                    usage=_usage(sampled.prompt_tokens, sampled.completion_tokens),
+                )
+                _add_usage(usage, model, sampled.prompt_tokens, sampled.completion_tokens)
+            sample["error"] = error
+            output_text = sampled.text if sampled is not None else ""
+        else:
+            given = run_item.sample or {}
+            output_text = str(given["output_text"]) if isinstance(given.get("output_text"), str) else ""
+            sample = {
+                "input": [],
+                "output": [{"role": "assistant", "content": output_text}] if run_item.sample else [],
+                "finish_reason": "",
+                "model": "",
+                "usage": _usage(0, 0),
+                "error": None,
+                "temperature": None,
+                "max_completion_tokens": None,
+                "top_p": None,
+                "seed": None,
+            }
+        results: list[dict[str, Any]] = []
+        errored = error is not None
+        for criterion in claim.criteria:
+            name, kind = str(criterion.get("name", "")), str(criterion.get("type", ""))
+            if error is not None:
+                results.append({"name": name, "type": kind, "score": 0.0, "passed": False, "sample": None})
+                continue
+            grade = await sampler.grade(claim.org_id, criterion, {"output_text": output_text}, run_item.item)
+            for judge, (prompt, completion) in grade.usage.items():
+                _add_usage(usage, judge, prompt, completion)
+            errored = errored or grade.error is not None
+            results.append(
+                {
+                    "name": name,
+                    "type": kind,
+                    "score": grade.score,
+                    "passed": grade.error is None and passes(criterion, grade.score),
+                    "sample": None if grade.error is None else {"error": grade.error},
+                }
+            )
+        status = "error" if errored else "pass" if all(r["passed"] for r in results) else "fail"
+        record = {
+            "datasource_item": run_item.item,
+            "results": results,
+            "sample": sample,
+            "usage_by_model": usage,
+        }
+        return EvalRunItemRow(
+            id=f"outputitem_{uuid.uuid4().hex}",
+            run_id=claim.run_id,
+            item_index=run_item.index,
+            status=status,
+            record=record,
+            created_at=int(time.time()),
+        )
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens": prompt,
+        "cached_tokens": 0,
+    }
+
+
+def _add_usage(usage: dict[str, dict[str, int]], model: str, prompt: int, completion: int) -> None:
+    into = usage.setdefault(
+        model, {"invocation_count": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    )
+    into["invocation_count"] += 1
+    into["prompt_tokens"] += prompt
+    into["completion_tokens"] += completion
+    into["total_tokens"] += prompt + completion
+
+
+def _record_all(session: Session, *, claim: _Claim, rows: list[EvalRunItemRow]) -> bool:
+    return eval_repo.record_items(session, claim.run_id, claim.attempt, rows)
