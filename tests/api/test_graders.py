@@ -5,6 +5,9 @@ use: another organization's fine-tuned model, or its alias, is a 400 as if it di
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,11 @@ from openft.api.app import create_app
 from openft.graders import SampleError
 from openft.graders.model_graders import parse_score
 from openft.protocol.fine_tuning import FineTuningJobCreate
-from openft.protocol.graders import MAX_GRADER_BYTES, MAX_ITEM_BYTES, MAX_MODEL_SAMPLE_CHARS
+from openft.protocol.graders import MAX_GRADER_BYTES, MAX_ITEM_BYTES, MAX_MODEL_SAMPLE_CHARS, RunGraderRequest
 from openft.services.aliases import AliasService
 from openft.services.container import Container, build_container
+from openft.services.graders import GraderService
+from openft.services.models import Caller
 from openft.settings import Settings
 from tests.conftest import TINY_MODEL_NAME
 from tests.services.test_tenancy import _succeed, _upload
@@ -310,3 +315,30 @@ def test_in_openapi(served: tuple[TestClient, Container]) -> None:
     for prefix in ("/v1", "/openai/v1", "/openai"):
         assert "post" in paths[f"{prefix}/fine_tuning/alpha/graders/run"]
         assert "post" in paths[f"{prefix}/fine_tuning/alpha/graders/validate"]
+
+
+def test_runs_wait_for_a_grading_slot_on_each_event_loop(served: tuple[TestClient, Container]) -> None:
+    """With one slot, two python graders of 0.5 s take a second; a second event loop (as an eval run's worker
+    starts) gets slots of its own rather than waiting on a limiter bound to the first."""
+    _, container = served
+    service = GraderService(container.models, container.inference, max_concurrent=1)
+    slow = {**PYTHON, "source": "import time\n\ndef grade(sample, item):\n    time.sleep(0.5)\n    return 1.0\n"}
+    request = RunGraderRequest(grader=slow, model_sample="x")
+    caller = Caller(scope=container.default_org_id, org_id=container.default_org_id)
+
+    async def two() -> float:
+        started = time.monotonic()
+        answers = await asyncio.gather(service.run(caller, request), service.run(caller, request))
+        assert [a.reward for a in answers] == [1.0, 1.0]
+        return time.monotonic() - started
+
+    assert asyncio.run(two()) >= 1.0
+    # two loops at once, each in its own thread (a limiter shared across loops deadlocks here: daemon threads,
+    # so that such a hang fails the test instead of holding the run)
+    took: list[float] = []
+    threads = [threading.Thread(target=lambda: took.append(asyncio.run(two())), daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(took) == 2 and min(took) >= 1.0

@@ -1,8 +1,8 @@
 """The Graders API (`/fine_tuning/alpha/graders/run` and `/validate`): `openft.graders` on the wire.
 
 `openft.graders.grade` is synchronous (a python grader waits for its process, text metrics are CPU work), so
-it runs in a worker thread, and at most `MAX_CONCURRENT_GRADES` at once: grading never blocks the event loop,
-and a burst of python graders cannot start a process per request. A score_model (or label_model) grader's
+it runs in a worker thread, at most `MAX_CONCURRENT_GRADES` at once per event loop: grading never blocks the
+event loop, and a burst of python graders cannot start a process per request. A score_model (or label_model) grader's
 judge is an openft model: each judge call goes back to the event loop (`anyio.from_thread`) and is served
 by `InferenceService.chat` as the caller, so it waits in its model's line like any chat request and can
 only ever reach a model the caller's key may use (a name, an alias, a checkpoint; never another
@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio.from_thread
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 from pydantic import ValidationError
 
 from openft.errors import InvalidRequest, ModelNotFound
@@ -42,7 +43,8 @@ from openft.services.inference import InferenceService
 from openft.services.models import Caller, ModelService
 
 MAX_CONCURRENT_GRADES = 4
-"""Grader runs in progress at once in one server; more wait their turn (a python grader is a process each)."""
+"""Grader runs in progress at once per event loop (the server's; an eval run's worker has its own); more wait
+their turn (a python grader is a process each)."""
 JUDGE_TYPES = ("score_model", "label_model")
 _SAMPLING = ("temperature", "top_p", "seed", "max_completion_tokens", "max_completions_tokens")
 
@@ -91,7 +93,18 @@ class GraderService:
     def __init__(self, models: ModelService, inference: InferenceService, max_concurrent: int = MAX_CONCURRENT_GRADES):
         self._models = models
         self._inference = inference
-        self._limiter = anyio.CapacityLimiter(max_concurrent)
+        self._max_concurrent = max_concurrent
+        # one limiter per event loop: the server's, and each loop an eval run's worker starts (an anyio limiter
+        # belongs to the loop that first waits on it)
+        self._limiters: RunVar[anyio.CapacityLimiter] = RunVar("openft_grader_limiter")
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        try:
+            return self._limiters.get()
+        except LookupError:
+            limiter = anyio.CapacityLimiter(self._max_concurrent)
+            self._limiters.set(limiter)
+            return limiter
 
     # validate -----------------------------------------------------------------------------------------
     def _check(self, who: Caller, grader: dict[str, Any], *, load: bool) -> None:
@@ -134,7 +147,7 @@ class GraderService:
             return completion.choices[0].message.content or ""
 
         result = await anyio.to_thread.run_sync(
-            functools.partial(grade, request.grader, sample, item, judge), limiter=self._limiter
+            functools.partial(grade, request.grader, sample, item, judge), limiter=self._limiter()
         )
         return _response(request.grader, result, usage)
 
