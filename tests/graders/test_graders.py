@@ -431,3 +431,27 @@ def test_a_missing_variable_in_a_judge_prompt_fails_before_the_judge_is_asked() 
     result = grade(SCORE_EXAMPLE, sample_of("x"), {}, lambda m, msgs, p: asked.append(msgs) or "1")  # type: ignore[func-returns-value]
     assert result.reward == 0.0 and result.errors["invalid_variable_error"] is True
     assert asked == [] and result.judge_calls == []
+
+
+def test_rouge_l_is_rouge_scores_number_without_its_quadratic_table() -> None:
+    """openft computes ROUGE-L's LCS with rapidfuzz (rouge-score's pure-Python table took minutes at the request
+    size limits); the F-measure must stay rouge-score's on any pair of texts."""
+    import random
+
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    words = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "far", "12", "x", "y", "Über"]
+    for i in range(200):
+        rng = random.Random(i)
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
+        reference = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
+        grader = {
+            "type": "text_similarity",
+            "name": "r",
+            "input": text,
+            "reference": reference,
+            "evaluation_metric": "rouge_l",
+        }
+        expected = scorer.score(reference, text)["rougeL"].fmeasure
+        assert grade(grader, {}, {}).reward == pytest.approx(expected, abs=1e-12)
