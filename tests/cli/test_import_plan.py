@@ -173,7 +173,8 @@ def test_skips() -> None:
     common: dict[str, Any] = {"provider": "azure", "mapping": DEFAULT_MAP, "files": FILES}
     done = plan_job(_job(), existing={"azure:ftjob-abc": "ftjob-new"}, **common)
     assert (done.action, done.existing_job, done.reason) == ("skip", "ftjob-new", "already imported as ftjob-new")
-    assert "not supported" in plan_job(_job(method={"type": "reinforcement"}), existing={}, **common).reason
+    rft = plan_job(_job(method={"type": "reinforcement"}), existing={}, **common)
+    assert rft.action == "skip" and "not imported" in rft.reason
     unmapped = plan_job(_job(model="davinci-002"), existing={}, **common)
     assert unmapped.action == "skip" and "--map davinci-002=" in unmapped.reason
     gone = plan_job(_job(validation_file="file-gone"), existing={}, **common)

@@ -293,6 +293,15 @@ def plan_job(
         planned.action, planned.existing_job = "skip", existing[source]
         planned.reason = f"already imported as {existing[source]}"
         return planned
+    if kind == "reinforcement":  # the vendor's were reasoning models, often judged by its own models
+        planned.action, planned.reason = (
+            "skip",
+            (
+                "reinforcement jobs are not imported (a vendor's RFT trains reasoning models, often with model graders "
+                "openft's RFT does not run); create one with openft's reinforcement method and your grader"
+            ),
+        )
+        return planned
     if kind not in SUPPORTED_METHODS:
         planned.action, planned.reason = "skip", f"method {kind!r} is not supported by openft yet"
         return planned

@@ -16,7 +16,15 @@ from openft.basemodels.catalog import GB
 from openft.datasets import auto
 from openft.db.tables import JobRow
 from openft.settings import Settings
-from openft.trainer_contract import BaseModelSpec, DpoSpec, LoraSpec, ResolvedHyperparameters, TrainJobSpec, WandbSpec
+from openft.trainer_contract import (
+    BaseModelSpec,
+    DpoSpec,
+    LoraSpec,
+    ReinforcementSpec,
+    ResolvedHyperparameters,
+    TrainJobSpec,
+    WandbSpec,
+)
 
 PARENT_DIR = "parent"
 """Sub-folder of a continued job holding its own copy of the weights it starts from."""
@@ -49,6 +57,9 @@ def visible_gpus() -> int:
 
 
 DEFAULT_BETA = 0.1
+RFT_DEFAULT_EVAL_INTERVAL = 10
+RFT_DEFAULT_EVAL_SAMPLES = 16
+RFT_DEFAULT_MAX_COMPLETION_TOKENS = 64
 """DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
 METRICS_EVENTS_BUDGET = 2000
 """At most about this many metrics events per job (every step below it; the result file has all steps)."""
@@ -75,7 +86,27 @@ def resolve_hyperparameters(job: JobRow, n_examples: int) -> dict[str, Any]:
     if job.method["type"] == "dpo":
         beta = options.get("beta", "auto")
         values["beta"] = DEFAULT_BETA if beta == "auto" else float(beta)
+    if job.method["type"] == "reinforcement":
+        values.update(_resolve_reinforcement(options))
     return values
+
+
+def _resolve_reinforcement(options: dict[str, Any]) -> dict[str, Any]:
+    """RFT's "auto"s: compute_multiplier 1 (4 answers per prompt), a validation every
+    `RFT_DEFAULT_EVAL_INTERVAL` steps on `RFT_DEFAULT_EVAL_SAMPLES` prompts (sampling is the costly part)."""
+    multiplier = options.get("compute_multiplier", "auto")
+    multiplier = 1.0 if multiplier == "auto" else float(multiplier)
+    interval, samples = options.get("eval_interval", "auto"), options.get("eval_samples", "auto")
+    return {
+        "compute_multiplier": multiplier,
+        "eval_interval": RFT_DEFAULT_EVAL_INTERVAL if interval == "auto" else int(interval),
+        "eval_samples": RFT_DEFAULT_EVAL_SAMPLES if samples == "auto" else int(samples),
+    }
+
+
+def group_size(compute_multiplier: float) -> int:
+    """Answers sampled per prompt: 4 × compute_multiplier, at least 2 (GRPO compares answers within a group)."""
+    return max(2, round(4 * compute_multiplier))
 
 
 def _lora(options: dict[str, Any]) -> LoraSpec | None:
@@ -87,6 +118,16 @@ def _lora(options: dict[str, Any]) -> LoraSpec | None:
         alpha=options.get("lora_alpha", defaults.alpha),
         dropout=options.get("lora_dropout", defaults.dropout),
         target_modules=options.get("lora_target_modules", defaults.target_modules),
+    )
+
+
+def _reinforcement_spec(job: JobRow, resolved: dict[str, Any], options: dict[str, Any]) -> ReinforcementSpec | None:
+    if job.method["type"] != "reinforcement":
+        return None
+    return ReinforcementSpec(
+        grader=job.method["reinforcement"]["grader"],
+        group_size=group_size(resolved["compute_multiplier"]),
+        max_completion_tokens=options.get("max_completion_tokens", RFT_DEFAULT_MAX_COMPLETION_TOKENS),
     )
 
 
@@ -116,6 +157,7 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         output_dir=str(job_dir),
         method=job.method["type"],
         dpo=DpoSpec(beta=resolved["beta"]) if job.method["type"] == "dpo" else None,
+        reinforcement=_reinforcement_spec(job, resolved, options),
         hyperparameters=ResolvedHyperparameters(
             n_epochs=resolved["n_epochs"],
             batch_size=resolved["batch_size"],
@@ -139,4 +181,12 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         metrics_every=max(1, (job.total_steps or 0) // METRICS_EVENTS_BUDGET),
         wandb=WandbSpec(**{k: v for k, v in wandb.items() if v is not None}) if wandb else None,
         max_model_bytes=int(settings.max_model_gb * GB),
+        **_evaluation(resolved),
     )
+
+
+def _evaluation(resolved: dict[str, Any]) -> dict[str, Any]:
+    """RFT's `eval_interval` and `eval_samples` (resolved); supervised and DPO jobs keep the trainer's defaults."""
+    if "eval_interval" not in resolved:
+        return {}
+    return {"eval_every": resolved["eval_interval"], "eval_samples": resolved["eval_samples"]}

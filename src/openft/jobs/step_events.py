@@ -7,10 +7,10 @@ from typing import Any
 
 from openft.db import repositories as repo
 from openft.db.tables import JobEventRow
-from openft.trainer_contract import DPO_RESULT_COLUMNS, RESULT_COLUMNS
+from openft.trainer_contract import DPO_RESULT_COLUMNS, RESULT_COLUMNS, RFT_RESULT_COLUMNS
 
-METRIC_NAMES = tuple(dict.fromkeys(RESULT_COLUMNS[1:] + DPO_RESULT_COLUMNS[1:]))
-"""Metrics copied from the trainer's messages into `metrics` events (supervised and DPO)."""
+METRIC_NAMES = tuple(dict.fromkeys(RESULT_COLUMNS[1:] + DPO_RESULT_COLUMNS[1:] + RFT_RESULT_COLUMNS[1:]))
+"""Metrics copied from the trainer's messages into `metrics` events (supervised, DPO and reinforcement)."""
 SPEED_FIELDS = ("trained_tokens", "step_seconds")
 """Also copied into `metrics` events (not the result CSV): `openft jobs follow` computes tokens/s from them."""
 
@@ -23,4 +23,6 @@ def metrics_event(job_id: str, values: dict[str, Any], total: int) -> JobEventRo
         if values.get(name) is not None:
             data[name] = values[name]
     text = f"Step {step}/{total}: training loss={float(values['train_loss']):.4f}"
+    if values.get("train_reward_mean") is not None:  # reinforcement: the reward says more than the loss
+        text += f", mean reward={float(values['train_reward_mean']):.4f}"
     return repo.new_event(job_id, text, type="metrics", data=data)

@@ -106,6 +106,27 @@ class DpoHyperparameters(SupervisedHyperparameters):
     _azure_beta = field_validator("beta", mode="before")(_azure_auto)
 
 
+class ReinforcementHyperparameters(Hyperparameters, TrainingOptions):
+    """OpenAI's reinforcement hyperparameters, plus openft's training options and `max_completion_tokens` (the
+    longest answer sampled per prompt, default 64: OpenAI sets its own). `compute_multiplier` scales the answers
+    sampled per prompt (4 × it, at least 2); `reasoning_effort` has no meaning for the models openft trains and is
+    accepted with a warn event unless "default"."""
+
+    eval_interval: Auto | Annotated[StrictInt, Field(ge=1, le=100_000)] = "auto"
+    eval_samples: Auto | Annotated[StrictInt, Field(ge=1, le=10_000)] = "auto"
+    compute_multiplier: Auto | Annotated[StrictFloat | StrictInt, Field(ge=0.5, le=16)] = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
+
+    _azure_rft = field_validator("eval_interval", "eval_samples", "compute_multiplier", mode="before")(_azure_auto)
+
+
+class ReinforcementMethod(StrictModel):
+    grader: dict[str, Any]
+    """Checked by openft.graders (services/fine_tuning.py): a grader that cannot run is a 400 naming its field."""
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class SupervisedMethod(StrictModel):
     hyperparameters: SupervisedHyperparameters | None = None
 
@@ -118,7 +139,7 @@ class Method(StrictModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class WandbIntegration(StrictModel):

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from openft import ids
+from openft import graders, ids
 from openft.basemodels import ModelCatalog
 from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
@@ -41,6 +41,7 @@ from openft.protocol.fine_tuning import (
     FineTuningJobEvent,
     JobError,
     JobHyperparameters,
+    ReinforcementHyperparameters,
     SupervisedHyperparameters,
 )
 from openft.redact import redact_paths, tenant_error, tenant_event_data
@@ -48,6 +49,12 @@ from openft.services import quotas
 from openft.services.models import Caller, ModelService
 
 HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
+METHODS = ("supervised", "dpo", "reinforcement")
+HYPERPARAMETER_MODELS: dict[str, type[SupervisedHyperparameters] | type[ReinforcementHyperparameters]] = {
+    "supervised": SupervisedHyperparameters,
+    "dpo": DpoHyperparameters,
+    "reinforcement": ReinforcementHyperparameters,
+}
 NOT_RUNNING_TRAINED_TOKENS = {JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING}
 
 
@@ -68,7 +75,10 @@ def job_to_wire(row: JobRow, queued: QueueEstimate | None = None) -> FineTuningJ
     """The wire job; `queued` is its place in the queue when it is queued (jobs/queue.py)."""
     status = JobStatus(row.status)
     hyperparameters = job_hyperparameters(row)
-    method = {"type": row.method["type"], row.method["type"]: {"hyperparameters": hyperparameters}}
+    section: dict[str, Any] = {"hyperparameters": hyperparameters}
+    if "grader" in row.method.get(row.method["type"], {}):  # reinforcement
+        section["grader"] = row.method[row.method["type"]]["grader"]
+    method = {"type": row.method["type"], row.method["type"]: section}
     standard = {name: hyperparameters.get(name, "auto") for name in HYPERPARAMETER_NAMES}
     return FineTuningJob(
         id=row.id,
@@ -152,14 +162,12 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
     """
     method = params.method
     kind = method.type if method is not None else "supervised"
-    if kind == "reinforcement":
-        raise InvalidRequest(
-            "Reinforcement fine-tuning is not supported; use 'supervised' or 'dpo'.", param="method.type"
-        )
     if method is not None:
-        other = "dpo" if kind == "supervised" else "supervised"
-        if getattr(method, other) is not None:
-            raise InvalidRequest(f"method.{other} does not match method.type {kind!r}.", param=f"method.{other}")
+        for other in METHODS:
+            if other != kind and getattr(method, other) is not None:
+                raise InvalidRequest(f"method.{other} does not match method.type {kind!r}.", param=f"method.{other}")
+    if kind == "reinforcement" and (method is None or method.reinforcement is None):
+        raise InvalidRequest("A reinforcement job needs method.reinforcement with its grader.", param="method")
     section = getattr(method, kind) if method is not None else None
     nested = section.hyperparameters if section is not None else None
     top = params.hyperparameters
@@ -171,10 +179,35 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
                 "hyperparameters, not both.",
                 param="hyperparameters",
             )
-    model = DpoHyperparameters if kind == "dpo" else SupervisedHyperparameters
+    model = HYPERPARAMETER_MODELS[kind]
     chosen = nested or model(**(top.model_dump(include=set(HYPERPARAMETER_NAMES)) if top is not None else {}))
     values = chosen.model_dump(exclude_none=True, exclude=set(IGNORED_HYPERPARAMETERS))
-    return {"type": kind, kind: {"hyperparameters": values}}
+    if kind != "reinforcement":
+        return {"type": kind, kind: {"hyperparameters": values}}
+    assert method is not None and method.reinforcement is not None
+    grader = method.reinforcement.grader
+    _check_rft_grader(grader)
+    if values.get("compute", {}).get("workers", 1) > 1:
+        raise InvalidRequest(
+            "Reinforcement jobs run in one trainer process for now; remove compute.workers.",
+            param="method.reinforcement.hyperparameters.compute",
+        )
+    return {"type": kind, kind: {"grader": grader, "hyperparameters": values}}
+
+
+def _check_rft_grader(grader: dict[str, Any]) -> None:
+    """A grader that cannot run is a 400 now, not a job that fails later. Model graders (score_model,
+    label_model) need an inference server, which the trainer process does not reach: refused for now."""
+    graders.validate(grader, param="method.reinforcement.grader")
+    kinds = [grader.get("type")]
+    if grader.get("type") == "multi":
+        kinds += [sub.get("type") for sub in graders.sub_graders(grader, "method.reinforcement.grader").values()]
+    if "score_model" in kinds or "label_model" in kinds:
+        raise InvalidRequest(
+            "Model graders (score_model, label_model) are not supported in reinforcement jobs yet: the trainer "
+            "does not reach a judge model. Use string_check, text_similarity, python or multi.",
+            param="method.reinforcement.grader.type",
+        )
 
 
 def _ignored_hyperparameters(params: FineTuningJobCreate) -> list[str]:
@@ -183,7 +216,7 @@ def _ignored_hyperparameters(params: FineTuningJobCreate) -> list[str]:
     given: dict[str, float] = {}
     sections: list[Any] = [params, params.hyperparameters]
     if params.method is not None:
-        for section in (params.method.supervised, params.method.dpo):
+        for section in (params.method.supervised, params.method.dpo, params.method.reinforcement):
             sections.append(section.hyperparameters if section is not None else None)
     for section in sections:
         for name in IGNORED_HYPERPARAMETERS:
@@ -199,6 +232,10 @@ def _ignored_hyperparameters(params: FineTuningJobCreate) -> list[str]:
         )
     if "l2_multiplier" in given:
         notes.append(f"l2_multiplier {given['l2_multiplier']:g} is ignored: openft's DPO has no L2 term.")
+    rft = params.method.reinforcement if params.method is not None else None
+    effort = rft.hyperparameters.reasoning_effort if rft is not None and rft.hyperparameters is not None else None
+    if effort not in (None, "default"):
+        notes.append(f"reasoning_effort {effort!r} is ignored: the models openft trains do not reason separately.")
     return notes
 
 
