@@ -80,7 +80,8 @@ def test_evals_are_created_listed_updated_and_deleted(server: RunningServer) -> 
     updated = client.evals.with_raw_response.update(first.id, name="renamed", metadata={"v": "2"})
     openapi_schemas.validate(updated.http_response.json(), "Eval")
     assert (updated.parse().name, updated.parse().metadata) == ("renamed", {"v": "2"})
-    assert client.evals.retrieve(first.id).name == "renamed"
+    azure = make_client(server, "azure-dated")  # the same router under /openai, as every resource
+    assert azure.evals.retrieve(first.id).name == "renamed"
     with pytest.raises(BadRequestError) as bad:
         _eval(client, [{**EXACT, "operation": "equals"}])
     assert bad.value.body["param"] == "testing_criteria[0].operation"  # type: ignore[index]
@@ -206,6 +207,16 @@ def test_a_completions_run_samples_the_model_as_chat_would(server: RunningServer
         assert item.sample.usage.completion_tokens <= 6 and item.sample.error is None
     print(f"\n6-item completions run: {seconds:.1f} s from create to completed")
 
+    # `item_reference`: each item brings its own conversation
+    conversation = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": questions[0]}]
+    source = _completions_source(TINY_MODEL_NAME, [{"item": {**content[0]["item"], "messages": conversation}}])
+    source["input_messages"] = {"type": "item_reference", "item_reference": "item.messages"}
+    referenced = _finished(client, evaluation.id, client.evals.runs.create(evaluation.id, data_source=source).id)  # type: ignore[arg-type]
+    assert referenced.status == "completed" and referenced.result_counts.passed == 1
+    (item,) = _items(client, evaluation.id, referenced.id)
+    assert [(m.role, m.content) for m in item.sample.input] == [(m["role"], m["content"]) for m in conversation]
+    assert item.sample.output[0].content == alone[0]
+
     with pytest.raises(BadRequestError) as bad:
         client.evals.runs.create(evaluation.id, data_source=_completions_source("no-such-model", content))  # type: ignore[arg-type]
     assert bad.value.body["param"] == "data_source.model"  # type: ignore[index]
@@ -216,6 +227,31 @@ def test_a_completions_run_samples_the_model_as_chat_would(server: RunningServer
     assert errored.status == "completed" and errored.result_counts.errored == 1
     (item,) = _items(client, evaluation.id, errored.id)
     assert item.status == "error" and item.sample.error is not None and "item.nope" in item.sample.error.message
+
+
+def test_a_cancelled_run_keeps_what_was_graded(server: RunningServer) -> None:
+    client = make_client(server, "openai")
+    evaluation = _eval(client, [{**EXACT, "operation": "ne", "reference": "never"}])
+    n = 300
+    content = [{"item": {"question": f"Count to {i % 20}:", "answer": ""}} for i in range(n)]
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source=_completions_source(TINY_MODEL_NAME, content, max_tokens=16),  # type: ignore[arg-type]
+    )
+    wait_for(
+        lambda: client.evals.runs.retrieve(run.id, eval_id=evaluation.id).result_counts.total >= 3,
+        timeout=120,
+        interval=0.1,
+        what="a few graded items",
+    )
+    canceled = client.evals.runs.cancel(run.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled"
+    time.sleep(2.0)  # the worker reads the cancel at its next lease renewal; the items in flight finish
+    settled = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    time.sleep(1.0)
+    after = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+    assert after.status == "canceled" and after.result_counts.total == settled.result_counts.total < n
+    assert len(_items(client, evaluation.id, run.id)) == min(100, after.result_counts.total)
 
 
 def test_a_worker_killed_mid_run_repeats_no_item(tmp_path: Path, models_dir: Path) -> None:

@@ -47,7 +47,7 @@ def _eval(service: EvalService, org: str, criteria: list[Any] | None = None, **c
         data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True, **config},
         testing_criteria=[EXACT] if criteria is None else criteria,
     )
-    return service.create(org, request).id
+    return service.create(Caller.of(org), org, request).id
 
 
 def _invalid(fn: Any, *args: Any, **kwargs: Any) -> str | None:
@@ -83,9 +83,15 @@ def test_evals_are_created_checked_listed_updated_and_deleted(container: Contain
     assert _invalid(create, [{**EXACT, "type": "text_similarity", "evaluation_metric": "bleu"}]) == (
         "testing_criteria[0].pass_threshold"
     )
+    judge = {"type": "label_model", "name": "j", "model": "no-such-model", "labels": ["a", "b"]}
+    judge |= {"passing_labels": ["a"], "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    assert _invalid(create, [EXACT, judge]) == "testing_criteria[1].model"
+    assert service.delete(org, _eval(service, org, [{**judge, "model": "tiny-llama"}])).deleted  # one it may use
     assert _invalid(create, [EXACT], type="logs") == "data_source_config.type"
     assert _invalid(create, [EXACT], type="stored_completions") == "data_source_config.type"
     assert _invalid(create, [EXACT], item_schema={"type": "nonsense"}) == "data_source_config.item_schema"
+    remote = {"$ref": "http://127.0.0.1:9/schema.json"}  # never fetched: a 400
+    assert _invalid(create, [EXACT], item_schema=remote) == "data_source_config.item_schema"
 
     second = _eval(service, org)
     assert [e.id for e in service.list(org, after=None, limit=10, order="asc", order_by="created_at").data] == [
@@ -133,6 +139,14 @@ def test_runs_are_checked_before_they_are_queued(container: Container) -> None:
     assert _invalid(run, {**tiny, "sampling_params": {"temperature": 9}}) == "data_source.sampling_params.temperature"
     with pytest.raises(NotFound):
         run({"type": "jsonl", "source": {"type": "file_id", "id": "file-nope"}})
+    dangling = CreateEvalRequest(
+        data_source_config={"type": "custom", "item_schema": {"$ref": "#/$defs/nope"}}, testing_criteria=[EXACT]
+    )
+    other = service.create(who, org, dangling).id
+    source = {"type": "jsonl", "source": {"type": "file_content", "content": [_entry("a", "a")]}}
+    assert _invalid(
+        service.create_run, who, org, other, CreateEvalRunRequest(data_source=source), base_url="http://x"
+    ) == ("data_source.source.content")
     assert service.list_runs(org, eval_id, after=None, limit=10, order="asc", status=None).data == []
 
 

@@ -36,9 +36,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
+from referencing import Registry
+from referencing.exceptions import Unresolvable as ReferencingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from openft.db import evals as eval_repo
+from openft.db.engine import read_only_sessions
 from openft.db.tables import EvalRunItemRow
 from openft.errors import InvalidRequest, OpenFTError, RateLimited, ServiceUnavailable
 from openft.graders import SampleError, templates
@@ -106,11 +110,42 @@ def parse_jsonl(data: bytes, param: str) -> list[RunItem]:
     return items
 
 
+def item_validator(item_schema: dict[str, Any]) -> Any:
+    """A validator for the eval's `item_schema` that never fetches a reference: the registry is empty, so
+    only `#/...` references within the schema resolve (jsonschema's default would GET an `http://` `$ref`)."""
+    return Draft202012Validator(item_schema, registry=Registry())
+
+
+def check_item_schema(item_schema: Any, param: str) -> None:
+    """A JSON schema (2020-12) whose references all point within itself."""
+    if not isinstance(item_schema, dict):
+        raise InvalidRequest("item_schema must be a JSON schema object.", param=param)
+    try:
+        Draft202012Validator.check_schema(item_schema)
+    except SchemaError as exc:
+        raise InvalidRequest(f"item_schema is not a valid JSON schema: {exc.message}", param=param) from None
+    stack: list[Any] = [item_schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                    raise InvalidRequest(
+                        f"item_schema may only refer within itself ('#/...'), not to {value!r}.", param=param
+                    )
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def check_items(items: list[RunItem], item_schema: dict[str, Any], param: str, *, from_file: bool) -> None:
     """Every item must match the eval's `item_schema`: the first that does not is a 400 naming it."""
-    validator = Draft202012Validator(item_schema)
+    validator = item_validator(item_schema)
     for run_item in items:
-        error = next(iter(validator.iter_errors(run_item.item)), None)
+        try:
+            error = next(iter(validator.iter_errors(run_item.item)), None)
+        except ReferencingError as exc:  # a `#/...` reference to nothing
+            raise InvalidRequest(f"The eval's item_schema cannot be used: {exc}", param=param) from None
         if error is not None:
             where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
             place = f"item {run_item.index} of the file" if from_file else "this item"
@@ -299,6 +334,7 @@ class EvalRunRunner:
         concurrency: int,
     ):
         self._sessions = sessions
+        self._reads = read_only_sessions(sessions)
         self._files = files
         self._make_sampler = sampler
         self._sampler: EvalSampler | None = None
@@ -312,7 +348,7 @@ class EvalRunRunner:
         """Claim a run when this worker holds none (one per call of the worker loop)."""
         if self._stopping.is_set() or self.running():
             return
-        with self._sessions.begin() as session:
+        with self._reads.begin() as session:  # most turns find nothing: no write lock for that
             if not eval_repo.has_claimable_run(session):
                 return
         with self._sessions.begin() as session:

@@ -13,7 +13,7 @@ import builtins
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,10 +25,10 @@ from openft.db.tables import EvalRow, EvalRunItemRow, EvalRunRow
 from openft.errors import InvalidRequest, NotFound, OpenFTError, RateLimited, ServiceUnavailable
 from openft.graders import GraderInvalid, validate
 from openft.jobs.eval_runs import (
-    EvalSampler,
     Graded,
     RunItem,
     Sampled,
+    check_item_schema,
     check_items,
     check_template,
     parse_content,
@@ -57,12 +57,9 @@ from openft.protocol.evals import (
 )
 from openft.protocol.graders import RunGraderRequest
 from openft.services.files import FileService
-from openft.services.graders import GraderService
+from openft.services.graders import GraderService, judges
 from openft.services.inference import InferenceService
 from openft.services.models import Caller, ModelService
-
-if TYPE_CHECKING:
-    from openft.settings import Settings
 
 SAMPLE_SCHEMA = {
     "type": "object",
@@ -156,7 +153,7 @@ class EvalService:
         self._notify = notify_worker or (lambda: None)
 
     # evals -------------------------------------------------------------------------------------------
-    def create(self, org_id: str, request: CreateEvalRequest) -> Eval:
+    def create(self, who: Caller, org_id: str, request: CreateEvalRequest) -> Eval:
         config = request.data_source_config
         kind = config.get("type")
         if kind in ("logs", "stored_completions"):
@@ -168,17 +165,7 @@ class EvalService:
         if kind != "custom":
             raise InvalidRequest("data_source_config.type must be 'custom'.", param="data_source_config.type")
         item_schema = config.get("item_schema")
-        if not isinstance(item_schema, dict):
-            raise InvalidRequest("item_schema must be a JSON schema object.", param="data_source_config.item_schema")
-        from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-        from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
-
-        try:
-            Draft202012Validator.check_schema(item_schema)
-        except SchemaError as exc:
-            raise InvalidRequest(
-                f"item_schema is not a valid JSON schema: {exc.message}", param="data_source_config.item_schema"
-            ) from None
+        check_item_schema(item_schema, "data_source_config.item_schema")
         include_sample = config.get("include_sample_schema", False)
         if not isinstance(include_sample, bool):
             raise InvalidRequest(
@@ -188,7 +175,7 @@ class EvalService:
         if include_sample:
             schema["properties"]["sample"] = SAMPLE_SCHEMA
             schema["required"].append("sample")
-        criteria = self._criteria(request.testing_criteria)
+        criteria = self._criteria(who, request.testing_criteria)
         row = EvalRow(
             id=f"eval_{uuid.uuid4().hex}",
             organization_id=org_id,
@@ -203,10 +190,10 @@ class EvalService:
             session.flush()
             return eval_object(row)
 
-    @staticmethod
-    def _criteria(criteria: list[Any]) -> list[dict[str, Any]]:
+    def _criteria(self, who: Caller, criteria: list[Any]) -> list[dict[str, Any]]:
         """Each criterion is a grader `openft.graders.validate` accepts (a 400 naming the field otherwise),
-        with a unique name (the run's per-criterion results are named by it) and a usable pass threshold."""
+        with a unique name (the run's per-criterion results are named by it), a usable pass threshold, and
+        judge models (score_model, label_model) the caller may use."""
         if not criteria:
             raise InvalidRequest("testing_criteria must hold at least one grader.", param="testing_criteria")
         if len(criteria) > MAX_CRITERIA:
@@ -231,6 +218,11 @@ class EvalService:
                     param=f"{param}.name",
                 )
             names.add(criterion["name"])
+            for where, judge in judges(criterion, param):
+                try:
+                    self._models.resolve(who, judge["model"])
+                except OpenFTError as exc:
+                    raise InvalidRequest(f"The judge model: {exc.message}", param=f"{where}.model") from None
         return [dict(c) for c in criteria]
 
     def retrieve(self, org_id: str, eval_id: str) -> Eval:
@@ -528,24 +520,3 @@ class EvalItemSampler:
             detail = next((v for k, v in errors.items() if isinstance(v, str) and v), None)
             return Graded(0.0, ", ".join(failed) + (f": {detail}" if detail else ""), usage)
         return Graded(float(response.reward), None, usage)
-
-
-def eval_sampler(inference: InferenceService, models: ModelService) -> EvalSampler:
-    """The server's own: its inference service and a grader service on it."""
-    return EvalItemSampler(inference, models, GraderService(models, inference))
-
-
-def build_worker_sampler(settings: Settings, sessions: sessionmaker[Session], files: FileService) -> EvalSampler:
-    """An inference stack of its own for an `openft worker` process that carries out a run (built on its first
-    run: a worker that never gets one never loads the engine)."""
-    from openft.basemodels import ModelCatalog
-    from openft.services.container import build_engine, build_model_service, open_store
-
-    generator = build_engine(settings)
-    models = build_model_service(
-        settings, sessions, ModelCatalog.from_settings(settings), generator, open_store(settings), files
-    )
-    inference = InferenceService(
-        models, generator, settings.max_queued_requests, request_timeout=settings.request_timeout_seconds
-    )
-    return eval_sampler(inference, models)

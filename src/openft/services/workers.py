@@ -12,6 +12,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -23,6 +24,9 @@ from openft.services.data_folder import open_database
 from openft.services.files import FileService
 from openft.settings import Settings
 from openft.storage import open_blob_store
+
+if TYPE_CHECKING:
+    from openft.services.container import WorkerInference
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +72,19 @@ def build_worker_process(settings: Settings, *, worker_id: str | None = None) ->
     files = FileService(database.sessions, store)
     sessions = database.sessions
 
-    def answerer() -> LineAnswerer:  # the engine is imported and built only when a batch is claimed
-        from openft.services.container import build_line_answerer
+    shared: list[WorkerInference] = []
+    lock = threading.Lock()
 
-        return build_line_answerer(settings, sessions, files)
+    def inference() -> WorkerInference:  # the engine is imported and built only when a batch or run is claimed
+        from openft.services.container import WorkerInference
+
+        with lock:
+            if not shared:
+                shared.append(WorkerInference(settings, sessions, files))
+            return shared[0]
+
+    def answerer() -> LineAnswerer:
+        return inference().line_answerer()
 
     runner = BatchRunner(
         sessions,
@@ -82,10 +95,8 @@ def build_worker_process(settings: Settings, *, worker_id: str | None = None) ->
         concurrency=settings.batch_concurrency,
     )
 
-    def sampler() -> EvalSampler:  # likewise for an eval run
-        from openft.services.evals import build_worker_sampler
-
-        return build_worker_sampler(settings, sessions, files)
+    def sampler() -> EvalSampler:
+        return inference().eval_sampler()
 
     eval_runs = EvalRunRunner(
         sessions,

@@ -36,7 +36,7 @@ def _evals(request: Request) -> EvalService:
 
 @router.post("/evals")
 def create_eval(request: Request, body: CreateEvalRequest, principal: PrincipalDep) -> Eval:
-    return _evals(request).create(principal.org_id, body)
+    return _evals(request).create(Caller.of_principal(principal), principal.org_id, body)
 
 
 @router.get("/evals")
@@ -100,6 +100,7 @@ def retrieve_eval_run(request: Request, eval_id: str, run_id: str, principal: Pr
 
 
 @router.post("/evals/{eval_id}/runs/{run_id}")
+@router.post("/evals/{eval_id}/runs/{run_id}/cancel")  # where the official SDK posts (the OpenAPI document: above)
 def cancel_eval_run(request: Request, eval_id: str, run_id: str, principal: PrincipalDep) -> EvalRun:
     return _evals(request).cancel_run(principal.org_id, eval_id, run_id)
 
