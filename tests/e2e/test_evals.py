@@ -6,6 +6,8 @@ answer is checked against OpenAI's schemas."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -252,6 +254,36 @@ def test_a_cancelled_run_keeps_what_was_graded(server: RunningServer) -> None:
     after = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
     assert after.status == "canceled" and after.result_counts.total == settled.result_counts.total < n
     assert len(_items(client, evaluation.id, run.id)) == min(100, after.result_counts.total)
+
+
+def test_another_organization_sees_none_of_it(server: RunningServer) -> None:
+    client = make_client(server, "openai")
+    evaluation = _eval(client)
+    content = [{"item": {"question": "q", "answer": "a"}, "sample": {"output_text": "a"}}]
+    source = {"type": "jsonl", "source": {"type": "file_content", "content": content}}
+    run = _finished(client, evaluation.id, client.evals.runs.create(evaluation.id, data_source=source).id)  # type: ignore[arg-type]
+    (item,) = _items(client, evaluation.id, run.id)
+    command = [sys.executable, "-m", "openft", "keys", "create", "--org", "evals-b", "--json"]
+    made = subprocess.run([*command, "--data-dir", str(server.data_dir)], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    other = OpenAI(base_url=f"{server.url}/v1", api_key=json.loads(made.stdout)["key"], max_retries=0)
+    assert evaluation.id not in [e.id for e in other.evals.list(limit=100).data]
+    for call in (
+        lambda: other.evals.retrieve(evaluation.id),
+        lambda: other.evals.update(evaluation.id, name="mine"),
+        lambda: other.evals.delete(evaluation.id),
+        lambda: other.evals.runs.list(evaluation.id),
+        lambda: other.evals.runs.create(evaluation.id, data_source=source),  # type: ignore[arg-type]
+        lambda: other.evals.runs.retrieve(run.id, eval_id=evaluation.id),
+        lambda: other.evals.runs.cancel(run.id, eval_id=evaluation.id),
+        lambda: other.evals.runs.delete(run.id, eval_id=evaluation.id),
+        lambda: other.evals.runs.output_items.list(run.id, eval_id=evaluation.id),
+        lambda: other.evals.runs.output_items.retrieve(item.id, eval_id=evaluation.id, run_id=run.id),
+    ):
+        with pytest.raises(NotFoundError):
+            call()
+    assert client.evals.retrieve(evaluation.id).name == "qa"  # untouched
+    assert client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "completed"
 
 
 def test_a_worker_killed_mid_run_repeats_no_item(tmp_path: Path, models_dir: Path) -> None:
