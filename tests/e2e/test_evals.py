@@ -256,6 +256,32 @@ def test_a_cancelled_run_keeps_what_was_graded(server: RunningServer) -> None:
     assert len(_items(client, evaluation.id, run.id)) == min(100, after.result_counts.total)
 
 
+def test_a_judge_model_grades_in_the_worker(server: RunningServer) -> None:
+    """A score_model criterion's judge is an openft model, asked from the worker's own event loop."""
+    client = make_client(server, "openai")
+    judge = {
+        "type": "score_model",
+        "name": "judge",
+        "model": TINY_MODEL_NAME,
+        "input": [{"role": "user", "content": "Score 0 to 1: {{sample.output_text}}"}],
+        "sampling_params": {"temperature": 0, "max_completions_tokens": 4},
+        "pass_threshold": 0.5,
+    }
+    evaluation = _eval(client, [EXACT, judge])
+    content = [{"item": {"question": "q", "answer": f"a{i}"}, "sample": {"output_text": f"a{i}"}} for i in range(3)]
+    source = {"type": "jsonl", "source": {"type": "file_content", "content": content}}
+    done = _finished(client, evaluation.id, client.evals.runs.create(evaluation.id, data_source=source).id)  # type: ignore[arg-type]
+    _check_run(client, evaluation.id, done.id)
+    assert done.status == "completed" and done.result_counts.total == 3
+    (usage,) = done.per_model_usage
+    assert (usage.model_name, usage.invocation_count) == (TINY_MODEL_NAME, 3) and usage.completion_tokens > 0
+    for item in _items(client, evaluation.id, done.id):
+        exact, scored = item.results
+        assert exact.passed and scored.name == "judge"
+        # the tiny model answers noise: a parse error (errored) or a score; either way the criterion ran
+        assert item.status in {"pass", "fail", "error"} and (item.status == "error") == (scored.sample is not None)
+
+
 def test_another_organization_sees_none_of_it(server: RunningServer) -> None:
     client = make_client(server, "openai")
     evaluation = _eval(client)
