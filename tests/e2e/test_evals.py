@@ -248,11 +248,16 @@ def test_a_cancelled_run_keeps_what_was_graded(server: RunningServer) -> None:
     )
     canceled = client.evals.runs.cancel(run.id, eval_id=evaluation.id)
     assert canceled.status == "canceled"
-    time.sleep(2.0)  # the worker reads the cancel at its next lease renewal; the items in flight finish
-    settled = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
-    time.sleep(1.0)
-    after = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
-    assert after.status == "canceled" and after.result_counts.total == settled.result_counts.total < n
+
+    def settled() -> Any:
+        """The worker reads the cancel at its next lease renewal; the items in flight are still recorded."""
+        before = client.evals.runs.retrieve(run.id, eval_id=evaluation.id).result_counts.total
+        time.sleep(1.0)
+        after = client.evals.runs.retrieve(run.id, eval_id=evaluation.id)
+        return after.result_counts.total == before and after
+
+    after = wait_for(settled, timeout=60, interval=0.1, what="no more items graded")
+    assert after.status == "canceled" and after.result_counts.total < n
     assert len(_items(client, evaluation.id, run.id)) == min(100, after.result_counts.total)
 
 
