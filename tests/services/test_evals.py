@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from openft.db import evals as eval_repo
-from openft.db.tables import EvalRunItemRow
+from openft.db.engine import make_engine, make_session_factory
+from openft.db.migrate import upgrade
+from openft.db.tables import EvalRow, EvalRunItemRow, EvalRunRow
 from openft.errors import InvalidRequest, NotFound
 from openft.jobs.eval_runs import EvalRunRunner, parse_jsonl, passes
 from openft.protocol.evals import CreateEvalRequest, CreateEvalRunRequest, UpdateEvalRequest
@@ -219,41 +223,80 @@ def test_a_jsonl_run_is_graded_by_the_worker_with_exact_counts(container: Contai
         service.retrieve_item(org, eval_id, run.id, items[1].id)
 
 
-def test_a_lost_claim_records_nothing_and_no_item_is_recorded_twice(container: Container) -> None:
-    service, org = _service(container), container.default_org_id
-    eval_id = _eval(service, org)
-    run = service.create_run(Caller.of(org), org, eval_id, _jsonl_run([_entry("a", "a")]), base_url="http://h")
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_a_lost_claim_records_nothing_and_no_item_is_recorded_twice(sessions: sessionmaker[Session]) -> None:
+    run_id = f"evalrun_{time.monotonic_ns()}"
+    with sessions.begin() as session:
+        session.add(
+            EvalRow(
+                id=f"eval_{run_id}",
+                organization_id="org-1",
+                name="e",
+                data_source_config={},
+                testing_criteria=[EXACT],
+                created_at=0,
+            )
+        )
+        session.flush()
+        session.add(
+            EvalRunRow(
+                id=run_id,
+                eval_id=f"eval_{run_id}",
+                organization_id="org-1",
+                name="r",
+                status="queued",
+                data_source={"type": "jsonl"},
+                report_url="http://h",
+                result_counts={"total": 0, "errored": 0, "failed": 0, "passed": 0},
+                per_testing_criteria_results=[{"testing_criteria": "exact", "passed": 0, "failed": 0}],
+                per_model_usage={},
+                created_at=0,
+                attempt=0,
+            )
+        )
 
     def item(index: int, status: str) -> EvalRunItemRow:
         record = {"datasource_item": {}, "results": [{"passed": status == "pass"}], "sample": {}}
         return EvalRunItemRow(
-            id=f"outputitem_{index}{status}",
-            run_id=run.id,
+            id=f"outputitem_{run_id}_{index}{status}",
+            run_id=run_id,
             item_index=index,
             status=status,
             record=record,
             created_at=0,
         )
 
-    with container.sessions.begin() as session:
+    with sessions.begin() as session:
         first = eval_repo.claim_run(session, worker_id="a", lease_seconds=0.2)
-        assert first is not None and first.id == run.id
+        assert first is not None and first.id == run_id
         attempt = first.attempt
         assert eval_repo.claim_run(session, worker_id="b", lease_seconds=5) is None  # held
-    with container.sessions.begin() as session:
-        assert eval_repo.record_items(session, run.id, attempt, [item(0, "pass")])
-    with container.sessions.begin() as session:
-        assert eval_repo.record_items(session, run.id, attempt, [item(0, "fail")])  # a repeat is skipped
-    time.sleep(0.3)
-    with container.sessions.begin() as session:
+    with sessions.begin() as session:
+        assert eval_repo.record_items(session, run_id, attempt, [item(0, "pass")])
+    with sessions.begin() as session:
+        assert eval_repo.record_items(session, run_id, attempt, [item(0, "fail")])  # a repeat is skipped
+    time.sleep(0.3)  # a's lease runs out: b takes the run over
+    with sessions.begin() as session:
         second = eval_repo.claim_run(session, worker_id="b", lease_seconds=5)
         assert second is not None and second.attempt == attempt + 1
-    with container.sessions.begin() as session:
-        assert eval_repo.renew_lease(session, run.id, attempt, 5) is None
-        assert not eval_repo.record_items(session, run.id, attempt, [item(1, "pass")])
-        assert eval_repo.graded_indexes(session, run.id) == {0}
-    counts = service.retrieve_run(org, eval_id, run.id).result_counts
-    assert counts.model_dump() == {"total": 1, "errored": 0, "failed": 0, "passed": 1}
+    with sessions.begin() as session:
+        assert eval_repo.renew_lease(session, run_id, attempt, 5) is None
+        assert not eval_repo.record_items(session, run_id, attempt, [item(1, "pass")])
+        assert not eval_repo.set_fenced(session, run_id, attempt, only_status=("queued",), status="completed")
+        assert eval_repo.graded_indexes(session, run_id) == {0}
+    with sessions.begin() as session:
+        assert eval_repo.record_items(session, run_id, attempt + 1, [item(1, "fail")])
+        row = eval_repo.get_run(session, "org-1", None, run_id)
+        assert row is not None
+        assert row.result_counts == {"total": 2, "errored": 0, "failed": 1, "passed": 1}
+        assert row.per_testing_criteria_results == [{"testing_criteria": "exact", "passed": 1, "failed": 1}]
 
 
 def test_a_cancelled_run_stays_cancelled(container: Container) -> None:

@@ -166,8 +166,20 @@ def graded_indexes(session: Session, run_id: str) -> set[int]:
 
 def record_items(session: Session, run_id: str, attempt: int, items: list[EvalRunItemRow]) -> bool:
     """Record graded items together under one fencing check, and add them to the run's counts in the same
-    transaction; False when the claim is lost (nothing recorded). An item recorded already is skipped."""
-    run = session.scalar(select(EvalRunRow).where(EvalRunRow.id == run_id).with_for_update())
+    transaction; False when the claim is lost (nothing recorded). An item recorded already is skipped.
+
+    Only the counts are read (the row locked on PostgreSQL until the transaction ends), never the run's data
+    source, which may hold megabytes of items."""
+    run = session.execute(
+        select(
+            EvalRunRow.attempt,
+            EvalRunRow.result_counts,
+            EvalRunRow.per_testing_criteria_results,
+            EvalRunRow.per_model_usage,
+        )
+        .where(EvalRunRow.id == run_id)
+        .with_for_update()
+    ).one_or_none()
     if run is None or run.attempt != attempt:
         return False
     counts = dict(run.result_counts)
@@ -197,9 +209,12 @@ def record_items(session: Session, run_id: str, attempt: int, items: list[EvalRu
             )
             for key, value in used.items():
                 into[key] = into.get(key, 0) + value
-    run.result_counts = counts
-    run.per_testing_criteria_results = criteria
-    run.per_model_usage = usage
+    _update(
+        session,
+        update(EvalRunRow)
+        .where(EvalRunRow.id == run_id, EvalRunRow.attempt == attempt)
+        .values(result_counts=counts, per_testing_criteria_results=criteria, per_model_usage=usage),
+    )
     return True
 
 
