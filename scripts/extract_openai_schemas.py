@@ -30,6 +30,12 @@ SCHEMAS = [
     "DeleteFineTuningCheckpointPermissionResponse",
     "DeleteModelResponse",
     "ErrorResponse",
+    "Eval",
+    "EvalList",
+    "EvalRun",
+    "EvalRunList",
+    "EvalRunOutputItem",
+    "EvalRunOutputItemList",
     "FineTuningJob",
     "FineTuningJobCheckpoint",
     "FineTuningJobEvent",
@@ -45,8 +51,10 @@ SCHEMAS = [
     "Response",
     "ResponseItemList",
     "ResponseStreamEvent",
+    "RunGraderResponse",
     "Upload",
     "UploadPart",
+    "ValidateGraderResponse",
 ]
 
 

@@ -24,8 +24,10 @@ from openft.api.routes import (
     checkpoint_permissions,
     completions,
     data_check,
+    evals,
     files,
     fine_tuning,
+    graders,
     health,
     metrics,
     models,
@@ -50,6 +52,8 @@ RESOURCE_ROUTERS = (
     checkpoint_permissions.router,
     responses.router,
     batches.router,
+    graders.router,
+    evals.router,
 )
 ERROR_RESPONSES: OpenApiResponses = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field"},

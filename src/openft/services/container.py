@@ -4,6 +4,7 @@ worker. The API's lifespan and the CLI both use it, so they are wired the same w
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from openft.db import repositories as repo
 from openft.fsutil import atomic_write_text
 from openft.inference.backends import ServingEngine, choose_engine
 from openft.jobs.batches import BatchRunner, LineAnswerer
+from openft.jobs.eval_runs import EvalRunRunner, EvalSampler
 from openft.jobs.worker import Worker
 from openft.services.auth import (
     KEY_PREFIX,
@@ -33,8 +35,10 @@ from openft.services.batches import BatchLineAnswerer, BatchService
 from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.data_check import DataCheckService
 from openft.services.data_folder import open_database
+from openft.services.evals import EvalItemSampler, EvalService
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
+from openft.services.graders import GraderService
 from openft.services.inference import InferenceService
 from openft.services.metrics import Metrics, job_counts_from
 from openft.services.models import ModelService
@@ -107,6 +111,10 @@ class Container:
     """The Responses API (served by `inference`). None only in a hand-built container."""
     batches: BatchService | None = None
     """The Batch API (its batches are answered by the workers, jobs/batches.py). None only in a hand-built container."""
+    graders: GraderService | None = None
+    """The Graders API (its judges are served by `inference`). None only in a hand-built container."""
+    evals: EvalService | None = None
+    """The Evals API (its runs are carried out by the workers, jobs/eval_runs.py). None only when hand-built."""
 
     def start(self) -> None:
         """Begin serving for the long run: sweep orphaned blobs, then start the worker (if any).
@@ -217,6 +225,9 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             batches=batch_runner(
                 settings, sessions, files, lambda: BatchLineAnswerer(inference, model_service, responses)
             ),
+            eval_runs=eval_run_runner(
+                settings, sessions, files, lambda: EvalItemSampler(inference, model_service, graders)
+            ),
         )
     inference = InferenceService(
         model_service,
@@ -226,6 +237,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         metrics=metrics.serving,
     )
     responses = ResponseService(sessions, inference, BackgroundResponses(sessions, settings.response_lease_seconds))
+    graders = GraderService(model_service, inference)  # the Graders API's, and the eval runs' graders
     return Container(
         settings=settings,
         engine=engine,
@@ -263,6 +275,8 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         uploads=UploadService(sessions, store, files, max_total_bytes=settings.max_upload_total_bytes),
         responses=responses,
         batches=BatchService(sessions, notify_worker=worker.notify if worker is not None else None),
+        graders=graders,
+        evals=EvalService(sessions, files, model_service, notify_worker=worker.notify if worker is not None else None),
         webhooks=WebhookDeliverer(
             sessions,
             poll_seconds=settings.webhook_poll_seconds,
@@ -287,14 +301,54 @@ def batch_runner(
     )
 
 
-def build_line_answerer(settings: Settings, sessions: sessionmaker[Session], files: FileService) -> LineAnswerer:
-    """An inference stack of its own for an `openft worker` process that answers a batch (built on its first
-    batch: a worker that never gets one never loads the engine)."""
-    generator = build_engine(settings)
-    models = build_model_service(
-        settings, sessions, ModelCatalog.from_settings(settings), generator, open_store(settings), files
+def eval_run_runner(
+    settings: Settings, sessions: sessionmaker[Session], files: FileService, sampler: Callable[[], EvalSampler]
+) -> EvalRunRunner:
+    """The worker's part of the Evals API; `sampler` is built when the worker first claims a run."""
+    return EvalRunRunner(
+        sessions,
+        files,
+        sampler,
+        worker_id=f"evals-{uuid.uuid4().hex[:8]}",
+        lease_seconds=settings.lease_seconds,
+        concurrency=settings.batch_concurrency,
     )
-    inference = InferenceService(
-        models, generator, settings.max_queued_requests, request_timeout=settings.request_timeout_seconds
-    )
-    return BatchLineAnswerer(inference, models, ResponseService(sessions, inference))
+
+
+class WorkerInference:
+    """An inference stack of its own for an `openft worker` process, built on its first batch or eval run (a
+    worker that never gets one never loads the engine) and shared by both, so a model is loaded only once."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], files: FileService):
+        self._settings = settings
+        self._sessions = sessions
+        self._files = files
+        self._lock = threading.Lock()  # the batch runner and the eval runner may ask at once
+        self._built: tuple[InferenceService, ModelService] | None = None
+
+    def _stack(self) -> tuple[InferenceService, ModelService]:
+        with self._lock:
+            if self._built is None:
+                settings = self._settings
+                generator = build_engine(settings)
+                models = build_model_service(
+                    settings,
+                    self._sessions,
+                    ModelCatalog.from_settings(settings),
+                    generator,
+                    open_store(settings),
+                    self._files,
+                )
+                inference = InferenceService(
+                    models, generator, settings.max_queued_requests, request_timeout=settings.request_timeout_seconds
+                )
+                self._built = (inference, models)
+            return self._built
+
+    def line_answerer(self) -> LineAnswerer:
+        inference, models = self._stack()
+        return BatchLineAnswerer(inference, models, ResponseService(self._sessions, inference))
+
+    def eval_sampler(self) -> EvalSampler:
+        inference, models = self._stack()
+        return EvalItemSampler(inference, models, GraderService(models, inference))
