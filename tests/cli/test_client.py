@@ -61,6 +61,31 @@ def test_missing_local_file_and_bad_metadata(cli: Cli, tmp_path: Path) -> None:
     assert bad.stderr.startswith("error: --metadata takes key=value")
 
 
+def test_a_reinforcement_job_takes_its_grader_from_a_file_or_inline(cli: Cli, tmp_path: Path) -> None:
+    lines = [{"messages": [{"role": "user", "content": f"Say {i}."}], "answer": str(i)} for i in range(10)]
+    training = _upload(cli, write_jsonl(tmp_path / "rft.jsonl", lines))
+    grader = {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.answer }}",
+        "operation": "eq",
+    }
+    (tmp_path / "grader.json").write_text(json.dumps(grader))
+    base = ["jobs", "create", "--model", TINY_MODEL_NAME, "--training-file", training, "--method", "reinforcement"]
+    job = cli.json(*base, "--grader", str(tmp_path / "grader.json"), "--n-epochs", "1")
+    assert job["method"]["reinforcement"]["grader"] == grader
+    assert job["method"]["reinforcement"]["hyperparameters"]["n_epochs"] == 1
+    cli("jobs", "cancel", job["id"])
+    inline = cli.json(*base, "--grader", json.dumps(grader))
+    assert inline["method"]["type"] == "reinforcement"
+    cli("jobs", "cancel", inline["id"])
+    assert "goes with --method reinforcement" in cli(*base, code=1).stderr
+    bad = cli(*base, "--grader", json.dumps({**grader, "operation": "regex"}), code=1).stderr
+    assert "param: method.reinforcement.grader.operation" in bad
+    assert "neither" in cli(*base, "--grader", str(tmp_path / "missing.json"), code=1).stderr
+
+
 def test_key_comes_from_the_data_folder(
     server: RunningServer, tmp_path: Path, make_cli: Callable[[dict[str, str]], Cli]
 ) -> None:

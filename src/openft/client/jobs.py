@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -54,7 +56,10 @@ def create(
     validation_file: Annotated[str | None, typer.Option("--validation-file", help="A validation file's id.")] = None,
     suffix: Annotated[str | None, typer.Option("--suffix", help="Part of the fine-tuned model's name.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (generated).")] = None,
-    method: Annotated[str, typer.Option("--method", help="supervised or dpo.")] = "supervised",
+    method: Annotated[str, typer.Option("--method", help="supervised, dpo or reinforcement.")] = "supervised",
+    grader: Annotated[
+        str | None, typer.Option("--grader", help="A reinforcement job's grader: a JSON file, or the JSON itself.")
+    ] = None,
     n_epochs: Annotated[int | None, typer.Option("--n-epochs", help="Epochs (auto).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step (auto).")] = None,
     lr_multiplier: Annotated[
@@ -69,8 +74,10 @@ def create(
     """Create a job (`POST /v1/fine_tuning/jobs`); hyperparameters left out are "auto"."""
     from openai import NOT_GIVEN
 
-    if method not in ("supervised", "dpo"):
-        fail(f"--method must be supervised or dpo, got {method!r}", param="method")
+    if method not in ("supervised", "dpo", "reinforcement"):
+        fail(f"--method must be supervised, dpo or reinforcement, got {method!r}", param="method")
+    if (grader is None) == (method == "reinforcement"):
+        fail("--grader goes with --method reinforcement, and that method needs one", param="grader")
     hyperparameters: dict[str, Any] = {
         name: value
         for name, value in (
@@ -92,13 +99,26 @@ def create(
             suffix=suffix or NOT_GIVEN,
             seed=seed if seed is not None else NOT_GIVEN,
             metadata=parse_metadata(metadata) or NOT_GIVEN,
-            method={"type": method, method: {"hyperparameters": hyperparameters}},
+            method={"type": method, method: _method_section(hyperparameters, grader)},
         )
     if as_json:
         print_json(job)
         return
     typer.echo(f"created {job.id} ({job.status}) on {job.model}")
     typer.echo(f"  follow it with: openft jobs follow {job.id}")
+
+
+def _method_section(hyperparameters: dict[str, Any], grader: str | None) -> dict[str, Any]:
+    """`method.<type>`: its hyperparameters, and a reinforcement job's grader (read from a file, or given inline)."""
+    if grader is None:
+        return {"hyperparameters": hyperparameters}
+    path = Path(grader)
+    text = path.read_text(encoding="utf-8") if not grader.lstrip().startswith("{") and path.is_file() else grader
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        fail(f"--grader must be a JSON file or JSON text: {grader[:80]!r} is neither", param="grader")
+    return {"grader": parsed, "hyperparameters": hyperparameters}
 
 
 @app.command("list")
