@@ -3,9 +3,13 @@
 //   #/jobs/<id>        one job: chart, events…  (job.js)
 //   #/upload           drag-and-drop upload     (upload.js)
 //   #/playground?…     base vs fine-tuned       (playground.js)
+//   #/evals            the evals list           (evals.js)
+//   #/evals/<id>?a=&b= one eval's runs side by side, two runs item by item (eval.js, compare.js)
 
 import { ApiError, dashboardConfig, get, key, setUnauthorizedHandler } from "./api.js";
 import { errorBox, h, replace } from "./dom.js";
+import { evalView } from "./eval.js";
+import { evalsView } from "./evals.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
 import { playgroundView } from "./playground.js";
@@ -74,6 +78,8 @@ async function render() {
     if (name === "jobs" && parts[1]) shown = jobView(decodeURIComponent(parts[1]), config);
     else if (name === "upload") shown = uploadView(params);
     else if (name === "playground") shown = playgroundView(params);
+    else if (name === "evals" && parts[1]) shown = evalView(decodeURIComponent(parts[1]), params);
+    else if (name === "evals") shown = evalsView();
     else shown = jobsView(config);
     replace(view, shown.node);
     dispose = shown.dispose || null;
