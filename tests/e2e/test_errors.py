@@ -87,7 +87,15 @@ def test_create_request_problems_are_400_with_param(client: OpenAI) -> None:
             },
             "method.supervised.hyperparameters.n_epochs",
         ),
-        ({"training_file": t, "method": {"type": "reinforcement"}}, "method.type"),
+        ({"training_file": t, "method": {"type": "reinforcement"}}, "method"),  # its grader is missing
+        (
+            {"training_file": t, "method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "x"}}}},
+            "method.reinforcement.grader.type",
+        ),
+        (
+            {"training_file": t, "method": {"type": "supervised", "reinforcement": {"grader": {}}}},
+            "method.reinforcement",
+        ),
         ({"training_file": t, "method": {"type": "nonsense"}}, "method.type"),
         ({"training_file": t, "integrations": [{"type": "slack"}]}, "integrations.0.type"),
     ]
