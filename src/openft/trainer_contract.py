@@ -142,6 +142,11 @@ class ReinforcementSpec(BaseModel):
     temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature of the answers.")
     beta: float = Field(default=0.04, ge=0, description="Weight of the KL penalty to the reference policy.")
     clip_epsilon: float = Field(default=0.2, gt=0, lt=1, description="PPO clip range of the policy ratio.")
+    judges: dict[str, BaseModelSpec] = Field(
+        default_factory=dict,
+        description="The judge model of each score_model/label_model grader, by the name the grader gives it: "
+        "the trainer loads and runs them itself (training/judges.py).",
+    )
 
 
 class WandbSpec(BaseModel):

@@ -1,6 +1,7 @@
 """Reinforcement fine-tuning through the official SDK on a real server: a job with a python grader learns (its
 reward rises), reports RFT metrics, events and a result file, and serves its model; a second job paused and
-resumed mid-run ends with the same per-step rows and bit-identical weights; graders that cannot run are a 400.
+resumed mid-run ends with the same per-step rows and bit-identical weights; a fine-tuned model judges a third
+(label_model); graders that cannot run, or name a judge the caller cannot use, are a 400.
 
 The base model is the tiny model with peaked next-token probabilities (tests/training/test_rft.py says why)."""
 
@@ -79,14 +80,27 @@ def _weights(server: RunningServer, job_id: str) -> dict[str, torch.Tensor]:
     return load_file(server.data_dir / "jobs" / job_id / "model" / "adapter_model.safetensors")
 
 
-@pytest.mark.e2e
-def test_a_reinforcement_job_learns_and_resumes_bit_identical(client: OpenAI, server: RunningServer) -> None:
+@pytest.fixture(scope="module")
+def data(client: OpenAI) -> tuple[str, str]:
     training = client.files.create(file=("t.jsonl", _prompts(12)), purpose="fine-tune").id
-    validation = client.files.create(file=("v.jsonl", _prompts(4)), purpose="fine-tune").id
-    straight = _create(client, training, validation)
-    assert straight.method.type == "reinforcement"
-    assert straight.method.reinforcement is not None and straight.method.reinforcement.grader.type == "python"
-    done = wait_for_status(client, straight.id, {"succeeded"})
+    return training, client.files.create(file=("v.jsonl", _prompts(4)), purpose="fine-tune").id
+
+
+@pytest.fixture(scope="module")
+def learned(client: OpenAI, data: tuple[str, str]) -> Any:
+    """The straight job: it learns; its model is the judge of a later test."""
+    job = _create(client, *data)
+    assert job.method.type == "reinforcement"
+    assert job.method.reinforcement is not None and job.method.reinforcement.grader.type == "python"
+    return wait_for_status(client, job.id, {"succeeded"})
+
+
+@pytest.mark.e2e
+def test_a_reinforcement_job_learns_and_resumes_bit_identical(
+    client: OpenAI, server: RunningServer, data: tuple[str, str], learned: Any
+) -> None:
+    training, validation = data
+    straight = done = learned
     hyper = done.method.reinforcement.hyperparameters.model_dump()
     assert hyper["compute_multiplier"] == 1.0 and hyper["eval_interval"] == 5 and hyper["n_epochs"] == 5
 
@@ -120,6 +134,44 @@ def test_a_reinforcement_job_learns_and_resumes_bit_identical(client: OpenAI, se
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e
+def test_a_fine_tuned_model_judges_a_reinforcement_job(
+    client: OpenAI, server: RunningServer, data: tuple[str, str], learned: Any
+) -> None:
+    """A label_model grader whose judge is a fine-tuned model (the job above's LoRA adapter): the job keeps its
+    own copy of the judge and the trainer runs it; the judge answers one token, labels are the vocabulary."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(server.data_dir / "jobs" / learned.id / "model")
+    labels = sorted({tokenizer.decode([i]).strip() for i in range(len(tokenizer))} - {""})
+    grader = {
+        "type": "label_model",
+        "name": "judge",
+        "model": learned.fine_tuned_model,
+        "input": [{"role": "user", "content": "Is this right? {{ sample.output_text }}"}],
+        "labels": labels,
+        "passing_labels": labels[::2],
+        "sampling_params": {"max_completions_tokens": 1, "temperature": 0},
+    }
+    job = client.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=data[0],
+        seed=7,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {"grader": grader, "hyperparameters": {**HYPERPARAMETERS, "n_epochs": 1}},
+        },
+    )
+    wait_for_status(client, job.id, {"succeeded"})
+    rows = _rows(client, job.id)
+    assert len(rows) == 3 and all(float(r["train_grader_error_rate"]) < 1 for r in rows), rows
+    copy = server.data_dir / "jobs" / job.id / "judges" / "0"
+    assert (copy / "adapter_config.json").is_file()
+    assert (copy / "adapter_model.safetensors").stat().st_ino == (
+        server.data_dir / "jobs" / learned.id / "model" / "adapter_model.safetensors"
+    ).stat().st_ino  # hard-linked, not copied
+
+
 def test_graders_that_cannot_run_are_refused_at_create(client: OpenAI) -> None:
     training = client.files.create(file=("t.jsonl", _prompts(12)), purpose="fine-tune").id
     refusals = {
@@ -131,11 +183,25 @@ def test_graders_that_cannot_run_are_refused_at_create(client: OpenAI) -> None:
             "reference": "x",
             "operation": "regex",
         },
-        "method.reinforcement.grader.type": {
+        "method.reinforcement.grader.model": {
             "type": "score_model",
             "name": "judge",
-            "model": MODEL,
+            "model": "no-such-judge",
             "input": [{"role": "user", "content": "Score {{ sample.output_text }}"}],
+        },
+        "method.reinforcement.grader.graders.j.sampling_params.temperature": {
+            "type": "multi",
+            "name": "m",
+            "graders": {
+                "j": {
+                    "type": "score_model",
+                    "name": "j",
+                    "model": MODEL,
+                    "input": [{"role": "user", "content": "Score {{ sample.output_text }}"}],
+                    "sampling_params": {"temperature": 7},
+                }
+            },
+            "calculate_output": "j",
         },
     }
     for param, grader in refusals.items():

@@ -1,6 +1,7 @@
 """Reinforcement fine-tuning (GRPO, training/rft.py) in real trainer processes: a straight run learns what its
-grader rewards, a run stopped and then killed mid-way resumes bit-identical to it (sampling included), and a
-grader that fails on some answers scores them 0 and says so, without failing the job.
+grader rewards, a run stopped and then killed mid-way resumes bit-identical to it (sampling included), a
+grader that fails on some answers scores them 0 and says so, without failing the job, and a model grader's
+judge runs in the trainer, seeded so that a resumed run's judge answers alike.
 
 The tiny model here is built with a larger init std than the other tests' (`initializer_range` 0.2): the
 default one's next-token probabilities are nearly uniform and barely move in a few steps; this one's are
@@ -43,6 +44,24 @@ FAILS_ON_ODD_LENGTHS = {
 }
 
 
+def judged_by(judge: Path) -> dict[str, Any]:
+    """A label_model grader whose judge (a tiny model of its own) answers one token: the labels are the judge's
+    vocabulary, every other one passing, so rewards vary with what the judge samples for each answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(judge)
+    labels = sorted({tokenizer.decode([i]).strip() for i in range(len(tokenizer))} - {""})
+    return {
+        "type": "label_model",
+        "name": "judge",
+        "model": "tiny-judge",
+        "input": [{"role": "user", "content": "Is this right? {{ sample.output_text }}"}],
+        "labels": labels,
+        "passing_labels": labels[::2],
+        "sampling_params": {"max_completions_tokens": 1},
+    }
+
+
 def rft_lines(n: int) -> list[dict[str, Any]]:
     return [{"messages": [{"role": "user", "content": f"Say {i}."}], "answer": str(i)} for i in range(n)]
 
@@ -51,6 +70,7 @@ class Runs:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.model = build_tiny_model(tmp / "tiny-peaked", initializer_range=0.2)
+        self.judge = build_tiny_model(tmp / "tiny-judge", seed=1)
         self.data = {
             "train": write_jsonl(tmp / "train.jsonl", rft_lines(12)),
             "valid": write_jsonl(tmp / "valid.jsonl", rft_lines(4)),
@@ -65,7 +85,12 @@ class Runs:
             self.data,
             name=name,
             method="reinforcement",
-            reinforcement={"grader": grader, "group_size": 4, "max_completion_tokens": 8},
+            reinforcement={
+                "grader": grader,
+                "group_size": 4,
+                "max_completion_tokens": 8,
+                "judges": {"tiny-judge": {"name": "tiny-judge", "source": "local", "path": str(self.judge)}},
+            },
         )
         self.outputs[name] = Path(spec["output_dir"])
         self.runs[name] = [
@@ -81,6 +106,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         "straight": (STARTS_WITH_A_SPACE, [""]),
         "resumed": (STARTS_WITH_A_SPACE, ["2:SIGUSR1", "4:SIGKILL", ""]),
         "picky": (FAILS_ON_ODD_LENGTHS, [""]),
+        "judged": (judged_by(found.judge), [""]),
+        "judged-resumed": (judged_by(found.judge), ["3:SIGUSR1", ""]),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         for future in [pool.submit(found.chain, name, *chain) for name, chain in chains.items()]:
@@ -125,6 +152,20 @@ def test_answers_the_grader_cannot_score_count_zero_and_are_reported(runs: Runs)
         assert m["train_reward_mean"] == pytest.approx(1 - m["train_grader_error_rate"])
     warnings = [m["message"] for m in run.of("log") if m["level"] == "warn"]
     assert warnings and "could not score" in warnings[0] and "odd" in warnings[0]
+
+
+def test_a_model_graders_judge_runs_in_the_trainer_and_resumes_bit_identical(runs: Runs) -> None:
+    """The judge (a model of its own, loaded by the trainer) samples a label per answer, seeded by that answer:
+    some pass, some fail, some are no label (errors, scored 0), and a run paused at step 3 ends identical."""
+    straight, (stopped, last) = runs.runs["judged"][0], runs.runs["judged-resumed"]
+    assert straight.rc == ExitCode.COMPLETED, straight.stderr[-3000:]
+    assert stopped.rc == ExitCode.STOPPED and last.rc == ExitCode.COMPLETED, last.stderr[-3000:]
+    metrics = straight.of("metrics")
+    rewards = [m["train_reward_mean"] for m in metrics]
+    assert len(rewards) == 6 and any(r > 0 for r in rewards) and any(r < 1 for r in rewards), rewards
+    assert all(m["train_grader_error_rate"] < 1 for m in metrics)
+    assert metric_rows(runs.outputs["judged-resumed"]) == metric_rows(runs.outputs["judged"])
+    assert_same_tensors(runs.outputs["judged"] / "model", runs.outputs["judged-resumed"] / "model")
 
 
 # pieces ----------------------------------------------------------------------------------------------

@@ -102,6 +102,10 @@ class JobRow(Base):
     parent_weights: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Continued fine-tuning: the adapter or model folder training starts from (copied into the job at
     validation, so deleting the parent later cannot break a resume)."""
+    judge_models: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Reinforcement jobs: each judge model its grader names, as resolved for the caller at creation —
+    `{name: {"base": base model, "weights": adapter or model folder or null}}` (fine-tuned weights are
+    copied into the job at validation, like `parent_weights`)."""
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(32))

@@ -12,6 +12,7 @@ the inference engine: model graders get their judge as a plain function.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -41,11 +42,21 @@ __all__ = [
     "SampleError",
     "grade",
     "sub_graders",
+    "text_sample",
     "validate",
 ]
 
 TYPES = ("string_check", "text_similarity", "python", "score_model", "label_model", "multi")
 MAX_SUB_GRADERS = 32
+
+
+def text_sample(text: str) -> dict[str, Any]:
+    """The `sample` of a plain text answer, as OpenAI fills it: the text, and its JSON when it parses (else null)."""
+    try:
+        parsed: Any = json.loads(text)
+    except (ValueError, RecursionError):
+        parsed = None
+    return {"output_text": text, "output_json": parsed, "output_tools": [], "choices": []}
 
 
 def validate(grader: dict[str, Any], *, embed: Embed | None = None, param: str = "grader") -> None:

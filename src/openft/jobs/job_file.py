@@ -8,6 +8,7 @@ starts from, copied into the job folder), integrations and the server's settings
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,20 @@ from openft.trainer_contract import (
 
 PARENT_DIR = "parent"
 """Sub-folder of a continued job holding its own copy of the weights it starts from."""
+JUDGES_DIR = "judges"
+"""Sub-folder of a reinforcement job holding its own copy of each fine-tuned judge model's weights."""
+
+
+def judge_folders(job: JobRow, job_dir: Path) -> dict[str, Path]:
+    """Where the job keeps its copy of each fine-tuned judge (`judges/0`, `judges/1`, … by sorted name)."""
+    found = sorted((job.judge_models or {}).items())
+    return {name: job_dir / JUDGES_DIR / str(i) for i, (name, judge) in enumerate(found) if judge["weights"]}
+
+
+def base_model_spec(info: BaseModelInfo) -> BaseModelSpec:
+    return BaseModelSpec(
+        name=info.name, source=info.source, path=str(info.path) if info.path is not None else None, hub_id=info.hub_id
+    )
 
 
 def train_threads(settings: Settings) -> int | None:
@@ -121,30 +136,35 @@ def _lora(options: dict[str, Any]) -> LoraSpec | None:
     )
 
 
-def _reinforcement_spec(job: JobRow, resolved: dict[str, Any], options: dict[str, Any]) -> ReinforcementSpec | None:
+def _reinforcement_spec(
+    job: JobRow, resolved: dict[str, Any], options: dict[str, Any], judges: dict[str, BaseModelSpec]
+) -> ReinforcementSpec | None:
     if job.method["type"] != "reinforcement":
         return None
     return ReinforcementSpec(
         grader=job.method["reinforcement"]["grader"],
         group_size=group_size(resolved["compute_multiplier"]),
         max_completion_tokens=options.get("max_completion_tokens", RFT_DEFAULT_MAX_COMPLETION_TOKENS),
+        judges=judges,
     )
 
 
-def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_dir: Path) -> TrainJobSpec:
-    """The job file for `job`; `base` is the catalog entry of its base model (None when continuing)."""
+def build_spec(
+    job: JobRow,
+    base: BaseModelInfo | None,
+    settings: Settings,
+    job_dir: Path,
+    judges: dict[str, BaseModelSpec] | None = None,
+) -> TrainJobSpec:
+    """The job file for `job`; `base` is the catalog entry of its base model (None when continuing), `judges`
+    where each judge model of a reinforcement job's grader comes from (`judge_specs`)."""
     options = requested(job)
     resolved = dict(job.resolved_hyperparameters or {})
     if job.parent_weights:
         base_model = BaseModelSpec(name=job.model, source="finetune", path=str(job_dir / PARENT_DIR))
     else:
         assert base is not None
-        base_model = BaseModelSpec(
-            name=base.name,
-            source=base.source,
-            path=str(base.path) if base.path is not None else None,
-            hub_id=base.hub_id,
-        )
+        base_model = base_model_spec(base)
     lora = _lora(options)
     compute = options.get("compute") or {}
     wandb = next((i["wandb"] for i in job.integrations or [] if i.get("type") == "wandb"), None)
@@ -157,7 +177,7 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         output_dir=str(job_dir),
         method=job.method["type"],
         dpo=DpoSpec(beta=resolved["beta"]) if job.method["type"] == "dpo" else None,
-        reinforcement=_reinforcement_spec(job, resolved, options),
+        reinforcement=_reinforcement_spec(job, resolved, options, judges or {}),
         hyperparameters=ResolvedHyperparameters(
             n_epochs=resolved["n_epochs"],
             batch_size=resolved["batch_size"],
@@ -183,6 +203,24 @@ def build_spec(job: JobRow, base: BaseModelInfo | None, settings: Settings, job_
         max_model_bytes=int(settings.max_model_gb * GB),
         **_evaluation(resolved),
     )
+
+
+def judge_specs(
+    job: JobRow, job_dir: Path, catalog_get: Callable[[str], BaseModelInfo | None]
+) -> dict[str, BaseModelSpec]:
+    """Where the trainer loads each judge model from: the job's copy of a fine-tuned one (`judge_folders`), or
+    its base model's catalog entry. Raises LookupError naming a judge whose base model is gone."""
+    copies = judge_folders(job, job_dir)
+    specs = {}
+    for name, judge in sorted((job.judge_models or {}).items()):
+        if name in copies:
+            specs[name] = BaseModelSpec(name=name, source="finetune", path=str(copies[name]))
+            continue
+        info = catalog_get(judge["base"])
+        if info is None:
+            raise LookupError(f"The judge model {name!r} needs the base model {judge['base']!r}, no longer available.")
+        specs[name] = base_model_spec(info)
+    return specs
 
 
 def _evaluation(resolved: dict[str, Any]) -> dict[str, Any]:

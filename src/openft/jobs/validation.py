@@ -20,7 +20,7 @@ from openft.db import repositories as repo
 from openft.db.tables import JobRow
 from openft.domain.job_states import JobStatus
 from openft.fsutil import commit_dir, ensure_dir, temp_sibling
-from openft.jobs.job_file import PARENT_DIR, resolve_hyperparameters
+from openft.jobs.job_file import PARENT_DIR, judge_folders, resolve_hyperparameters
 from openft.jobs.outcome import fail_claimed
 from openft.jobs.ports import JobFiles
 
@@ -60,6 +60,8 @@ class FileValidation:
                 n_examples = report.n_examples
         if job.parent_weights and not self._snapshot_parent(job, job_dir):
             return
+        if not self._snapshot_judges(job, job_dir):
+            return
         resolved = resolve_hyperparameters(job, n_examples)
         total_steps = resolved["n_epochs"] * auto.steps_per_epoch(n_examples, resolved["batch_size"])
         with self._sessions.begin() as session:
@@ -89,10 +91,29 @@ class FileValidation:
         if not source.is_dir():
             self.fail(job, "model_not_found", f"The model {job.model!r} to continue from no longer exists.", "model")
             return False
-        tmp = temp_sibling(target)
-        shutil.copytree(source, tmp, copy_function=_link_or_copy)
-        commit_dir(tmp, target)
+        _snapshot(source, target)
         return True
+
+    def _snapshot_judges(self, job: JobRow, job_dir: Path) -> bool:
+        """Copy (hard-link) each fine-tuned judge of a reinforcement job into it, like a parent's weights: a
+        judge model deleted later cannot change or break the job."""
+        for name, target in judge_folders(job, job_dir).items():
+            if target.exists():
+                continue
+            source = Path(str((job.judge_models or {})[name]["weights"]))
+            if not source.is_dir():
+                message = f"The judge model {name!r} of the grader no longer exists."
+                self.fail(job, "model_not_found", message, "method.reinforcement.grader")
+                return False
+            ensure_dir(target.parent)
+            _snapshot(source, target)
+        return True
+
+
+def _snapshot(source: Path, target: Path) -> None:
+    tmp = temp_sibling(target)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    commit_dir(tmp, target)
 
 
 def _link_or_copy(source: str, dest: str) -> None:

@@ -37,7 +37,7 @@ from openft.fsutil import atomic_write_text
 from openft.jobs.batches import BatchRunner
 from openft.jobs.eval_runs import EvalRunRunner
 from openft.jobs.executors import Executor, build_executor
-from openft.jobs.job_file import build_spec
+from openft.jobs.job_file import build_spec, judge_specs
 from openft.jobs.outcome import fail_claimed
 from openft.jobs.ports import JobFiles
 from openft.jobs.queue_reports import report_queue
@@ -371,8 +371,12 @@ class Worker:
             if base is None:
                 raise JobFileProblem("model_not_found", f"The base model {job.base!r} is no longer available.", "model")
         job_dir = self.settings.jobs_dir / job.id
+        try:
+            judges = judge_specs(job, job_dir, self._catalog.get)
+        except LookupError as exc:
+            raise JobFileProblem("model_not_found", str(exc), "method.reinforcement.grader") from None
         spec_path = job_dir / "job.json"
-        atomic_write_text(spec_path, build_spec(job, base, self.settings, job_dir).model_dump_json(indent=2))
+        atomic_write_text(spec_path, build_spec(job, base, self.settings, job_dir, judges).model_dump_json(indent=2))
         try:  # with an object store the folder is a cache: bring in its data and newest checkpoint if it lacks them
             self._files.restore_checkpoint(job.id, job_dir)
         except Exception:  # the store unreachable: resume from what the folder holds (as exactly, if earlier)

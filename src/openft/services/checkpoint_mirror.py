@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from openft.fsutil import ensure_dir, fsync_dir
-from openft.jobs.job_file import PARENT_DIR
+from openft.jobs.job_file import JUDGES_DIR, PARENT_DIR
 from openft.jobs.validation import DATA_FILES
 from openft.storage import FolderMirror
 from openft.trainer_contract import (
@@ -40,9 +40,10 @@ from openft.trainer_contract import (
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"
-_INPUTS = (*(local for _, local, _ in DATA_FILES), PARENT_DIR)
-"""What a job reads besides its checkpoints: its data copy and, continuing a fine-tune, its parent's weights."""
 """The checkpoint's own record of its files and their SHA-256, written last (training/checkpoint.py)."""
+_INPUTS = (*(local for _, local, _ in DATA_FILES), PARENT_DIR, JUDGES_DIR)
+"""What a job reads besides its checkpoints: its data copy, the weights a continued fine-tune starts from and
+a reinforcement job's fine-tuned judges."""
 
 
 class CheckpointMirror:

@@ -57,7 +57,7 @@ from openft.protocol.evals import (
 )
 from openft.protocol.graders import RunGraderRequest
 from openft.services.files import FileService
-from openft.services.graders import GraderService, judges
+from openft.services.graders import GraderService, resolve_judges
 from openft.services.inference import InferenceService
 from openft.services.models import Caller, ModelService
 
@@ -218,11 +218,7 @@ class EvalService:
                     param=f"{param}.name",
                 )
             names.add(criterion["name"])
-            for where, judge in judges(criterion, param):
-                try:
-                    self._models.resolve(who, judge["model"])
-                except OpenFTError as exc:
-                    raise InvalidRequest(f"The judge model: {exc.message}", param=f"{where}.model") from None
+            resolve_judges(self._models, who, criterion, param, load=False)
         return [dict(c) for c in criteria]
 
     def retrieve(self, org_id: str, eval_id: str) -> Eval:

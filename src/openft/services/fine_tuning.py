@@ -46,6 +46,7 @@ from openft.protocol.fine_tuning import (
 )
 from openft.redact import redact_paths, tenant_error, tenant_event_data
 from openft.services import quotas
+from openft.services.graders import resolve_judges
 from openft.services.models import Caller, ModelService
 
 HYPERPARAMETER_NAMES = ("batch_size", "learning_rate_multiplier", "n_epochs")
@@ -186,28 +187,13 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
         return {"type": kind, kind: {"hyperparameters": values}}
     assert method is not None and method.reinforcement is not None
     grader = method.reinforcement.grader
-    _check_rft_grader(grader)
+    graders.validate(grader, param="method.reinforcement.grader")  # its judge models: in create()
     if values.get("compute", {}).get("workers", 1) > 1:
         raise InvalidRequest(
             "Reinforcement jobs run in one trainer process for now; remove compute.workers.",
             param="method.reinforcement.hyperparameters.compute",
         )
     return {"type": kind, kind: {"grader": grader, "hyperparameters": values}}
-
-
-def _check_rft_grader(grader: dict[str, Any]) -> None:
-    """A grader that cannot run is a 400 now, not a job that fails later. Model graders (score_model,
-    label_model) need an inference server, which the trainer process does not reach: refused for now."""
-    graders.validate(grader, param="method.reinforcement.grader")
-    kinds = [grader.get("type")]
-    if grader.get("type") == "multi":
-        kinds += [sub.get("type") for sub in graders.sub_graders(grader, "method.reinforcement.grader").values()]
-    if "score_model" in kinds or "label_model" in kinds:
-        raise InvalidRequest(
-            "Model graders (score_model, label_model) are not supported in reinforcement jobs yet: the trainer "
-            "does not reach a judge model. Use string_check, text_similarity, python or multi.",
-            param="method.reinforcement.grader.type",
-        )
 
 
 def _ignored_hyperparameters(params: FineTuningJobCreate) -> list[str]:
@@ -335,6 +321,7 @@ class FineTuningService:
         _refuse_wandb_entity(params)
         base_model, parent_weights = self._starting_point(Caller(org_id, org_id, project), params.model)
         method = _requested_method(params)
+        judge_models = self._judge_models(Caller(org_id, org_id, project), method)
         _refuse_unavailable_qlora(method)
         _refuse_compute_beyond_machine(method, on_this_machine=self._trains_here)
         job_id = ids.job_id()
@@ -363,6 +350,7 @@ class FineTuningService:
                 model=params.model,
                 base_model=base_model,
                 parent_weights=parent_weights,
+                judge_models=judge_models,
                 training_file=params.training_file,
                 validation_file=params.validation_file,
                 status=JobStatus.VALIDATING_FILES.value,
@@ -384,6 +372,19 @@ class FineTuningService:
                 repo.add_event(session, job_id, note, level="warn")
         self._notify()
         return job_to_wire(row)
+
+    def _judge_models(self, caller: Caller, method: dict[str, Any]) -> dict[str, Any] | None:
+        """A reinforcement job's judge models (its score_model and label_model graders'), resolved now for the
+        caller — aliases included, so re-pointing one later does not change a running job — and checked
+        loadable: the trainer loads them itself (training/judges.py). None for other jobs."""
+        if method["type"] != "reinforcement":
+            return None
+        grader = method["reinforcement"]["grader"]
+        found = resolve_judges(self._models, caller, grader, "method.reinforcement.grader", load=True)
+        return {
+            name: {"base": judge.base_name, "weights": str(judge.weights) if judge.weights else None}
+            for name, judge in found.items()
+        } or None
 
     def _starting_point(self, caller: Caller, model: str) -> tuple[str, str | None]:
         """(base model, weights to continue from): `model` is a base model, one of the caller's fine-tuned

@@ -24,7 +24,7 @@ from anyio.lowlevel import RunVar
 from pydantic import ValidationError
 
 from openft.errors import InvalidRequest, ModelNotFound
-from openft.graders import GradeResult, grade, sub_graders, validate
+from openft.graders import GradeResult, grade, sub_graders, text_sample, validate
 from openft.graders.model_graders import sampling_params
 from openft.protocol.chat import ChatCompletionRequest
 from openft.protocol.graders import (
@@ -40,7 +40,7 @@ from openft.protocol.graders import (
 )
 from openft.services.admission import Disconnected
 from openft.services.inference import InferenceService
-from openft.services.models import Caller, ModelService
+from openft.services.models import Caller, ModelService, ResolvedModel
 
 MAX_CONCURRENT_GRADES = 4
 """Grader runs in progress at once per event loop (the server's; an eval run's worker has its own); more wait
@@ -59,17 +59,26 @@ def judges(grader: dict[str, Any], param: str = "grader") -> Iterator[tuple[str,
             yield from judges(sub, f"{param}.graders.{name}")
 
 
+def resolve_judges(
+    models: ModelService, who: Caller, grader: dict[str, Any], param: str = "grader", *, load: bool
+) -> dict[str, ResolvedModel]:
+    """Each judge model a validated grader names, as `who` may use it, by the name the grader gives it. One
+    the caller cannot use, or (`load`) whose base this server cannot load, or a sampling parameter chat
+    refuses, is a 400 naming the grader's field: now, not an error on every sample later."""
+    found = {}
+    for where, judge in judges(grader, param):
+        try:
+            found[judge["model"]] = models.resolve(who, judge["model"])
+            if load:
+                models.target(who, judge["model"])
+        except ModelNotFound as exc:
+            raise InvalidRequest(f"The grader's judge model: {exc.message}", param=f"{where}.model") from exc
+        _judge_request(judge["model"], [], sampling_params(judge), f"{where}.sampling_params", judge)
+    return found
+
+
 def _json_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-
-
-def _sample(model_sample: str) -> dict[str, Any]:
-    """The `sample` namespace: the text, and its JSON when it is JSON (else null), as OpenAI fills it."""
-    try:
-        output_json = json.loads(model_sample)
-    except (ValueError, RecursionError):
-        output_json = None
-    return {"output_text": model_sample, "output_json": output_json, "output_tools": [], "choices": []}
 
 
 class _JudgeUsage:
@@ -117,16 +126,7 @@ class GraderService:
                 param="grader",
             )
         validate(grader)
-        for param, judge in judges(grader):
-            try:
-                if load:
-                    self._models.target(who, judge["model"])
-                else:
-                    self._models.resolve(who, judge["model"])
-            except ModelNotFound as exc:
-                raise InvalidRequest(f"The grader's judge model: {exc.message}", param=f"{param}.model") from exc
-            # a value chat refuses is a 400 now, not a server error on every sample
-            _judge_request(judge["model"], [], sampling_params(judge), f"{param}.sampling_params", judge)
+        resolve_judges(self._models, who, grader, load=load)
 
     async def validate(self, who: Caller, request: ValidateGraderRequest) -> ValidateGraderResponse:
         await anyio.to_thread.run_sync(functools.partial(self._check, who, request.grader, load=False))
@@ -160,7 +160,7 @@ class GraderService:
                 f"item is larger than {MAX_ITEM_BYTES // 1024} KiB as JSON, the limit on this server.", param="item"
             )
         self._check(who, request.grader, load=True)
-        return _sample(request.model_sample), item
+        return text_sample(request.model_sample), item
 
 
 def _judge_request(

@@ -156,6 +156,12 @@ def epoch_order(seed: int, epoch: int, n_examples: int) -> list[int]:
     return [int(i) for i in np.random.default_rng([seed % 2**64, epoch]).permutation(n_examples)]
 
 
+def sampling_seed(*words: int) -> int:
+    """A torch seed drawn from `words` (job seed, stream, step, …): reinforcement jobs seed each prompt's
+    sampling and each judge call with one, so what they draw depends on where they are, not on history."""
+    return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def validation_sample(seed: int, n_examples: int, size: int) -> list[int]:
     """The validation examples of the sampled `valid_loss`: chosen once from the seed, in file order.
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 
 from openft.basemodels import BaseModelUnavailable, materialize_spec
-from openft.trainer_contract import LoraSpec, TrainJobSpec
+from openft.trainer_contract import BaseModelSpec, LoraSpec, TrainJobSpec
 from openft.training.quantization import QuantizationUnavailable, describe, load_quantized, logical_numel
 
 FALLBACK_CHAT_TEMPLATE = (
@@ -85,13 +85,18 @@ def resolve_base(spec: TrainJobSpec) -> tuple[Path, Path | None]:
     Continuing from a fine-tuned LoRA model (`source: finetune` pointing at an adapter) loads the base
     the adapter was trained on, named in its adapter_config.json.
     """
-    path = materialize_spec(spec.base_model, Path(spec.cache_dir), max_hub_bytes=spec.max_model_bytes)
+    return resolve_weights(spec.base_model, Path(spec.cache_dir), max_bytes=spec.max_model_bytes)
+
+
+def resolve_weights(model: BaseModelSpec, cache_dir: Path, *, max_bytes: int | None) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder on it or None) of any model a job names: its base, or an RFT judge."""
+    path = materialize_spec(model, cache_dir, max_hub_bytes=max_bytes)
     if not _is_adapter_folder(path):
         return path, None
     config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
     base = Path(str(config.get("base_model_name_or_path") or ""))
     if not base.is_dir():
-        raise BaseModelUnavailable(f"the base model of the fine-tuned model {spec.base_model.name!r} is missing")
+        raise BaseModelUnavailable(f"the base model of the fine-tuned model {model.name!r} is missing")
     return base, path
 
 
@@ -193,6 +198,17 @@ def load_model(
     model.train()
     continued = adapter if spec.lora is not None else None
     return LoadedModel(model, tokenizer, spec.lora is not None, base_path, continued, context_length, notes)
+
+
+def end_tokens(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end an answer: the generation config's end tokens and the tokenizer's."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids
 
 
 def load_adapter_weights(model: Any, folder: Path) -> None:

@@ -19,7 +19,8 @@ run samples exactly the answers a straight run sampled at the same step, whateve
 grader must be deterministic for the run to be (a python grader that reads the clock is not); a grader that
 cannot score an answer gives it 0 and is counted (`grader_error_rate`, and a warn event), never a failure.
 Validation samples each prompt from a generator seeded by (job seed, prompt index) alone, so the
-`valid_reward_mean` curve compares policies, not sampling luck.
+`valid_reward_mean` curve compares policies, not sampling luck. Model graders' judges run here too, loaded
+when the run starts and seeded per answer (training/judges.py).
 
 **Why the trainer samples, not the serving engine.** The policy changes at every step; the engine serves
 frozen checkpoints from disk. Sampling with the live weights in the trainer is on-policy by construction,
@@ -28,26 +29,27 @@ needs no weight transfer, and is exact; `model.generate` (transformers) does the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from openft import graders
 from openft.datasets.reinforcement import RftTask, read_rft_tasks
 from openft.datasets.template import render_chat
 from openft.trainer_contract import RFT_RESULT_COLUMNS, ReinforcementSpec, TrainJobSpec
-from openft.training.data import PreparedData, TokenizedExample
+from openft.training.data import PreparedData, TokenizedExample, sampling_seed
 from openft.training.forward import ForwardPass
-from openft.training.model import LoadedModel, Reference, build_reference
+from openft.training.judges import LocalJudges
+from openft.training.model import LoadedModel, Reference, build_reference, end_tokens, pick_device
 
 EVAL_STREAM = 0x5EED_E7A1
 """Seed-sequence word of validation sampling (not a step number: steps are ≥ 0 and far below it)."""
+JUDGE_STREAM = 0x5EED_1D6E
+"""Seed-sequence word of the judge models' sampling (training/judges.py)."""
 GRADER_THREADS = 8
 """Answers graded at once (python graders run in subprocesses, so threads suffice)."""
 
@@ -78,10 +80,6 @@ def prepare_prompts(
     return prepared
 
 
-def sampling_seed(*words: int) -> int:
-    return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """GRPO's advantages: rewards normalised within their group (0 for all when the group scored alike)."""
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-4)
@@ -108,6 +106,7 @@ class ReinforcementObjective:
         self.seed = seed
         self.step = 0
         self.reference: Reference | None = None
+        self.judges: LocalJudges | None = None
         self.tokenizer: Any = None
         self.eos: list[int] = []
         self._notes: list[str] = []
@@ -125,7 +124,11 @@ class ReinforcementObjective:
     def attach(self, loaded: LoadedModel, spec: TrainJobSpec) -> None:
         self.reference = build_reference(loaded, spec)
         self.tokenizer = loaded.tokenizer
-        self.eos = _eos_ids(loaded.model, loaded.tokenizer)
+        self.eos = end_tokens(loaded.model, loaded.tokenizer)
+        self.judges = LocalJudges(
+            self.settings.judges, Path(spec.cache_dir), max_bytes=spec.max_model_bytes, device=pick_device()
+        )
+        self.judges.load_all()  # a judge that cannot load fails the job now, not every answer's grading later
 
     def at_step(self, step: int) -> None:
         self.step = step
@@ -151,7 +154,7 @@ class ReinforcementObjective:
         training = torch.is_grad_enabled()
         device = forward.device
         answers = [self._sample(model, prompt, device, training) for prompt in micro]
-        graded = self._grade(micro, answers)
+        graded = self._grade(micro, answers, training)
         k = self.settings.group_size
         rewards = torch.tensor([[r for r, _ in group] for group in graded], dtype=torch.float32, device=device)
         errors = torch.tensor([[e for _, e in group] for group in graded], dtype=torch.float32, device=device)
@@ -225,15 +228,18 @@ class ReinforcementObjective:
         return answers
 
     def _grade(
-        self, micro: Sequence[TokenizedPrompt], answers: list[list[list[int]]]
+        self, micro: Sequence[TokenizedPrompt], answers: list[list[list[int]]], training: bool
     ) -> list[list[tuple[float, float]]]:
         """(reward, 1.0 if the grader could not score it) per answer; errors become notes (warn events)."""
+        assert self.judges is not None, "attach() first"
         eos = set(self.eos)
+        stream = [self.step] if training else [EVAL_STREAM]
         jobs: list[Callable[[], graders.GradeResult]] = []
         for prompt, group in zip(micro, answers, strict=True):
-            for answer in group:
+            for i, answer in enumerate(group):
                 text = self.tokenizer.decode([t for t in answer if t not in eos], skip_special_tokens=True)
-                jobs.append(_grading(self.settings.grader, _sample_namespace(text), prompt.item))
+                judge = self.judges.for_answer(self.seed, JUDGE_STREAM, *stream, prompt.index, i)
+                jobs.append(_grading(self.settings.grader, graders.text_sample(text), prompt.item, judge))
         with ThreadPoolExecutor(max_workers=min(GRADER_THREADS, len(jobs))) as pool:
             results = list(pool.map(lambda job: job(), jobs))
         failed = [r for r in results if r.error_message is not None]
@@ -247,25 +253,7 @@ class ReinforcementObjective:
         return [flat[i * k : (i + 1) * k] for i in range(len(micro))]
 
 
-def _grading(grader: dict[str, Any], sample: dict[str, Any], item: dict[str, Any]) -> Callable[[], graders.GradeResult]:
-    return lambda: graders.grade(grader, sample, item)
-
-
-def _sample_namespace(text: str) -> dict[str, Any]:
-    """OpenAI's `sample` for a plain answer: its text, and its JSON when the text parses as JSON."""
-    try:
-        parsed: Any = json.loads(text)
-    except ValueError:
-        parsed = None
-    return {"output_text": text, "output_json": parsed, "output_tools": [], "choices": []}
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokens that end an answer: the generation config's end tokens and the tokenizer's."""
-    ids: list[int] = []
-    config = getattr(model, "generation_config", None)
-    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
-        for token in value if isinstance(value, list) else [value]:
-            if token is not None and token not in ids:
-                ids.append(int(token))
-    return ids
+def _grading(
+    grader: dict[str, Any], sample: dict[str, Any], item: dict[str, Any], judge: graders.Judge
+) -> Callable[[], graders.GradeResult]:
+    return lambda: graders.grade(grader, sample, item, judge)
