@@ -8,21 +8,18 @@ resume it, and ask the base and the fine-tuned model the same held-out questions
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 from openai import OpenAI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # examples/: demo_server
+from demo_server import add_server_options, start_server
 from make_dataset import DEMO_QUESTIONS, SYSTEM
 
 BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -30,31 +27,6 @@ DATASET = Path(__file__).with_name("zorblax.jsonl")
 HYPERPARAMETERS = {"n_epochs": 5, "batch_size": 2, "learning_rate_multiplier": 4.0}
 """Explicit for a demo that must learn visibly in a couple of minutes ("auto" would pick batch 1 here)."""
 console = Console()
-
-
-def free_port(preferred: int) -> int:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", preferred)) != 0:
-            return preferred
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 — the server keeps it
-    command = [sys.executable, "-m", "openft", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited; see {data_dir / 'server.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    sys.exit("the server did not start in time")
 
 
 def follow(client: OpenAI, job_id: str, *, pause_at: float | None) -> tuple[float | None, int]:
@@ -114,23 +86,18 @@ def ask(client: OpenAI, model: str, question: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("OPENFT_DATA_DIR", "openft-data")))
-    parser.add_argument("--port", type=int, default=8000)
+    add_server_options(parser)
     parser.add_argument("--keep-serving", action="store_true", help="leave the server running at the end")
     args = parser.parse_args()
-    data_dir = args.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port(args.port)
     started = time.monotonic()
 
     console.rule("[bold]openft demo")
-    server = start_server(data_dir, port)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    key = os.environ.get("OPENFT_API_KEY") or (data_dir / "api_key").read_text().strip()
-    console.print(f"server   {base_url}  (log: {data_dir / 'server.log'})")
+    server = start_server(args.data_dir, args.port)
+    data_dir = server.data_dir
+    console.print(f"server   {server.base_url}  (log: {server.log})")
     console.print(f"data dir {data_dir}")
     console.print(f"API key  {data_dir / 'api_key'}")
-    client = OpenAI(base_url=base_url, api_key=key)
+    client = OpenAI(base_url=server.base_url, api_key=server.api_key)
     try:
         training = client.files.create(file=DATASET.open("rb"), purpose="fine-tune")
         console.print(f"uploaded {DATASET.name} as {training.id} ({training.bytes} bytes)")
@@ -175,10 +142,9 @@ def main() -> None:
         )
     finally:
         if args.keep_serving:
-            console.print(f"server still running (pid {server.pid}) at {base_url}")
+            console.print(f"server still running (pid {server.process.pid}) at {server.base_url}")
         else:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            server.stop()
 
 
 if __name__ == "__main__":

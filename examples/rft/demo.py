@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # examples/: demo_server
 from capitals import HELDOUT, PASS_GRADER, REWARD_GRADER, TRAIN
+from demo_server import DemoServer, add_server_options, start_server
 
 BASE_MODEL = "SmolLM2-135M-Instruct"
 HYPERPARAMETERS: dict[str, Any] = {
@@ -178,31 +176,6 @@ def run_demo(
     return Outcome(job.id, job.fine_tuned_model, rewards, base, tuned, job_seconds)
 
 
-def free_port(preferred: int) -> int:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", preferred)) != 0:
-            return preferred
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 — the server keeps it
-    command = [sys.executable, "-m", "openft", "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited; see {data_dir / 'server.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    sys.exit("the server did not start in time")
-
-
 def report(outcome: Outcome, seconds: float) -> None:
     base, tuned = outcome.base, outcome.tuned
     print()
@@ -222,29 +195,23 @@ def report(outcome: Outcome, seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("OPENFT_DATA_DIR", "openft-data")))
-    parser.add_argument("--port", type=int, default=8000)
+    add_server_options(parser)
     args = parser.parse_args()
     started = time.monotonic()
-    server = None
+    server: DemoServer | None = None
     base_url = os.environ.get("OPENFT_BASE_URL")
     if base_url:
         key = os.environ.get("OPENFT_API_KEY", "")
     else:
-        data_dir = args.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port(args.port)
-        server = start_server(data_dir, port)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        key = os.environ.get("OPENFT_API_KEY") or (data_dir / "api_key").read_text().strip()
-        print(f"server   {base_url}  (log: {data_dir / 'server.log'})")
+        server = start_server(args.data_dir, args.port)
+        base_url, key = server.base_url, server.api_key
+        print(f"server   {base_url}  (log: {server.log})")
     try:
         outcome = run_demo(OpenAI(base_url=base_url, api_key=key))
         report(outcome, time.monotonic() - started)
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            server.stop()
 
 
 if __name__ == "__main__":
