@@ -19,6 +19,7 @@ import pytest
 from openai import OpenAI
 
 from tests.browser.test_dashboard import sign_in
+from tests.support.evals import CONTAINS, EXACT, qa_eval_fields
 from tests.support.server import RunningServer
 from tests.support.waiting import wait_for
 
@@ -29,19 +30,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 MARKUP = "<img src=x id=pwned onerror=alert(1)>"
 ITEMS = 130  # more than a page (100) of output items
-ITEM_SCHEMA = {
-    "type": "object",
-    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-    "required": ["question", "answer"],
-}
-EXACT = {
-    "type": "string_check",
-    "name": "exact",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.answer}}",
-    "operation": "eq",
-}
-CONTAINS = {**EXACT, "name": "contains", "operation": "ilike"}
 RUNS_REQUEST = re.compile(r"/v1/evals/[^/]+/runs\?")
 
 
@@ -107,11 +95,7 @@ def shown_items(page: Page) -> list[int]:
 def test_runs_side_by_side_and_their_items_by_datasource_item(
     page: Page, client: OpenAI, server: RunningServer, screenshot: Callable[[str], Path]
 ) -> None:
-    evaluation = client.evals.create(
-        name=f"capitals {MARKUP}",
-        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
-        testing_criteria=[EXACT, CONTAINS],  # type: ignore[list-item]
-    )
+    evaluation = client.evals.create(**qa_eval_fields(f"capitals {MARKUP}", [EXACT, CONTAINS]))
     runs = [
         client.evals.runs.create(
             evaluation.id,

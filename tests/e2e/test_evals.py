@@ -18,33 +18,16 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from tests.conftest import TINY_MODEL_NAME
 from tests.e2e.conftest import make_client
 from tests.support import openapi_schemas
+from tests.support.evals import CONTAINS, EXACT, qa_eval_fields
 from tests.support.server import RunningServer, start_server
 from tests.support.waiting import wait_for
 from tests.support.workers import start_worker
 
 FINAL = {"completed", "failed", "canceled"}
-ITEM_SCHEMA = {
-    "type": "object",
-    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-    "required": ["question", "answer"],
-}
-EXACT = {
-    "type": "string_check",
-    "name": "exact",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.answer}}",
-    "operation": "eq",
-}
-LIKE = {**EXACT, "name": "contains", "operation": "ilike"}
 
 
 def _eval(client: OpenAI, criteria: list[dict[str, Any]] | None = None, **extra: Any) -> Any:
-    raw = client.evals.with_raw_response.create(
-        name="qa",
-        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
-        testing_criteria=criteria or [EXACT],  # type: ignore[arg-type]
-        **extra,
-    )
+    raw = client.evals.with_raw_response.create(**qa_eval_fields("qa", criteria), **extra)
     openapi_schemas.validate(raw.http_response.json(), "Eval")
     return raw.parse()
 
@@ -101,7 +84,7 @@ def test_evals_are_created_listed_updated_and_deleted(server: RunningServer) -> 
 
 def test_a_jsonl_run_is_graded_with_exact_counts(server: RunningServer) -> None:
     client = make_client(server, "openai")
-    evaluation = _eval(client, [EXACT, LIKE])
+    evaluation = _eval(client, [EXACT, CONTAINS])
     outputs = ["Paris", "paris!", "Rome", "Oslo", "Bern", "nope"]
     answers = ["Paris", "Paris", "Rome", "Lima", "Bern", "Kyiv"]
     content = [

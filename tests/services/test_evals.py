@@ -23,20 +23,8 @@ from openft.services.container import Container
 from openft.services.evals import EvalItemSampler, EvalService
 from openft.services.models import Caller
 from openft.storage import LocalBlobStore
+from tests.support.evals import EXACT, ITEM_SCHEMA, qa_eval_fields
 from tests.support.waiting import wait_for
-
-ITEM_SCHEMA = {
-    "type": "object",
-    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-    "required": ["question", "answer"],
-}
-EXACT = {
-    "type": "string_check",
-    "name": "exact",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.answer}}",
-    "operation": "eq",
-}
 
 
 def _service(container: Container) -> EvalService:
@@ -45,12 +33,7 @@ def _service(container: Container) -> EvalService:
 
 
 def _eval(service: EvalService, org: str, criteria: list[Any] | None = None, **config: Any) -> str:
-    request = CreateEvalRequest(
-        name="qa",
-        metadata={"team": "a"},
-        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True, **config},
-        testing_criteria=[EXACT] if criteria is None else criteria,
-    )
+    request = CreateEvalRequest(**qa_eval_fields("qa", criteria, **config), metadata={"team": "a"})
     return service.create(Caller.of(org), org, request).id
 
 
