@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         default=None, description="Folder whose sub-folders holding a Hugging Face causal LM are base models."
     )
+    embedding_model: Path | None = Field(
+        default=None,
+        description="A local Hugging Face encoder folder whose mean-pooled states give text_similarity's `cosine` "
+        "(openft/embeddings.py); unset: a cosine grader is a 400.",
+    )
     api_key: str | None = Field(default=None, description="The key clients must send; generated when unset.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in the data dir when unset.")
     host: str = "127.0.0.1"
@@ -185,6 +190,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("embedding_model", mode="after")
+    @classmethod
+    def _model_folder(cls, value: Path | None) -> Path | None:
+        """A wrong path stops the server at start, not every cosine grade later."""
+        if value is None:
+            return None
+        folder = value.expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        return folder
 
     @field_validator("database_url", mode="after")
     @classmethod

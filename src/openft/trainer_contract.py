@@ -147,6 +147,9 @@ class ReinforcementSpec(BaseModel):
         description="The judge model of each score_model/label_model grader, by the name the grader gives it: "
         "the trainer loads and runs them itself (training/judges.py).",
     )
+    embedding_model: str | None = Field(
+        default=None, description="The server's embeddings model folder, for text_similarity's `cosine`."
+    )
 
 
 class WandbSpec(BaseModel):

@@ -133,6 +133,24 @@ def test_text_similarity(served: tuple[TestClient, Container]) -> None:
     assert rouge["reward"] == pytest.approx(0.5)
 
 
+def test_cosine_with_the_operators_embeddings_model(models_dir: Path, tmp_path: Path) -> None:
+    """`OPENFT_EMBEDDING_MODEL` (here the tiny model's folder) makes `cosine` a grader like the others."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        models_dir=models_dir,
+        api_key=KEY,
+        run_worker=False,
+        embedding_model=models_dir / TINY_MODEL_NAME,
+    )
+    cosine = {**SIMILARITY, "evaluation_metric": "cosine"}
+    with TestClient(create_app(settings, container=build_container(settings, with_worker=False))) as client:
+        assert _post(client, VALIDATE, {"grader": cosine}).status_code == 200
+        same = _run(client, cosine, "a red apple", {"label": "a red apple"})
+        assert same["reward"] == pytest.approx(1.0, abs=1e-6) and not _flags(same)
+        other = _run(client, cosine, "a red apple", {"label": "quantum field theory"})
+        assert -1 <= other["reward"] < 0.999 and not _flags(other)
+
+
 def test_python_grader_reward_and_runtime_error(served: tuple[TestClient, Container]) -> None:
     client, _ = served
     answer = _run(client, PYTHON, '{"steps": [1, 2, 3]}', {"want": 4})

@@ -44,7 +44,8 @@ HYPERPARAMETERS = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     models = tmp_path_factory.mktemp("models")
     build_tiny_model(models / MODEL, initializer_range=0.2)
-    running = start_server(tmp_path_factory.mktemp("server-data"), models)
+    embeddings = {"OPENFT_EMBEDDING_MODEL": str(models / MODEL)}  # text_similarity's cosine, for the judged job
+    running = start_server(tmp_path_factory.mktemp("server-data"), models, extra_env=embeddings)
     yield running
     running.stop()
 
@@ -138,13 +139,14 @@ def test_a_reinforcement_job_learns_and_resumes_bit_identical(
 def test_a_fine_tuned_model_judges_a_reinforcement_job(
     client: OpenAI, server: RunningServer, data: tuple[str, str], learned: Any
 ) -> None:
-    """A label_model grader whose judge is a fine-tuned model (the job above's LoRA adapter): the job keeps its
-    own copy of the judge and the trainer runs it; the judge answers one token, labels are the vocabulary."""
+    """A label_model grader whose judge is a fine-tuned model (the job above's LoRA adapter), with a cosine
+    text_similarity on the server's embeddings model: the job keeps its own copy of the judge and the trainer
+    runs both; the judge answers one token, labels are the vocabulary."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(server.data_dir / "jobs" / learned.id / "model")
     labels = sorted({tokenizer.decode([i]).strip() for i in range(len(tokenizer))} - {""})
-    grader = {
+    judge = {
         "type": "label_model",
         "name": "judge",
         "model": learned.fine_tuned_model,
@@ -152,6 +154,19 @@ def test_a_fine_tuned_model_judges_a_reinforcement_job(
         "labels": labels,
         "passing_labels": labels[::2],
         "sampling_params": {"max_completions_tokens": 1, "temperature": 0},
+    }
+    similar = {
+        "type": "text_similarity",
+        "name": "similar",
+        "input": "{{ sample.output_text }}",
+        "reference": "{{ item.answer }}",
+        "evaluation_metric": "cosine",
+    }
+    grader = {
+        "type": "multi",
+        "name": "judged and similar",
+        "graders": {"judge": judge, "similar": similar},
+        "calculate_output": "0.5 * judge + 0.5 * similar",
     }
     job = client.fine_tuning.jobs.create(
         model=MODEL,

@@ -137,7 +137,11 @@ def _lora(options: dict[str, Any]) -> LoraSpec | None:
 
 
 def _reinforcement_spec(
-    job: JobRow, resolved: dict[str, Any], options: dict[str, Any], judges: dict[str, BaseModelSpec]
+    job: JobRow,
+    resolved: dict[str, Any],
+    options: dict[str, Any],
+    judges: dict[str, BaseModelSpec],
+    embedding_model: Path | None,
 ) -> ReinforcementSpec | None:
     if job.method["type"] != "reinforcement":
         return None
@@ -146,6 +150,7 @@ def _reinforcement_spec(
         group_size=group_size(resolved["compute_multiplier"]),
         max_completion_tokens=options.get("max_completion_tokens", RFT_DEFAULT_MAX_COMPLETION_TOKENS),
         judges=judges,
+        embedding_model=str(embedding_model) if embedding_model is not None else None,
     )
 
 
@@ -177,7 +182,7 @@ def build_spec(
         output_dir=str(job_dir),
         method=job.method["type"],
         dpo=DpoSpec(beta=resolved["beta"]) if job.method["type"] == "dpo" else None,
-        reinforcement=_reinforcement_spec(job, resolved, options, judges or {}),
+        reinforcement=_reinforcement_spec(job, resolved, options, judges or {}, settings.embedding_model),
         hyperparameters=ResolvedHyperparameters(
             n_epochs=resolved["n_epochs"],
             batch_size=resolved["batch_size"],

@@ -16,6 +16,7 @@ from openft import ids
 from openft.basemodels import ModelCatalog
 from openft.datacheck import CheckBudget
 from openft.db import repositories as repo
+from openft.embeddings import LocalEmbedder
 from openft.fsutil import atomic_write_text
 from openft.inference.backends import ServingEngine, choose_engine
 from openft.jobs.batches import BatchRunner, LineAnswerer
@@ -237,7 +238,8 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         metrics=metrics.serving,
     )
     responses = ResponseService(sessions, inference, BackgroundResponses(sessions, settings.response_lease_seconds))
-    graders = GraderService(model_service, inference)  # the Graders API's, and the eval runs' graders
+    embed = embedder(settings)
+    graders = GraderService(model_service, inference, embed=embed)  # the Graders API's and the eval runs'
     return Container(
         settings=settings,
         engine=engine,
@@ -252,6 +254,7 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
             org_names=OrganizationNames(sessions),
             notify_worker=worker.notify if worker is not None else (lambda: None),
             trains_here=settings.executor == "local",
+            embed=embed,
         ),
         inference=inference,
         models=model_service,
@@ -299,6 +302,11 @@ def batch_runner(
         lease_seconds=settings.lease_seconds,
         concurrency=settings.batch_concurrency,
     )
+
+
+def embedder(settings: Settings) -> LocalEmbedder | None:
+    """text_similarity's `cosine` embeddings: the operator's `OPENFT_EMBEDDING_MODEL`, loaded on first use."""
+    return LocalEmbedder(settings.embedding_model) if settings.embedding_model is not None else None
 
 
 def eval_run_runner(
@@ -351,4 +359,4 @@ class WorkerInference:
 
     def eval_sampler(self) -> EvalSampler:
         inference, models = self._stack()
-        return EvalItemSampler(inference, models, GraderService(models, inference))
+        return EvalItemSampler(inference, models, GraderService(models, inference, embed=embedder(self._settings)))

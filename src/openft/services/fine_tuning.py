@@ -186,14 +186,12 @@ def _requested_method(params: FineTuningJobCreate) -> dict[str, Any]:
     if kind != "reinforcement":
         return {"type": kind, kind: {"hyperparameters": values}}
     assert method is not None and method.reinforcement is not None
-    grader = method.reinforcement.grader
-    graders.validate(grader, param="method.reinforcement.grader")  # its judge models: in create()
     if values.get("compute", {}).get("workers", 1) > 1:
         raise InvalidRequest(
             "Reinforcement jobs run in one trainer process for now; remove compute.workers.",
             param="method.reinforcement.hyperparameters.compute",
         )
-    return {"type": kind, kind: {"grader": grader, "hyperparameters": values}}
+    return {"type": kind, kind: {"grader": method.reinforcement.grader, "hyperparameters": values}}
 
 
 def _ignored_hyperparameters(params: FineTuningJobCreate) -> list[str]:
@@ -303,9 +301,11 @@ class FineTuningService:
         org_names: Callable[[str], str],
         notify_worker: Callable[[], None] = lambda: None,
         trains_here: bool = True,
+        embed: graders.Embed | None = None,
     ):
         """`trains_here`: the trainers run on this machine (the local executor), so `compute` is checked
-        against it; False with the Ray executor."""
+        against it; False with the Ray executor. `embed`: the server's `cosine` embeddings, if any (a
+        reinforcement grader using cosine is a 400 without; the trainer loads the same model)."""
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)  # reads never take SQLite's write lock (db/engine.py)
         self._catalog = catalog
@@ -313,6 +313,7 @@ class FineTuningService:
         self._org_names = org_names
         self._notify = notify_worker
         self._trains_here = trains_here
+        self._embed = embed
 
     # create -----------------------------------------------------------------------------------
     def create(self, org_id: str, params: FineTuningJobCreate, *, project: str | None = None) -> FineTuningJob:
@@ -321,7 +322,7 @@ class FineTuningService:
         _refuse_wandb_entity(params)
         base_model, parent_weights = self._starting_point(Caller(org_id, org_id, project), params.model)
         method = _requested_method(params)
-        judge_models = self._judge_models(Caller(org_id, org_id, project), method)
+        judge_models = self._check_grader(Caller(org_id, org_id, project), method)
         _refuse_unavailable_qlora(method)
         _refuse_compute_beyond_machine(method, on_this_machine=self._trains_here)
         job_id = ids.job_id()
@@ -373,13 +374,15 @@ class FineTuningService:
         self._notify()
         return job_to_wire(row)
 
-    def _judge_models(self, caller: Caller, method: dict[str, Any]) -> dict[str, Any] | None:
-        """A reinforcement job's judge models (its score_model and label_model graders'), resolved now for the
-        caller — aliases included, so re-pointing one later does not change a running job — and checked
+    def _check_grader(self, caller: Caller, method: dict[str, Any]) -> dict[str, Any] | None:
+        """A reinforcement job's grader must run (the Graders API's rules: a 400 naming its field now, not a job
+        that fails later); returns its judge models (score_model and label_model graders'), resolved now for
+        the caller — aliases included, so re-pointing one later does not change a running job — and checked
         loadable: the trainer loads them itself (training/judges.py). None for other jobs."""
         if method["type"] != "reinforcement":
             return None
         grader = method["reinforcement"]["grader"]
+        graders.validate(grader, embed=self._embed, param="method.reinforcement.grader")
         found = resolve_judges(self._models, caller, grader, "method.reinforcement.grader", load=True)
         return {
             name: {"base": judge.base_name, "weights": str(judge.weights) if judge.weights else None}

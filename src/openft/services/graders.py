@@ -24,7 +24,7 @@ from anyio.lowlevel import RunVar
 from pydantic import ValidationError
 
 from openft.errors import InvalidRequest, ModelNotFound
-from openft.graders import GradeResult, grade, sub_graders, text_sample, validate
+from openft.graders import Embed, GradeResult, grade, sub_graders, text_sample, validate
 from openft.graders.model_graders import sampling_params
 from openft.protocol.chat import ChatCompletionRequest
 from openft.protocol.graders import (
@@ -99,9 +99,17 @@ class _JudgeUsage:
 
 
 class GraderService:
-    def __init__(self, models: ModelService, inference: InferenceService, max_concurrent: int = MAX_CONCURRENT_GRADES):
+    def __init__(
+        self,
+        models: ModelService,
+        inference: InferenceService,
+        max_concurrent: int = MAX_CONCURRENT_GRADES,
+        embed: Embed | None = None,
+    ):
+        """`embed`: text_similarity's `cosine` embeddings (openft.embeddings); None: cosine is a 400."""
         self._models = models
         self._inference = inference
+        self._embed = embed
         self._max_concurrent = max_concurrent
         # one limiter per event loop: the server's, and each loop an eval run's worker starts (an anyio limiter
         # belongs to the loop that first waits on it)
@@ -125,7 +133,7 @@ class GraderService:
                 f"The grader is larger than {MAX_GRADER_BYTES // 1024} KiB as JSON, the limit on this server.",
                 param="grader",
             )
-        validate(grader)
+        validate(grader, embed=self._embed)
         resolve_judges(self._models, who, grader, load=load)
 
     async def validate(self, who: Caller, request: ValidateGraderRequest) -> ValidateGraderResponse:
@@ -147,7 +155,7 @@ class GraderService:
             return completion.choices[0].message.content or ""
 
         result = await anyio.to_thread.run_sync(
-            functools.partial(grade, request.grader, sample, item, judge), limiter=self._limiter()
+            functools.partial(grade, request.grader, sample, item, judge, embed=self._embed), limiter=self._limiter()
         )
         return _response(request.grader, result, usage)
 

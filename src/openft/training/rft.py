@@ -40,6 +40,7 @@ import torch
 from openft import graders
 from openft.datasets.reinforcement import RftTask, read_rft_tasks
 from openft.datasets.template import render_chat
+from openft.embeddings import LocalEmbedder
 from openft.trainer_contract import RFT_RESULT_COLUMNS, ReinforcementSpec, TrainJobSpec
 from openft.training.data import PreparedData, TokenizedExample, sampling_seed
 from openft.training.forward import ForwardPass
@@ -107,6 +108,7 @@ class ReinforcementObjective:
         self.step = 0
         self.reference: Reference | None = None
         self.judges: LocalJudges | None = None
+        self.embed: LocalEmbedder | None = None
         self.tokenizer: Any = None
         self.eos: list[int] = []
         self._notes: list[str] = []
@@ -129,6 +131,9 @@ class ReinforcementObjective:
             self.settings.judges, Path(spec.cache_dir), max_bytes=spec.max_model_bytes, device=pick_device()
         )
         self.judges.load_all()  # a judge that cannot load fails the job now, not every answer's grading later
+        if self.settings.embedding_model is not None:  # text_similarity's cosine (openft/embeddings.py)
+            self.embed = LocalEmbedder(Path(self.settings.embedding_model))
+            self.embed.load()
 
     def at_step(self, step: int) -> None:
         self.step = step
@@ -239,7 +244,8 @@ class ReinforcementObjective:
             for i, answer in enumerate(group):
                 text = self.tokenizer.decode([t for t in answer if t not in eos], skip_special_tokens=True)
                 judge = self.judges.for_answer(self.seed, JUDGE_STREAM, *stream, prompt.index, i)
-                jobs.append(_grading(self.settings.grader, graders.text_sample(text), prompt.item, judge))
+                sample = graders.text_sample(text)
+                jobs.append(_grading(self.settings.grader, sample, prompt.item, judge, self.embed))
         with ThreadPoolExecutor(max_workers=min(GRADER_THREADS, len(jobs))) as pool:
             results = list(pool.map(lambda job: job(), jobs))
         failed = [r for r in results if r.error_message is not None]
@@ -254,6 +260,10 @@ class ReinforcementObjective:
 
 
 def _grading(
-    grader: dict[str, Any], sample: dict[str, Any], item: dict[str, Any], judge: graders.Judge
+    grader: dict[str, Any],
+    sample: dict[str, Any],
+    item: dict[str, Any],
+    judge: graders.Judge,
+    embed: graders.Embed | None,
 ) -> Callable[[], graders.GradeResult]:
-    return lambda: graders.grade(grader, sample, item, judge)
+    return lambda: graders.grade(grader, sample, item, judge, embed=embed)
