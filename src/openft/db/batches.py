@@ -1,20 +1,20 @@
 """Queries of the Batch API's tables (db/tables.py `BatchRow`, `BatchLineRow`).
 
-A batch is claimed like a training job (db/repositories.py `claim_next_job`): an atomic UPDATE that takes a
-batch nobody holds a live lease on, gives it to one worker and bumps `attempt`, the fencing token. Every later
-write of the worker (an answered line, a status change) is made only while `attempt` is still its own, so a
-worker that lost its claim (lease expired, another worker took over) cannot write any more.
+A batch is leased work (db/leases.py): a worker claims it and bumps `attempt`, the fencing token, and every
+later write of the worker (an answered line, a status change) is made only while `attempt` is still its own,
+so a worker that lost its claim (lease expired, another worker took over) cannot write any more.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Update, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from openft.db import leases
 from openft.db.tables import BatchLineRow, BatchRow, FileRow
 from openft.storage import StoredBlob
 
@@ -23,14 +23,6 @@ WORKING_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 BATCH_OUTPUT_PURPOSE = "batch_output"
 """The purpose of the output and error files openft writes for a batch (as OpenAI names it)."""
-
-
-def _update(session: Session, stmt: Update) -> CursorResult[Any]:
-    return cast("CursorResult[Any]", session.execute(stmt))
-
-
-def _unclaimed(now: float) -> ColumnElement[bool]:
-    return or_(BatchRow.lease_expires_at.is_(None), BatchRow.lease_expires_at < now)
 
 
 def get_batch(session: Session, org_id: str | None, batch_id: str) -> BatchRow | None:
@@ -52,57 +44,27 @@ def list_batches(session: Session, org_id: str, *, after: str | None, limit: int
 
 
 def claim_batch(session: Session, *, worker_id: str, lease_seconds: float) -> BatchRow | None:
-    """Take the oldest batch with work left that nobody holds a live lease on (`FOR UPDATE SKIP LOCKED` on
-    PostgreSQL; SQLite's write lock makes the select-then-update atomic)."""
-    now = time.time()
-    batch_id = session.scalar(
-        select(BatchRow.id)
-        .where(BatchRow.status.in_(WORKING_STATUSES), _unclaimed(now))
-        .order_by(BatchRow.seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
-    if batch_id is None:
-        return None
-    result = _update(
-        session,
-        update(BatchRow)
-        .where(BatchRow.id == batch_id, BatchRow.status.in_(WORKING_STATUSES), _unclaimed(now))
-        .values(worker_id=worker_id, lease_expires_at=now + lease_seconds, attempt=BatchRow.attempt + 1),
-    )
-    if result.rowcount != 1:
-        return None
-    session.flush()
-    return session.scalar(select(BatchRow).where(BatchRow.id == batch_id).execution_options(populate_existing=True))
+    """Take the oldest batch with work left that nobody holds a live lease on (db/leases.py `claim`)."""
+    return leases.claim(session, BatchRow, WORKING_STATUSES, worker_id=worker_id, lease_seconds=lease_seconds)
 
 
 def renew_lease(session: Session, batch_id: str, attempt: int, lease_seconds: float) -> BatchRow | None:
     """Extend this worker's lease; the batch as it is now (its status may have become `cancelling`), or None
     when the claim is lost."""
-    result = _update(
-        session,
-        update(BatchRow)
-        .where(BatchRow.id == batch_id, BatchRow.attempt == attempt)
-        .values(lease_expires_at=time.time() + lease_seconds),
-    )
-    if result.rowcount != 1:
+    if not leases.renew(session, BatchRow, batch_id, attempt, lease_seconds):
         return None
     return session.scalar(select(BatchRow).where(BatchRow.id == batch_id).execution_options(populate_existing=True))
 
 
 def set_fenced(session: Session, batch_id: str, attempt: int, **values: Any) -> bool:
     """Change the batch only while the claim `attempt` is still the holder's; whether it was."""
-    result = _update(
-        session, update(BatchRow).where(BatchRow.id == batch_id, BatchRow.attempt == attempt).values(**values)
-    )
-    return result.rowcount == 1
+    return leases.set_fenced(session, BatchRow, batch_id, attempt, **values)
 
 
 def holds(session: Session, batch_id: str, attempt: int) -> bool:
     """Whether `attempt` still holds the batch, the row locked (PostgreSQL) until the transaction ends, so a
     line recorded in the same transaction is recorded under a live claim."""
-    row = session.scalar(select(BatchRow.attempt).where(BatchRow.id == batch_id).with_for_update())
-    return row == attempt
+    return leases.holds(session, BatchRow, batch_id, attempt)
 
 
 def record_line(session: Session, batch_id: str, attempt: int, line: int, ok: bool, record: dict[str, Any]) -> bool:

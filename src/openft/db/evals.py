@@ -1,29 +1,25 @@
 """Queries of the Evals API's tables (db/tables.py `EvalRow`, `EvalRunRow`, `EvalRunItemRow`).
 
-A run is claimed like a batch (db/batches.py): an atomic UPDATE that takes a run nobody holds a live lease
-on, gives it to one worker and bumps `attempt`, the fencing token. Every later write of the worker (a graded
-item, a status change) is made only while `attempt` is still its own, so a worker that lost its claim (lease
-expired, another worker took over, the run was deleted) cannot write any more.
+A run is leased work like a batch (db/leases.py): a worker claims it and bumps `attempt`, the fencing token,
+and every later write of the worker (a graded item, a status change) is made only while `attempt` is still its
+own, so a worker that lost its claim (lease expired, another worker took over, the run was deleted) cannot
+write any more.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Update, delete, or_, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from openft.db import leases
 from openft.db.tables import EvalRow, EvalRunItemRow, EvalRunRow
 
 WORKING_STATUSES = ("queued", "in_progress")
 """Statuses a worker has work to do in: a run in one of them is claimable when nobody holds it."""
 FINAL_STATUSES = ("completed", "failed", "canceled")
-
-
-def _update(session: Session, stmt: Update) -> CursorResult[Any]:
-    return cast("CursorResult[Any]", session.execute(stmt))
 
 
 def _page(
@@ -87,52 +83,20 @@ def delete_run(session: Session, run_id: str) -> None:
     session.execute(delete(EvalRunRow).where(EvalRunRow.id == run_id))
 
 
-def _unclaimed(now: float) -> ColumnElement[bool]:
-    return or_(EvalRunRow.lease_expires_at.is_(None), EvalRunRow.lease_expires_at < now)
-
-
 def has_claimable_run(session: Session) -> bool:
     """A read before the claim: most turns find nothing, and then need no write lock."""
-    now = time.time()
-    stmt = select(EvalRunRow.id).where(EvalRunRow.status.in_(WORKING_STATUSES), _unclaimed(now)).limit(1)
-    return session.scalar(stmt) is not None
+    return leases.has_claimable(session, EvalRunRow, WORKING_STATUSES)
 
 
 def claim_run(session: Session, *, worker_id: str, lease_seconds: float) -> EvalRunRow | None:
-    """Take the oldest run with work left that nobody holds a live lease on (`FOR UPDATE SKIP LOCKED` on
-    PostgreSQL; SQLite's write lock makes the select-then-update atomic)."""
-    now = time.time()
-    run_id = session.scalar(
-        select(EvalRunRow.id)
-        .where(EvalRunRow.status.in_(WORKING_STATUSES), _unclaimed(now))
-        .order_by(EvalRunRow.seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    )
-    if run_id is None:
-        return None
-    result = _update(
-        session,
-        update(EvalRunRow)
-        .where(EvalRunRow.id == run_id, EvalRunRow.status.in_(WORKING_STATUSES), _unclaimed(now))
-        .values(worker_id=worker_id, lease_expires_at=now + lease_seconds, attempt=EvalRunRow.attempt + 1),
-    )
-    if result.rowcount != 1:
-        return None
-    session.flush()
-    return session.scalar(select(EvalRunRow).where(EvalRunRow.id == run_id).execution_options(populate_existing=True))
+    """Take the oldest run with work left that nobody holds a live lease on (db/leases.py `claim`)."""
+    return leases.claim(session, EvalRunRow, WORKING_STATUSES, worker_id=worker_id, lease_seconds=lease_seconds)
 
 
 def renew_lease(session: Session, run_id: str, attempt: int, lease_seconds: float) -> str | None:
     """Extend this worker's lease; the run's status now (`canceled` once the user cancelled it), or None when
     the claim is lost (another worker took it, or the run was deleted)."""
-    result = _update(
-        session,
-        update(EvalRunRow)
-        .where(EvalRunRow.id == run_id, EvalRunRow.attempt == attempt)
-        .values(lease_expires_at=time.time() + lease_seconds),
-    )
-    if result.rowcount != 1:
+    if not leases.renew(session, EvalRunRow, run_id, attempt, lease_seconds):
         return None
     return session.scalar(select(EvalRunRow.status).where(EvalRunRow.id == run_id))
 
@@ -140,23 +104,12 @@ def renew_lease(session: Session, run_id: str, attempt: int, lease_seconds: floa
 def set_fenced(session: Session, run_id: str, attempt: int, *, only_status: tuple[str, ...], **values: Any) -> bool:
     """Change the run only while the claim `attempt` is still the holder's and its status one of `only_status`
     (a cancelled run stays cancelled); whether it was changed."""
-    result = _update(
-        session,
-        update(EvalRunRow)
-        .where(EvalRunRow.id == run_id, EvalRunRow.attempt == attempt, EvalRunRow.status.in_(only_status))
-        .values(**values),
-    )
-    return result.rowcount == 1
+    return leases.set_fenced(session, EvalRunRow, run_id, attempt, only_status=only_status, **values)
 
 
 def release(session: Session, run_id: str, attempt: int) -> None:
     """Hand the claim back (the worker stops): another worker may take the run at once."""
-    _update(
-        session,
-        update(EvalRunRow)
-        .where(EvalRunRow.id == run_id, EvalRunRow.attempt == attempt)
-        .values(worker_id=None, lease_expires_at=None),
-    )
+    leases.set_fenced(session, EvalRunRow, run_id, attempt, worker_id=None, lease_expires_at=None)
 
 
 # output items ----------------------------------------------------------------------------------------
@@ -209,11 +162,14 @@ def record_items(session: Session, run_id: str, attempt: int, items: list[EvalRu
             )
             for key, value in used.items():
                 into[key] = into.get(key, 0) + value
-    _update(
+    leases.set_fenced(
         session,
-        update(EvalRunRow)
-        .where(EvalRunRow.id == run_id, EvalRunRow.attempt == attempt)
-        .values(result_counts=counts, per_testing_criteria_results=criteria, per_model_usage=usage),
+        EvalRunRow,
+        run_id,
+        attempt,
+        result_counts=counts,
+        per_testing_criteria_results=criteria,
+        per_model_usage=usage,
     )
     return True
 

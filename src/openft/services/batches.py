@@ -46,6 +46,7 @@ from openft.protocol.responses import CreateResponseRequest
 from openft.services.inference import InferenceService
 from openft.services.models import Caller, ModelService
 from openft.services.responses import ResponseService
+from openft.services.work_answerer import WorkAnswerer
 
 COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600
@@ -180,21 +181,13 @@ def _error_of(exc: OpenFTError) -> tuple[int, dict[str, Any]]:
     return status, {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
 
 
-class BatchLineAnswerer:
+class BatchLineAnswerer(WorkAnswerer):
     """Answers one line of a batch in-process, as the API would answer the same request alone
-    (jobs/batches.py `LineAnswerer`)."""
+    (jobs/batches.py `LineAnswerer`; built on a worker's first batch, services/work_answerer.py)."""
 
     def __init__(self, inference: InferenceService, models: ModelService, responses: ResponseService | None):
-        self._inference = inference
-        self._models = models
+        super().__init__(inference, models)
         self._responses = responses
-
-    def model_problem(self, org_id: str, model: str) -> str | None:
-        try:
-            self._models.target(Caller.of(org_id), model)
-        except OpenFTError as exc:
-            return exc.message
-        return None
 
     async def answer(self, org_id: str, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of the request; busy engines (429 past the queue, 503) raise `Busy` instead, so

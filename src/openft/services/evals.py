@@ -60,6 +60,7 @@ from openft.services.files import FileService
 from openft.services.graders import GraderService, resolve_judges
 from openft.services.inference import InferenceService
 from openft.services.models import Caller, ModelService
+from openft.services.work_answerer import WorkAnswerer
 
 SAMPLE_SCHEMA = {
     "type": "object",
@@ -464,22 +465,14 @@ class EvalService:
             return item_object(row, eval_id)
 
 
-class EvalItemSampler:
-    """Samples and grades one item of a run in-process (jobs/eval_runs.py `EvalSampler`): the model through
-    the inference service, the criteria through the Graders API's service (its judge included), both as the
-    run's organization."""
+class EvalItemSampler(WorkAnswerer):
+    """Samples and grades one item of a run in-process (jobs/eval_runs.py `EvalSampler`; built on a worker's
+    first run, services/work_answerer.py): the model through the inference service, the criteria through the
+    Graders API's service (its judge included), both as the run's organization."""
 
     def __init__(self, inference: InferenceService, models: ModelService, graders: GraderService):
-        self._inference = inference
-        self._models = models
+        super().__init__(inference, models)
         self._graders = graders
-
-    def model_problem(self, org_id: str, model: str) -> str | None:
-        try:
-            self._models.target(Caller.of(org_id), model)
-        except OpenFTError as exc:
-            return exc.message
-        return None
 
     async def sample(self, org_id: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Sampled:
         request = ChatCompletionRequest.model_validate({"model": model, "messages": messages, **params})
