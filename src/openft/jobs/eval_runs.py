@@ -1,11 +1,11 @@
 """Carrying out eval runs in the worker (the Evals API, services/evals.py), durable like batches.
 
-A worker holds at most one run at a time (`EvalRunRunner.turn`, once per turn of the worker loop): it claims
-one (db/evals.py `claim_run`: a lease and the fencing token `attempt`), and a thread of its own then reads
-the run's items, samples the model for each (a `completions` run; the items of a `jsonl` run bring their
-own sample), grades each sample with every testing criterion, and records the output item. Several items
-are in flight at once, so their samples share the engine's continuous batch. The lease is renewed while it
-works; each renewal also reads whether the run was cancelled (or deleted).
+A run is leased work (jobs/leased_work.py, the claim, the lease and the fencing shared with batches): a
+worker holds at most one at a time (`EvalRunRunner.turn`), claimed with db/evals.py `claim_run`, and a thread
+of its own then reads the run's items, samples the model for each (a `completions` run; the items of a
+`jsonl` run bring their own sample), grades each sample with every testing criterion, and records the output
+item. Several items are in flight at once, so their samples share the engine's continuous batch. The lease
+is renewed while it works; each renewal also reads whether the run was cancelled (or deleted).
 
 Each graded item is recorded (an `eval_run_items` row, under the fencing check, unique per item, its counts
 added to the run's in the same transaction) before it counts, so a worker killed mid-run loses no graded
@@ -22,12 +22,9 @@ service layer provides (services/evals.py `EvalItemSampler`), built only when a 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import logging
 import re
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,15 +41,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from openft.db import evals as eval_repo
 from openft.db.engine import read_only_sessions
 from openft.db.tables import EvalRunItemRow
-from openft.errors import InvalidRequest, OpenFTError, RateLimited, ServiceUnavailable
+from openft.errors import InvalidRequest, OpenFTError
 from openft.graders import SampleError, templates
+from openft.jobs.leased_work import Claim, LeasedRunner, when_room
 from openft.protocol.evals import DEFAULT_MAX_COMPLETION_TOKENS, MAX_ITEM_BYTES, MAX_RUN_ITEMS
 
-log = logging.getLogger(__name__)
-CANCEL_CHECK_SECONDS = 0.5
-"""How often the lease is renewed while items are graded; each renewal reads whether the run was cancelled."""
-BUSY_RETRY_SECONDS = 0.5
-"""How long an item the engine had no room for waits before it is sampled again (it is not an errored item)."""
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "seed": 42}
 """OpenAI's defaults for a completions run's sampling params (CreateEvalCompletionsRunDataSource)."""
 
@@ -291,26 +284,12 @@ class RunFiles(Protocol):
 
 
 # the runner ------------------------------------------------------------------------------------------
-@dataclass
-class _Flags:
-    lost: bool = False
-    canceled: bool = False
-    stopping: bool = False
-
-    def halted(self) -> bool:
-        return self.lost or self.canceled or self.stopping
-
-
-@dataclass
-class _Claim:
-    run_id: str
+@dataclass(kw_only=True)
+class _Claim(Claim):
     eval_id: str
-    attempt: int
     org_id: str
-    status: str
     data_source: dict[str, Any]
     criteria: list[dict[str, Any]]
-    flags: _Flags = field(default_factory=_Flags)
 
 
 class _Failed(Exception):
@@ -320,8 +299,11 @@ class _Failed(Exception):
         self.message = message
 
 
-class EvalRunRunner:
+class EvalRunRunner(LeasedRunner[_Claim, EvalSampler]):
     """One run at a time per worker, in a thread of its own (`turn` claims; `stop` lets it hand back)."""
+
+    kind = "eval run"
+    cancel_status = "canceled"
 
     def __init__(
         self,
@@ -333,70 +315,37 @@ class EvalRunRunner:
         lease_seconds: float,
         concurrency: int,
     ):
-        self._sessions = sessions
+        super().__init__(sessions, sampler, worker_id=worker_id, lease_seconds=lease_seconds, concurrency=concurrency)
         self._reads = read_only_sessions(sessions)
         self._files = files
-        self._make_sampler = sampler
-        self._sampler: EvalSampler | None = None
-        self._worker_id = worker_id
-        self._lease = lease_seconds
-        self._concurrency = max(1, concurrency)
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
 
-    def turn(self) -> None:
-        """Claim a run when this worker holds none (one per call of the worker loop)."""
-        if self._stopping.is_set() or self.running():
-            return
+    def _claim(self) -> _Claim | None:
         with self._reads.begin() as session:  # most turns find nothing: no write lock for that
             if not eval_repo.has_claimable_run(session):
-                return
+                return None
         with self._sessions.begin() as session:
             row = eval_repo.claim_run(session, worker_id=self._worker_id, lease_seconds=self._lease)
             if row is None:
-                return
+                return None
             parent = eval_repo.get_eval(session, row.organization_id, row.eval_id)
-            claim = _Claim(
-                row.id,
-                row.eval_id,
-                row.attempt,
-                row.organization_id,
-                row.status,
-                dict(row.data_source),
-                list(parent.testing_criteria) if parent is not None else [],
+            return _Claim(
+                id=row.id,
+                attempt=row.attempt,
+                status=row.status,
+                eval_id=row.eval_id,
+                org_id=row.organization_id,
+                data_source=dict(row.data_source),
+                criteria=list(parent.testing_criteria) if parent is not None else [],
             )
-        log.info("claimed eval run %s (attempt %d, %s)", claim.run_id, claim.attempt, claim.status)
-        self._thread = threading.Thread(target=self._run, args=(claim,), name=f"openft-{claim.run_id}", daemon=True)
-        self._thread.start()
 
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float) -> None:
-        """Stop taking items; the items in flight are recorded and the lease handed back, so another worker
-        goes on at once."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self, claim: _Claim) -> None:
-        try:
-            asyncio.run(self._work(claim))
-        except Exception:
-            log.exception("eval run %s failed in this worker; its lease runs out and another goes on", claim.run_id)
-
-    async def _db(self, fn: Callable[[Session], Any]) -> Any:
-        def call() -> Any:
-            with self._sessions.begin() as session:
-                return fn(session)
-
-        return await asyncio.to_thread(call)
+    def _renew(self, session: Session, claim: _Claim) -> str | None:
+        return eval_repo.renew_lease(session, claim.id, claim.attempt, self._lease)
 
     async def _fail(self, claim: _Claim, code: str, message: str) -> None:
         await self._db(
             lambda s: eval_repo.set_fenced(
                 s,
-                claim.run_id,
+                claim.id,
                 claim.attempt,
                 only_status=eval_repo.WORKING_STATUSES,
                 status="failed",
@@ -407,9 +356,7 @@ class EvalRunRunner:
         )
 
     async def _work(self, claim: _Claim) -> None:
-        if self._sampler is None:
-            self._sampler = await asyncio.to_thread(self._make_sampler)
-        sampler = self._sampler
+        sampler = await self._tool()
         try:
             items = await asyncio.to_thread(self._read_items, claim)
             model = claim.data_source.get("model")
@@ -423,7 +370,7 @@ class EvalRunRunner:
         if claim.status == "queued":
             started = await self._db(
                 lambda s: eval_repo.set_fenced(
-                    s, claim.run_id, claim.attempt, only_status=("queued",), status="in_progress"
+                    s, claim.id, claim.attempt, only_status=("queued",), status="in_progress"
                 )
             )
             if not started:
@@ -433,13 +380,13 @@ class EvalRunRunner:
         flags = claim.flags
         if flags.lost:
             return
-        if flags.canceled or flags.stopping:  # a cancelled run stays `canceled` with what was graded
-            await self._db(lambda s: eval_repo.release(s, claim.run_id, claim.attempt))
+        if flags.cancelled or flags.stopping:  # a cancelled run stays `canceled` with what was graded
+            await self._db(lambda s: eval_repo.release(s, claim.id, claim.attempt))
             return
         await self._db(
             lambda s: eval_repo.set_fenced(
                 s,
-                claim.run_id,
+                claim.id,
                 claim.attempt,
                 only_status=("in_progress",),
                 status="completed",
@@ -462,65 +409,14 @@ class EvalRunRunner:
             raise _Failed("invalid_data_source", exc.message) from None
 
     async def _grade_all(self, sampler: EvalSampler, claim: _Claim, items: list[RunItem]) -> None:
-        done = await self._db(lambda s: eval_repo.graded_indexes(s, claim.run_id))
+        """Grade the items with no record yet (jobs/leased_work.py `_work_through`), until the run halts."""
+        done = await self._db(lambda s: eval_repo.graded_indexes(s, claim.id))
+
+        def record(session: Session, rows: list[EvalRunItemRow]) -> bool:
+            return eval_repo.record_items(session, claim.id, claim.attempt, rows)
+
         pending = [item for item in items if item.index not in done]
-        flags = claim.flags
-        self._check(claim, claim.status)
-        gate = asyncio.Semaphore(self._concurrency)
-        graded: asyncio.Queue[tuple[EvalRunItemRow, asyncio.Future[bool]]] = asyncio.Queue()
-
-        async def one(run_item: RunItem) -> None:
-            async with gate:
-                if flags.halted():
-                    return
-                row = await self._item(sampler, claim, run_item)
-                if row is None or flags.lost:
-                    return
-                recorded = asyncio.get_running_loop().create_future()
-                graded.put_nowait((row, recorded))
-                if not await recorded:
-                    flags.lost = True
-
-        async def record_graded() -> None:
-            """Group commit: the items graded meanwhile are recorded together, in one fenced transaction."""
-            while True:
-                group = [await graded.get()]
-                while not graded.empty():
-                    group.append(graded.get_nowait())
-                rows = [row for row, _ in group]
-                try:
-                    held = await self._db(functools.partial(_record_all, claim=claim, rows=rows))
-                except Exception as exc:
-                    for _, waiter in group:
-                        waiter.set_exception(exc)
-                    continue
-                for _, waiter in group:
-                    waiter.set_result(held)
-
-        async def keep_lease() -> None:
-            while True:
-                await asyncio.sleep(min(CANCEL_CHECK_SECONDS, max(0.05, self._lease / 3)))
-                self._check(
-                    claim, await self._db(lambda s: eval_repo.renew_lease(s, claim.run_id, claim.attempt, self._lease))
-                )
-
-        keeper = asyncio.create_task(keep_lease())
-        recorder = asyncio.create_task(record_graded())
-        try:
-            await asyncio.gather(*(one(item) for item in pending))
-        finally:
-            keeper.cancel()
-            recorder.cancel()
-        self._check(claim, await self._db(lambda s: eval_repo.renew_lease(s, claim.run_id, claim.attempt, self._lease)))
-
-    def _check(self, claim: _Claim, state: str | None) -> None:
-        flags = claim.flags
-        if state is None:
-            flags.lost = True
-        elif state == "canceled":
-            flags.canceled = True
-        if self._stopping.is_set():
-            flags.stopping = True
+        await self._work_through(claim, pending, lambda run_item: self._item(sampler, claim, run_item), record)
 
     async def _item(self, sampler: EvalSampler, claim: _Claim, run_item: RunItem) -> EvalRunItemRow | None:
         """Sample (a completions run) and grade one item; None when the run was halted meanwhile."""
@@ -542,13 +438,11 @@ class EvalRunRunner:
             sampled: Sampled | None = None
             try:
                 sample["input"] = input_messages(source["input_messages"], run_item.item)
-                while sampled is None:
-                    if claim.flags.halted():
-                        return None
-                    try:
-                        sampled = await sampler.sample(claim.org_id, model, sample["input"], params)
-                    except (RateLimited, ServiceUnavailable):
-                        await asyncio.sleep(BUSY_RETRY_SECONDS)
+                sampled = await when_room(
+                    claim.flags, lambda: sampler.sample(claim.org_id, model, sample["input"], params)
+                )
+                if sampled is None:
+                    return None
             except SampleError as exc:
                 error = {"code": "invalid_item", "message": exc.message}
             except OpenFTError as exc:
@@ -607,7 +501,7 @@ class EvalRunRunner:
         }
         return EvalRunItemRow(
             id=f"outputitem_{uuid.uuid4().hex}",
-            run_id=claim.run_id,
+            run_id=claim.id,
             item_index=run_item.index,
             status=status,
             record=record,
@@ -632,7 +526,3 @@ def _add_usage(usage: dict[str, dict[str, int]], model: str, prompt: int, comple
     into["prompt_tokens"] += prompt
     into["completion_tokens"] += completion
     into["total_tokens"] += prompt + completion
-
-
-def _record_all(session: Session, *, claim: _Claim, rows: list[EvalRunItemRow]) -> bool:
-    return eval_repo.record_items(session, claim.run_id, claim.attempt, rows)
