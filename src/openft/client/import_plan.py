@@ -297,8 +297,9 @@ def plan_job(
         planned.action, planned.reason = (
             "skip",
             (
-                "reinforcement jobs are not imported (a vendor's RFT trains reasoning models, often with model graders "
-                "openft's RFT does not run); create one with openft's reinforcement method and your grader"
+                "reinforcement jobs are not imported (a vendor's RFT trains reasoning models, often judged by the "
+                "vendor's own models); create one with openft's reinforcement method and a grader whose judges are "
+                "openft models"
             ),
         )
         return planned
