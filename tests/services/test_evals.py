@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from openft.db import evals as eval_repo
 from openft.db.engine import make_engine, make_session_factory
 from openft.db.migrate import upgrade
 from openft.db.tables import EvalRow, EvalRunItemRow, EvalRunRow
+from openft.embeddings import LocalEmbedder
 from openft.errors import InvalidRequest, NotFound
 from openft.jobs.eval_runs import EvalRunRunner, parse_jsonl, passes
 from openft.protocol.evals import CreateEvalRequest, CreateEvalRunRequest, UpdateEvalRequest
@@ -23,6 +25,7 @@ from openft.services.container import Container
 from openft.services.evals import EvalItemSampler, EvalService
 from openft.services.models import Caller
 from openft.storage import LocalBlobStore
+from tests.conftest import TINY_MODEL_NAME
 from tests.support.evals import EXACT, ITEM_SCHEMA, qa_eval_fields
 from tests.support.waiting import wait_for
 
@@ -95,6 +98,16 @@ def test_evals_are_created_checked_listed_updated_and_deleted(container: Contain
     assert service.delete(org, created.id).deleted
     with pytest.raises(NotFound):
         service.retrieve(org, created.id)
+
+
+def test_a_cosine_criterion_needs_the_servers_embeddings_model(container: Container, models_dir: Path) -> None:
+    org = container.default_org_id
+    cosine = {**EXACT, "type": "text_similarity", "evaluation_metric": "cosine", "pass_threshold": 0.9}
+    del cosine["operation"]
+    assert _invalid(_eval, _service(container), org, [cosine]) == "testing_criteria[0].evaluation_metric"
+    embed = LocalEmbedder(models_dir / TINY_MODEL_NAME)
+    with_embeddings = EvalService(container.sessions, container.files, container.models, embed=embed)
+    assert with_embeddings.retrieve(org, _eval(with_embeddings, org, [cosine])).testing_criteria == [cosine]
 
 
 def test_runs_are_checked_before_they_are_queued(container: Container) -> None:

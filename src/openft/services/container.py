@@ -279,7 +279,9 @@ def build_container(settings: Settings, *, with_worker: bool | None = None) -> C
         responses=responses,
         batches=BatchService(sessions, notify_worker=worker.notify if worker is not None else None),
         graders=graders,
-        evals=EvalService(sessions, files, model_service, notify_worker=worker.notify if worker is not None else None),
+        evals=EvalService(
+            sessions, files, model_service, notify_worker=worker.notify if worker is not None else None, embed=embed
+        ),
         webhooks=WebhookDeliverer(
             sessions,
             poll_seconds=settings.webhook_poll_seconds,

@@ -23,7 +23,7 @@ from openft.db import repositories as repo
 from openft.db.engine import read_only_sessions
 from openft.db.tables import EvalRow, EvalRunItemRow, EvalRunRow
 from openft.errors import InvalidRequest, NotFound, OpenFTError, RateLimited, ServiceUnavailable
-from openft.graders import GraderInvalid, validate
+from openft.graders import Embed, GraderInvalid, validate
 from openft.jobs.eval_runs import (
     Graded,
     RunItem,
@@ -146,12 +146,15 @@ class EvalService:
         models: ModelService,
         *,
         notify_worker: Callable[[], None] | None = None,
+        embed: Embed | None = None,
     ):
+        """`embed`: the server's `cosine` embeddings (a cosine criterion is a 400 without)."""
         self._sessions = sessions
         self._reads = read_only_sessions(sessions)
         self._files = files
         self._models = models
         self._notify = notify_worker or (lambda: None)
+        self._embed = embed
 
     # evals -------------------------------------------------------------------------------------------
     def create(self, who: Caller, org_id: str, request: CreateEvalRequest) -> Eval:
@@ -203,7 +206,7 @@ class EvalService:
         for i, criterion in enumerate(criteria):
             param = f"testing_criteria[{i}]"
             try:
-                validate(criterion, param=param)
+                validate(criterion, embed=self._embed, param=param)
             except GraderInvalid as exc:
                 raise InvalidRequest(exc.message, param=exc.param) from None
             threshold = criterion.get("pass_threshold")
