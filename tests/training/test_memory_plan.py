@@ -29,6 +29,7 @@ from tests.training.conftest import (
     run_in_process,
     train_losses,
     write_job,
+    write_jsonl,
 )
 
 # Public shapes (config.json of each model on the Hugging Face hub)
@@ -339,6 +340,16 @@ def test_peak_grows_with_tokens_and_checkpointing_keeps_far_less() -> None:
     assert full_dpo.parts["reference_model"] == 4 * shape.parameters().total  # the frozen fp32 starting model
 
 
+def test_a_reinforcement_jobs_judges_count_their_weights() -> None:
+    shape, setup = shape_of(QWEN25_05B), gpu_setup(seq_len=512)
+    judges = mp.judge_weight_bytes([QWEN25_05B, {"not": "a model"}], cuda=True)
+    assert judges == 2 * shape.parameters().total  # bf16 on a GPU; a config it cannot read counts nothing
+    assert mp.judge_weight_bytes([QWEN25_05B], cuda=False) == 2 * judges  # fp32 on a CPU
+    alone, judged = (mp.estimate(shape, replace(setup, judge_bytes=b), 1, False) for b in (0, judges))
+    assert judged.parts["judge_models"] == judges and alone.parts["judge_models"] == 0
+    assert judged.peak_bytes > alone.peak_bytes + judges  # the slack grows with it
+
+
 # How the planner chooses ------------------------------------------------------------------------
 
 
@@ -499,6 +510,27 @@ def test_a_job_that_cannot_fit_fails_before_the_model_is_loaded(
     assert failed["message"].startswith("the job needs ~1.0 GiB (LoRA, sequences of up to 96 tokens, micro-batch 1")
     assert "512 MiB available on this machine" in failed["message"]
     assert not any(m["message"].startswith("Loaded base model") for m in run.of("log"))
+
+
+def test_a_judge_that_does_not_fit_fails_the_job_before_the_load(
+    make_job: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reinforcement job's judge (training/judges.py) is planned for: a 0.5B judge (2 GiB in fp32, config only)
+    does not fit 1.5 GiB beside the tiny policy."""
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text(json.dumps(QWEN25_05B))
+    grader = {"type": "string_check", "name": "s", "input": "{{ sample.output_text }}", "reference": "x",
+              "operation": "eq"}  # fmt: skip
+    judges = {"big": {"name": "big", "source": "local", "path": str(judge)}}
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}] * 12)
+    monkeypatch.setenv(MEMORY_ENV, "1.5")
+    rft = {"grader": grader, "judges": judges}
+    run = run_in_process(make_job("judged", method="reinforcement", reinforcement=rft, training_file=str(prompts)))
+    assert run.rc == ExitCode.FAILED
+    failed = run.last
+    assert (failed["type"], failed["code"]) == ("failed", "out_of_memory")
+    assert "judge models 1.8 GiB" in failed["message"], failed["message"]  # 494M parameters × 4 B
 
 
 def test_the_failure_says_what_would_fit(

@@ -33,6 +33,8 @@ What a training process holds at its peak, in bytes (`estimate`):
 - the optimizer step: on CUDA AdamW's multi-tensor path makes one fp32 temporary the size of the trained weights,
   on a CPU its single-tensor path two the size of the largest trained tensor; activations are gone by then, so
   only what exceeds the forward/backward's transient memory adds to the peak.
+- a reinforcement job's judge models (`judge_weight_bytes`): their weights, loaded next to the trained model for the
+  whole run (their generations' activations are a forward of one sequence, far below a training step's).
 - a fixed `FIXED_OVERHEAD_BYTES` (CUDA context and cuBLAS workspaces, or the interpreter's libraries and the data on
   a CPU) and `SLACK_FRACTION` of the rest (the allocator's fragmentation).
 
@@ -262,6 +264,9 @@ class TrainingSetup:
     world_size: int = 1
     """Trainer processes of the job: LoRA replicates the model on each (plus DDP's gradient buckets); full
     fine-tuning shards weights, gradients and optimizer state across them (FSDP) and gathers a layer at a time."""
+    judge_bytes: int = 0
+    """Weights of the models the trainer runs besides the one it trains: a reinforcement job's judges
+    (`judge_weight_bytes`)."""
 
     @property
     def sequences_per_example(self) -> int:
@@ -334,6 +339,13 @@ def job_setup(
         frozen=frozen,
         world_size=spec.workers,
     )
+
+
+def judge_weight_bytes(configs: Sequence[Mapping[str, Any]], *, cuda: bool) -> int:
+    """The judges' weights as `training/judges.py` loads them (bf16 on a GPU, else fp32), from their configs;
+    a config the planner cannot read counts nothing (the judge is then not planned for)."""
+    shapes = [ModelShape.from_config(config) for config in configs]
+    return sum((2 if cuda else 4) * shape.parameters().total for shape in shapes if shape is not None)
 
 
 def _adapted(shape: ModelShape, targets: Sequence[str] | str) -> list[tuple[str, int, int, int]]:
@@ -428,6 +440,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, micro_batch_size: int, che
         "lm_head": head,
         "working": working,
         "optimizer_step": max(0, step - forward_backward),
+        "judge_models": setup.judge_bytes,
     }
     counted = sum(parts.values())
     parts["overhead"] = FIXED_OVERHEAD_BYTES + round(SLACK_FRACTION * counted)
@@ -584,7 +597,7 @@ def failure_message(plan: MemoryPlan, setup: TrainingSetup, where: str) -> str:
     if e.gradient_checkpointing:
         how += ", gradient checkpointing"
     budget = plan.budget_bytes or 0
-    text = f"the job needs ~{gib(e.peak_bytes)} ({how}), {gib(budget)} available on {where}"
+    text = f"the job needs ~{gib(e.peak_bytes)} ({how}; {largest_parts(e, 3)}), {gib(budget)} available on {where}"
     if plan.pinned:
         kept = "a resume keeps its checkpoint's micro-batch (the results depend on it)"
         return f"{text}: {kept}; resume it where more memory is free"

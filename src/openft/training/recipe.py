@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ import torch
 
 from openft.datasets.chat import CODE_FORMAT, DataFormatError
 from openft.fsutil import commit_dir, ensure_dir, remove_tree, temp_sibling
-from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, TrainJobSpec
+from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, DISK_FULL_REASON, BaseModelSpec, TrainJobSpec
 from openft.training import checkpoint as ckpt
 from openft.training import distributed, memory_plan
 from openft.training.attention import pick_attention, resume_attention
@@ -55,6 +55,7 @@ from openft.training.model import (
     load_model,
     pick_device,
     resolve_base,
+    resolve_weights,
     save_weights,
 )
 from openft.training.objectives import Objective, objective_for
@@ -376,6 +377,8 @@ class TrainingRecipe:
             cuda=self.device.type == "cuda",
             adapter_config=_read_json(adapter / "adapter_config.json") if adapter is not None else None,
         )
+        if spec.reinforcement is not None and spec.reinforcement.judges:
+            setup = replace(setup, judge_bytes=self._judge_bytes(spec.reinforcement.judges))
         try:
             free = memory_budget(self.device)
         except BadMemoryCap as exc:
@@ -388,6 +391,16 @@ class TrainingRecipe:
             where = "this GPU" if self.device.type == "cuda" else "this machine"
             raise TrainingFailure("out_of_memory", memory_plan.failure_message(plan, setup, where))
         self.memory = (shape, setup, budget)
+
+    def _judge_bytes(self, judges: dict[str, BaseModelSpec]) -> int:
+        """The weights of a reinforcement job's judges (training/judges.py), from their configs."""
+        configs = []
+        for judge in judges.values():
+            folder, _ = resolve_weights(judge, Path(self.spec.cache_dir), max_bytes=self.spec.max_model_bytes)
+            config = _read_json(folder / "config.json")
+            if config is not None:
+                configs.append(config)
+        return memory_plan.judge_weight_bytes(configs, cuda=self.device.type == "cuda")
 
     def _fit_memory_to_data(self) -> None:
         """The micro-batch and gradient checkpointing for the data as tokenized (a micro-batch holds at most its size
