@@ -1,4 +1,5 @@
-"""job.json's thread count: a worker's jobs share its CPUs instead of each taking them all."""
+"""job.json: the thread count (a worker's jobs share its CPUs instead of each taking them all), and where a
+reinforcement job's trainer loads its judge models from."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from openft.jobs.job_file import train_threads
+from openft.basemodels import BaseModelInfo
+from openft.db.tables import JobRow
+from openft.jobs.job_file import judge_folders, judge_specs, train_threads
 from openft.settings import Settings
 
 
@@ -40,3 +43,28 @@ def test_without_an_affinity_call_the_machines_cpus_count(tmp_path: Path, monkey
     monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert train_threads(_settings(tmp_path, max_jobs=2)) == 4
+
+
+def test_judges_load_from_the_catalog_or_the_jobs_own_copy(tmp_path: Path) -> None:
+    """A base judge comes from the catalog as the job's base would; a fine-tuned one from `judges/N` (its copy
+    made at validation), numbered by sorted name; a judge whose base left the catalog is a LookupError."""
+    base = BaseModelInfo(name="tiny", source="local", path=tmp_path / "models" / "tiny")
+    job = JobRow(
+        judge_models={
+            "tiny": {"base": "tiny", "weights": None},
+            "ft:tiny:acme::abc": {"base": "tiny", "weights": "/data/jobs/ftjob-a/model"},
+        }
+    )
+    job_dir = tmp_path / "jobs" / "ftjob-b"
+    assert judge_folders(job, job_dir) == {"ft:tiny:acme::abc": job_dir / "judges" / "0"}
+    specs = judge_specs(job, job_dir, {"tiny": base}.get)
+    assert specs["tiny"].model_dump() == {"name": "tiny", "source": "local", "path": str(base.path), "hub_id": None}
+    assert specs["ft:tiny:acme::abc"].model_dump() == {
+        "name": "ft:tiny:acme::abc",
+        "source": "finetune",
+        "path": str(job_dir / "judges" / "0"),
+        "hub_id": None,
+    }
+    assert judge_specs(JobRow(judge_models=None), job_dir, {}.get) == {}
+    with pytest.raises(LookupError, match="'tiny'"):
+        judge_specs(job, job_dir, {}.get)
