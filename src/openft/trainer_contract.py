@@ -131,6 +131,10 @@ class DpoSpec(BaseModel):
     beta: float = Field(default=0.1, gt=0, le=2, description="Strength of the pull towards the reference model.")
 
 
+RFT_DEFAULT_MAX_COMPLETION_TOKENS = 64
+"""A reinforcement job's longest sampled answer when the job does not say (openft's `max_completion_tokens`)."""
+
+
 class ReinforcementSpec(BaseModel):
     """Reinforcement fine-tuning settings (method `reinforcement`): GRPO with the job's grader."""
 
@@ -138,7 +142,9 @@ class ReinforcementSpec(BaseModel):
 
     grader: dict[str, Any] = Field(description="The job's grader, as OpenAI defines graders (openft.graders).")
     group_size: int = Field(default=4, ge=2, le=64, description="Answers sampled per prompt (compute_multiplier × 4).")
-    max_completion_tokens: int = Field(default=64, ge=1, le=4096, description="Longest sampled answer, in tokens.")
+    max_completion_tokens: int = Field(
+        default=RFT_DEFAULT_MAX_COMPLETION_TOKENS, ge=1, le=4096, description="Longest sampled answer, in tokens."
+    )
     temperature: float = Field(default=1.0, gt=0, le=2, description="Sampling temperature of the answers.")
     beta: float = Field(default=0.04, ge=0, description="Weight of the KL penalty to the reference policy.")
     clip_epsilon: float = Field(default=0.2, gt=0, lt=1, description="PPO clip range of the policy ratio.")

@@ -117,6 +117,10 @@ def test_method_is_detected_or_given(served: tuple[TestClient, Container]) -> No
     }
     bad = _check(client, pairs, "method=ppo")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "method"
+    prompts = [{"messages": [{"role": "user", "content": f"Say {i}."}], "answer": str(i)} for i in range(12)]
+    rft = _check(client, _upload(client, jsonl_bytes(prompts)), "method=reinforcement")
+    assert rft.status_code == 200, rft.text
+    assert rft.json()["method"] == "reinforcement" and rft.json()["ok"] is True and rft.json()["memory"] is None
 
 
 def test_the_memory_estimate_is_for_the_mode_asked(served: tuple[TestClient, Container]) -> None:

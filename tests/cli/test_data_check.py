@@ -104,6 +104,24 @@ def test_examples_over_the_context(tmp_path: Path, models_dir: Path) -> None:
     assert stats["tokens"]["max"] > stats["context_length"]
 
 
+def test_reinforcement_prompts(tmp_path: Path, models_dir: Path) -> None:
+    """Prompts with grader fields: format problems by line, the prompts' tokens (as the policy reads them, with
+    the generation prompt), "auto" and steps; no memory or time estimate (sampling and grading cost it)."""
+    prompts = [
+        {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)} for i in range(12)
+    ]
+    answered = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "x"}
+    path = write_jsonl(tmp_path / "rft.jsonl", [*prompts[:3], answered, *prompts[3:]])
+    report = _report(path, models_dir, "--method", "reinforcement", code=1)
+    assert report["method"] == "reinforcement" and report["n_problems"] == 1
+    assert report["problems"][0]["line"] == 4 and "assistant" in report["problems"][0]["message"]
+    stats = report["stats"]
+    assert stats["examples"] == 12 and stats["over_context"] == 0 and 10 < stats["tokens"]["min"] < 40
+    assert report["steps"] == auto.resolve(12).steps(12)
+    assert report["memory"] is None and report["estimate"] is None
+    assert any("reinforcement data" in note for note in report["notes"])
+
+
 def test_cannot_check_exits_2(tmp_path: Path, models_dir: Path) -> None:
     path = write_jsonl(tmp_path / "train.jsonl", valid_examples(12))
     unknown = CliRunner().invoke(app, ["data", "check", str(path), "--model", "nope", "--models-dir", str(models_dir)])

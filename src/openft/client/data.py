@@ -21,7 +21,7 @@ from openft.training.memory_plan import Mode
 
 app = typer.Typer(help="Check training data locally, with the server's own validator.", no_args_is_help=True)
 CANNOT_CHECK = 2
-METHODS: dict[str, TrainingMethod] = {"supervised": "supervised", "dpo": "dpo"}
+METHODS: dict[str, TrainingMethod] = {"supervised": "supervised", "dpo": "dpo", "reinforcement": "reinforcement"}
 """What `--method` accepts."""
 MODES: dict[str, Mode] = {"lora": "lora", "qlora": "qlora", "full": "full"}
 """What `--mode` accepts (a job's `fine_tuning_mode`)."""
@@ -45,7 +45,7 @@ def check(
             "--model", help="Base model whose tokenizer counts tokens (the models dir's first, else SmolLM2)."
         ),
     ] = None,
-    method: Annotated[str | None, typer.Option("--method", help="supervised or dpo (detected).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="supervised, dpo (detected) or reinforcement.")] = None,
     n_epochs: Annotated[int | None, typer.Option("--n-epochs", min=1, help="As the job would set it (auto).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="(auto)")] = None,
     estimate: Annotated[
@@ -70,7 +70,7 @@ def check(
     if not file.is_file():
         raise _cannot(f"no such file: {file}", "file", as_json)
     if method is not None and method not in METHODS:
-        raise _cannot(f"--method must be supervised or dpo, got {method!r}", "method", as_json)
+        raise _cannot(f"--method must be supervised, dpo or reinforcement, got {method!r}", "method", as_json)
     if estimate not in ("measured", "table", "none"):
         raise _cannot(f"--estimate must be measured, table or none, got {estimate!r}", "estimate", as_json)
     if mode not in MODES:

@@ -198,7 +198,7 @@ def download(
 def check(
     file_id: FileId,
     model: Annotated[str | None, typer.Option("--model", help="Base model (the server's default).")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="supervised or dpo (detected).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="supervised, dpo (detected) or reinforcement.")] = None,
     mode: Annotated[
         str | None, typer.Option("--mode", help="The fine_tuning_mode the memory estimate is for (lora).")
     ] = None,

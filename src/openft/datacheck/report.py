@@ -27,6 +27,7 @@ from openft.datasets import auto, chat
 from openft.datasets.chat import Problem
 from openft.datasets.formats import detect_method, parse_file
 from openft.trainer_contract import DEFAULT_MAX_SEQ_LEN, TrainingMethod
+from openft.trainer_contract import RFT_DEFAULT_MAX_COMPLETION_TOKENS as RFT_ANSWER_TOKENS
 from openft.training.memory_plan import Mode
 
 MAX_PROBLEMS = 100
@@ -185,6 +186,12 @@ def _tokenize(tokenizer: Any, example: Any, method: TrainingMethod) -> Sequences
     from openft.training.data import answered_example, tokenize_example
 
     limit = 1 << 62
+    if method == "reinforcement":  # the prompt alone: the answers are sampled in training
+        from openft.training.data import TokenizedExample
+        from openft.training.rft import prompt_ids
+
+        ids = prompt_ids(tokenizer, example)
+        return [TokenizedExample(example.line, ids, [False] * len(ids))]
     if method == "dpo":
         return [
             tokenize_example(tokenizer, answered_example(example, side), max_seq_len=limit)[0]
@@ -248,6 +255,14 @@ def check_file(
 
     tokenizer = _tokenizer(str(tokenizer_folder))
     max_seq_len = min(context_length or DEFAULT_MAX_SEQ_LEN, DEFAULT_MAX_SEQ_LEN)
+    if method == "reinforcement":  # a prompt must leave room for an answer of the default length
+        max_seq_len -= RFT_ANSWER_TOKENS
+        fine_tuning_mode, throughput = None, None
+        report.notes.append(
+            f"reinforcement data: the statistics count each prompt's tokens; a prompt over {max_seq_len} tokens "
+            f"leaves no room for a {RFT_ANSWER_TOKENS}-token answer (max_completion_tokens' default) and is set "
+            "aside; no time or memory estimate (a reinforcement job's cost is sampling and grading)"
+        )
     tokenized: list[Sequences] = []
     looked_at = 0
     for example in examples:

@@ -18,6 +18,7 @@ from openft.datasets import auto
 from openft.db.tables import JobRow
 from openft.settings import Settings
 from openft.trainer_contract import (
+    RFT_DEFAULT_MAX_COMPLETION_TOKENS,
     BaseModelSpec,
     DpoSpec,
     LoraSpec,
@@ -72,10 +73,9 @@ def visible_gpus() -> int:
 
 
 DEFAULT_BETA = 0.1
+"""DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
 RFT_DEFAULT_EVAL_INTERVAL = 10
 RFT_DEFAULT_EVAL_SAMPLES = 16
-RFT_DEFAULT_MAX_COMPLETION_TOKENS = 64
-"""DPO's `beta` when "auto": the value of the original paper and of TRL's default."""
 METRICS_EVENTS_BUDGET = 2000
 """At most about this many metrics events per job (every step below it; the result file has all steps)."""
 

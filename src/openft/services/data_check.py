@@ -59,12 +59,6 @@ class DataCheckService:
     ) -> dict[str, Any]:
         """The report of `file_id` (the caller's organization's, else 404) as training data for `model`, with the
         memory a `fine_tuning_mode` job would need."""
-        if method == "reinforcement":  # its cost is sampling and grading, which no token count estimates
-            raise InvalidRequest(
-                "The data check covers supervised and dpo data; a reinforcement job's file is checked when the job "
-                "starts (validating_files).",
-                param="method",
-            )
         with self._reads.begin() as session:
             row = repo.get_file(session, Caller.of(who).scope, file_id)
             if row is None:

@@ -72,13 +72,19 @@ def prepare_prompts(
     no room for a `max_completion_tokens` answer within `max_seq_len` is set aside (`skipped_lines`)."""
     prepared: PreparedData[TokenizedPrompt] = PreparedData()
     for task in tasks:
-        text = render_chat(tokenizer, task.prompt_messages, tools=task.tools, add_generation_prompt=True).text
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = prompt_ids(tokenizer, task)
         if len(ids) + max_completion_tokens > max_seq_len:
             prepared.skipped_lines.append(task.line)
             continue
         prepared.examples.append(TokenizedPrompt(task.line, len(prepared.examples), ids, task.item))
     return prepared
+
+
+def prompt_ids(tokenizer: Any, task: RftTask) -> list[int]:
+    """A task's prompt as the policy reads it: the chat template with its generation prompt (the data check
+    counts these too)."""
+    text = render_chat(tokenizer, task.prompt_messages, tools=task.tools, add_generation_prompt=True).text
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
